@@ -1,0 +1,153 @@
+//! The serde layer: structs that mirror the YAML file one to one.
+//!
+//! Nothing past [`super::load`] sees these types; they are converted into the validated model
+//! in [`super::model`]. Fields whose YAML shape has several forms (`tls`, `upstream`) stay as
+//! raw YAML values here and are interpreted by the model, which can then name the exact problem.
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listen addresses of the three listeners.
+    #[serde(default)]
+    pub listen: RawListen,
+    /// Directory for certificates, keys and ACME accounts (relative to the config file).
+    pub storage: Option<String>,
+    /// ACME account and CA settings, needed when a host has `tls: acme`.
+    pub acme: Option<RawAcme>,
+    /// Worker threads of the proxy (default: one per CPU).
+    pub threads: Option<usize>,
+    /// How long SIGTERM waits for open requests before the process exits (default 5s).
+    pub shutdown_grace: Option<String>,
+    /// How often `tls: {cert, key}` files are checked for changes (default 2s).
+    pub watch_interval: Option<String>,
+    /// The served hosts, keyed by their primary name.
+    #[serde(default)]
+    pub hosts: serde_yaml_ng::Mapping,
+}
+
+/// `listen:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// Port 80 service: ACME HTTP-01, redirect to https, `tls: none` hosts.
+    pub http: Option<String>,
+    /// TLS listener.
+    pub https: Option<String>,
+    /// Metrics and health listener.
+    pub metrics: Option<String>,
+    /// Port written into http→https redirects (default: the port of `https`).
+    pub redirect_https_port: Option<u16>,
+}
+
+/// `acme:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// `letsencrypt`, `letsencrypt-staging` or an https URL of an ACME directory.
+    pub directory: Option<String>,
+    /// Contact URLs (`mailto:`), or bare e-mail addresses.
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Agreement to the CA's terms of service.
+    #[serde(default)]
+    pub accept_terms: bool,
+    /// Extra root CA (PEM) trusted for the directory's own HTTPS.
+    pub directory_root: Option<String>,
+    /// External Account Binding.
+    pub eab: Option<RawEab>,
+    /// Certificate profile to request (`classic`, `tlsserver`, `shortlived`, ...).
+    pub profile: Option<String>,
+    /// Renew when this share of the lifetime (`33%`) or this duration (`30d`) remains.
+    pub renew_when_remaining: Option<String>,
+    /// Certificate key type: `ecdsa-p256` (default) or `ecdsa-p384`.
+    pub key_type: Option<String>,
+    /// Orders in flight at once across hosts (default 4).
+    pub concurrency: Option<usize>,
+}
+
+/// `acme.eab:`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEab {
+    /// Key identifier given by the CA.
+    pub kid: String,
+    /// HMAC key given by the CA (base64url).
+    pub hmac_key: String,
+}
+
+impl std::fmt::Debug for RawEab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawEab")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One entry of `hosts:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    /// `acme | self-signed | none | { cert, key }`.
+    pub tls: Option<Value>,
+    /// More names served with the same certificate and routes.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Origins allowed to call this host; others get 403.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Shorthand for a single route `/` to this upstream.
+    pub upstream: Option<Value>,
+    /// Routes by longest path prefix.
+    pub routes: Option<Vec<RawRoute>>,
+}
+
+/// `tls: { cert, key }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsFiles {
+    /// Certificate chain, PEM, leaf first.
+    pub cert: String,
+    /// Private key, PEM (PKCS#8, SEC1 or PKCS#1).
+    pub key: String,
+}
+
+/// One entry of `routes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Path prefix, starting with `/`.
+    pub path: String,
+    /// Where matching requests go.
+    pub upstream: Value,
+}
+
+/// The map form of `upstream:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// One or more `http://` URLs (several: round robin with session affinity).
+    pub urls: Vec<String>,
+    /// Per-read timeout; long for quiet SSE streams (default 1h).
+    pub read_timeout: Option<String>,
+    /// Per-write timeout (default 60s).
+    pub write_timeout: Option<String>,
+    /// TCP connect timeout (default 10s).
+    pub connect_timeout: Option<String>,
+    /// Send the client's Host to the upstream instead of the upstream's own authority.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// CA certificates (PEM) trusted for an `https://` upstream.
+    pub ca: Option<String>,
+    /// SHA-256 fingerprints of the upstream's leaf certificate.
+    pub pin_sha256: Option<Vec<String>>,
+    /// SNI and name to verify for an `https://` upstream.
+    pub server_name: Option<String>,
+    /// Client certificate (PEM) for mutual TLS to the upstream.
+    pub client_cert: Option<String>,
+    /// Client key (PEM) for mutual TLS to the upstream.
+    pub client_key: Option<String>,
+}

@@ -1,0 +1,82 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Puts MCP servers on public HTTPS: TLS per host, automatic certificates, MCP-aware proxying.
+#[derive(Parser)]
+#[command(name = "mcp-edge", version)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "MCP_EDGE_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// The YAML configuration file.
+        #[arg(long, short, env = "MCP_EDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without binding any port; exits non-zero on errors.
+    Check {
+        /// The YAML configuration file.
+        #[arg(long, short, env = "MCP_EDGE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_EDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // pingora installs ring as the process default too; doing it first means no other provider
+    // can win the race.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Check { config } => match mcp_edge::config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} host{})",
+                    config.display(),
+                    c.hosts.len(),
+                    if c.hosts.len() == 1 { "" } else { "s" }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            init_logging(cli.log_format);
+            match mcp_edge::server::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("mcp-edge: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Prometheus metrics. Label values come from the configuration (host names, route paths) or
+//! from fixed sets (status class, reason), never from client input.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Host label for requests that matched no configured host.
+pub const UNKNOWN_HOST: &str = "_unknown";
+/// Route label for requests that matched no route (or never got that far).
+pub const NO_ROUTE: &str = "_none";
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by host, route and status class (`2xx`...).
+    pub requests: IntCounterVec,
+    /// Request duration (until the response is complete) by host and route.
+    pub duration: HistogramVec,
+    /// Open `text/event-stream` responses by host.
+    pub open_streams: IntGaugeVec,
+    /// Failures talking to an upstream, by host, route and reason.
+    pub upstream_errors: IntCounterVec,
+    /// Completed TLS handshakes by host.
+    pub tls_handshakes: IntCounterVec,
+    /// TLS handshakes refused for want of a certificate, by reason.
+    pub tls_handshake_failures: IntCounterVec,
+    /// notAfter of the certificate served for a host (Unix seconds).
+    pub cert_not_after: GaugeVec,
+    /// Configuration reloads by result (`ok`, `error`).
+    pub reloads: IntCounterVec,
+    /// Requests refused because their session id was not sealed by this proxy.
+    pub session_rejected: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new_custom(Some("mcp_edge".into()), None).expect("static registry prefix");
+    let duration = HistogramVec::new(
+        HistogramOpts::new(
+            "request_duration_seconds",
+            "Time from request to the end of the response, by host and route",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+            300.0, 3600.0,
+        ]),
+        &["host", "route"],
+    )
+    .expect("static metric definition");
+    r.register(Box::new(duration.clone())).expect("metric registered once");
+    let open_streams = IntGaugeVec::new(
+        Opts::new("open_streams", "Open text/event-stream responses, by host"),
+        &["host"],
+    )
+    .expect("static metric definition");
+    r.register(Box::new(open_streams.clone())).expect("metric registered once");
+    let cert_not_after = GaugeVec::new(
+        Opts::new(
+            "certificate_not_after_seconds",
+            "Expiry (notAfter, Unix seconds) of the certificate served for a host",
+        ),
+        &["host"],
+    )
+    .expect("static metric definition");
+    r.register(Box::new(cert_not_after.clone())).expect("metric registered once");
+    Metrics {
+        requests: counter(
+            &r,
+            "requests_total",
+            "Requests by host, route and status class",
+            &["host", "route", "status"],
+        ),
+        duration,
+        open_streams,
+        upstream_errors: counter(
+            &r,
+            "upstream_errors_total",
+            "Failures talking to an upstream, by host, route and reason",
+            &["host", "route", "reason"],
+        ),
+        tls_handshakes: counter(&r, "tls_handshakes_total", "Completed TLS handshakes by host", &["host"]),
+        tls_handshake_failures: counter(
+            &r,
+            "tls_handshake_failures_total",
+            "TLS handshakes refused for want of a certificate (no_sni, unknown_name)",
+            &["reason"],
+        ),
+        cert_not_after,
+        reloads: counter(&r, "config_reloads_total", "Configuration reloads by result", &["result"]),
+        session_rejected: counter(
+            &r,
+            "session_rejected_total",
+            "Requests refused because their MCP session id was forged, tampered or stale",
+            &["host", "route"],
+        ),
+        registry: r,
+    }
+});
+
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::new();
+    // Encoding into a Vec cannot fail for the text format.
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
+    out
+}
+
+/// `2xx`, `4xx`...; `0` when no response was sent.
+pub fn status_class(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}

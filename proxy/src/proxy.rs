@@ -1,0 +1,558 @@
+//! The request path, for both listeners: on the HTTP port ACME challenges, redirects and
+//! `tls: none` hosts; on the TLS port the MCP traffic of every TLS host.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::protocols::l4::ext::TcpKeepalive;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::affinity::{self, EndpointRewriter};
+use crate::config::{normalize_origin, TlsSource};
+use crate::http01::CHALLENGE_PREFIX;
+use crate::metrics::{self, NO_ROUTE, UNKNOWN_HOST};
+use crate::routing::{HostEntry, Pool};
+use crate::Edge;
+
+/// What the TLS handshake told us, carried on the connection's TLS digest.
+#[derive(Debug)]
+pub struct TlsInfo {
+    pub sni: Option<String>,
+}
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) a proxy must not forward. Framing headers
+/// (`Transfer-Encoding`, `Content-Length`) are pingora's to manage and stay.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    tls: bool,
+    host_label: Arc<str>,
+    route_label: Arc<str>,
+    entry: Option<Arc<HostEntry>>,
+    pool: Option<Arc<Pool>>,
+    replica: Option<usize>,
+    /// The backend's own session id to restore in the upstream request.
+    restore: Option<Restore>,
+    client_host: String,
+    stream_open: bool,
+    rewriter: Option<EndpointRewriter>,
+}
+
+enum Restore {
+    Header(String),
+    Query { key: &'static str, value: String },
+}
+
+pub struct EdgeProxy {
+    pub edge: Arc<Edge>,
+}
+
+fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session.req_header().headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The host the client asked for: lower case, without port and trailing dot.
+fn request_host(session: &Session) -> Option<String> {
+    let raw = session
+        .req_header()
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| header_str(session, "host").map(str::to_string))?;
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split(']').next()?.to_string()
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            .map_or(raw.as_str(), |(h, _)| h)
+            .to_string()
+    };
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(HeaderName, String)],
+) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, content_type)?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    for (k, v) in extra {
+        resp.insert_header(k.clone(), v.as_str())?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(body), true)
+            .await?;
+    }
+    Ok(true)
+}
+
+async fn respond_text(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
+    respond(
+        session,
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+        &[],
+    )
+    .await
+}
+
+fn upstream_reason(e: &Error) -> &'static str {
+    match e.etype() {
+        ErrorType::ConnectTimedout => "connect_timeout",
+        ErrorType::ConnectRefused => "connect_refused",
+        ErrorType::Custom("dns") => "dns",
+        ErrorType::ConnectNoRoute | ErrorType::ConnectError | ErrorType::SocketError => {
+            "connect_error"
+        }
+        ErrorType::ReadTimedout => "read_timeout",
+        ErrorType::WriteTimedout => "write_timeout",
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            "connection_closed"
+        }
+        ErrorType::InvalidHTTPHeader
+        | ErrorType::H1Error
+        | ErrorType::H2Error
+        | ErrorType::InvalidH2 => "protocol_error",
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
+            "tls"
+        }
+        _ => "other",
+    }
+}
+
+impl EdgeProxy {
+    /// Port 80: ACME challenges for anyone, plain proxying for `tls: none` hosts, a redirect to
+    /// https for TLS hosts, 404 for anything else (never a redirect to an unknown host).
+    async fn plain_listener(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let path = session.req_header().uri.path();
+        if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
+            return match self.edge.challenges.get(token) {
+                Some(key_auth) => {
+                    respond(session, 200, "application/octet-stream", Bytes::from(key_auth), &[])
+                        .await
+                }
+                None => respond_text(session, 404, "unknown challenge\n").await,
+            };
+        }
+        let Some(entry) = ctx.entry.clone() else {
+            return respond_text(session, 404, "unknown host\n").await;
+        };
+        if entry.host.tls == TlsSource::None {
+            return Ok(false);
+        }
+        // `entry` was found by this exact name, so it is one of the configured names: the
+        // redirect can only ever point at a host this proxy serves.
+        let host = request_host(session).unwrap_or_else(|| entry.host.name.to_string());
+        let port = self.edge.table.load().config.listen.redirect_https_port;
+        let authority = if port == 443 {
+            host
+        } else {
+            format!("{host}:{port}")
+        };
+        let pq = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        let location = format!("https://{authority}{pq}");
+        respond(
+            session,
+            308,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"use https\n"),
+            &[(header::LOCATION, location)],
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            tls: false,
+            host_label: Arc::from(UNKNOWN_HOST),
+            route_label: Arc::from(NO_ROUTE),
+            entry: None,
+            pool: None,
+            replica: None,
+            restore: None,
+            client_host: String::new(),
+            stream_open: false,
+            rewriter: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let table = self.edge.table.load_full();
+        let tls_info = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|d| d.extension.get::<TlsInfo>().and_then(|i| i.sni.clone()));
+        ctx.tls = tls_info.is_some();
+        let host = request_host(session);
+        ctx.client_host = header_str(session, "host")
+            .map(str::to_string)
+            .or_else(|| session.req_header().uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        ctx.entry = host.as_deref().and_then(|h| table.host(h)).cloned();
+        if let Some(e) = &ctx.entry {
+            ctx.host_label = Arc::from(e.host.name.as_str());
+        }
+
+        if !ctx.tls {
+            if self.plain_listener(session, ctx).await? {
+                return Ok(true);
+            }
+        } else {
+            // The certificate was chosen by SNI; the request must be for that same host, so one
+            // host's certificate can never front another.
+            let sni_host = tls_info
+                .flatten()
+                .and_then(|sni| table.host(&sni).map(|e| e.host.name.clone()));
+            let same = match (&ctx.entry, sni_host) {
+                (Some(e), Some(s)) => e.host.name == s && e.host.tls != TlsSource::None,
+                _ => false,
+            };
+            if !same {
+                return respond_text(session, 421, "misdirected request: Host does not match the TLS server name\n").await;
+            }
+        }
+        let Some(entry) = ctx.entry.clone() else {
+            return respond_text(session, 404, "unknown host\n").await;
+        };
+
+        if let (Some(allowed), Some(origin)) = (&entry.host.allowed_origins, header_str(session, "origin")) {
+            let ok = normalize_origin(origin).is_ok_and(|o| allowed.contains(&o));
+            if !ok {
+                return respond_text(session, 403, "origin not allowed\n").await;
+            }
+        }
+
+        let path = session.req_header().uri.path().to_string();
+        let Some(route) = entry.route(&path) else {
+            return respond_text(session, 404, "no route\n").await;
+        };
+        ctx.route_label = Arc::from(route.path.as_str());
+        let pool = route.pool.clone();
+
+        if pool.is_replicated() {
+            let from_header = header_str(session, SESSION_HEADER).map(|s| (None, s.to_string()));
+            let from_query = session
+                .req_header()
+                .uri
+                .query()
+                .and_then(affinity::query_session)
+                .map(|(k, v)| (Some(k), v));
+            if let Some((key, token)) = from_header.or(from_query) {
+                let opened = self
+                    .edge
+                    .sealer
+                    .open(&token)
+                    .and_then(|(replica, id)| Some((pool.replica_by_url(&replica)?, id)));
+                let Some((replica, id)) = opened else {
+                    metrics::get()
+                        .session_rejected
+                        .with_label_values(&[&ctx.host_label, &ctx.route_label])
+                        .inc();
+                    return respond(
+                        session,
+                        404,
+                        "application/json",
+                        Bytes::from_static(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#),
+                        &[],
+                    )
+                    .await;
+                };
+                ctx.replica = Some(replica);
+                ctx.restore = Some(match key {
+                    None => Restore::Header(id),
+                    Some(key) => Restore::Query { key, value: id },
+                });
+            }
+        }
+        ctx.pool = Some(pool);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(pool) = ctx.pool.clone() else {
+            return Err(Error::explain(ErrorType::InternalError, "no upstream selected"));
+        };
+        let i = *ctx.replica.get_or_insert_with(|| pool.next_replica());
+        let addr = pool.address(i).await.map_err(|e| {
+            let mut err = Error::because(
+                ErrorType::Custom("dns"),
+                format!("resolving {}", pool.url(i).host),
+                e,
+            );
+            err.as_up();
+            err
+        })?;
+        let up = &pool.upstream;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        // Detects a vanished upstream under a quiet stream long before the read timeout.
+        peer.options.tcp_keepalive = Some(TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 6,
+            #[cfg(target_os = "linux")]
+            user_timeout: Duration::from_secs(0),
+        });
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let connection_listed: Vec<String> = req
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+            .collect();
+        for h in HOP_BY_HOP.iter().copied().chain(connection_listed.iter().map(String::as_str)) {
+            if h != "content-length" && h != "transfer-encoding" {
+                req.remove_header(h);
+            }
+        }
+
+        if let (Some(pool), Some(i)) = (&ctx.pool, ctx.replica) {
+            if !pool.upstream.preserve_host {
+                req.insert_header(header::HOST, pool.url(i).authority.as_str())?;
+            } else if !ctx.client_host.is_empty() {
+                req.insert_header(header::HOST, ctx.client_host.as_str())?;
+            }
+        }
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        match client_ip {
+            Some(ip) => req.insert_header("x-forwarded-for", ip)?,
+            None => {
+                req.remove_header("x-forwarded-for");
+            }
+        }
+        req.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        if !ctx.client_host.is_empty() {
+            req.insert_header("x-forwarded-host", ctx.client_host.as_str())?;
+        }
+
+        match ctx.restore.take() {
+            Some(Restore::Header(id)) => {
+                req.insert_header(SESSION_HEADER, id)?;
+            }
+            Some(Restore::Query { key, value }) => {
+                let uri = &req.uri;
+                let query = affinity::replace_query_session(uri.query().unwrap_or(""), key, &value);
+                let new = format!("{}?{query}", uri.path());
+                let uri = new.parse::<http::Uri>().map_err(|e| {
+                    Error::because(ErrorType::InternalError, "rewriting session id", e)
+                })?;
+                req.set_uri(uri);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let connection_listed: Vec<String> = resp
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect();
+        for h in HOP_BY_HOP.iter().copied().chain(connection_listed.iter().map(String::as_str)) {
+            if h != "content-length" && h != "transfer-encoding" {
+                resp.remove_header(h);
+            }
+        }
+
+        let is_stream = resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        if is_stream {
+            // Never buffered, cached or compressed on the way out, here or further down.
+            resp.insert_header("x-accel-buffering", "no")?;
+            if !resp.headers.contains_key(header::CACHE_CONTROL) {
+                resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
+            }
+            if !ctx.stream_open {
+                ctx.stream_open = true;
+                metrics::get()
+                    .open_streams
+                    .with_label_values(&[&ctx.host_label])
+                    .inc();
+            }
+        }
+
+        if let (Some(pool), Some(i)) = (&ctx.pool, ctx.replica) {
+            if pool.is_replicated() {
+                let replica = pool.url(i).url.clone();
+                if let Some(id) = resp.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+                    let sealed = self.edge.sealer.seal(&replica, id).ok_or_else(|| {
+                        Error::explain(ErrorType::InternalError, "sealing session id")
+                    })?;
+                    resp.insert_header(SESSION_HEADER, HeaderValue::from_str(&sealed).map_err(|e| Error::because(ErrorType::InternalError, "session header", e))?)?;
+                }
+                let legacy_stream = is_stream
+                    && session.req_header().method == http::Method::GET
+                    && !session.req_header().headers.contains_key(SESSION_HEADER);
+                if legacy_stream {
+                    // The first event's length changes: let pingora frame the body itself.
+                    resp.remove_header(&header::CONTENT_LENGTH);
+                    ctx.rewriter = Some(EndpointRewriter::new(replica));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(rw) = ctx.rewriter.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            let out = rw.feed(&self.edge.sealer, &chunk, end_of_stream);
+            *body = Some(Bytes::from(out));
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let m = metrics::get();
+        let status = session
+            .response_written()
+            .map_or(0, |r| r.status.as_u16());
+        let labels = [&*ctx.host_label, &*ctx.route_label];
+        m.requests
+            .with_label_values(&[labels[0], labels[1], metrics::status_class(status)])
+            .inc();
+        let elapsed = ctx.start.elapsed();
+        m.duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+        if ctx.stream_open {
+            m.open_streams.with_label_values(&[labels[0]]).dec();
+        }
+        let mut error_reason = None;
+        if let Some(e) = e {
+            if e.esource() == &ErrorSource::Upstream {
+                let reason = upstream_reason(e);
+                error_reason = Some(reason);
+                m.upstream_errors
+                    .with_label_values(&[labels[0], labels[1], reason])
+                    .inc();
+            }
+        }
+        let upstream = match (&ctx.pool, ctx.replica) {
+            (Some(p), Some(i)) => p.url(i).url.as_str(),
+            _ => "-",
+        };
+        let req = session.req_header();
+        tracing::info!(
+            target: "access",
+            host = %ctx.host_label,
+            method = %req.method,
+            // The path only: query strings can carry secrets (tokens, session ids).
+            path = %req.uri.path(),
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream,
+            bytes = session.body_bytes_sent(),
+            client = session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tls = ctx.tls,
+            error = error_reason.unwrap_or(""),
+        );
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        // A client going away mid-stream is normal for SSE; the access line records it.
+        error.esource() == &ErrorSource::Downstream
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut Ctx,
+    ) -> pingora::proxy::FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => match e.etype() {
+                    ErrorType::ConnectTimedout | ErrorType::ReadTimedout => 504,
+                    _ => 502,
+                },
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let _ = session.respond_error(code).await;
+        }
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}
