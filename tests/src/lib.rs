@@ -1,0 +1,394 @@
+//! Test harness: the real `mcp-edge` binary on ephemeral loopback ports, certificates made at
+//! test time, a real HTTP upstream, real TLS clients. Every child process is killed on drop;
+//! every test has its own directory.
+
+pub mod upstream;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// The `mcp-edge` binary, built once per test run so it is never stale.
+pub fn edge_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    if let Ok(p) = std::env::var("MCP_EDGE_BIN") {
+        return PathBuf::from(p);
+    }
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "-q", "-p", "mcp-edge", "--bin", "mcp-edge"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building mcp-edge failed");
+    });
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join("mcp-edge")
+}
+
+/// A free loopback port (bound then released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A test certificate authority that signs leaf certificates.
+pub struct TestCa {
+    pub cert: rcgen::Certificate,
+    pub issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A leaf for `names`, returned as (chain PEM, key PEM).
+    pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].as_str());
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn root_store(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        roots
+    }
+}
+
+/// DER of the first certificate in a PEM string.
+pub fn pem_to_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// A running `mcp-edge run` process, killed on drop.
+pub struct Edge {
+    child: Child,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub metrics: SocketAddr,
+    log: PathBuf,
+}
+
+/// Listen block for a fresh set of ephemeral ports.
+pub struct Ports {
+    pub http: u16,
+    pub https: u16,
+    pub metrics: u16,
+}
+
+impl Ports {
+    pub fn new() -> Ports {
+        Ports {
+            http: free_port(),
+            https: free_port(),
+            metrics: free_port(),
+        }
+    }
+    pub fn yaml(&self) -> String {
+        format!(
+            "listen:\n  http: \"127.0.0.1:{}\"\n  https: \"127.0.0.1:{}\"\n  metrics: \"127.0.0.1:{}\"\nwatch_interval: 200ms\nshutdown_grace: 0s\n",
+            self.http, self.https, self.metrics
+        )
+    }
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports::new()
+    }
+}
+
+impl Edge {
+    /// Writes `config` (YAML, listen block included) to `dir/edge.yaml` and starts the proxy,
+    /// waiting until `/readyz` says every listener is bound.
+    pub async fn start(dir: &Path, ports: &Ports, config: &str) -> Edge {
+        let config_path = dir.join("edge.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("edge.log");
+        let child = Command::new(edge_bin())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("MCP_EDGE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start mcp-edge");
+        let mut edge = Edge {
+            child,
+            dir: dir.to_path_buf(),
+            config_path,
+            http: ([127, 0, 0, 1], ports.http).into(),
+            https: ([127, 0, 0, 1], ports.https).into(),
+            metrics: ([127, 0, 0, 1], ports.metrics).into(),
+            log,
+        };
+        let url = format!("http://{}/readyz", edge.metrics);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = edge.child.try_wait() {
+                panic!("mcp-edge exited with {status}:\n{}", edge.log());
+            }
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "mcp-edge not ready:\n{}", edge.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        edge
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn sighup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of the sample whose line starts with `prefix` (name and labels), or 0.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        metric_value(&self.metrics_text().await, prefix)
+    }
+
+    /// An HTTPS client trusting `roots`, resolving every name in `names` to this proxy.
+    pub fn client(&self, roots: rustls::RootCertStore, names: &[&str]) -> reqwest::Client {
+        https_client(roots, names, self.https)
+    }
+
+    /// Completes a TLS handshake with `sni` (None: no SNI) and returns the leaf the proxy
+    /// presented, or the handshake error.
+    pub async fn handshake(
+        &self,
+        sni: Option<&str>,
+        roots: rustls::RootCertStore,
+        alpn: &[&[u8]],
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>, String), String> {
+        tls_handshake(self.https, sni, roots, alpn).await
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn https_client(roots: rustls::RootCertStore, names: &[&str], addr: SocketAddr) -> reqwest::Client {
+    install_crypto();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut b = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30));
+    for n in names {
+        b = b.resolve(n, addr);
+    }
+    b.build().unwrap()
+}
+
+/// Accepts any server certificate and records nothing: used only to look at what the server
+/// presents when the test itself compares the certificate.
+#[derive(Debug)]
+struct Anything;
+
+impl rustls::client::danger::ServerCertVerifier for Anything {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// (leaf DER, negotiated ALPN, TLS version). With `sni: None` no SNI is sent (an IP literal).
+pub async fn tls_handshake(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    roots: rustls::RootCertStore,
+    alpn: &[&[u8]],
+) -> Result<(Vec<u8>, Option<Vec<u8>>, String), String> {
+    install_crypto();
+    let mut cfg = match sni {
+        Some(_) => rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        None => rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Anything))
+            .with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let name = match sni {
+        Some(s) => ServerName::try_from(s.to_string()).unwrap(),
+        // rustls sends no SNI for an IP address.
+        None => ServerName::IpAddress(addr.ip().into()),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, conn) = tls.get_ref();
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let version = format!("{:?}", conn.protocol_version());
+    Ok((leaf, conn.alpn_protocol().map(|a| a.to_vec()), version))
+}
+
+/// Reads an SSE body chunk by chunk and yields complete events with their arrival time.
+pub struct SseReader {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    pub fn new(resp: reqwest::Response) -> SseReader {
+        SseReader {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (text up to the blank line), or None at the end of the stream.
+    pub async fn next_event(&mut self) -> Option<(String, Instant)> {
+        loop {
+            let norm = self.buf.replace("\r\n", "\n");
+            if let Some(i) = norm.find("\n\n") {
+                let ev = norm[..i].to_string();
+                self.buf = norm[i + 2..].to_string();
+                return Some((ev, Instant::now()));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.resp.chunk())
+                .await
+                .expect("SSE stream stalled for 20 s")
+                .ok()??;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
