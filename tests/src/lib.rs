@@ -162,6 +162,7 @@ impl Edge {
     /// Writes `config` (YAML, listen block included) to `dir/edge.yaml` and starts the proxy,
     /// waiting until `/readyz` says every listener is bound.
     pub async fn start(dir: &Path, ports: &Ports, config: &str) -> Edge {
+        install_crypto();
         let config_path = dir.join("edge.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join("edge.log");

@@ -128,6 +128,7 @@ async fn host_that_does_not_match_sni_gets_421() {
 
 #[tokio::test]
 async fn port_80_redirects_tls_hosts_serves_plain_hosts_and_refuses_unknown_hosts() {
+    install_crypto();
     let up = Upstream::start("r1").await;
     let t = two_hosts(&up, "").await;
     let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -199,7 +200,7 @@ async fn origin_outside_the_allowlist_gets_403() {
     let t = two_hosts(&up, "    allowed_origins: [\"https://chatgpt.com\"]\n").await;
     let client = t.edge.client(t.ca.root_store(), &["a.test", "b.test"]);
     let port = t.edge.https.port();
-    let url = format!("https://a.test:{port}/mcp");
+    let url = format!("https://a.test:{port}/echo");
     let send = |origin: Option<&'static str>| {
         let mut r = client.post(&url).body("{}");
         if let Some(o) = origin {
@@ -213,7 +214,7 @@ async fn origin_outside_the_allowlist_gets_403() {
     assert_eq!(send(Some("https://evil.example")).await.unwrap().status(), 403);
     assert_eq!(send(Some("null")).await.unwrap().status(), 403);
     // b.test has no allowlist.
-    let r = client.post(format!("https://b.test:{port}/mcp")).header("origin", "https://evil.example").body("{}").send().await.unwrap();
+    let r = client.post(format!("https://b.test:{port}/echo")).header("origin", "https://evil.example").body("{}").send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -425,6 +426,7 @@ async fn reload_swaps_routes_keeps_streams_and_refuses_a_bad_config() {
 
 #[tokio::test]
 async fn metrics_count_what_happened() {
+    install_crypto();
     let up = Upstream::start("r1").await;
     let t = two_hosts(&up, "").await;
     let client = t.edge.client(t.ca.root_store(), &["a.test"]);
@@ -459,7 +461,7 @@ async fn metrics_count_what_happened() {
     let e = Edge::start(dir.path(), &ports, &cfg).await;
     let r = reqwest::Client::new().get(format!("http://{}/", e.http)).header("host", "plain.test").send().await.unwrap();
     assert_eq!(r.status(), 502);
-    assert_eq!(e.metric("mcp_edge_upstream_errors_total{host=\"plain.test\",route=\"/\",reason=\"connect_refused\"}").await, 1.0);
+    assert_eq!(e.metric("mcp_edge_upstream_errors_total{host=\"plain.test\",reason=\"connect_refused\",route=\"/\"}").await, 1.0);
     assert_eq!(e.metric("mcp_edge_requests_total{host=\"plain.test\",route=\"/\",status=\"5xx\"}").await, 1.0);
 }
 
@@ -477,8 +479,9 @@ async fn a_port_that_cannot_be_bound_stops_the_process_with_a_clear_message() {
     );
     let path = dir.path().join("edge.yaml");
     std::fs::write(&path, cfg).unwrap();
+    let bin = edge_bin();
     let start = Instant::now();
-    let out = std::process::Command::new(edge_bin()).args(["run", "-c"]).arg(&path).output().unwrap();
+    let out = std::process::Command::new(bin).args(["run", "-c"]).arg(&path).output().unwrap();
     assert!(!out.status.success());
     assert!(start.elapsed() < Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr);
