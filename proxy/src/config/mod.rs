@@ -266,6 +266,7 @@ pub fn parse(text: &str, base: &Path, file: &Path) -> Result<Config, Vec<ConfigE
     }
     let raw: Option<raw::RawConfig> = c.deserialize(value, &root);
     let config = raw.and_then(|raw| model::build(raw, base, file, &mut c));
+    c.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
     if c.errors.is_empty() {
         config.ok_or_else(|| {
             vec![ConfigError {

@@ -574,19 +574,21 @@ fn build_host(name: &str, rh: RawHost, base: &Path, p: &KeyPath, c: &mut Collect
             }
             for (i, r) in rs.into_iter().enumerate() {
                 let rp = p.key("routes").index(i);
-                if !r.path.starts_with('/') {
+                let path_ok = if !r.path.starts_with('/') {
                     c.err(&rp.key("path"), format!("{:?} must start with /", r.path));
-                    continue;
-                }
-                if r.path.contains(['?', '#']) {
+                    false
+                } else if r.path.contains(['?', '#']) {
                     c.err(&rp.key("path"), "a path prefix has no query or fragment");
-                    continue;
-                }
-                if routes.iter().any(|x: &Route| x.path == r.path) {
+                    false
+                } else if routes.iter().any(|x: &Route| x.path == r.path) {
                     c.err(&rp.key("path"), format!("{} is listed twice", r.path));
-                    continue;
-                }
-                if let Some(up) = build_upstream(r.upstream, &rp.key("upstream"), c) {
+                    false
+                } else {
+                    true
+                };
+                // Built even under a bad path, so its own problems are reported in the same run.
+                let upstream = build_upstream(r.upstream, &rp.key("upstream"), c);
+                if let (true, Some(up)) = (path_ok, upstream) {
                     routes.push(Route {
                         path: r.path,
                         upstream: Arc::new(up),
