@@ -92,7 +92,10 @@ impl Sealer {
         let (nonce, rest) = raw.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = rest.to_vec();
-        let plain = self.key.open_in_place(nonce, Aad::from(AAD), &mut buf).ok()?;
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(AAD), &mut buf)
+            .ok()?;
         let sep = plain.iter().position(|b| *b == 0)?;
         let replica = std::str::from_utf8(&plain[..sep]).ok()?.to_string();
         let session = std::str::from_utf8(&plain[sep + 1..]).ok()?.to_string();
@@ -120,7 +123,10 @@ pub fn replace_query_session(query: &str, key: &str, value: &str) -> String {
         .split('&')
         .map(|pair| match pair.split_once('=') {
             Some((k, _)) if k == key => {
-                format!("{k}={}", url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>())
+                format!(
+                    "{k}={}",
+                    url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>()
+                )
             }
             _ => pair.to_string(),
         })
@@ -197,7 +203,10 @@ impl EndpointRewriter {
         let (path, query) = url.split_once('?')?;
         let (key, id) = query_session(query)?;
         let sealed = sealer.seal(&self.replica, &id)?;
-        Some(format!("{path}?{}", replace_query_session(query, key, &sealed)))
+        Some(format!(
+            "{path}?{}",
+            replace_query_session(query, key, &sealed)
+        ))
     }
 }
 
@@ -243,7 +252,11 @@ mod tests {
     fn endpoint_event_is_rewritten_across_chunks() {
         let s = sealer();
         let mut r = EndpointRewriter::new("http://127.0.0.1:9".into());
-        let mut out = r.feed(&s, b"event: endpoint\r\ndata: /messages/?session_id=", false);
+        let mut out = r.feed(
+            &s,
+            b"event: endpoint\r\ndata: /messages/?session_id=",
+            false,
+        );
         assert!(out.is_empty());
         out.extend(r.feed(&s, b"deadbeef\r\n\r\n: ping\r\n\r\n", false));
         let text = String::from_utf8(out).unwrap();

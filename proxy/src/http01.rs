@@ -15,7 +15,9 @@ pub struct ChallengeStore {
 impl std::fmt::Debug for ChallengeStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.map.read().map_or(0, |m| m.len());
-        f.debug_struct("ChallengeStore").field("pending", &n).finish()
+        f.debug_struct("ChallengeStore")
+            .field("pending", &n)
+            .finish()
     }
 }
 

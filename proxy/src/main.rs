@@ -8,7 +8,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "mcp-edge", version)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "MCP_EDGE_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_EDGE_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

@@ -37,7 +37,8 @@ pub struct Metrics {
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
@@ -55,13 +56,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["host", "route"],
     )
     .expect("static metric definition");
-    r.register(Box::new(duration.clone())).expect("metric registered once");
+    r.register(Box::new(duration.clone()))
+        .expect("metric registered once");
     let open_streams = IntGaugeVec::new(
         Opts::new("open_streams", "Open text/event-stream responses, by host"),
         &["host"],
     )
     .expect("static metric definition");
-    r.register(Box::new(open_streams.clone())).expect("metric registered once");
+    r.register(Box::new(open_streams.clone()))
+        .expect("metric registered once");
     let cert_not_after = GaugeVec::new(
         Opts::new(
             "certificate_not_after_seconds",
@@ -70,7 +73,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["host"],
     )
     .expect("static metric definition");
-    r.register(Box::new(cert_not_after.clone())).expect("metric registered once");
+    r.register(Box::new(cert_not_after.clone()))
+        .expect("metric registered once");
     Metrics {
         requests: counter(
             &r,
@@ -86,7 +90,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Failures talking to an upstream, by host, route and reason",
             &["host", "route", "reason"],
         ),
-        tls_handshakes: counter(&r, "tls_handshakes_total", "Completed TLS handshakes by host", &["host"]),
+        tls_handshakes: counter(
+            &r,
+            "tls_handshakes_total",
+            "Completed TLS handshakes by host",
+            &["host"],
+        ),
         tls_handshake_failures: counter(
             &r,
             "tls_handshake_failures_total",
@@ -94,7 +103,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["reason"],
         ),
         cert_not_after,
-        reloads: counter(&r, "config_reloads_total", "Configuration reloads by result", &["result"]),
+        reloads: counter(
+            &r,
+            "config_reloads_total",
+            "Configuration reloads by result",
+            &["result"],
+        ),
         session_rejected: counter(
             &r,
             "session_rejected_total",

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
 use pingora::protocols::l4::ext::TcpKeepalive;
+use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::affinity::{self, EndpointRewriter};
@@ -65,7 +65,11 @@ pub struct EdgeProxy {
 }
 
 fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
-    session.req_header().headers.get(name).and_then(|v| v.to_str().ok())
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// The host the client asked for: lower case, without port and trailing dot.
@@ -106,9 +110,7 @@ async fn respond(
         .write_response_header(Box::new(resp), head_only)
         .await?;
     if !head_only {
-        session
-            .write_response_body(Some(body), true)
-            .await?;
+        session.write_response_body(Some(body), true).await?;
     }
     Ok(true)
 }
@@ -156,8 +158,14 @@ impl EdgeProxy {
         if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
             return match self.edge.challenges.get(token) {
                 Some(key_auth) => {
-                    respond(session, 200, "application/octet-stream", Bytes::from(key_auth), &[])
-                        .await
+                    respond(
+                        session,
+                        200,
+                        "application/octet-stream",
+                        Bytes::from(key_auth),
+                        &[],
+                    )
+                    .await
                 }
                 None => respond_text(session, 404, "unknown challenge\n").await,
             };
@@ -246,14 +254,21 @@ impl ProxyHttp for EdgeProxy {
                 _ => false,
             };
             if !same {
-                return respond_text(session, 421, "misdirected request: Host does not match the TLS server name\n").await;
+                return respond_text(
+                    session,
+                    421,
+                    "misdirected request: Host does not match the TLS server name\n",
+                )
+                .await;
             }
         }
         let Some(entry) = ctx.entry.clone() else {
             return respond_text(session, 404, "unknown host\n").await;
         };
 
-        if let (Some(allowed), Some(origin)) = (&entry.host.allowed_origins, header_str(session, "origin")) {
+        if let (Some(allowed), Some(origin)) =
+            (&entry.host.allowed_origins, header_str(session, "origin"))
+        {
             let ok = normalize_origin(origin).is_ok_and(|o| allowed.contains(&o));
             if !ok {
                 return respond_text(session, 403, "origin not allowed\n").await;
@@ -308,7 +323,10 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(pool) = ctx.pool.clone() else {
-            return Err(Error::explain(ErrorType::InternalError, "no upstream selected"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no upstream selected",
+            ));
         };
         let i = *ctx.replica.get_or_insert_with(|| pool.next_replica());
         let addr = pool.address(i).await.map_err(|e| {
@@ -352,7 +370,11 @@ impl ProxyHttp for EdgeProxy {
             .map(|t| t.trim().to_ascii_lowercase())
             .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
             .collect();
-        for h in HOP_BY_HOP.iter().copied().chain(connection_listed.iter().map(String::as_str)) {
+        for h in HOP_BY_HOP
+            .iter()
+            .copied()
+            .chain(connection_listed.iter().map(String::as_str))
+        {
             if h != "content-length" && h != "transfer-encoding" {
                 req.remove_header(h);
             }
@@ -412,7 +434,11 @@ impl ProxyHttp for EdgeProxy {
             .flat_map(|v| v.split(','))
             .map(|t| t.trim().to_ascii_lowercase())
             .collect();
-        for h in HOP_BY_HOP.iter().copied().chain(connection_listed.iter().map(String::as_str)) {
+        for h in HOP_BY_HOP
+            .iter()
+            .copied()
+            .chain(connection_listed.iter().map(String::as_str))
+        {
             if h != "content-length" && h != "transfer-encoding" {
                 resp.remove_header(h);
             }
@@ -422,7 +448,11 @@ impl ProxyHttp for EdgeProxy {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            });
         if is_stream {
             // Never buffered, cached or compressed on the way out, here or further down.
             resp.insert_header("x-accel-buffering", "no")?;
@@ -441,11 +471,20 @@ impl ProxyHttp for EdgeProxy {
         if let (Some(pool), Some(i)) = (&ctx.pool, ctx.replica) {
             if pool.is_replicated() {
                 let replica = pool.url(i).url.clone();
-                if let Some(id) = resp.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+                if let Some(id) = resp
+                    .headers
+                    .get(SESSION_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                {
                     let sealed = self.edge.sealer.seal(&replica, id).ok_or_else(|| {
                         Error::explain(ErrorType::InternalError, "sealing session id")
                     })?;
-                    resp.insert_header(SESSION_HEADER, HeaderValue::from_str(&sealed).map_err(|e| Error::because(ErrorType::InternalError, "session header", e))?)?;
+                    resp.insert_header(
+                        SESSION_HEADER,
+                        HeaderValue::from_str(&sealed).map_err(|e| {
+                            Error::because(ErrorType::InternalError, "session header", e)
+                        })?,
+                    )?;
                 }
                 let legacy_stream = is_stream
                     && session.req_header().method == http::Method::GET
@@ -477,9 +516,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let m = metrics::get();
-        let status = session
-            .response_written()
-            .map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let labels = [&*ctx.host_label, &*ctx.route_label];
         m.requests
             .with_label_values(&[labels[0], labels[1], metrics::status_class(status)])

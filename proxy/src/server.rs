@@ -65,7 +65,11 @@ pub fn build_edge(config: Config) -> Result<Arc<Edge>, StartError> {
     let certs = CertSources::new(Arc::new(CertStore::default()));
     let prepared = certs.prepare(&config).map_err(StartError::Certs)?;
     certs.commit(prepared);
-    for h in config.hosts.iter().filter(|h| h.tls == config::TlsSource::Acme) {
+    for h in config
+        .hosts
+        .iter()
+        .filter(|h| h.tls == config::TlsSource::Acme)
+    {
         tracing::warn!(host = %h.name, "tls: acme is accepted but certificates are not ordered by this build yet; TLS handshakes for this host fail until a certificate is installed");
     }
     Ok(Arc::new(Edge {
@@ -150,7 +154,10 @@ impl TlsAccept for HandshakeHook {
             .as_deref()
             .and_then(|s| table.host(s))
             .map_or(metrics::UNKNOWN_HOST, |e| e.host.name.as_str());
-        metrics::get().tls_handshakes.with_label_values(&[host]).inc();
+        metrics::get()
+            .tls_handshakes
+            .with_label_values(&[host])
+            .inc();
         Some(Arc::new(TlsInfo { sni }))
     }
 }
@@ -194,8 +201,7 @@ pub fn reload(edge: &Edge, path: &Path) -> Result<(), String> {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for SIGHUP; reload by signal is off");
@@ -227,7 +233,9 @@ impl BackgroundService for Reloader {
                 .unwrap_or_else(|e| Err(e.to_string()));
             match result {
                 Ok(()) => tracing::info!(trigger = why, "configuration reloaded"),
-                Err(e) => tracing::error!(trigger = why, error = %e, "reload refused; the previous configuration keeps serving"),
+                Err(e) => {
+                    tracing::error!(trigger = why, error = %e, "reload refused; the previous configuration keeps serving")
+                }
             }
         }
     }

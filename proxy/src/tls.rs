@@ -84,7 +84,10 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Ke
     parse_certificates(&pem, path)
 }
 
-fn parse_certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, KeyPairError> {
+fn parse_certificates(
+    pem: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, KeyPairError> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| KeyPairError::BadCertificate {

@@ -16,7 +16,10 @@ use rustls::pki_types::{CertificateDer, ServerName};
 /// The `mcp-edge` binary, built once per test run so it is never stale.
 pub fn edge_bin() -> PathBuf {
     static BUILD: Once = Once::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     if let Ok(p) = std::env::var("MCP_EDGE_BIN") {
         return PathBuf::from(p);
     }
@@ -195,7 +198,11 @@ impl Edge {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "mcp-edge not ready:\n{}", edge.log());
+            assert!(
+                Instant::now() < deadline,
+                "mcp-edge not ready:\n{}",
+                edge.log()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         edge
@@ -269,7 +276,11 @@ pub fn metric_value(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-pub fn https_client(roots: rustls::RootCertStore, names: &[&str], addr: SocketAddr) -> reqwest::Client {
+pub fn https_client(
+    roots: rustls::RootCertStore,
+    names: &[&str],
+    addr: SocketAddr,
+) -> reqwest::Client {
     install_crypto();
     let mut tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
@@ -347,7 +358,9 @@ pub async fn tls_handshake(
         // rustls sends no SNI for an IP address.
         None => ServerName::IpAddress(addr.ip().into()),
     };
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await

@@ -71,7 +71,10 @@ impl Upstream {
 }
 
 fn now_us() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
 }
 
 fn sse(body: Body) -> Response {
@@ -82,7 +85,13 @@ fn sse(body: Body) -> Response {
         .unwrap()
 }
 
-async fn echo(State(st): State<St>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn echo(
+    State(st): State<St>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut h = BTreeMap::new();
     for (k, v) in &headers {
         h.insert(k.to_string(), v.to_str().unwrap_or("").to_string());
@@ -137,7 +146,10 @@ async fn forever(State(st): State<St>) -> Response {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Some((Ok::<_, std::io::Error>(Bytes::from(format!("data: {i}\n\n"))), i + 1))
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("data: {i}\n\n"))),
+            i + 1,
+        ))
     })
     .map(move |x| {
         let _keep = &guard;
@@ -163,7 +175,8 @@ async fn mcp_post(State(st): State<St>, headers: HeaderMap, body: Bytes) -> Resp
             st.replica
         );
         let mut resp = sse(Body::from(ev));
-        resp.headers_mut().insert("mcp-session-id", id.parse().unwrap());
+        resp.headers_mut()
+            .insert("mcp-session-id", id.parse().unwrap());
         return resp;
     }
     let session = headers
@@ -188,7 +201,10 @@ async fn legacy_sse(State(st): State<St>) -> Response {
     sse(Body::from_stream(stream))
 }
 
-async fn legacy_message(State(st): State<St>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+async fn legacy_message(
+    State(st): State<St>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
     let session = q.get("sessionId").cloned().unwrap_or_default();
     if !st.sessions.lock().unwrap().contains(&session) {
         return (StatusCode::NOT_FOUND, "unknown session").into_response();

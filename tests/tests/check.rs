@@ -12,8 +12,17 @@ fn every_config_in_the_repository_passes_check() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            let out = Command::new(edge_bin()).args(["check", "--config"]).arg(&p).output().unwrap();
-            assert!(out.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(edge_bin())
+                .args(["check", "--config"])
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             n += 1;
         }
     }
@@ -30,7 +39,11 @@ fn check_names_every_bad_key_and_exits_non_zero_without_binding() {
         "listen:\n  https: \"127.0.0.1:1\"\n  metrix: x\nhosts:\n  a.example.com:\n    tls: selfsigned\n    upstream: http://a\n  b.example.com:\n    tls: none\n    routes:\n      - path: mcp\n        upstream: { urls: [http://b], read_timeout: soon }\n",
     )
     .unwrap();
-    let out = Command::new(edge_bin()).args(["check", "--config"]).arg(&p).output().unwrap();
+    let out = Command::new(edge_bin())
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
@@ -42,6 +55,10 @@ fn check_names_every_bad_key_and_exits_non_zero_without_binding() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     // The same config through the environment variable.
-    let out = Command::new(edge_bin()).arg("check").env("MCP_EDGE_CONFIG", &p).output().unwrap();
+    let out = Command::new(edge_bin())
+        .arg("check")
+        .env("MCP_EDGE_CONFIG", &p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -51,8 +51,16 @@ async fn two_hosts(up: &Upstream, extra_a: &str) -> TwoHosts {
 /// The ports written in a config produced by `Ports::yaml`.
 fn ports_of(cfg: &str) -> Ports {
     let port = |key: &str| -> u16 {
-        let line = cfg.lines().find(|l| l.trim_start().starts_with(key)).unwrap();
-        line.rsplit(':').next().unwrap().trim_matches(|c| c == '"' || c == ' ').parse().unwrap()
+        let line = cfg
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap();
+        line.rsplit(':')
+            .next()
+            .unwrap()
+            .trim_matches(|c| c == '"' || c == ' ')
+            .parse()
+            .unwrap()
     };
     Ports {
         http: port("http:"),
@@ -67,26 +75,65 @@ async fn sni_picks_the_certificate_of_each_host_and_unknown_names_fail() {
     let t = two_hosts(&up, "").await;
     let roots = || t.ca.root_store();
 
-    let (leaf_a, alpn, _) = t.edge.handshake(Some("a.test"), roots(), &[b"h2", b"http/1.1"]).await.unwrap();
+    let (leaf_a, alpn, _) = t
+        .edge
+        .handshake(Some("a.test"), roots(), &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(leaf_a, pem_to_der(&t.a_cert));
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "h2 is offered by ALPN");
-    let (leaf_alias, _, _) = t.edge.handshake(Some("www.a.test"), roots(), &[b"http/1.1"]).await.unwrap();
+    let (leaf_alias, _, _) = t
+        .edge
+        .handshake(Some("www.a.test"), roots(), &[b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(leaf_alias, pem_to_der(&t.a_cert));
-    let (leaf_b, alpn, _) = t.edge.handshake(Some("b.test"), roots(), &[b"http/1.1"]).await.unwrap();
+    let (leaf_b, alpn, _) = t
+        .edge
+        .handshake(Some("b.test"), roots(), &[b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(leaf_b, pem_to_der(&t.b_cert));
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
 
     // Reject twins: no SNI, an unknown name, a tls:none host.
     assert!(t.edge.handshake(None, roots(), &[]).await.is_err());
-    assert!(t.edge.handshake(Some("c.test"), roots(), &[]).await.is_err());
-    assert!(t.edge.handshake(Some("plain.test"), roots(), &[]).await.is_err());
-    assert_eq!(t.edge.metric("mcp_edge_tls_handshake_failures_total{reason=\"unknown_name\"}").await, 2.0);
-    assert_eq!(t.edge.metric("mcp_edge_tls_handshake_failures_total{reason=\"no_sni\"}").await, 1.0);
-    assert_eq!(t.edge.metric("mcp_edge_tls_handshakes_total{host=\"a.test\"}").await, 2.0);
+    assert!(t
+        .edge
+        .handshake(Some("c.test"), roots(), &[])
+        .await
+        .is_err());
+    assert!(t
+        .edge
+        .handshake(Some("plain.test"), roots(), &[])
+        .await
+        .is_err());
+    assert_eq!(
+        t.edge
+            .metric("mcp_edge_tls_handshake_failures_total{reason=\"unknown_name\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        t.edge
+            .metric("mcp_edge_tls_handshake_failures_total{reason=\"no_sni\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        t.edge
+            .metric("mcp_edge_tls_handshakes_total{host=\"a.test\"}")
+            .await,
+        2.0
+    );
 
     // Both HTTP versions reach the upstream.
     let client = t.edge.client(roots(), &["a.test", "b.test"]);
-    let r = client.get(format!("https://a.test:{}/x", t.edge.https.port())).send().await.unwrap();
+    let r = client
+        .get(format!("https://a.test:{}/x", t.edge.https.port()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
 }
@@ -97,7 +144,11 @@ async fn host_that_does_not_match_sni_gets_421() {
     let t = two_hosts(&up, "").await;
     let client = t.edge.client(t.ca.root_store(), &["a.test"]);
     let port = t.edge.https.port();
-    let ok = client.get(format!("https://a.test:{port}/")).send().await.unwrap();
+    let ok = client
+        .get(format!("https://a.test:{port}/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     // SNI a.test, Host b.test: a's certificate must not front b. Over HTTP/1.1 the Host header
     // can differ from the SNI.
@@ -122,7 +173,12 @@ async fn host_that_does_not_match_sni_gets_421() {
         assert_eq!(r.status(), 421, "Host {host} over a.test's certificate");
     }
     // An alias of the same host is fine.
-    let r = h1.get(format!("https://a.test:{port}/")).header("host", "www.a.test").send().await.unwrap();
+    let r = h1
+        .get(format!("https://a.test:{port}/"))
+        .header("host", "www.a.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -131,24 +187,47 @@ async fn port_80_redirects_tls_hosts_serves_plain_hosts_and_refuses_unknown_host
     install_crypto();
     let up = Upstream::start("r1").await;
     let t = two_hosts(&up, "").await;
-    let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let base = format!("http://{}", t.edge.http);
-    let r = c.get(format!("{base}/mcp?x=1")).header("host", "www.a.test").send().await.unwrap();
+    let r = c
+        .get(format!("{base}/mcp?x=1"))
+        .header("host", "www.a.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 308);
     assert_eq!(
         r.headers()["location"],
         format!("https://www.a.test:{}/mcp?x=1", t.edge.https.port()).as_str()
     );
-    let r = c.get(format!("{base}/")).header("host", "evil.example").send().await.unwrap();
+    let r = c
+        .get(format!("{base}/"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.headers().get("location").is_none());
-    let r = c.get(format!("{base}/hello")).header("host", "plain.test").send().await.unwrap();
+    let r = c
+        .get(format!("{base}/hello"))
+        .header("host", "plain.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let j: serde_json::Value = r.json().await.unwrap();
     assert_eq!(j["path"], "/hello");
     assert_eq!(j["headers"]["x-forwarded-proto"], "http");
     // Unknown challenge tokens are 404, for any host.
-    let r = c.get(format!("{base}/.well-known/acme-challenge/nope")).header("host", "a.test").send().await.unwrap();
+    let r = c
+        .get(format!("{base}/.well-known/acme-challenge/nope"))
+        .header("host", "a.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -158,7 +237,10 @@ async fn headers_pass_both_ways_forwarding_headers_are_set_and_hop_by_hop_stripp
     let t = two_hosts(&up, "").await;
     let client = t.edge.client(t.ca.root_store(), &["a.test"]);
     let r = client
-        .post(format!("https://a.test:{}/mcp/echo?q=1", t.edge.https.port()))
+        .post(format!(
+            "https://a.test:{}/mcp/echo?q=1",
+            t.edge.https.port()
+        ))
         .header("mcp-session-id", "abc")
         .header("mcp-protocol-version", "2025-06-18")
         .header("mcp-method", "tools/call")
@@ -177,7 +259,10 @@ async fn headers_pass_both_ways_forwarding_headers_are_set_and_hop_by_hop_stripp
     assert_eq!(rh["mcp-session-id"], "upstream-session-1");
     assert_eq!(rh["mcp-method"], "tools/call");
     assert_eq!(rh["mcp-name"], "search_docs");
-    assert!(rh.get("keep-alive").is_none(), "hop-by-hop response header stripped");
+    assert!(
+        rh.get("keep-alive").is_none(),
+        "hop-by-hop response header stripped"
+    );
     let j: serde_json::Value = r.json().await.unwrap();
     let h = &j["headers"];
     assert_eq!(h["mcp-session-id"], "abc");
@@ -185,10 +270,20 @@ async fn headers_pass_both_ways_forwarding_headers_are_set_and_hop_by_hop_stripp
     assert_eq!(h["mcp-method"], "tools/call");
     assert_eq!(h["mcp-name"], "search_docs");
     assert_eq!(h["last-event-id"], "42");
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "client-supplied XFF is replaced");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "client-supplied XFF is replaced"
+    );
     assert_eq!(h["x-forwarded-proto"], "https");
-    assert_eq!(h["x-forwarded-host"], format!("a.test:{}", t.edge.https.port()));
-    assert_eq!(h["host"], up.addr.to_string(), "upstream sees its own authority");
+    assert_eq!(
+        h["x-forwarded-host"],
+        format!("a.test:{}", t.edge.https.port())
+    );
+    assert_eq!(
+        h["host"],
+        up.addr.to_string(),
+        "upstream sees its own authority"
+    );
     assert!(h.get("proxy-authorization").is_none());
     assert!(h.get("te").is_none());
     assert_eq!(j["query"], "q=1");
@@ -208,13 +303,31 @@ async fn origin_outside_the_allowlist_gets_403() {
         }
         r.send()
     };
-    assert_eq!(send(Some("https://chatgpt.com")).await.unwrap().status(), 200);
-    assert_eq!(send(Some("https://ChatGPT.com:443")).await.unwrap().status(), 200);
+    assert_eq!(
+        send(Some("https://chatgpt.com")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        send(Some("https://ChatGPT.com:443"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(send(None).await.unwrap().status(), 200);
-    assert_eq!(send(Some("https://evil.example")).await.unwrap().status(), 403);
+    assert_eq!(
+        send(Some("https://evil.example")).await.unwrap().status(),
+        403
+    );
     assert_eq!(send(Some("null")).await.unwrap().status(), 403);
     // b.test has no allowlist.
-    let r = client.post(format!("https://b.test:{port}/echo")).header("origin", "https://evil.example").body("{}").send().await.unwrap();
+    let r = client
+        .post(format!("https://b.test:{port}/echo"))
+        .header("origin", "https://evil.example")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -224,7 +337,10 @@ async fn sse_events_arrive_one_by_one() {
     let t = two_hosts(&up, "").await;
     let client = t.edge.client(t.ca.root_store(), &["a.test"]);
     let resp = client
-        .get(format!("https://a.test:{}/ticks?n=6&gap_ms=200", t.edge.https.port()))
+        .get(format!(
+            "https://a.test:{}/ticks?n=6&gap_ms=200",
+            t.edge.https.port()
+        ))
         .send()
         .await
         .unwrap();
@@ -240,7 +356,12 @@ async fn sse_events_arrive_one_by_one() {
     // Buffering would deliver them together; streaming delivers them ~200 ms apart.
     for w in arrivals.windows(2) {
         let gap = w[1].1 - w[0].1;
-        assert!(gap >= Duration::from_millis(120), "events {:?} and {:?} arrived {gap:?} apart", w[0].0, w[1].0);
+        assert!(
+            gap >= Duration::from_millis(120),
+            "events {:?} and {:?} arrived {gap:?} apart",
+            w[0].0,
+            w[1].0
+        );
     }
 }
 
@@ -258,7 +379,11 @@ async fn post_mcp_answered_with_sse_streams_through() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    assert_eq!(resp.headers()["mcp-session-id"], "r1-0", "single upstream: ids pass untouched");
+    assert_eq!(
+        resp.headers()["mcp-session-id"],
+        "r1-0",
+        "single upstream: ids pass untouched"
+    );
     let mut sse = SseReader::new(resp);
     let (ev, _) = sse.next_event().await.unwrap();
     assert!(ev.contains("\"replica\":\"r1\""), "{ev}");
@@ -278,7 +403,8 @@ async fn session_affinity_with_two_replicas_and_tampered_ids_refused() {
         r2.url()
     );
     let edge = Edge::start(dir.path(), &ports, &cfg).await;
-    let cert = std::fs::read_to_string(dir.path().join("certs/mcp.test.self-signed.cert.pem")).unwrap();
+    let cert =
+        std::fs::read_to_string(dir.path().join("certs/mcp.test.self-signed.cert.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pem_to_der(&cert).into()).unwrap();
     let client = edge.client(roots, &["mcp.test"]);
@@ -294,30 +420,59 @@ async fn session_affinity_with_two_replicas_and_tampered_ids_refused() {
             .await
             .unwrap();
         let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
-        assert!(!sid.starts_with("r1-") && !sid.starts_with("r2-"), "client sees a sealed id, got {sid}");
+        assert!(
+            !sid.starts_with("r1-") && !sid.starts_with("r2-"),
+            "client sees a sealed id, got {sid}"
+        );
         let body = r.text().await.unwrap();
         let replica = if body.contains("\"r1\"") { "r1" } else { "r2" };
         sessions.push((sid, replica));
     }
-    assert!(sessions.iter().any(|s| s.1 == "r1") && sessions.iter().any(|s| s.1 == "r2"), "round robin");
+    assert!(
+        sessions.iter().any(|s| s.1 == "r1") && sessions.iter().any(|s| s.1 == "r2"),
+        "round robin"
+    );
     for (sid, replica) in &sessions {
         for _ in 0..3 {
-            let r = client.post(format!("{base}/mcp")).header("mcp-session-id", sid).body("{}").send().await.unwrap();
+            let r = client
+                .post(format!("{base}/mcp"))
+                .header("mcp-session-id", sid)
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
             let j: serde_json::Value = r.json().await.unwrap();
             assert_eq!(j["replica"], *replica);
-            assert!(j["session"].as_str().unwrap().starts_with(replica), "backend sees its own id");
+            assert!(
+                j["session"].as_str().unwrap().starts_with(replica),
+                "backend sees its own id"
+            );
         }
     }
     // Tampered, forged and raw backend ids are refused, not routed at random.
     let mut bad = sessions[0].0.clone().into_bytes();
     let i = bad.len() / 2;
     bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
-    for forged in [String::from_utf8(bad).unwrap(), "r1-0".to_string(), "s1AAAA".to_string()] {
-        let r = client.post(format!("{base}/mcp")).header("mcp-session-id", &forged).body("{}").send().await.unwrap();
+    for forged in [
+        String::from_utf8(bad).unwrap(),
+        "r1-0".to_string(),
+        "s1AAAA".to_string(),
+    ] {
+        let r = client
+            .post(format!("{base}/mcp"))
+            .header("mcp-session-id", &forged)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "forged id {forged}");
     }
-    assert!(edge.metric("mcp_edge_session_rejected_total{host=\"mcp.test\"").await >= 3.0);
+    assert!(
+        edge.metric("mcp_edge_session_rejected_total{host=\"mcp.test\"")
+            .await
+            >= 3.0
+    );
 
     // Legacy HTTP+SSE: the endpoint event carries a sealed id; POSTs reach the stream's replica.
     for _ in 0..2 {
@@ -325,9 +480,18 @@ async fn session_affinity_with_two_replicas_and_tampered_ids_refused() {
         let mut sse = SseReader::new(resp);
         let (ev, _) = sse.next_event().await.unwrap();
         assert!(ev.starts_with("event: endpoint"), "{ev}");
-        let endpoint = ev.lines().find_map(|l| l.strip_prefix("data: ")).unwrap().to_string();
+        let endpoint = ev
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap()
+            .to_string();
         assert!(endpoint.starts_with("/message?sessionId=s1"), "{endpoint}");
-        let r = client.post(format!("{base}{endpoint}")).body("{}").send().await.unwrap();
+        let r = client
+            .post(format!("{base}{endpoint}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202);
         let j: serde_json::Value = r.json().await.unwrap();
         let replica = j["replica"].as_str().unwrap();
@@ -336,7 +500,12 @@ async fn session_affinity_with_two_replicas_and_tampered_ids_refused() {
         let (ping, _) = sse.next_event().await.unwrap();
         assert_eq!(ping, ": ping");
     }
-    let r = client.post(format!("{base}/message?sessionId=r1-0")).body("{}").send().await.unwrap();
+    let r = client
+        .post(format!("{base}/message?sessionId=r1-0"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -358,15 +527,19 @@ async fn certificate_replaced_on_disk_is_served_to_new_handshakes_while_a_stream
     std::fs::write(t.edge.dir.join("a.key"), &new_key).unwrap();
     std::fs::write(t.edge.dir.join("a.pem"), &new_cert).unwrap();
     let want = pem_to_der(&new_cert);
-    wait_for(Duration::from_secs(10), "the new certificate to be served", || {
-        let roots = t.ca.root_store();
-        let want = want.clone();
-        let edge = &t.edge;
-        async move {
-            let (leaf, _, _) = edge.handshake(Some("a.test"), roots, &[]).await.ok()?;
-            (leaf == want).then_some(())
-        }
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the new certificate to be served",
+        || {
+            let roots = t.ca.root_store();
+            let want = want.clone();
+            let edge = &t.edge;
+            async move {
+                let (leaf, _, _) = edge.handshake(Some("a.test"), roots, &[]).await.ok()?;
+                (leaf == want).then_some(())
+            }
+        },
+    )
     .await;
     // The stream opened before the swap still flows.
     for _ in 0..5 {
@@ -375,9 +548,16 @@ async fn certificate_replaced_on_disk_is_served_to_new_handshakes_while_a_stream
     // A bad key on disk keeps the current certificate.
     std::fs::write(t.edge.dir.join("a.key"), "not a key").unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let (leaf, _, _) = t.edge.handshake(Some("a.test"), t.ca.root_store(), &[]).await.unwrap();
+    let (leaf, _, _) = t
+        .edge
+        .handshake(Some("a.test"), t.ca.root_store(), &[])
+        .await
+        .unwrap();
     assert_eq!(leaf, want);
-    assert!(t.edge.log().contains("cannot be used"), "the refusal is logged");
+    assert!(
+        t.edge.log().contains("cannot be used"),
+        "the refusal is logged"
+    );
 }
 
 #[tokio::test]
@@ -387,7 +567,11 @@ async fn reload_swaps_routes_keeps_streams_and_refuses_a_bad_config() {
     let mut t = two_hosts(&up, "").await;
     let client = t.edge.client(t.ca.root_store(), &["a.test"]);
     let port = t.edge.https.port();
-    let resp = client.get(format!("https://a.test:{port}/forever")).send().await.unwrap();
+    let resp = client
+        .get(format!("https://a.test:{port}/forever"))
+        .send()
+        .await
+        .unwrap();
     let mut sse = SseReader::new(resp);
     sse.next_event().await.unwrap();
 
@@ -397,14 +581,26 @@ async fn reload_swaps_routes_keeps_streams_and_refuses_a_bad_config() {
     t.edge.sighup();
     wait_for(Duration::from_secs(10), "the refused reload", || {
         let e = &t.edge;
-        async move { (e.metric("mcp_edge_config_reloads_total{result=\"error\"}").await >= 1.0).then_some(()) }
+        async move {
+            (e.metric("mcp_edge_config_reloads_total{result=\"error\"}")
+                .await
+                >= 1.0)
+                .then_some(())
+        }
     })
     .await;
     assert!(t.edge.is_running());
-    let r = client.get(format!("https://a.test:{port}/x")).send().await.unwrap();
+    let r = client
+        .get(format!("https://a.test:{port}/x"))
+        .send()
+        .await
+        .unwrap();
     let j: serde_json::Value = r.json().await.unwrap();
     assert_eq!(j["replica"], "r1");
-    assert!(t.edge.log().contains("aliasses"), "the bad key is named in the log");
+    assert!(
+        t.edge.log().contains("aliasses"),
+        "the bad key is named in the log"
+    );
 
     // A good config pointing a.test elsewhere takes effect without a restart.
     std::fs::write(&t.edge.config_path, good.replace(&up.url(), &other.url())).unwrap();
@@ -412,15 +608,26 @@ async fn reload_swaps_routes_keeps_streams_and_refuses_a_bad_config() {
     wait_for(Duration::from_secs(10), "the new route", || {
         let c = client.clone();
         async move {
-            let r = c.get(format!("https://a.test:{port}/x")).send().await.ok()?;
+            let r = c
+                .get(format!("https://a.test:{port}/x"))
+                .send()
+                .await
+                .ok()?;
             let j: serde_json::Value = r.json().await.ok()?;
             (j["replica"] == "r2").then_some(())
         }
     })
     .await;
-    assert!(t.edge.metric("mcp_edge_config_reloads_total{result=\"ok\"}").await >= 1.0);
+    assert!(
+        t.edge
+            .metric("mcp_edge_config_reloads_total{result=\"ok\"}")
+            .await
+            >= 1.0
+    );
     for _ in 0..5 {
-        sse.next_event().await.expect("stream opened before the reload keeps flowing");
+        sse.next_event()
+            .await
+            .expect("stream opened before the reload keeps flowing");
     }
 }
 
@@ -432,16 +639,49 @@ async fn metrics_count_what_happened() {
     let client = t.edge.client(t.ca.root_store(), &["a.test"]);
     let port = t.edge.https.port();
     for _ in 0..3 {
-        assert_eq!(client.get(format!("https://a.test:{port}/x")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            client
+                .get(format!("https://a.test:{port}/x"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
-    let resp = client.get(format!("https://a.test:{port}/forever")).send().await.unwrap();
+    let resp = client
+        .get(format!("https://a.test:{port}/forever"))
+        .send()
+        .await
+        .unwrap();
     let mut sse = SseReader::new(resp);
     sse.next_event().await.unwrap();
     let m = t.edge.metrics_text().await;
-    assert_eq!(metric_value(&m, "mcp_edge_requests_total{host=\"a.test\",route=\"/\",status=\"2xx\"}"), 3.0, "{m}");
-    assert_eq!(metric_value(&m, "mcp_edge_open_streams{host=\"a.test\"}"), 1.0);
-    assert_eq!(metric_value(&m, "mcp_edge_request_duration_seconds_count{host=\"a.test\",route=\"/\"}"), 3.0);
-    assert!(metric_value(&m, "mcp_edge_certificate_not_after_seconds{host=\"a.test\"}") > 1.7e9);
+    assert_eq!(
+        metric_value(
+            &m,
+            "mcp_edge_requests_total{host=\"a.test\",route=\"/\",status=\"2xx\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "mcp_edge_open_streams{host=\"a.test\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "mcp_edge_request_duration_seconds_count{host=\"a.test\",route=\"/\"}"
+        ),
+        3.0
+    );
+    assert!(
+        metric_value(
+            &m,
+            "mcp_edge_certificate_not_after_seconds{host=\"a.test\"}"
+        ) > 1.7e9
+    );
     drop(sse);
     wait_for(Duration::from_secs(10), "the stream gauge to drop", || {
         let e = &t.edge;
@@ -459,10 +699,19 @@ async fn metrics_count_what_happened() {
         dir.path().join("certs").display()
     );
     let e = Edge::start(dir.path(), &ports, &cfg).await;
-    let r = reqwest::Client::new().get(format!("http://{}/", e.http)).header("host", "plain.test").send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/", e.http))
+        .header("host", "plain.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!(e.metric("mcp_edge_upstream_errors_total{host=\"plain.test\",reason=\"connect_refused\",route=\"/\"}").await, 1.0);
-    assert_eq!(e.metric("mcp_edge_requests_total{host=\"plain.test\",route=\"/\",status=\"5xx\"}").await, 1.0);
+    assert_eq!(
+        e.metric("mcp_edge_requests_total{host=\"plain.test\",route=\"/\",status=\"5xx\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -481,9 +730,16 @@ async fn a_port_that_cannot_be_bound_stops_the_process_with_a_clear_message() {
     std::fs::write(&path, cfg).unwrap();
     let bin = edge_bin();
     let start = Instant::now();
-    let out = std::process::Command::new(bin).args(["run", "-c"]).arg(&path).output().unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(start.elapsed() < Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("listen.https") && err.contains(&busy.local_addr().unwrap().to_string()), "{err}");
+    assert!(
+        err.contains("listen.https") && err.contains(&busy.local_addr().unwrap().to_string()),
+        "{err}"
+    );
 }

@@ -92,10 +92,9 @@ impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let line = mark.line();
         match ev {
-            Event::Scalar(..) | Event::Alias(_) => {
-                if self.node_path(&ev, line).is_some() {
-                    self.value_done();
-                }
+            // `node_path` records a mapping key (and returns None) or gives the value's path.
+            Event::Scalar(..) | Event::Alias(_) if self.node_path(&ev, line).is_some() => {
+                self.value_done();
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 // A complex (non-scalar) mapping key is not tracked: treat it as key "?".

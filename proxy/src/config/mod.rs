@@ -150,7 +150,9 @@ impl Collector {
                         .iter()
                         .filter_map(|s| match s {
                             serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
-                            serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+                            serde_path_to_error::Segment::Map { key } => {
+                                Some(Seg::Key(key.clone()))
+                            }
                             _ => None,
                         })
                         .collect();

@@ -62,9 +62,7 @@ impl HostName {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-');
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
             if !ok {
                 return Err(format!(
                     "{s:?} is not a host name (letters, digits, '-' and '.' only; no wildcards)"
@@ -264,7 +262,12 @@ fn opt_duration(c: &mut Collector, path: &KeyPath, v: Option<&str>, default: Dur
 pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector) -> Option<Config> {
     let root = KeyPath::default();
     let lp = root.key("listen");
-    let https = listen_addr(c, &lp.key("https"), raw.listen.https.as_deref(), "0.0.0.0:443");
+    let https = listen_addr(
+        c,
+        &lp.key("https"),
+        raw.listen.https.as_deref(),
+        "0.0.0.0:443",
+    );
     let listen = Listen {
         http: listen_addr(c, &lp.key("http"), raw.listen.http.as_deref(), "0.0.0.0:80"),
         https,
@@ -397,7 +400,9 @@ fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeCo
                 Ok(u) if u.scheme() == "https" => {}
                 _ => c.err(
                     &p.key("directory"),
-                    format!("{other:?}: expected letsencrypt, letsencrypt-staging or an https:// URL"),
+                    format!(
+                        "{other:?}: expected letsencrypt, letsencrypt-staging or an https:// URL"
+                    ),
                 ),
             }
             other.to_string()
@@ -408,7 +413,10 @@ fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeCo
         let s = s.trim();
         let mail = s.strip_prefix("mailto:").unwrap_or(s);
         if !mail.contains('@') || mail.starts_with('@') || mail.ends_with('@') {
-            c.err(&p.key("contact").index(i), format!("{s:?} is not an e-mail address"));
+            c.err(
+                &p.key("contact").index(i),
+                format!("{s:?} is not an e-mail address"),
+            );
         }
         contact.push(format!("mailto:{mail}"));
     }
@@ -444,7 +452,10 @@ fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeCo
             None => match parse_duration(s) {
                 Ok(d) => RenewThreshold::Remaining(d),
                 Err(e) => {
-                    c.err(&p.key("renew_when_remaining"), format!("{e}, or a share like 33%"));
+                    c.err(
+                        &p.key("renew_when_remaining"),
+                        format!("{e}, or a share like 33%"),
+                    );
                     RenewThreshold::Fraction(1.0 / 3.0)
                 }
             },
@@ -493,7 +504,13 @@ fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeCo
     }
 }
 
-fn build_host(name: &str, rh: RawHost, base: &Path, p: &KeyPath, c: &mut Collector) -> Option<Host> {
+fn build_host(
+    name: &str,
+    rh: RawHost,
+    base: &Path,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> Option<Host> {
     let host_name = match HostName::parse(name) {
         Ok(n) => Some(n),
         Err(e) => {
@@ -512,7 +529,10 @@ fn build_host(name: &str, rh: RawHost, base: &Path, p: &KeyPath, c: &mut Collect
     let tp = p.key("tls");
     let tls = match rh.tls {
         None => {
-            c.err(&tp, "missing: one of acme, self-signed, none, or { cert: FILE, key: FILE }");
+            c.err(
+                &tp,
+                "missing: one of acme, self-signed, none, or { cert: FILE, key: FILE }",
+            );
             None
         }
         Some(Value::String(s)) => match s.as_str() {
@@ -540,7 +560,10 @@ fn build_host(name: &str, rh: RawHost, base: &Path, p: &KeyPath, c: &mut Collect
             }
         }),
         Some(_) => {
-            c.err(&tp, "expected acme, self-signed, none, or { cert: FILE, key: FILE }");
+            c.err(
+                &tp,
+                "expected acme, self-signed, none, or { cert: FILE, key: FILE }",
+            );
             None
         }
     };
@@ -558,7 +581,10 @@ fn build_host(name: &str, rh: RawHost, base: &Path, p: &KeyPath, c: &mut Collect
 
     let mut routes = Vec::new();
     match (rh.upstream, rh.routes) {
-        (Some(_), Some(_)) => c.err(p, "set either `upstream` (every path) or `routes`, not both"),
+        (Some(_), Some(_)) => c.err(
+            p,
+            "set either `upstream` (every path) or `routes`, not both",
+        ),
         (None, None) => c.err(p, "missing `upstream` (every path) or `routes`"),
         (Some(u), None) => {
             if let Some(up) = build_upstream(u, &p.key("upstream"), c) {
@@ -597,7 +623,7 @@ fn build_host(name: &str, rh: RawHost, base: &Path, p: &KeyPath, c: &mut Collect
             }
         }
     }
-    routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
 
     Some(Host {
         name: host_name?,
@@ -610,7 +636,8 @@ fn build_host(name: &str, rh: RawHost, base: &Path, p: &KeyPath, c: &mut Collect
 
 /// `scheme://host[:port]`, lower case, default ports removed.
 pub fn normalize_origin(o: &str) -> Result<String, String> {
-    let u = url::Url::parse(o).map_err(|_| format!("{o:?} is not an origin like https://chatgpt.com"))?;
+    let u = url::Url::parse(o)
+        .map_err(|_| format!("{o:?} is not an origin like https://chatgpt.com"))?;
     if !(u.path() == "/" || u.path().is_empty()) || u.query().is_some() || !u.username().is_empty()
     {
         return Err(format!("{o:?}: an origin has no path, query or user"));
@@ -717,7 +744,9 @@ fn parse_upstream_url(s: &str) -> Result<UpstreamUrl, String> {
         other => return Err(format!("{s}: scheme {other} is not supported; use http://")),
     }
     if !u.username().is_empty() || u.password().is_some() {
-        return Err(format!("{s}: credentials in upstream URLs are not supported"));
+        return Err(format!(
+            "{s}: credentials in upstream URLs are not supported"
+        ));
     }
     if !(u.path().is_empty() || u.path() == "/") || u.query().is_some() || u.fragment().is_some() {
         return Err(format!(

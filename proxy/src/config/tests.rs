@@ -3,13 +3,16 @@ use std::path::Path;
 use super::*;
 
 fn parse_str(text: &str) -> Result<Config, Vec<ConfigError>> {
-    parse(text, Path::new("/etc/mcp-edge"), Path::new("/etc/mcp-edge/edge.yaml"))
+    parse(
+        text,
+        Path::new("/etc/mcp-edge"),
+        Path::new("/etc/mcp-edge/edge.yaml"),
+    )
 }
 
 fn errors(text: &str) -> Vec<String> {
     parse_str(text)
-        .err()
-        .expect("config should be refused")
+        .expect_err("config should be refused")
         .iter()
         .map(|e| e.to_string())
         .collect()
@@ -41,9 +44,18 @@ fn every_bad_key_is_reported_with_its_path_and_line() {
         "listen:\n  htps: x\nhosts:\n  a.example.com:\n    tls: acme\n    upstream: http://a\n    extra: 1\n  b.example.com:\n    tls: none\n    upstream: https://b\n",
     );
     let all = e.join("\n");
-    assert!(all.contains("listen.htps (line 2): unknown field `htps`"), "{all}");
-    assert!(all.contains("hosts.\"a.example.com\".extra (line 7): unknown field"), "{all}");
-    assert!(all.contains("hosts.\"b.example.com\".upstream (line 10): https://b"), "{all}");
+    assert!(
+        all.contains("listen.htps (line 2): unknown field `htps`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("hosts.\"a.example.com\".extra (line 7): unknown field"),
+        "{all}"
+    );
+    assert!(
+        all.contains("hosts.\"b.example.com\".upstream (line 10): https://b"),
+        "{all}"
+    );
     assert!(all.contains("`tls: acme` needs an `acme:` block"), "{all}");
 }
 
@@ -53,7 +65,10 @@ fn names_belong_to_one_host_and_acme_needs_terms() {
         "acme:\n  contact: [ops@example.com]\nhosts:\n  a.example.com:\n    tls: acme\n    upstream: http://a\n  b.example.com:\n    tls: none\n    aliases: [A.example.com]\n    upstream: http://b\n",
     )
     .join("\n");
-    assert!(all.contains("name a.example.com is already served by host a.example.com"), "{all}");
+    assert!(
+        all.contains("name a.example.com is already served by host a.example.com"),
+        "{all}"
+    );
     assert!(all.contains("acme.accept_terms"), "{all}");
 }
 
