@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
-/// The `mcp-edge` binary, built once per test run so it is never stale.
+/// The `mcp-edge` binary, built once per test run so it is never stale (workspace-wide, so the
+/// features match `cargo build --workspace` and nothing is rebuilt twice).
 pub fn edge_bin() -> PathBuf {
     static BUILD: Once = Once::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,7 +28,7 @@ pub fn edge_bin() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "-q", "-p", "mcp-edge", "--bin", "mcp-edge"])
+            .args(["build", "-q", "--workspace", "--bins"])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building mcp-edge failed");
@@ -218,8 +219,13 @@ impl Edge {
 
     /// Sends SIGHUP (reload).
     pub fn sighup(&self) {
+        self.signal("-HUP");
+    }
+
+    /// Sends a signal (`-TERM`, `-HUP`...) with kill(1).
+    pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
+            .args([sig, &self.child.id().to_string()])
             .status()
             .unwrap()
             .success();

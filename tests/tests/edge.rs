@@ -743,3 +743,35 @@ async fn a_port_that_cannot_be_bound_stops_the_process_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_stops_within_the_configured_grace_period() {
+    let up = Upstream::start("r1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    // Ports::yaml sets shutdown_grace: 0s; pingora then stops the runtimes within ~1 s.
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  plain.test:\n    tls: none\n    upstream: {}\n",
+        ports.yaml(),
+        dir.path().join("certs").display(),
+        up.url()
+    );
+    let mut edge = Edge::start(dir.path(), &ports, &cfg).await;
+    let start = Instant::now();
+    edge.signal("-TERM");
+    wait_for(
+        Duration::from_secs(10),
+        "mcp-edge to exit after SIGTERM",
+        || {
+            let running = edge.is_running();
+            async move { (!running).then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(edge.log().contains("SIGTERM received"));
+}
