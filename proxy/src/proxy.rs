@@ -39,6 +39,27 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
+/// The hop-by-hop headers present in `headers`: the fixed set plus what `Connection` lists.
+fn hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
+    let listed = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase());
+    HOP_BY_HOP
+        .iter()
+        .map(|h| h.to_string())
+        .chain(listed)
+        .filter(|h| {
+            !h.is_empty()
+                && h != "content-length"
+                && h != "transfer-encoding"
+                && headers.contains_key(h.as_str())
+        })
+        .collect()
+}
+
 /// Per-request state.
 pub struct Ctx {
     start: Instant,
@@ -361,23 +382,8 @@ impl ProxyHttp for EdgeProxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let connection_listed: Vec<String> = req
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
-            .collect();
-        for h in HOP_BY_HOP
-            .iter()
-            .copied()
-            .chain(connection_listed.iter().map(String::as_str))
-        {
-            if h != "content-length" && h != "transfer-encoding" {
-                req.remove_header(h);
-            }
+        for h in hop_by_hop(&req.headers) {
+            req.remove_header(&h);
         }
 
         if let (Some(pool), Some(i)) = (&ctx.pool, ctx.replica) {
@@ -426,22 +432,8 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let connection_listed: Vec<String> = resp
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .collect();
-        for h in HOP_BY_HOP
-            .iter()
-            .copied()
-            .chain(connection_listed.iter().map(String::as_str))
-        {
-            if h != "content-length" && h != "transfer-encoding" {
-                resp.remove_header(h);
-            }
+        for h in hop_by_hop(&resp.headers) {
+            resp.remove_header(&h);
         }
 
         let is_stream = resp

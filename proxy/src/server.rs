@@ -39,6 +39,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS listener: {0}")]
+    Tls(String),
     #[error("certificates: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Certs(Vec<CertError>),
 }
@@ -107,11 +109,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     );
     proxy.add_tcp(&listen.http.to_string());
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeHook { edge: edge.clone() }))
-        .map_err(|e| StartError::Bind {
-            which: "https",
-            addr: listen.https,
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        .map_err(|e| StartError::Tls(e.to_string()))?;
     tls.set_cert_resolver(Arc::new(SniResolver::new(edge.certs.store().clone())));
     tls.enable_h2();
     proxy.add_tls_with_settings(&listen.https.to_string(), None, tls);
