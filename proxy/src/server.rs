@@ -176,7 +176,7 @@ fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
 /// force. On any error the previous configuration keeps serving.
 pub fn reload(edge: &Edge, path: &Path) -> Result<(), String> {
     let result = (|| {
-        let new = config::load(path).map_err(|e| e.to_string())?;
+        let mut new = config::load(path).map_err(|e| e.to_string())?;
         let prepared = edge.certs.prepare(&new).map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
@@ -185,7 +185,9 @@ pub fn reload(edge: &Edge, path: &Path) -> Result<(), String> {
         })?;
         let old = edge.table.load();
         if new.listen != old.config.listen {
-            tracing::warn!("listen addresses changed: they take effect only after a restart");
+            // The sockets are bound once; keep describing the ones that are really open.
+            tracing::warn!("listen settings changed: they take effect only after a restart");
+            new.listen = old.config.listen.clone();
         }
         edge.certs.commit(prepared);
         edge.table.store(Arc::new(Table::new(Arc::new(new))));
