@@ -338,7 +338,7 @@ async fn sse_events_arrive_one_by_one() {
     let client = t.edge.client(t.ca.root_store(), &["a.test"]);
     let resp = client
         .get(format!(
-            "https://a.test:{}/ticks?n=6&gap_ms=200",
+            "https://a.test:{}/ticks?n=6&gap_ms=250",
             t.edge.https.port()
         ))
         .send()
@@ -353,11 +353,12 @@ async fn sse_events_arrive_one_by_one() {
         arrivals.push((ev, at));
     }
     assert_eq!(arrivals.len(), 6, "every event arrives");
-    // Buffering would deliver them together; streaming delivers them ~200 ms apart.
+    // Buffering would deliver them together; streaming delivers them ~250 ms apart (the
+    // margin absorbs scheduling jitter on a loaded CI machine).
     for w in arrivals.windows(2) {
         let gap = w[1].1 - w[0].1;
         assert!(
-            gap >= Duration::from_millis(120),
+            gap >= Duration::from_millis(100),
             "events {:?} and {:?} arrived {gap:?} apart",
             w[0].0,
             w[1].0
