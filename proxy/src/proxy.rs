@@ -16,7 +16,7 @@ use crate::affinity::{self, EndpointRewriter};
 use crate::config::{normalize_origin, TlsSource};
 use crate::http01::CHALLENGE_PREFIX;
 use crate::metrics::{self, NO_ROUTE, UNKNOWN_HOST};
-use crate::routing::{HostEntry, Pool};
+use crate::routing::{HostEntry, Pool, Table};
 use crate::Edge;
 
 /// What the TLS handshake told us, carried on the connection's TLS digest.
@@ -64,9 +64,9 @@ fn hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
 pub struct Ctx {
     start: Instant,
     tls: bool,
-    host_label: Arc<str>,
-    route_label: Arc<str>,
     entry: Option<Arc<HostEntry>>,
+    /// Index of the matched route in `entry.routes`.
+    route: Option<usize>,
     pool: Option<Arc<Pool>>,
     replica: Option<usize>,
     /// The backend's own session id to restore in the upstream request.
@@ -74,6 +74,23 @@ pub struct Ctx {
     client_host: String,
     stream_open: bool,
     rewriter: Option<EndpointRewriter>,
+}
+
+impl Ctx {
+    /// Metric label: the configured host name, or `_unknown`.
+    fn host_label(&self) -> &str {
+        self.entry
+            .as_ref()
+            .map_or(UNKNOWN_HOST, |e| e.host.name.as_str())
+    }
+
+    /// Metric label: the matched route's prefix, or `_none`.
+    fn route_label(&self) -> &str {
+        match (&self.entry, self.route) {
+            (Some(e), Some(i)) => e.routes[i].path.as_str(),
+            _ => NO_ROUTE,
+        }
+    }
 }
 
 enum Restore {
@@ -174,7 +191,12 @@ fn upstream_reason(e: &Error) -> &'static str {
 impl EdgeProxy {
     /// Port 80: ACME challenges for anyone, plain proxying for `tls: none` hosts, a redirect to
     /// https for TLS hosts, 404 for anything else (never a redirect to an unknown host).
-    async fn plain_listener(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn plain_listener(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        table: &Table,
+    ) -> Result<bool> {
         let path = session.req_header().uri.path();
         if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
             return match self.edge.challenges.get(token) {
@@ -200,7 +222,7 @@ impl EdgeProxy {
         // `entry` was found by this exact name, so it is one of the configured names: the
         // redirect can only ever point at a host this proxy serves.
         let host = request_host(session).unwrap_or_else(|| entry.host.name.to_string());
-        let port = self.edge.table.load().config.listen.redirect_https_port;
+        let port = table.config.listen.redirect_https_port;
         let authority = if port == 443 {
             host
         } else {
@@ -231,9 +253,8 @@ impl ProxyHttp for EdgeProxy {
         Ctx {
             start: Instant::now(),
             tls: false,
-            host_label: Arc::from(UNKNOWN_HOST),
-            route_label: Arc::from(NO_ROUTE),
             entry: None,
+            route: None,
             pool: None,
             replica: None,
             restore: None,
@@ -256,12 +277,9 @@ impl ProxyHttp for EdgeProxy {
             .or_else(|| session.req_header().uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
         ctx.entry = host.as_deref().and_then(|h| table.host(h)).cloned();
-        if let Some(e) = &ctx.entry {
-            ctx.host_label = Arc::from(e.host.name.as_str());
-        }
 
         if !ctx.tls {
-            if self.plain_listener(session, ctx).await? {
+            if self.plain_listener(session, ctx, &table).await? {
                 return Ok(true);
             }
         } else {
@@ -297,11 +315,11 @@ impl ProxyHttp for EdgeProxy {
         }
 
         let path = session.req_header().uri.path().to_string();
-        let Some(route) = entry.route(&path) else {
+        let Some(i) = entry.host.route_index(&path) else {
             return respond_text(session, 404, "no route\n").await;
         };
-        ctx.route_label = Arc::from(route.path.as_str());
-        let pool = route.pool.clone();
+        ctx.route = Some(i);
+        let pool = entry.routes[i].pool.clone();
 
         if pool.is_replicated() {
             let from_header = header_str(session, SESSION_HEADER).map(|s| (None, s.to_string()));
@@ -320,7 +338,7 @@ impl ProxyHttp for EdgeProxy {
                 let Some((replica, id)) = opened else {
                     metrics::get()
                         .session_rejected
-                        .with_label_values(&[&ctx.host_label, &ctx.route_label])
+                        .with_label_values(&[ctx.host_label(), ctx.route_label()])
                         .inc();
                     return respond(
                         session,
@@ -455,7 +473,7 @@ impl ProxyHttp for EdgeProxy {
                 ctx.stream_open = true;
                 metrics::get()
                     .open_streams
-                    .with_label_values(&[&ctx.host_label])
+                    .with_label_values(&[ctx.host_label()])
                     .inc();
             }
         }
@@ -509,7 +527,7 @@ impl ProxyHttp for EdgeProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let m = metrics::get();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let labels = [&*ctx.host_label, &*ctx.route_label];
+        let labels = [ctx.host_label(), ctx.route_label()];
         m.requests
             .with_label_values(&[labels[0], labels[1], metrics::status_class(status)])
             .inc();
@@ -537,7 +555,7 @@ impl ProxyHttp for EdgeProxy {
         let req = session.req_header();
         tracing::info!(
             target: "access",
-            host = %ctx.host_label,
+            host = %ctx.host_label(),
             method = %req.method,
             // The path only: query strings can carry secrets (tokens, session ids).
             path = %req.uri.path(),

@@ -19,6 +19,7 @@ pub struct Table {
 
 pub struct HostEntry {
     pub host: Arc<Host>,
+    /// In the order of `host.routes`, so `Host::route_index` indexes both.
     pub routes: Vec<RouteEntry>,
 }
 
@@ -59,14 +60,6 @@ impl Table {
     /// The host answering to `name` (lower case, no port).
     pub fn host(&self, name: &str) -> Option<&Arc<HostEntry>> {
         self.by_name.get(name)
-    }
-}
-
-impl HostEntry {
-    /// Longest matching prefix; routes are sorted longest first.
-    pub fn route(&self, path: &str) -> Option<&RouteEntry> {
-        let r = self.host.route(path)?;
-        self.routes.iter().find(|e| e.path == r.path)
     }
 }
 

@@ -131,7 +131,14 @@ impl Host {
     }
     /// The route whose prefix matches `path` (longest wins), on segment boundaries.
     pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| prefix_matches(&r.path, path))
+        self.route_index(path).map(|i| &self.routes[i])
+    }
+
+    /// Index in `routes` of the route matching `path`.
+    pub fn route_index(&self, path: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| prefix_matches(&r.path, path))
     }
 }
 
