@@ -5,6 +5,7 @@
 //! time (reload, renewed or changed certificates).
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod affinity;
 pub mod certs;
@@ -31,4 +32,6 @@ pub struct Edge {
     pub challenges: Arc<http01::ChallengeStore>,
     /// Seals replica identity into client-facing session ids.
     pub sealer: affinity::Sealer,
+    /// Wakes the ACME manager after the configuration changed.
+    pub acme_wake: tokio::sync::Notify,
 }

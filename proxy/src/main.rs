@@ -33,6 +33,12 @@ enum Command {
         #[arg(long, short, env = "MCP_EDGE_CONFIG")]
         config: PathBuf,
     },
+    /// List each host's certificate: names, issuer, expiry, next renewal, last ACME error.
+    Certs {
+        /// The YAML configuration file.
+        #[arg(long, short, env = "MCP_EDGE_CONFIG")]
+        config: PathBuf,
+    },
     /// Validate a configuration file without binding any port; exits non-zero on errors.
     Check {
         /// The YAML configuration file.
@@ -67,6 +73,16 @@ fn main() -> ExitCode {
                     c.hosts.len(),
                     if c.hosts.len() == 1 { "" } else { "s" }
                 );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Certs { config } => match mcp_edge::config::load(&config) {
+            Ok(c) => {
+                print!("{}", mcp_edge::certs::report(&c));
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -33,6 +33,19 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Requests refused because their session id was not sealed by this proxy.
     pub session_rejected: IntCounterVec,
+    /// ACME orders by host and result (`ok`, `error`).
+    pub acme_orders: IntCounterVec,
+    /// When the certificate of an ACME host is next renewed (Unix seconds).
+    pub cert_next_renewal: GaugeVec,
+    /// Failed ACME orders in a row, by host (0 after a success).
+    pub acme_failures: IntGaugeVec,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -65,15 +78,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     .expect("static metric definition");
     r.register(Box::new(open_streams.clone()))
         .expect("metric registered once");
-    let cert_not_after = GaugeVec::new(
+    let acme_failures = IntGaugeVec::new(
         Opts::new(
-            "certificate_not_after_seconds",
-            "Expiry (notAfter, Unix seconds) of the certificate served for a host",
+            "acme_consecutive_failures",
+            "Failed ACME orders in a row, by host",
         ),
         &["host"],
     )
     .expect("static metric definition");
-    r.register(Box::new(cert_not_after.clone()))
+    r.register(Box::new(acme_failures.clone()))
         .expect("metric registered once");
     Metrics {
         requests: counter(
@@ -102,7 +115,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "TLS handshakes refused for want of a certificate (no_sni, unknown_name)",
             &["reason"],
         ),
-        cert_not_after,
+        cert_not_after: gauge(
+            &r,
+            "certificate_not_after_seconds",
+            "Expiry (notAfter, Unix seconds) of the certificate served for a host",
+            &["host"],
+        ),
         reloads: counter(
             &r,
             "config_reloads_total",
@@ -115,6 +133,19 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Requests refused because their MCP session id was forged, tampered or stale",
             &["host", "route"],
         ),
+        acme_orders: counter(
+            &r,
+            "acme_orders_total",
+            "ACME orders by host and result (ok, error)",
+            &["host", "result"],
+        ),
+        cert_next_renewal: gauge(
+            &r,
+            "certificate_next_renewal_seconds",
+            "When the certificate of an ACME host is next renewed (Unix seconds)",
+            &["host"],
+        ),
+        acme_failures,
         registry: r,
     }
 });

@@ -23,7 +23,7 @@ use crate::http01::ChallengeStore;
 use crate::proxy::{EdgeProxy, TlsInfo};
 use crate::routing::Table;
 use crate::tls::{CertStore, SniResolver};
-use crate::{metrics, storage, Edge};
+use crate::{acme, metrics, storage, Edge};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -67,18 +67,13 @@ pub fn build_edge(config: Config) -> Result<Arc<Edge>, StartError> {
     let certs = CertSources::new(Arc::new(CertStore::default()));
     let prepared = certs.prepare(&config).map_err(StartError::Certs)?;
     certs.commit(prepared);
-    for h in config
-        .hosts
-        .iter()
-        .filter(|h| h.tls == config::TlsSource::Acme)
-    {
-        tracing::warn!(host = %h.name, "tls: acme is accepted but certificates are not ordered by this build yet; TLS handshakes for this host fail until a certificate is installed");
-    }
+    acme::install_existing(&config, certs.store());
     Ok(Arc::new(Edge {
         table: ArcSwap::from_pointee(Table::new(Arc::new(config))),
         certs,
         challenges: Arc::new(ChallengeStore::default()),
         sealer,
+        acme_wake: tokio::sync::Notify::new(),
     }))
 }
 
@@ -128,9 +123,12 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         },
     );
 
+    let acme = background_service("mcp-edge acme", acme::AcmeManager { edge: edge.clone() });
+
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(reloader);
+    server.add_service(acme);
     tracing::info!(http = %listen.http, https = %listen.https, metrics = %listen.metrics, "mcp-edge started");
     server.run_forever()
 }
@@ -191,6 +189,7 @@ pub fn reload(edge: &Edge, path: &Path) -> Result<(), String> {
         }
         edge.certs.commit(prepared);
         edge.table.store(Arc::new(Table::new(Arc::new(new))));
+        edge.acme_wake.notify_one();
         Ok(())
     })();
     let label = if result.is_ok() { "ok" } else { "error" };

@@ -36,33 +36,74 @@ pub fn ensure_writable(dir: &Path) -> Result<(), StorageError> {
 /// Writes `data` to `path` so that readers see the old file or the new one, never a part.
 /// `mode` applies from creation (0o600 for keys), so the secret is never readable by others.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StorageError> {
-    let err = |source| StorageError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
+    write_all_atomic(&[(path, data, mode)])
+}
+
+/// Writes several files that belong together (a certificate and its key): every temp file is
+/// written and synced first, then all are renamed in a row, so the window in which a reader
+/// could see one new file beside one old one is a few renames, not a disk sync.
+pub fn write_all_atomic(files: &[(&Path, &[u8], u32)]) -> Result<(), StorageError> {
+    let mut staged: Vec<(PathBuf, &Path)> = Vec::new();
+    let result = (|| {
+        for &(path, data, mode) in files {
+            let tmp = temp_path(path);
+            staged.push((tmp.clone(), path));
+            write_synced(&tmp, data, mode).map_err(|source| StorageError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        for (tmp, path) in &staged {
+            fs::rename(tmp, path).map_err(|source| StorageError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut dirs: Vec<&Path> = files.iter().map(|f| parent(f.0)).collect();
+        dirs.dedup();
+        for dir in dirs {
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| StorageError::Write {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for (tmp, _) in &staged {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+    result
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(
+    parent(path).join(format!(
         ".{}.tmp-{}",
         name.unwrap_or_default(),
         std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        // A leftover from a crash could carry looser permissions: start from nothing.
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        err(e)
-    })
+    ))
+}
+
+fn write_synced(tmp: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    // A leftover from a crash could carry looser permissions: start from nothing.
+    let _ = fs::remove_file(tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(tmp)?;
+    f.write_all(data)?;
+    f.sync_all()
 }

@@ -265,6 +265,22 @@ impl CertStore {
         }
     }
 
+    /// Stops serving `host` (its handshakes then fail) until a certificate is installed again.
+    pub fn remove(&self, host: &HostName) {
+        self.snap.rcu(|cur| {
+            let mut by_host = cur.by_host.clone();
+            by_host.remove(host);
+            Snapshot {
+                by_host,
+                by_name: HashMap::new(),
+            }
+            .reindex()
+        });
+        let _ = metrics::get()
+            .cert_not_after
+            .remove_label_values(&[host.as_str()]);
+    }
+
     /// The certificate of a host.
     pub fn for_host(&self, host: &HostName) -> Option<Arc<Installed>> {
         self.snap.load().by_host.get(host).map(|(_, i)| i.clone())

@@ -181,7 +181,7 @@ pub struct UpstreamUrl {
 }
 
 /// `acme:` validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AcmeConfig {
     pub directory: String,
     pub contact: Vec<String>,
@@ -192,10 +192,13 @@ pub struct AcmeConfig {
     pub renew_when_remaining: RenewThreshold,
     pub key_type: KeyType,
     pub concurrency: usize,
+    /// Backoff after failed orders: first wait, doubled per failure up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
 }
 
 /// External Account Binding credentials.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Eab {
     pub kid: String,
     pub hmac_key: Vec<u8>,
@@ -492,6 +495,34 @@ fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeCo
             c.err(&p.key("profile"), "must not be empty");
         }
     }
+    let mut duration = |key: &str, v: Option<&str>, default: Duration| match v.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            c.err(&p.key(key), "must be longer than 0s");
+            default
+        }
+        Some(Err(e)) => {
+            c.err(&p.key(key), e);
+            default
+        }
+    };
+    let retry_initial = duration(
+        "retry_initial",
+        a.retry_initial.as_deref(),
+        Duration::from_secs(120),
+    );
+    let retry_max = duration(
+        "retry_max",
+        a.retry_max.as_deref(),
+        Duration::from_secs(6 * 3600),
+    );
+    if retry_max < retry_initial {
+        c.err(
+            &p.key("retry_max"),
+            "must not be shorter than retry_initial",
+        );
+    }
     let directory_root = a.directory_root.map(|r| resolve_path(base, &r));
     if let Some(root) = &directory_root {
         if let Err(e) = crate::tls::read_certificates(root) {
@@ -508,6 +539,8 @@ fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeCo
         renew_when_remaining,
         key_type,
         concurrency,
+        retry_initial,
+        retry_max,
     }
 }
 

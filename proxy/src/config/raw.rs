@@ -67,6 +67,10 @@ pub struct RawAcme {
     pub key_type: Option<String>,
     /// Orders in flight at once across hosts (default 4).
     pub concurrency: Option<usize>,
+    /// Wait after a first failed order (default 2m); doubles per failure.
+    pub retry_initial: Option<String>,
+    /// Longest wait between failed orders (default 6h).
+    pub retry_max: Option<String>,
 }
 
 /// `acme.eab:`

@@ -1,0 +1,295 @@
+//! Talking to the CA: the HTTP client instant-acme uses (time limits, the directory's own
+//! extra root, Retry-After captured from error responses) and the ACME account, persisted per
+//! directory in the storage directory.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::RETRY_AFTER;
+use hyper_rustls::HttpsConnectorBuilder;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{
+    Account, AccountCredentials, BodyWrapper, BytesResponse, ExternalAccountKey, HttpClient,
+    NewAccount, Problem,
+};
+
+use crate::config::AcmeConfig;
+use crate::{storage, tls};
+
+/// Limit on one request to the CA, from connect to response headers.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+tokio::task_local! {
+    /// The latest Retry-After the CA sent with an error response, within one order attempt.
+    static RETRY_AFTER_SEEN: Cell<Option<SystemTime>>;
+}
+
+/// Runs `f` with Retry-After capture on; returns its output and the last Retry-After seen.
+pub async fn capturing_retry_after<F: Future>(f: F) -> (F::Output, Option<SystemTime>) {
+    RETRY_AFTER_SEEN
+        .scope(Cell::new(None), async move {
+            let out = f.await;
+            (out, RETRY_AFTER_SEEN.with(|c| c.get()))
+        })
+        .await
+}
+
+/// Why an attempt failed, in words for the log and the status file.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub message: String,
+    /// The CA asked not to come back before this moment.
+    pub retry_after: Option<SystemTime>,
+    /// The CA no longer knows the account (it was deactivated, or the CA was reset).
+    pub account_gone: bool,
+}
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            retry_after: None,
+            account_gone: false,
+        }
+    }
+
+    pub fn context(mut self, what: &str) -> Failure {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+/// A problem document as one line: type, detail, and each subproblem.
+pub fn describe_problem(p: &Problem) -> String {
+    let mut s = p.r#type.as_deref().unwrap_or("(no type)").to_string();
+    if let Some(status) = p.status {
+        s.push_str(&format!(" [{status}]"));
+    }
+    if let Some(d) = &p.detail {
+        s.push_str(": ");
+        s.push_str(d);
+    }
+    for sub in &p.subproblems {
+        s.push_str("; ");
+        s.push_str(&sub.to_string());
+    }
+    s
+}
+
+impl From<instant_acme::Error> for Failure {
+    fn from(e: instant_acme::Error) -> Failure {
+        match e {
+            instant_acme::Error::Api(p) => Failure {
+                account_gone: p.r#type.as_deref()
+                    == Some("urn:ietf:params:acme:error:accountDoesNotExist"),
+                message: describe_problem(&p),
+                retry_after: None,
+            },
+            instant_acme::Error::Timeout(next) => Failure {
+                message: "the CA did not finish in time".into(),
+                retry_after: next.map(|i| {
+                    SystemTime::now() + i.saturating_duration_since(std::time::Instant::now())
+                }),
+                account_gone: false,
+            },
+            other => Failure::new(error_chain(&other)),
+        }
+    }
+}
+
+/// An error and its sources, joined: hyper's top-level message alone ("client error
+/// (Connect)") hides the reason.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+type Hyper = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>;
+
+/// instant-acme's HTTP client with a time limit per request and Retry-After capture.
+struct Client {
+    inner: Hyper,
+}
+
+fn parse_retry_after(rsp: &BytesResponse) -> Option<SystemTime> {
+    let v = rsp.parts.headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    match v.parse::<u64>() {
+        Ok(secs) => Some(SystemTime::now() + Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(v).ok(),
+    }
+}
+
+impl HttpClient for Client {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let fut = HttpClient::request(&self.inner, req);
+        Box::pin(async move {
+            let rsp = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+                .await
+                .map_err(|_| {
+                    instant_acme::Error::Other("no answer from the CA within 30s".into())
+                })??;
+            if rsp.parts.status.is_client_error() || rsp.parts.status.is_server_error() {
+                if let Some(at) = parse_retry_after(&rsp) {
+                    let _ = RETRY_AFTER_SEEN.try_with(|c| c.set(Some(at)));
+                }
+            }
+            Ok(rsp)
+        })
+    }
+}
+
+/// The HTTP client for the CA: the system's roots plus `directory_root` if configured.
+fn http_client(config: &AcmeConfig) -> Result<Box<dyn HttpClient>, Failure> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra = match &config.directory_root {
+        Some(p) => tls::read_certificates(p).map_err(|e| Failure::new(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+            .map_err(|e| Failure::new(format!("cannot set up certificate verification: {e}")))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure::new(e.to_string()))?
+        .dangerous() // the platform verifier: the system's roots + directory_root
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Box::new(Client {
+        inner: HyperClient::builder(TokioExecutor::new()).build(https),
+    }))
+}
+
+/// File holding the account credentials for `directory`.
+pub fn account_path(storage: &Path, directory: &str) -> PathBuf {
+    let slug: String = directory
+        .trim_start_matches("https://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    storage.join(format!("acme-account-{}.json", slug.trim_matches('-')))
+}
+
+/// The account for one directory: loaded from its credentials file, or registered with the CA
+/// and saved (0600) on first use.
+pub struct Accounts {
+    config: AcmeConfig,
+    path: PathBuf,
+    cached: tokio::sync::Mutex<Option<Account>>,
+    /// Set when the CA said the saved account does not exist: register a new one.
+    stale_file: std::sync::atomic::AtomicBool,
+}
+
+impl Accounts {
+    pub fn new(config: AcmeConfig, storage: &Path) -> Accounts {
+        Accounts {
+            path: account_path(storage, &config.directory),
+            config,
+            cached: tokio::sync::Mutex::new(None),
+            stale_file: Default::default(),
+        }
+    }
+
+    pub fn config(&self) -> &AcmeConfig {
+        &self.config
+    }
+
+    pub async fn get(&self) -> Result<Account, Failure> {
+        use std::sync::atomic::Ordering;
+        let mut cached = self.cached.lock().await;
+        if let Some(a) = &*cached {
+            return Ok(a.clone());
+        }
+        if !self.stale_file.load(Ordering::Relaxed) {
+            if let Some(creds) = self.read_credentials() {
+                let account = Account::builder_with_http(http_client(&self.config)?)
+                    .from_credentials(creds)
+                    .await
+                    .map_err(|e| Failure::from(e).context("ACME directory"))?;
+                *cached = Some(account.clone());
+                return Ok(account);
+            }
+        }
+        let contact: Vec<&str> = self.config.contact.iter().map(String::as_str).collect();
+        let eab = self
+            .config
+            .eab
+            .as_ref()
+            .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
+        let (account, creds) = Account::builder_with_http(http_client(&self.config)?)
+            .create(
+                &NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: self.config.accept_terms,
+                    only_return_existing: false,
+                },
+                self.config.directory.clone(),
+                eab.as_ref(),
+            )
+            .await
+            .map_err(|e| Failure::from(e).context("registering the ACME account"))?;
+        let json = serde_json::to_vec(&creds).expect("credentials serialize");
+        storage::write_atomic(&self.path, &json, 0o600).map_err(|e| Failure::new(e.to_string()))?;
+        tracing::info!(directory = %self.config.directory, id = account.id(), file = %self.path.display(), "registered ACME account");
+        self.stale_file.store(false, Ordering::Relaxed);
+        *cached = Some(account.clone());
+        Ok(account)
+    }
+
+    fn read_credentials(&self) -> Option<AccountCredentials> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), error = %e, "unreadable ACME account file; registering a new account");
+                None
+            }
+        }
+    }
+
+    /// Forgets `account` after the CA said it does not know it; the next `get` registers anew.
+    pub async fn forget(&self, account: &Account) {
+        let mut cached = self.cached.lock().await;
+        if cached.as_ref().is_some_and(|a| a.id() == account.id()) {
+            *cached = None;
+            self.stale_file
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(directory = %self.config.directory, id = account.id(), "the CA no longer knows this ACME account; registering a new one");
+        }
+    }
+}

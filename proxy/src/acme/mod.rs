@@ -1,0 +1,624 @@
+//! Automatic certificates for `tls: acme` hosts.
+//!
+//! One background task (the manager) keeps a slot per ACME host: the certificate in force, when
+//! to look at it next, and its failures. When a slot is due it runs a job, concurrently with
+//! other hosts' jobs up to `acme.concurrency`. A job first asks whether renewal is really due
+//! (the CA's ARI window when the directory offers one, else the configured threshold), then
+//! orders. A new certificate is written to disk, then swapped into the live store; a failure
+//! leaves the old certificate serving and schedules a retry with backoff.
+
+mod client;
+mod order;
+pub mod schedule;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use instant_acme::CertificateIdentifier;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::{mpsc, Semaphore};
+
+pub use client::account_path;
+use client::{capturing_retry_after, Accounts, Failure};
+pub use order::cert_paths;
+use schedule::{from_unix, unix, HostStatus, StatusFile};
+
+use crate::config::{Config, Host, HostName, TlsSource};
+use crate::http01::ChallengeStore;
+use crate::tls::{self, CertStore, LoadedCert};
+use crate::{metrics, Edge};
+
+/// With ARI, how often the CA's window is looked at again at most.
+const ARI_RECHECK: Duration = Duration::from_secs(6 * 3600);
+/// Limit on one whole job (account, order, validation, issuance).
+const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+/// When the CA cannot be asked about a certificate that is not due, ask again after this.
+const PROBE_RETRY: Duration = Duration::from_secs(900);
+
+/// Loads an ACME host's certificate from disk if it can serve: it loads, its key matches, it
+/// has not expired and it names the host. Logs why not otherwise.
+pub fn load_existing(storage: &Path, host: &Host) -> Option<LoadedCert> {
+    let (cert_path, key_path) = cert_paths(storage, &host.name);
+    if !cert_path.exists() {
+        return None;
+    }
+    match tls::load_key_pair(&cert_path, &key_path) {
+        Ok(c) if c.info.not_after <= unix(SystemTime::now()) => {
+            tracing::warn!(host = %host.name, not_after = c.info.not_after, "certificate on disk has expired; ordering a new one");
+            None
+        }
+        Ok(c) if !c.covers(std::iter::once(&host.name)) => {
+            tracing::warn!(host = %host.name, cert_names = ?c.info.names, "certificate on disk does not name this host; ordering a new one");
+            None
+        }
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(host = %host.name, error = %e, "certificate on disk cannot be used; ordering a new one");
+            None
+        }
+    }
+}
+
+/// Installs every ACME host's usable certificate from disk, so they serve from the first
+/// handshake while the manager starts.
+pub fn install_existing(config: &Config, store: &CertStore) {
+    for host in acme_hosts(config) {
+        if let Some(c) = load_existing(&config.storage, host) {
+            store.install(&host.name, names_of(host), c);
+        }
+    }
+}
+
+fn acme_hosts(config: &Config) -> impl Iterator<Item = &Arc<Host>> {
+    config.hosts.iter().filter(|h| h.tls == TlsSource::Acme)
+}
+
+fn names_of(host: &Host) -> Vec<String> {
+    host.names().map(|n| n.as_str().to_string()).collect()
+}
+
+/// Dates and ARI identity of the certificate a host serves.
+#[derive(Clone)]
+struct Current {
+    not_before: i64,
+    not_after: i64,
+    names: Vec<String>,
+    ari_id: Option<CertificateIdentifier<'static>>,
+}
+
+impl Current {
+    fn of(c: &LoadedCert) -> Current {
+        Current {
+            not_before: c.info.not_before,
+            not_after: c.info.not_after,
+            names: c.info.names.clone(),
+            ari_id: c
+                .certified
+                .cert
+                .first()
+                .and_then(|leaf| CertificateIdentifier::try_from(leaf).ok())
+                .map(CertificateIdentifier::into_owned),
+        }
+    }
+
+    fn covers(&self, names: &[String]) -> bool {
+        names.iter().all(|n| self.names.contains(n))
+    }
+}
+
+struct Slot {
+    names: Vec<String>,
+    current: Option<Current>,
+    /// When the next job runs.
+    next: SystemTime,
+    running: bool,
+    /// The threshold's renewal moment for `current`, jittered once per certificate.
+    threshold_due: SystemTime,
+    /// Planned renewal and where it comes from (`ari`, `threshold`), for metrics and status.
+    renewal: Option<(SystemTime, &'static str)>,
+    /// The CA's window and the moment picked in it, kept while the window is unchanged.
+    ari_pick: Option<AriPick>,
+    /// The last order with `replaces` failed: order the next one without it.
+    no_replaces: bool,
+    failures: u32,
+    last_error: Option<(String, i64)>,
+    last_issued: Option<i64>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct AriPick {
+    start: i64,
+    end: i64,
+    pick: SystemTime,
+}
+
+impl Slot {
+    fn new(names: Vec<String>, current: Option<Current>, config: &Config) -> Slot {
+        let now = SystemTime::now();
+        let mut s = Slot {
+            names,
+            current,
+            next: now,
+            running: false,
+            threshold_due: now,
+            renewal: None,
+            ari_pick: None,
+            no_replaces: false,
+            failures: 0,
+            last_error: None,
+            last_issued: None,
+        };
+        s.recompute_threshold(config, now);
+        s
+    }
+
+    /// Jittered threshold moment of the current certificate; `now` when there is none.
+    fn recompute_threshold(&mut self, config: &Config, now: SystemTime) {
+        self.threshold_due = match (&self.current, &config.acme) {
+            (Some(c), Some(a)) => schedule::jittered(
+                schedule::threshold_due(c.not_before, c.not_after, a.renew_when_remaining),
+                c.not_before,
+                c.not_after,
+                now,
+            ),
+            _ => now,
+        };
+    }
+
+    /// Whether the host needs an order regardless of renewal windows.
+    fn must_order(&self, now: SystemTime) -> bool {
+        match &self.current {
+            None => true,
+            Some(c) => !c.covers(&self.names) || from_unix(c.not_after) <= now,
+        }
+    }
+
+    fn status(&self) -> HostStatus {
+        HostStatus {
+            next_renewal: self.renewal.map(|(t, _)| unix(t)),
+            renewal_source: self.renewal.map(|(_, s)| s.to_string()),
+            next_attempt: (self.failures > 0).then(|| unix(self.next)),
+            consecutive_failures: self.failures,
+            last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_at: self.last_error.as_ref().map(|(_, t)| *t),
+            last_issued: self.last_issued,
+        }
+    }
+}
+
+/// What a job needs, copied out of its slot.
+struct Job {
+    host: HostName,
+    names: Vec<String>,
+    current: Option<Current>,
+    must_order: bool,
+    threshold_due: SystemTime,
+    ari_pick: Option<AriPick>,
+    no_replaces: bool,
+}
+
+enum Outcome {
+    /// Not due yet: look again at `at`.
+    NotDue {
+        at: SystemTime,
+        renewal: SystemTime,
+        source: &'static str,
+        ari_pick: Option<AriPick>,
+    },
+    Issued {
+        cert: LoadedCert,
+        took: Duration,
+    },
+    Failed {
+        failure: Failure,
+        /// An order was attempted (as opposed to a look at a certificate that is not due).
+        ordered: bool,
+    },
+}
+
+/// Per ACME configuration: the account and the bound on concurrent orders.
+struct Ctx {
+    accounts: Arc<Accounts>,
+    permits: Arc<Semaphore>,
+    storage: PathBuf,
+}
+
+/// The background service that keeps every ACME host's certificate current.
+pub struct AcmeManager {
+    pub edge: Arc<Edge>,
+}
+
+struct State {
+    edge: Arc<Edge>,
+    ctx: Option<Arc<Ctx>>,
+    slots: BTreeMap<HostName, Slot>,
+    tx: mpsc::UnboundedSender<(HostName, Vec<String>, Outcome)>,
+}
+
+#[async_trait]
+impl BackgroundService for AcmeManager {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut st = State {
+            edge: self.edge.clone(),
+            ctx: None,
+            slots: BTreeMap::new(),
+            tx,
+        };
+        // The CA validates on port 80 at once: be sure it accepts connections first.
+        let http = self.edge.table.load().config.listen.http;
+        wait_listening(http, Duration::from_secs(10)).await;
+        loop {
+            let table = self.edge.table.load_full();
+            st.sync(&table.config);
+            st.start_due_jobs();
+            st.publish();
+            let now = SystemTime::now();
+            let wait = st
+                .slots
+                .values()
+                .filter(|s| !s.running)
+                .map(|s| s.next.duration_since(now).unwrap_or_default())
+                .min()
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.edge.acme_wake.notified() => {}
+                Some((host, names, outcome)) = rx.recv() => st.apply(host, names, outcome, &table.config),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+impl State {
+    /// Follows the configuration in force: new ACME hosts get a slot (with their certificate
+    /// from disk if usable), removed ones lose theirs, a changed `acme:` block re-evaluates all.
+    fn sync(&mut self, config: &Config) {
+        let now = SystemTime::now();
+        let changed = match (&config.acme, &self.ctx) {
+            (Some(a), Some(ctx)) => ctx.accounts.config() != a || ctx.storage != config.storage,
+            (Some(_), None) => true,
+            (None, _) => {
+                self.ctx = None;
+                false
+            }
+        };
+        if let (true, Some(a)) = (changed, &config.acme) {
+            self.ctx = Some(Arc::new(Ctx {
+                accounts: Arc::new(Accounts::new(a.clone(), &config.storage)),
+                permits: Arc::new(Semaphore::new(a.concurrency)),
+                storage: config.storage.clone(),
+            }));
+            for slot in self.slots.values_mut() {
+                slot.recompute_threshold(config, now);
+                slot.ari_pick = None;
+                slot.next = now;
+            }
+        }
+        let wanted: HashMap<&HostName, &Arc<Host>> =
+            acme_hosts(config).map(|h| (&h.name, h)).collect();
+        self.slots.retain(|name, _| {
+            let keep = wanted.contains_key(name);
+            if !keep {
+                let m = metrics::get();
+                let _ = m.cert_next_renewal.remove_label_values(&[name.as_str()]);
+                let _ = m.acme_failures.remove_label_values(&[name.as_str()]);
+            }
+            keep
+        });
+        for (name, host) in wanted {
+            let names = names_of(host);
+            match self.slots.get_mut(name) {
+                Some(slot) if slot.names == names => {}
+                Some(slot) => {
+                    slot.names = names;
+                    slot.next = now;
+                }
+                None => {
+                    let store = self.edge.certs.store();
+                    let current = match load_existing(&config.storage, host) {
+                        Some(c) => {
+                            let cur = Current::of(&c);
+                            store.install(name, names.clone(), c);
+                            Some(cur)
+                        }
+                        None => {
+                            // Never a stale or foreign certificate (say the self-signed one
+                            // of before a reload) for a host whose order is pending.
+                            store.remove(name);
+                            None
+                        }
+                    };
+                    self.slots
+                        .insert(name.clone(), Slot::new(names, current, config));
+                }
+            }
+        }
+    }
+
+    fn start_due_jobs(&mut self) {
+        let Some(ctx) = self.ctx.clone() else { return };
+        let now = SystemTime::now();
+        for (host, slot) in self.slots.iter_mut() {
+            if slot.running || slot.next > now {
+                continue;
+            }
+            slot.running = true;
+            let job = Job {
+                host: host.clone(),
+                names: slot.names.clone(),
+                current: slot.current.clone(),
+                must_order: slot.must_order(now),
+                threshold_due: slot.threshold_due,
+                ari_pick: slot.ari_pick,
+                no_replaces: slot.no_replaces,
+            };
+            let ctx = ctx.clone();
+            let challenges = self.edge.challenges.clone();
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _permit = ctx.permits.clone().acquire_owned().await;
+                let (host, names) = (job.host.clone(), job.names.clone());
+                let run = capturing_retry_after(run_job(&ctx, &challenges, &job));
+                let outcome = match tokio::time::timeout(JOB_TIMEOUT, run).await {
+                    Ok((
+                        Outcome::Failed {
+                            mut failure,
+                            ordered,
+                        },
+                        seen,
+                    )) => {
+                        failure.retry_after = failure.retry_after.or(seen);
+                        Outcome::Failed { failure, ordered }
+                    }
+                    Ok((o, _)) => o,
+                    Err(_) => Outcome::Failed {
+                        failure: Failure::new("the order did not complete within 10 minutes"),
+                        ordered: true,
+                    },
+                };
+                let _ = tx.send((host, names, outcome));
+            });
+        }
+    }
+
+    fn apply(&mut self, host: HostName, names: Vec<String>, outcome: Outcome, config: &Config) {
+        let Some(slot) = self.slots.get_mut(&host) else {
+            return; // the host left the configuration meanwhile
+        };
+        slot.running = false;
+        let now = SystemTime::now();
+        if slot.names != names {
+            slot.next = now; // the names changed meanwhile: start over with the new ones
+            return;
+        }
+        let m = metrics::get();
+        match outcome {
+            Outcome::NotDue {
+                at,
+                renewal,
+                source,
+                ari_pick,
+            } => {
+                slot.next = at;
+                slot.renewal = Some((renewal, source));
+                slot.ari_pick = ari_pick;
+            }
+            Outcome::Issued { cert, took } => {
+                m.acme_orders
+                    .with_label_values(&[host.as_str(), "ok"])
+                    .inc();
+                let cur = Current::of(&cert);
+                let not_after = cert.info.not_after;
+                self.edge.certs.store().install(&host, names, cert);
+                slot.current = Some(cur);
+                slot.failures = 0;
+                slot.last_error = None;
+                slot.no_replaces = false;
+                slot.ari_pick = None;
+                slot.last_issued = Some(unix(now));
+                slot.recompute_threshold(config, now);
+                if slot.threshold_due <= now {
+                    tracing::warn!(host = %host, "acme.renew_when_remaining is longer than the new certificate's whole lifetime; renewing again in 1h, not at once");
+                    slot.threshold_due = now + schedule::MIN_RENEW_SPACING;
+                }
+                slot.renewal = Some((slot.threshold_due, "threshold"));
+                slot.next = slot.threshold_due.min(now + ARI_RECHECK);
+                tracing::info!(host = %host, not_after, took_ms = took.as_millis() as u64, next_renewal = %humantime::format_rfc3339_seconds(slot.threshold_due), "certificate issued and serving");
+            }
+            Outcome::Failed {
+                failure,
+                ordered: false,
+            } => {
+                slot.next = slot.threshold_due.min(now + PROBE_RETRY);
+                tracing::warn!(host = %host, error = %failure.message, retry = %humantime::format_rfc3339_seconds(slot.next), "could not check the certificate's renewal with the CA; it is not due yet");
+            }
+            Outcome::Failed {
+                failure,
+                ordered: true,
+            } => {
+                m.acme_orders
+                    .with_label_values(&[host.as_str(), "error"])
+                    .inc();
+                slot.failures += 1;
+                if slot.current.as_ref().is_some_and(|c| c.ari_id.is_some()) {
+                    slot.no_replaces = true;
+                }
+                let (initial, max) = config.acme.as_ref().map_or(
+                    (Duration::from_secs(120), Duration::from_secs(21600)),
+                    |a| (a.retry_initial, a.retry_max),
+                );
+                slot.next =
+                    schedule::backoff(slot.failures, initial, max, failure.retry_after, now);
+                slot.last_error = Some((failure.message.clone(), unix(now)));
+                let serving = match &slot.current {
+                    Some(c) if from_unix(c.not_after) > now => {
+                        "the current certificate keeps serving"
+                    }
+                    _ => "no certificate is served for this host until an order succeeds",
+                };
+                tracing::error!(
+                    host = %host,
+                    error = %failure.message,
+                    failures = slot.failures,
+                    next_attempt = %humantime::format_rfc3339_seconds(slot.next),
+                    "certificate order failed; {serving}"
+                );
+            }
+        }
+    }
+
+    /// Metrics and the status file for `mcp-edge certs`.
+    fn publish(&self) {
+        let m = metrics::get();
+        let mut file = StatusFile {
+            written: unix(SystemTime::now()),
+            hosts: BTreeMap::new(),
+        };
+        for (host, slot) in &self.slots {
+            let next = slot.renewal.map_or(slot.next, |(t, _)| t);
+            m.cert_next_renewal
+                .with_label_values(&[host.as_str()])
+                .set(unix(next) as f64);
+            m.acme_failures
+                .with_label_values(&[host.as_str()])
+                .set(slot.failures as i64);
+            file.hosts.insert(host.to_string(), slot.status());
+        }
+        let Some(ctx) = &self.ctx else { return };
+        let previous = StatusFile::read(&ctx.storage);
+        if previous.is_some_and(|p| p.hosts == file.hosts) {
+            return;
+        }
+        if let Err(e) = file.write(&ctx.storage) {
+            tracing::warn!(error = %e, "cannot write the ACME status file");
+        }
+    }
+}
+
+async fn run_job(ctx: &Ctx, challenges: &ChallengeStore, job: &Job) -> Outcome {
+    let account = match ctx.accounts.get().await {
+        Ok(a) => a,
+        Err(failure) => {
+            return Outcome::Failed {
+                failure,
+                ordered: job.must_order || job.threshold_due <= SystemTime::now(),
+            }
+        }
+    };
+    let mut replaces = None;
+    if let (false, Some(cur)) = (job.must_order, &job.current) {
+        let now = SystemTime::now();
+        let by_threshold = Outcome::NotDue {
+            at: job.threshold_due,
+            renewal: job.threshold_due,
+            source: "threshold",
+            ari_pick: None,
+        };
+        match &cur.ari_id {
+            Some(id) => match account.renewal_info(id).await {
+                Ok((info, recheck)) => {
+                    let start = info.suggested_window.start.unix_timestamp();
+                    let end = info.suggested_window.end.unix_timestamp();
+                    let pick = match job.ari_pick {
+                        Some(p) if p.start == start && p.end == end => p,
+                        _ => AriPick {
+                            start,
+                            end,
+                            pick: schedule::in_window(from_unix(start), from_unix(end), now),
+                        },
+                    };
+                    if pick.pick > now {
+                        return Outcome::NotDue {
+                            at: pick
+                                .pick
+                                .min(now + recheck.clamp(Duration::from_secs(60), ARI_RECHECK)),
+                            renewal: pick.pick,
+                            source: "ari",
+                            ari_pick: Some(pick),
+                        };
+                    }
+                    if !job.no_replaces {
+                        replaces = Some(id.clone());
+                    }
+                }
+                Err(instant_acme::Error::Unsupported(_)) if job.threshold_due > now => {
+                    return by_threshold;
+                }
+                Err(instant_acme::Error::Unsupported(_)) => {}
+                Err(e) if job.threshold_due > now => {
+                    tracing::warn!(host = %job.host, error = %Failure::from(e).message, "cannot fetch the CA's renewal window; using the threshold");
+                    return Outcome::NotDue {
+                        at: job.threshold_due.min(now + PROBE_RETRY),
+                        renewal: job.threshold_due,
+                        source: "threshold",
+                        ari_pick: None,
+                    };
+                }
+                Err(_) => {}
+            },
+            None if job.threshold_due > now => return by_threshold,
+            None => {}
+        }
+    }
+
+    let started = Instant::now();
+    tracing::info!(host = %job.host, names = ?job.names, replaces = replaces.is_some(), "ordering certificate");
+    let a = ctx.accounts.config();
+    let req = order::OrderRequest {
+        host: &job.host,
+        names: &job.names,
+        key_type: a.key_type,
+        profile: a.profile.as_deref(),
+        replaces,
+        storage: &ctx.storage,
+    };
+    let mut result = order::order(&account, challenges, &req).await;
+    if let Err(f) = &result {
+        if f.account_gone {
+            ctx.accounts.forget(&account).await;
+            result = match ctx.accounts.get().await {
+                Ok(fresh) => order::order(&fresh, challenges, &req).await,
+                Err(f) => Err(f),
+            };
+        }
+    }
+    match result {
+        Ok(cert) => Outcome::Issued {
+            cert,
+            took: started.elapsed(),
+        },
+        Err(failure) => Outcome::Failed {
+            failure,
+            ordered: true,
+        },
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr` (the port-80 listener), at most
+/// `limit`.
+async fn wait_listening(addr: SocketAddr, limit: Duration) {
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(target).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::warn!(%addr, "the HTTP listener does not accept connections yet; ordering anyway");
+}

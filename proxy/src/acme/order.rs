@@ -1,0 +1,191 @@
+//! One ACME order for one host: HTTP-01 for every name, a fresh key, the chain checked against
+//! the key and the names, then written (key 0600) before anyone serves it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder,
+    OrderStatus, RetryPolicy,
+};
+
+use super::client::{describe_problem, Failure};
+use crate::config::{HostName, KeyType};
+use crate::http01::ChallengeStore;
+use crate::storage;
+use crate::tls::{self, LoadedCert};
+
+/// Paths of an ACME host's chain and key in the storage directory.
+pub fn cert_paths(storage: &Path, host: &HostName) -> (PathBuf, PathBuf) {
+    (
+        storage.join(format!("{host}.cert.pem")),
+        storage.join(format!("{host}.key.pem")),
+    )
+}
+
+/// Polling of the order while the CA validates and issues. It starts fast (a CA such as pebble
+/// answers within milliseconds) and slows down; the CA's Retry-After wins when it sends one.
+fn polling() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(20))
+        .backoff(1.5)
+        .timeout(Duration::from_secs(120))
+}
+
+/// Challenge responses published for the duration of one order, withdrawn on every exit.
+struct Published<'a> {
+    store: &'a ChallengeStore,
+    tokens: Vec<String>,
+}
+
+impl Published<'_> {
+    fn add(&mut self, token: &str, key_authorization: &str) {
+        self.store.insert(token, key_authorization);
+        self.tokens.push(token.to_string());
+    }
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        for t in &self.tokens {
+            self.store.remove(t);
+        }
+    }
+}
+
+pub struct OrderRequest<'a> {
+    pub host: &'a HostName,
+    pub names: &'a [String],
+    pub key_type: KeyType,
+    pub profile: Option<&'a str>,
+    pub replaces: Option<CertificateIdentifier<'static>>,
+    pub storage: &'a Path,
+}
+
+/// Places the order and returns the certificate, already written to disk.
+pub async fn order(
+    account: &Account,
+    challenges: &ChallengeStore,
+    req: &OrderRequest<'_>,
+) -> Result<LoadedCert, Failure> {
+    let identifiers: Vec<Identifier> = req
+        .names
+        .iter()
+        .map(|n| Identifier::Dns(n.clone()))
+        .collect();
+    let mut new = NewOrder::new(&identifiers);
+    if let Some(p) = req.profile {
+        new = new.profile(p);
+    }
+    if let Some(r) = &req.replaces {
+        new = new.replaces(r.clone());
+    }
+    let mut order = account
+        .new_order(&new)
+        .await
+        .map_err(|e| Failure::from(e).context("new order"))?;
+
+    let mut published = Published {
+        store: challenges,
+        tokens: Vec::new(),
+    };
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(|e| Failure::from(e).context("authorization"))?;
+        match authz.status {
+            AuthorizationStatus::Valid => continue,
+            AuthorizationStatus::Pending => {}
+            other => {
+                return Err(Failure::new(format!(
+                    "authorization for {} is {other:?}",
+                    authz.identifier()
+                )))
+            }
+        }
+        let name = authz.identifier().to_string();
+        let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
+            Failure::new(format!("the CA offers no http-01 challenge for {name}"))
+        })?;
+        published.add(&challenge.token, challenge.key_authorization().as_str());
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| Failure::from(e).context("challenge"))?;
+    }
+
+    let status = order
+        .poll_ready(&polling())
+        .await
+        .map_err(|e| Failure::from(e).context("validation"))?;
+    drop(published);
+    if status != OrderStatus::Ready {
+        return Err(validation_failure(&mut order).await);
+    }
+
+    let (alg, key_alg) = match req.key_type {
+        KeyType::EcdsaP256 => (&rcgen::PKCS_ECDSA_P256_SHA256, "P-256"),
+        KeyType::EcdsaP384 => (&rcgen::PKCS_ECDSA_P384_SHA384, "P-384"),
+    };
+    let key = rcgen::KeyPair::generate_for(alg)
+        .map_err(|e| Failure::new(format!("generating an ECDSA {key_alg} key: {e}")))?;
+    let mut params = rcgen::CertificateParams::new(req.names.to_vec())
+        .map_err(|e| Failure::new(format!("certificate request: {e}")))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| Failure::new(format!("certificate request: {e}")))?;
+    order
+        .finalize_csr(csr.der())
+        .await
+        .map_err(|e| Failure::from(e).context("finalize"))?;
+    let chain = order
+        .poll_certificate(&polling())
+        .await
+        .map_err(|e| Failure::from(e).context("certificate download"))?;
+
+    let (cert_path, key_path) = cert_paths(req.storage, req.host);
+    let key_pem = key.serialize_pem();
+    let loaded =
+        tls::key_pair_from_pem(chain.as_bytes(), &cert_path, key_pem.as_bytes(), &key_path)
+            .map_err(|e| Failure::new(format!("the CA's certificate is unusable: {e}")))?;
+    let missing: Vec<&String> = req
+        .names
+        .iter()
+        .filter(|n| !loaded.info.names.contains(n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure::new(format!(
+            "the CA's certificate does not name {missing:?}"
+        )));
+    }
+    // Key and chain land together; the key is never readable by others, not even briefly.
+    storage::write_all_atomic(&[
+        (&key_path, key_pem.as_bytes(), 0o600),
+        (&cert_path, chain.as_bytes(), 0o644),
+    ])
+    .map_err(|e| Failure::new(e.to_string()))?;
+    Ok(loaded)
+}
+
+/// The CA's reasons for an invalid order: each failed challenge's problem document.
+async fn validation_failure(order: &mut instant_acme::Order) -> Failure {
+    let mut reasons = Vec::new();
+    if let Some(p) = &order.state().error {
+        reasons.push(describe_problem(p));
+    }
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(mut authz)) = authorizations.next().await {
+        let name = authz.identifier().to_string();
+        if let Ok(state) = authz.refresh().await {
+            for c in &state.challenges {
+                if let Some(p) = &c.error {
+                    reasons.push(format!("{name}: {}", describe_problem(p)));
+                }
+            }
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push("no reason given by the CA".into());
+    }
+    Failure::new(format!("validation failed: {}", reasons.join("; ")))
+}
