@@ -2,6 +2,7 @@
 //! test time, a real HTTP upstream, real TLS clients. Every child process is killed on drop;
 //! every test has its own directory.
 
+pub mod pebble;
 pub mod upstream;
 
 use std::io::Read;

@@ -1,0 +1,413 @@
+//! ACME end to end: the real binary against pebble with real HTTP-01 validation.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_edge_tests::pebble::Pebble;
+use mcp_edge_tests::upstream::Upstream;
+use mcp_edge_tests::*;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    ports: Ports,
+    pebble: Pebble,
+    up: Upstream,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = Ports::new();
+        let pebble = Pebble::new(dir.path(), ports.http);
+        let up = Upstream::start("r1").await;
+        Setup {
+            dir,
+            ports,
+            pebble,
+            up,
+        }
+    }
+
+    fn storage(&self) -> std::path::PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// A configuration with `names` (`host` or `host+alias`) as ACME hosts.
+    fn config(&self, hosts: &[&str], acme_extra: &str) -> String {
+        let mut s = format!(
+            "{}storage: {}\n{}hosts:\n",
+            self.ports.yaml(),
+            self.storage().display(),
+            self.pebble.acme_yaml(acme_extra)
+        );
+        for h in hosts {
+            let mut parts = h.split('+');
+            let name = parts.next().unwrap();
+            s.push_str(&format!("  {name}:\n    tls: acme\n"));
+            let aliases: Vec<&str> = parts.collect();
+            if !aliases.is_empty() {
+                s.push_str(&format!("    aliases: [{}]\n", aliases.join(", ")));
+            }
+            s.push_str(&format!("    upstream: {}\n", self.up.url()));
+        }
+        s
+    }
+
+    async fn start_edge(&self, config: &str) -> Edge {
+        Edge::start(self.dir.path(), &self.ports, config).await
+    }
+}
+
+/// The leaf `edge` presents for `sni`, if the handshake verifies against `roots`.
+async fn served(edge: &Edge, sni: &str, roots: rustls::RootCertStore) -> Option<Vec<u8>> {
+    edge.handshake(Some(sni), roots, &[])
+        .await
+        .ok()
+        .map(|(leaf, _, _)| leaf)
+}
+
+async fn wait_served(edge: &Edge, pebble: &Pebble, sni: &str, secs: u64) -> Vec<u8> {
+    wait_for(
+        Duration::from_secs(secs),
+        &format!("a certificate for {sni}"),
+        || async { served(edge, sni, pebble.issuing_root().await).await },
+    )
+    .await
+}
+
+fn leaf_names(der: &[u8]) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn certs_command(config: &Path) -> String {
+    let out = std::process::Command::new(edge_bin())
+        .args(["certs", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn issues_per_host_serves_by_sni_and_a_restart_reuses_the_certificates() {
+    let mut s = Setup::new().await;
+    s.pebble.start().await;
+    // bad.test resolves to an address where nothing listens: its validation fails.
+    s.pebble.add_a("bad.test", "127.0.0.2").await;
+    let config = s.config(&["a.test+www.a.test", "b.test", "bad.test"], "");
+    let edge = s.start_edge(&config).await;
+
+    let a = wait_served(&edge, &s.pebble, "a.test", 30).await;
+    let b = wait_served(&edge, &s.pebble, "b.test", 30).await;
+    assert_eq!(leaf_names(&a), vec!["a.test", "www.a.test"]);
+    assert_eq!(leaf_names(&b), vec!["b.test"]);
+    // The alias is served the host's certificate; the proxy answers through it.
+    assert_eq!(
+        served(&edge, "www.a.test", s.pebble.issuing_root().await).await,
+        Some(a.clone())
+    );
+    let client = edge.client(s.pebble.issuing_root().await, &["a.test"]);
+    let r = client
+        .get(format!("https://a.test:{}/hello", edge.https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The failing host is served nothing, and its failure is visible with the CA's reason.
+    wait_for(Duration::from_secs(30), "bad.test's failure", || async {
+        (edge
+            .metric("mcp_edge_acme_orders_total{host=\"bad.test\",result=\"error\"}")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(served(&edge, "bad.test", s.pebble.issuing_root().await)
+        .await
+        .is_none());
+    let log = edge.log();
+    assert!(
+        log.contains("urn:ietf:params:acme:error:connection")
+            && log.contains("next_attempt")
+            && log.contains("bad.test"),
+        "{log}"
+    );
+
+    // Storage: chain + key per host, keys and account credentials 0600.
+    let st = s.storage();
+    for h in ["a.test", "b.test"] {
+        assert_eq!(mode(&st.join(format!("{h}.key.pem"))), 0o600);
+        let chain = std::fs::read_to_string(st.join(format!("{h}.cert.pem"))).unwrap();
+        assert!(
+            chain.matches("BEGIN CERTIFICATE").count() >= 2,
+            "full chain"
+        );
+    }
+    let account = std::fs::read_dir(&st)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("acme-account-")
+        })
+        .expect("account credentials saved");
+    assert_eq!(mode(&account), 0o600);
+    assert_eq!(
+        edge.metric("mcp_edge_acme_orders_total{host=\"a.test\",result=\"ok\"}")
+            .await,
+        1.0
+    );
+    assert!(
+        edge.metric("mcp_edge_certificate_next_renewal_seconds{host=\"a.test\"}")
+            .await
+            > 0.0
+    );
+
+    // `mcp-edge certs` lists names, issuer, expiry, next renewal and the last error.
+    let report = certs_command(&edge.config_path);
+    assert!(report.contains("a.test (tls: acme)"), "{report}");
+    assert!(report.contains("www.a.test"), "{report}");
+    assert!(report.contains("Pebble"), "{report}");
+    assert!(report.contains("next renewal: 20"), "{report}");
+    assert!(
+        report.contains("urn:ietf:params:acme:error:connection"),
+        "{report}"
+    );
+
+    // A restart serves the same certificates from disk without ordering.
+    drop(edge);
+    let edge = s.start_edge(&config).await;
+    let roots = s.pebble.issuing_root().await;
+    assert_eq!(served(&edge, "a.test", roots.clone()).await, Some(a));
+    assert_eq!(served(&edge, "b.test", roots).await, Some(b));
+    wait_for(
+        Duration::from_secs(10),
+        "the status to be recomputed",
+        || async {
+            (edge
+                .metric("mcp_edge_certificate_next_renewal_seconds{host=\"a.test\"}")
+                .await
+                > 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = edge.metrics_text().await;
+    assert_eq!(
+        metric_value(&metrics, "mcp_edge_acme_orders_total{host=\"a.test\""),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "mcp_edge_acme_orders_total{host=\"b.test\""),
+        0.0
+    );
+    let log = edge.log();
+    assert!(!log.contains("ordering certificate host=a.test"), "{log}");
+}
+
+#[tokio::test]
+async fn forced_renewal_swaps_the_certificate_without_failing_a_request_or_a_stream() {
+    let mut s = Setup::new().await;
+    s.pebble.start().await;
+    let config = s.config(&["a.test"], "");
+    let edge = s.start_edge(&config).await;
+    let first = wait_served(&edge, &s.pebble, "a.test", 30).await;
+    let roots = s.pebble.issuing_root().await;
+
+    // A stream opened before the renewal.
+    let client = edge.client(roots.clone(), &["a.test"]);
+    let resp = client
+        .get(format!("https://a.test:{}/forever", edge.https.port()))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = SseReader::new(resp);
+    sse.next_event().await.unwrap();
+
+    // A client in a loop, a new connection (so a new handshake) per request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let looping = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let url = format!("https://a.test:{}/loop", edge.https.port());
+        let roots = roots.clone();
+        let https = edge.https;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let c = https_client(roots.clone(), &["a.test"], https);
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+
+    // Renewal forced by configuration: a threshold longer than the whole lifetime.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(
+        &edge.config_path,
+        s.config(&["a.test"], "  renew_when_remaining: 3650d\n"),
+    )
+    .unwrap();
+    let second = wait_for(Duration::from_secs(30), "the renewed certificate", || {
+        let roots = roots.clone();
+        let first = first.clone();
+        let edge = &edge;
+        async move {
+            let leaf = served(edge, "a.test", roots).await?;
+            (leaf != first).then_some(leaf)
+        }
+    })
+    .await;
+    assert_eq!(leaf_names(&second), vec!["a.test"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    looping.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request failed during the swap"
+    );
+    assert!(ok.load(Ordering::SeqCst) > 5);
+    for _ in 0..3 {
+        sse.next_event()
+            .await
+            .expect("the stream outlives the swap");
+    }
+
+    // Due again at once under that threshold: not re-ordered in a loop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        edge.metric("mcp_edge_acme_orders_total{host=\"a.test\",result=\"ok\"}")
+            .await,
+        2.0
+    );
+    assert!(edge
+        .log()
+        .contains("longer than the new certificate's whole lifetime"));
+    // What is on disk is what is served.
+    let disk = std::fs::read_to_string(s.storage().join("a.test.cert.pem")).unwrap();
+    assert_eq!(pem_to_der(&disk), second);
+}
+
+#[tokio::test]
+async fn ca_outage_keeps_the_old_certificate_backs_off_and_recovers_without_restart() {
+    let mut s = Setup::new().await;
+    s.pebble.start().await;
+    let edge = s.start_edge(&s.config(&["a.test"], "")).await;
+    let first = wait_served(&edge, &s.pebble, "a.test", 30).await;
+    let old_roots = s.pebble.issuing_root().await;
+
+    // The CA goes away, then a renewal is due.
+    s.pebble.stop();
+    std::fs::write(
+        &edge.config_path,
+        s.config(&["a.test"], "  renew_when_remaining: 3650d\n"),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(30), "three failed renewals", || async {
+        (edge
+            .metric("mcp_edge_acme_consecutive_failures{host=\"a.test\"}")
+            .await
+            >= 3.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        served(&edge, "a.test", old_roots.clone()).await,
+        Some(first.clone()),
+        "the old certificate keeps serving"
+    );
+    let log = edge.log();
+    assert!(
+        log.contains("the current certificate keeps serving"),
+        "{log}"
+    );
+    let report = certs_command(&edge.config_path);
+    assert!(report.contains("last error:"), "{report}");
+    assert!(report.contains("in a row, next attempt"), "{report}");
+
+    // Backoff: attempts spaced 0.5s, 1s, 2s, 2s... not a tight loop.
+    let before = edge
+        .metric("mcp_edge_acme_orders_total{host=\"a.test\",result=\"error\"}")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = edge
+        .metric("mcp_edge_acme_orders_total{host=\"a.test\",result=\"error\"}")
+        .await;
+    assert!(after - before <= 3.0, "{before} → {after}");
+
+    // The CA comes back (empty: the account must be registered again); no restart.
+    s.pebble.start().await;
+    let renewed = wait_served(&edge, &s.pebble, "a.test", 30).await;
+    assert_ne!(renewed, first);
+    wait_for(Duration::from_secs(5), "failures reset", || async {
+        (edge
+            .metric("mcp_edge_acme_consecutive_failures{host=\"a.test\"}")
+            .await
+            == 0.0)
+            .then_some(())
+    })
+    .await;
+    assert!(edge.log().contains("registering a new one"));
+}
+
+#[tokio::test]
+async fn a_first_order_that_fails_serves_nothing_then_recovers_when_the_ca_is_back() {
+    let mut s = Setup::new().await;
+    // The CA is not there yet.
+    let edge = s.start_edge(&s.config(&["a.test"], "")).await;
+    wait_for(Duration::from_secs(30), "a failed first order", || async {
+        (edge
+            .metric("mcp_edge_acme_consecutive_failures{host=\"a.test\"}")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    // Nothing is served for the host, not even a wrong certificate; port 80 still works.
+    let roots = TestCa::new("unrelated").root_store();
+    assert!(edge.handshake(Some("a.test"), roots, &[]).await.is_err());
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("http://{}/x", edge.http))
+        .header("host", "a.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert!(edge
+        .log()
+        .contains("no certificate is served for this host until an order succeeds"));
+
+    s.pebble.start().await;
+    let leaf = wait_served(&edge, &s.pebble, "a.test", 30).await;
+    assert_eq!(leaf_names(&leaf), vec!["a.test"]);
+}
