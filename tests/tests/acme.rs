@@ -93,6 +93,14 @@ fn leaf_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the metric sample `name` satisfies `ok`.
+async fn wait_metric(edge: &Edge, name: &str, secs: u64, what: &str, ok: impl Fn(f64) -> bool) {
+    wait_for(Duration::from_secs(secs), what, || async {
+        ok(edge.metric(name).await).then_some(())
+    })
+    .await;
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -134,13 +142,13 @@ async fn issues_per_host_serves_by_sni_and_a_restart_reuses_the_certificates() {
     assert_eq!(r.status(), 200);
 
     // The failing host is served nothing, and its failure is visible with the CA's reason.
-    wait_for(Duration::from_secs(30), "bad.test's failure", || async {
-        (edge
-            .metric("mcp_edge_acme_orders_total{host=\"bad.test\",result=\"error\"}")
-            .await
-            >= 1.0)
-            .then_some(())
-    })
+    wait_metric(
+        &edge,
+        "mcp_edge_acme_orders_total{host=\"bad.test\",result=\"error\"}",
+        30,
+        "bad.test's failure",
+        |v| v >= 1.0,
+    )
     .await;
     assert!(served(&edge, "bad.test", s.pebble.issuing_root().await)
         .await
@@ -202,16 +210,17 @@ async fn issues_per_host_serves_by_sni_and_a_restart_reuses_the_certificates() {
     let roots = s.pebble.issuing_root().await;
     assert_eq!(served(&edge, "a.test", roots.clone()).await, Some(a));
     assert_eq!(served(&edge, "b.test", roots).await, Some(b));
-    wait_for(
-        Duration::from_secs(10),
-        "the status to be recomputed",
-        || async {
-            (edge
-                .metric("mcp_edge_certificate_next_renewal_seconds{host=\"a.test\"}")
-                .await
-                > 0.0)
-                .then_some(())
-        },
+    // The manager looked at a.test and planned its renewal years ahead: no order.
+    let in_a_year = (std::time::SystemTime::now() + Duration::from_secs(365 * 86_400))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    wait_metric(
+        &edge,
+        "mcp_edge_certificate_next_renewal_seconds{host=\"a.test\"}",
+        10,
+        "a.test's renewal planned",
+        |v| v > in_a_year,
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -330,13 +339,13 @@ async fn ca_outage_keeps_the_old_certificate_backs_off_and_recovers_without_rest
         s.config(&["a.test"], "  renew_when_remaining: 3650d\n"),
     )
     .unwrap();
-    wait_for(Duration::from_secs(30), "three failed renewals", || async {
-        (edge
-            .metric("mcp_edge_acme_consecutive_failures{host=\"a.test\"}")
-            .await
-            >= 3.0)
-            .then_some(())
-    })
+    wait_metric(
+        &edge,
+        "mcp_edge_acme_consecutive_failures{host=\"a.test\"}",
+        30,
+        "three failed renewals",
+        |v| v >= 3.0,
+    )
     .await;
     assert_eq!(
         served(&edge, "a.test", old_roots.clone()).await,
@@ -366,13 +375,13 @@ async fn ca_outage_keeps_the_old_certificate_backs_off_and_recovers_without_rest
     s.pebble.start().await;
     let renewed = wait_served(&edge, &s.pebble, "a.test", 30).await;
     assert_ne!(renewed, first);
-    wait_for(Duration::from_secs(5), "failures reset", || async {
-        (edge
-            .metric("mcp_edge_acme_consecutive_failures{host=\"a.test\"}")
-            .await
-            == 0.0)
-            .then_some(())
-    })
+    wait_metric(
+        &edge,
+        "mcp_edge_acme_consecutive_failures{host=\"a.test\"}",
+        5,
+        "failures reset",
+        |v| v == 0.0,
+    )
     .await;
     assert!(edge.log().contains("registering a new one"));
 }
@@ -382,13 +391,13 @@ async fn a_first_order_that_fails_serves_nothing_then_recovers_when_the_ca_is_ba
     let mut s = Setup::new().await;
     // The CA is not there yet.
     let edge = s.start_edge(&s.config(&["a.test"], "")).await;
-    wait_for(Duration::from_secs(30), "a failed first order", || async {
-        (edge
-            .metric("mcp_edge_acme_consecutive_failures{host=\"a.test\"}")
-            .await
-            >= 1.0)
-            .then_some(())
-    })
+    wait_metric(
+        &edge,
+        "mcp_edge_acme_consecutive_failures{host=\"a.test\"}",
+        30,
+        "a failed first order",
+        |v| v >= 1.0,
+    )
     .await;
     // Nothing is served for the host, not even a wrong certificate; port 80 still works.
     let roots = TestCa::new("unrelated").root_store();
