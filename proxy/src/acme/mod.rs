@@ -237,6 +237,8 @@ struct State {
     edge: Arc<Edge>,
     ctx: Option<Arc<Ctx>>,
     slots: BTreeMap<HostName, Slot>,
+    /// What the status file holds, to write it only when something changed.
+    written: Option<BTreeMap<String, HostStatus>>,
     tx: mpsc::UnboundedSender<(HostName, Vec<String>, Outcome)>,
 }
 
@@ -248,6 +250,7 @@ impl BackgroundService for AcmeManager {
             edge: self.edge.clone(),
             ctx: None,
             slots: BTreeMap::new(),
+            written: None,
             tx,
         };
         // The CA validates on port 80 at once: be sure it accepts connections first.
@@ -290,6 +293,7 @@ impl State {
             }
         };
         if let (true, Some(a)) = (changed, &config.acme) {
+            self.written = None;
             self.ctx = Some(Arc::new(Ctx {
                 accounts: Arc::new(Accounts::new(a.clone(), &config.storage)),
                 permits: Arc::new(Semaphore::new(a.concurrency)),
@@ -475,7 +479,7 @@ impl State {
     }
 
     /// Metrics and the status file for `mcp-edge certs`.
-    fn publish(&self) {
+    fn publish(&mut self) {
         let m = metrics::get();
         let mut file = StatusFile {
             written: unix(SystemTime::now()),
@@ -492,12 +496,12 @@ impl State {
             file.hosts.insert(host.to_string(), slot.status());
         }
         let Some(ctx) = &self.ctx else { return };
-        let previous = StatusFile::read(&ctx.storage);
-        if previous.is_some_and(|p| p.hosts == file.hosts) {
+        if self.written.as_ref() == Some(&file.hosts) {
             return;
         }
-        if let Err(e) = file.write(&ctx.storage) {
-            tracing::warn!(error = %e, "cannot write the ACME status file");
+        match file.write(&ctx.storage) {
+            Ok(()) => self.written = Some(file.hosts),
+            Err(e) => tracing::warn!(error = %e, "cannot write the ACME status file"),
         }
     }
 }
