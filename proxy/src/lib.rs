@@ -17,6 +17,7 @@ pub mod routing;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod upstream_tls;
 
 use std::sync::Arc;
 

@@ -39,6 +39,14 @@ enum Command {
         #[arg(long, short, env = "MCP_EDGE_CONFIG")]
         config: PathBuf,
     },
+    /// Connect to an HTTPS upstream, show its certificate chain and a YAML snippet that pins it.
+    UpstreamCert {
+        /// https://HOST:PORT
+        url: String,
+        /// SNI to send (default: the URL's host).
+        #[arg(long)]
+        server_name: Option<String>,
+    },
     /// Validate a configuration file without binding any port; exits non-zero on errors.
     Check {
         /// The YAML configuration file.
@@ -92,6 +100,25 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::UpstreamCert { url, server_name } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(mcp_edge::upstream_tls::inspect(
+                &url,
+                server_name.as_deref(),
+            )) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcp-edge: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Run { config } => {
             init_logging(cli.log_format);
             match mcp_edge::server::run(&config) {

@@ -165,10 +165,15 @@ async fn respond_text(session: &mut Session, status: u16, body: &'static str) ->
 }
 
 fn upstream_reason(e: &Error) -> &'static str {
+    // A TLS reason anywhere in the chain: a failed handshake, or the alert a TLS 1.3 server
+    // sends on the first read when it refuses our client certificate.
+    if let Some(r) = crate::upstream_tls::reason_in(e.root_cause()) {
+        return r;
+    }
     match e.etype() {
+        ErrorType::Custom(reason) => reason,
         ErrorType::ConnectTimedout => "connect_timeout",
         ErrorType::ConnectRefused => "connect_refused",
-        ErrorType::Custom("dns") => "dns",
         ErrorType::ConnectNoRoute | ErrorType::ConnectError | ErrorType::SocketError => {
             "connect_error"
         }
@@ -379,6 +384,12 @@ impl ProxyHttp for EdgeProxy {
         })?;
         let up = &pool.upstream;
         let mut peer = HttpPeer::new(addr, false, String::new());
+        if let Some(tls) = &up.tls {
+            // TLS is made by our connector (pins, per-upstream CA, client certificate);
+            // pingora speaks HTTP/1.1 over the secured stream.
+            peer.options.custom_l4 = Some(tls.connector(up.connect_timeout));
+            peer.group_key = tls.group_key;
+        }
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
         peer.options.write_timeout = Some(up.write_timeout);

@@ -167,17 +167,20 @@ pub struct Upstream {
     pub write_timeout: Duration,
     pub connect_timeout: Duration,
     pub preserve_host: bool,
+    /// How to reach `https://` URLs: trust, name, client certificate.
+    pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
 }
 
-/// One replica: `http://host:port`.
+/// One replica: `http://host:port` or `https://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamUrl {
-    /// As written, normalised (`http://host:port`).
+    /// As written, normalised (`scheme://host:port`).
     pub url: String,
     pub host: String,
     pub port: u16,
-    /// `host:port` for the Host header (port omitted when 80).
+    /// `host:port` for the Host header (port omitted when the scheme's default).
     pub authority: String,
+    pub https: bool,
 }
 
 /// `acme:` validated.
@@ -627,7 +630,7 @@ fn build_host(
         ),
         (None, None) => c.err(p, "missing `upstream` (every path) or `routes`"),
         (Some(u), None) => {
-            if let Some(up) = build_upstream(u, &p.key("upstream"), c) {
+            if let Some(up) = build_upstream(u, base, &p.key("upstream"), c) {
                 routes.push(Route {
                     path: "/".into(),
                     upstream: Arc::new(up),
@@ -653,7 +656,7 @@ fn build_host(
                     true
                 };
                 // Built even under a bad path, so its own problems are reported in the same run.
-                let upstream = build_upstream(r.upstream, &rp.key("upstream"), c);
+                let upstream = build_upstream(r.upstream, base, &rp.key("upstream"), c);
                 if let (true, Some(up)) = (path_ok, upstream) {
                     routes.push(Route {
                         path: r.path,
@@ -688,7 +691,7 @@ pub fn normalize_origin(o: &str) -> Result<String, String> {
     }
 }
 
-fn build_upstream(v: Value, p: &KeyPath, c: &mut Collector) -> Option<Upstream> {
+fn build_upstream(v: Value, base: &Path, p: &KeyPath, c: &mut Collector) -> Option<Upstream> {
     let shorthand = matches!(v, Value::String(_));
     let raw = match v {
         Value::String(url) => RawUpstream {
@@ -722,20 +725,44 @@ fn build_upstream(v: Value, p: &KeyPath, c: &mut Collector) -> Option<Upstream> 
             Err(e) => c.err(&at, e),
         }
     }
-    for (key, set) in [
-        ("ca", raw.ca.is_some()),
-        ("pin_sha256", raw.pin_sha256.is_some()),
-        ("server_name", raw.server_name.is_some()),
-        ("client_cert", raw.client_cert.is_some()),
-        ("client_key", raw.client_key.is_some()),
-    ] {
-        if set {
-            c.err(
-                &p.key(key),
-                "HTTPS upstreams are not supported yet in this version; use an http:// upstream",
-            );
-        }
+    let https = urls.iter().filter(|u| u.https).count();
+    if https > 0 && https < urls.len() {
+        c.err(
+            &up,
+            "mix of http:// and https:// URLs: one upstream speaks one of them",
+        );
     }
+    let tls = if https > 0 {
+        let settings = crate::upstream_tls::Settings {
+            ca: raw.ca.as_deref().map(|f| resolve_path(base, f)),
+            pins: raw.pin_sha256.clone().unwrap_or_default(),
+            server_name: raw.server_name.clone(),
+            client_cert: raw.client_cert.as_deref().map(|f| resolve_path(base, f)),
+            client_key: raw.client_key.as_deref().map(|f| resolve_path(base, f)),
+        };
+        match crate::upstream_tls::UpstreamTls::build(&urls[0].host, &settings) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(errors) => {
+                for (key, msg) in errors {
+                    c.err(&p.key(key), msg);
+                }
+                None
+            }
+        }
+    } else {
+        for (key, set) in [
+            ("ca", raw.ca.is_some()),
+            ("pin_sha256", raw.pin_sha256.is_some()),
+            ("server_name", raw.server_name.is_some()),
+            ("client_cert", raw.client_cert.is_some()),
+            ("client_key", raw.client_key.is_some()),
+        ] {
+            if set {
+                c.err(&p.key(key), "applies to https:// upstreams only");
+            }
+        }
+        None
+    };
     let read_timeout = opt_duration(
         c,
         &p.key("read_timeout"),
@@ -769,20 +796,21 @@ fn build_upstream(v: Value, p: &KeyPath, c: &mut Collector) -> Option<Upstream> 
         write_timeout,
         connect_timeout,
         preserve_host: raw.preserve_host,
+        tls,
     })
 }
 
 fn parse_upstream_url(s: &str) -> Result<UpstreamUrl, String> {
     let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
-    match u.scheme() {
-        "http" => {}
-        "https" => {
+    let https = match u.scheme() {
+        "http" => false,
+        "https" => true,
+        other => {
             return Err(format!(
-                "{s}: HTTPS upstreams are not supported yet in this version; use http://"
+                "{s}: scheme {other} is not supported; use http:// or https://"
             ))
         }
-        other => return Err(format!("{s}: scheme {other} is not supported; use http://")),
-    }
+    };
     if !u.username().is_empty() || u.password().is_some() {
         return Err(format!(
             "{s}: credentials in upstream URLs are not supported"
@@ -798,22 +826,24 @@ fn parse_upstream_url(s: &str) -> Result<UpstreamUrl, String> {
         Some(h) => h.to_string(),
         None => return Err(format!("{s}: no host")),
     };
-    let port = u.port_or_known_default().unwrap_or(80);
+    let default_port = if https { 443 } else { 80 };
+    let port = u.port_or_known_default().unwrap_or(default_port);
     let host_for_authority = if host.contains(':') {
         format!("[{host}]")
     } else {
         host.clone()
     };
-    let authority = if port == 80 {
+    let authority = if port == default_port {
         host_for_authority.clone()
     } else {
         format!("{host_for_authority}:{port}")
     };
     Ok(UpstreamUrl {
-        url: format!("http://{host_for_authority}:{port}"),
+        url: format!("{}://{host_for_authority}:{port}", u.scheme()),
         host,
         port,
         authority,
+        https,
     })
 }
 
