@@ -383,6 +383,27 @@ pub fn reason_of(e: &rustls::Error) -> &'static str {
     }
 }
 
+/// A reason in words for the log.
+fn explain(reason: &str, trust: &str) -> &'static str {
+    match (reason, trust) {
+        ("tls_pin_mismatch", _) => "the certificate matches none of pin_sha256",
+        ("tls_unknown_issuer", "ca") => "the certificate is not signed by the CA in `ca`",
+        ("tls_unknown_issuer", _) => {
+            "the certificate is not signed by a CA the system trusts (pin it, or give `ca`)"
+        }
+        ("tls_expired", _) => "the certificate has expired",
+        ("tls_not_yet_valid", _) => "the certificate is not valid yet",
+        ("tls_name_mismatch", _) => {
+            "the certificate does not name server_name (set server_name, or pin it)"
+        }
+        ("tls_client_cert_refused", _) => {
+            "the upstream refused the client certificate (or wants one: client_cert/client_key)"
+        }
+        ("tls_bad_signature", _) => "the handshake signature does not verify",
+        _ => "TLS handshake failed",
+    }
+}
+
 /// The TLS reason somewhere in an error's chain (a handshake failure, or the alert a server
 /// sends after a TLS 1.3 handshake when it refuses the client certificate).
 pub fn reason_in(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
@@ -483,8 +504,9 @@ impl pingora::connectors::L4Connect for TlsConnect {
                     Error::because(
                         ErrorType::Custom(reason),
                         format!(
-                            "TLS to {addr} ({:?}, trust: {})",
-                            self.tls.server_name, self.tls.trust
+                            "TLS to {addr} as {}: {}",
+                            self.tls.server_name.to_str(),
+                            explain(reason, self.tls.trust)
                         ),
                         e,
                     )

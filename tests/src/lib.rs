@@ -3,6 +3,7 @@
 //! every test has its own directory.
 
 pub mod pebble;
+pub mod tls_front;
 pub mod upstream;
 
 use std::io::Read;

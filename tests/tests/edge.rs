@@ -707,7 +707,14 @@ async fn metrics_count_what_happened() {
         .await
         .unwrap();
     assert_eq!(r.status(), 502);
-    assert_eq!(e.metric("mcp_edge_upstream_errors_total{host=\"plain.test\",reason=\"connect_refused\",route=\"/\"}").await, 1.0);
+    // Counted when the request is logged, just after the response went out.
+    wait_for(Duration::from_secs(5), "the upstream error counted", || {
+        let e = &e;
+        async move {
+            (e.metric("mcp_edge_upstream_errors_total{host=\"plain.test\",reason=\"connect_refused\",route=\"/\"}").await == 1.0).then_some(())
+        }
+    })
+    .await;
     assert_eq!(
         e.metric("mcp_edge_requests_total{host=\"plain.test\",route=\"/\",status=\"5xx\"}")
             .await,

@@ -41,7 +41,7 @@ fn shorthand_and_routes_build_the_model() {
 #[test]
 fn every_bad_key_is_reported_with_its_path_and_line() {
     let e = errors(
-        "listen:\n  htps: x\nhosts:\n  a.example.com:\n    tls: acme\n    upstream: http://a\n    extra: 1\n  b.example.com:\n    tls: none\n    upstream: https://b\n",
+        "listen:\n  htps: x\nhosts:\n  a.example.com:\n    tls: acme\n    upstream: http://a\n    extra: 1\n  b.example.com:\n    tls: none\n    upstream: ftp://b\n",
     );
     let all = e.join("\n");
     assert!(
@@ -53,7 +53,7 @@ fn every_bad_key_is_reported_with_its_path_and_line() {
         "{all}"
     );
     assert!(
-        all.contains("hosts.\"b.example.com\".upstream (line 10): https://b"),
+        all.contains("hosts.\"b.example.com\".upstream (line 10): ftp://b: scheme ftp"),
         "{all}"
     );
     assert!(all.contains("`tls: acme` needs an `acme:` block"), "{all}");
@@ -96,4 +96,44 @@ fn prefix_matching_is_on_segment_boundaries() {
     assert!(m("/sse", "/sse/x"));
     assert!(!m("/sse", "/ssex"));
     assert!(m("/api/", "/api/x"));
+}
+
+#[test]
+fn https_upstream_material_is_checked_at_load_with_the_key_named() {
+    let e = errors(
+        "hosts:\n  a.example.com:\n    tls: none\n    upstream:\n      urls: [https://10.0.0.1:8443]\n      pin_sha256: [\"abcd\"]\n      client_cert: /nonexistent/c.pem\n  b.example.com:\n    tls: none\n    upstream:\n      urls: [http://10.0.0.2]\n      ca: /nonexistent/ca.pem\n  c.example.com:\n    tls: none\n    upstream:\n      urls: [https://10.0.0.3]\n      ca: /nonexistent/ca.pem\n      server_name: \"bad name!\"\n",
+    );
+    let all = e.join("\n");
+    assert!(
+        all.contains("a.example.com\".upstream.pin_sha256 (line 6): \"abcd\" is not a SHA-256"),
+        "{all}"
+    );
+    assert!(all.contains("a.example.com\".upstream.client_key"), "{all}");
+    assert!(
+        all.contains("b.example.com\".upstream.ca (line 12): applies to https:// upstreams only"),
+        "{all}"
+    );
+    assert!(all.contains("c.example.com\".upstream.ca"), "{all}");
+    assert!(all.contains("/nonexistent/ca.pem"), "{all}");
+    assert!(
+        all.contains("c.example.com\".upstream.server_name"),
+        "{all}"
+    );
+}
+
+#[test]
+fn pins_in_hex_with_colons_and_base64() {
+    use crate::upstream_tls::parse_pin;
+    let hex = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let a = parse_pin(hex).unwrap();
+    let colons: Vec<String> = hex
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap().to_uppercase())
+        .collect();
+    assert_eq!(parse_pin(&colons.join(":")).unwrap(), a);
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(a);
+    assert_eq!(parse_pin(&b64).unwrap(), a);
+    assert!(parse_pin("abc").is_err());
 }
