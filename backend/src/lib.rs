@@ -49,7 +49,7 @@ pub fn app(docs: Arc<ArcSwap<Docs>>, opts: &HttpOptions, shutdown: CancellationT
         config,
     );
     let legacy = Legacy::new(server, opts.keep_alive, shutdown);
-    let health_docs = docs;
+    let sessions = legacy.clone();
     Router::new()
         .nest_service("/mcp", mcp)
         .route("/sse", get(legacy::sse))
@@ -58,8 +58,12 @@ pub fn app(docs: Arc<ArcSwap<Docs>>, opts: &HttpOptions, shutdown: CancellationT
         .route(
             "/healthz",
             get(move || {
-                let n = health_docs.load().pages.len();
-                async move { axum::Json(serde_json::json!({"status": "ok", "pages": n})) }
+                let body = serde_json::json!({
+                    "status": "ok",
+                    "pages": docs.load().pages.len(),
+                    "legacy_sessions": sessions.open_sessions(),
+                });
+                async move { axum::Json(body) }
             }),
         )
 }

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ListResourcesResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
@@ -142,10 +143,15 @@ impl DocsServer {
         }
         let docs = self.docs.load();
         match docs.get(path) {
-            Some(p) => Ok(CallToolResult::success(vec![ContentBlock::text(format!(
-                "# {}\n\npath: {}\n\n{}",
-                p.title, p.path, p.body
-            ))])),
+            Some(p) => {
+                let heading = format!("# {}", p.title);
+                let text = if p.body.starts_with(&heading) {
+                    format!("path: {}\n\n{}", p.path, p.body)
+                } else {
+                    format!("{heading}\n\npath: {}\n\n{}", p.path, p.body)
+                };
+                Ok(CallToolResult::success(vec![ContentBlock::text(text)]))
+            }
             None => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
                 "no page at {path:?}; find pages with search_docs or list_docs"
             ))])),
@@ -187,6 +193,30 @@ impl ServerHandler for DocsServer {
         )
         .with_server_info(Implementation::new("mcp-docs", env!("CARGO_PKG_VERSION")))
         .with_instructions(INSTRUCTIONS)
+    }
+
+    /// Arguments that do not fit a tool's input schema are a JSON-RPC error (invalid params),
+    /// checked here before the tool runs; the tool's own checks answer the same way.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+        let checked = match request.name.as_ref() {
+            "search_docs" => serde_json::from_value::<SearchArgs>(args).map(drop),
+            "get_doc" => serde_json::from_value::<GetDocArgs>(args).map(drop),
+            "list_docs" => serde_json::from_value::<ListArgs>(args).map(drop),
+            _ => Ok(()),
+        };
+        if let Err(e) = checked {
+            return Err(ErrorData::invalid_params(
+                format!("arguments of {}: {e}", request.name),
+                None,
+            ));
+        }
+        let tcc = ToolCallContext::new(self, request, context);
+        self.tool_router.call(tcc).await
     }
 
     async fn list_resources(

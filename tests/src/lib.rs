@@ -414,3 +414,148 @@ impl SseReader {
         }
     }
 }
+
+/// The `mcp-docs` binary (built with the rest of the workspace).
+pub fn docs_bin() -> PathBuf {
+    edge_bin().with_file_name("mcp-docs")
+}
+
+/// The Python of the venv holding the official MCP SDK (created by `./scripts/test`).
+pub fn python() -> PathBuf {
+    let p = std::env::var("MCP_EDGE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap()
+                .join(".venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run ./scripts/test, which creates .venv with the MCP Python SDK",
+        p.display()
+    );
+    p
+}
+
+/// Runs `tests/python/mcp_check.py` (one full MCP session with the official Python SDK) and
+/// returns what it printed.
+pub async fn mcp_check(
+    url: &str,
+    transport: &str,
+    query: &str,
+    doc: &str,
+    ca: Option<&Path>,
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/mcp_check.py");
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(script)
+        .args([url, transport, "--query", query, "--doc", doc]);
+    if let Some(ca) = ca {
+        cmd.arg("--ca").arg(ca);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the MCP client finished within 60s")
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "mcp_check printed no JSON:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && v.get("error").is_none(),
+        "MCP session failed: {v}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
+}
+
+/// A running `mcp-docs`, killed on drop.
+pub struct DocsServer {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl DocsServer {
+    /// Starts `mcp-docs --docs <corpus>` on a free port with `extra` arguments and waits for
+    /// `/healthz`.
+    pub async fn start(dir: &Path, corpus: &Path, extra: &[&str]) -> DocsServer {
+        install_crypto();
+        let port = free_port();
+        let log = dir.join(format!("mcp-docs-{port}.log"));
+        let child = Command::new(docs_bin())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--docs"])
+            .arg(corpus)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start mcp-docs");
+        let mut s = DocsServer {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.health().await.is_none() {
+            if let Ok(Some(st)) = s.child.try_wait() {
+                panic!("mcp-docs exited with {st}:\n{}", s.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mcp-docs not ready:\n{}",
+                s.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        s
+    }
+
+    pub async fn health(&self) -> Option<serde_json::Value> {
+        let r = reqwest::get(format!("http://{}/healthz", self.addr))
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for DocsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
