@@ -117,7 +117,10 @@ fn main() {
     }
     lat.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("corpus: {pages} pages, {:.1} MB of text", bytes as f64 / 1e6);
+    println!(
+        "corpus: {pages} pages, {:.1} MB of text",
+        bytes as f64 / 1e6
+    );
     println!("index build: {:.0} ms", ms(build));
     println!(
         "search_docs ({} queries, top 10 with snippets, {:.1} hits avg): p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
