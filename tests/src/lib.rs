@@ -41,13 +41,26 @@ pub fn edge_bin() -> PathBuf {
     target.join("debug").join("mcp-edge")
 }
 
-/// A free loopback port (bound then released; the OS does not hand it out again at once).
+/// A free loopback port, below the kernel's ephemeral range (32768+), so that no outgoing
+/// connection of this or another process can take it between a proxy's stop and its restart.
+/// Ports are handed out in turn from a per-process starting point, each checked bindable.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn install_crypto() {

@@ -547,6 +547,27 @@ fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeCo
     }
 }
 
+/// Whether a CA can issue for `name`: a DNS name under a public suffix, not `localhost`, an IP,
+/// a single label, or a name reserved for local use (`.local`, `.test`, `.internal`, ...).
+pub fn is_public_name(name: &str) -> bool {
+    const LOCAL: &[&str] = &[
+        "localhost",
+        "local",
+        "test",
+        "example",
+        "invalid",
+        "internal",
+        "lan",
+        "home.arpa",
+    ];
+    let n = name.trim_end_matches('.').to_ascii_lowercase();
+    n.contains('.')
+        && n.parse::<std::net::IpAddr>().is_err()
+        && !LOCAL
+            .iter()
+            .any(|l| n == *l || n.ends_with(&format!(".{l}")))
+}
+
 fn build_host(
     name: &str,
     rh: RawHost,
@@ -574,7 +595,7 @@ fn build_host(
         None => {
             c.err(
                 &tp,
-                "missing: one of acme, self-signed, none, or { cert: FILE, key: FILE }",
+                "missing: one of auto, acme, self-signed, none, or { cert: FILE, key: FILE }",
             );
             None
         }
@@ -582,10 +603,16 @@ fn build_host(
             "acme" => Some(TlsSource::Acme),
             "self-signed" => Some(TlsSource::SelfSigned),
             "none" => Some(TlsSource::None),
+            // A public name gets a CA certificate, a local one a self-signed certificate.
+            "auto" => Some(if is_public_name(name) {
+                TlsSource::Acme
+            } else {
+                TlsSource::SelfSigned
+            }),
             other => {
                 c.err(
                     &tp,
-                    format!("{other:?}: expected acme, self-signed, none, or {{ cert: FILE, key: FILE }}"),
+                    format!("{other:?}: expected auto, acme, self-signed, none, or {{ cert: FILE, key: FILE }}"),
                 );
                 None
             }

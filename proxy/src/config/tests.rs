@@ -137,3 +137,24 @@ fn pins_in_hex_with_colons_and_base64() {
     assert_eq!(parse_pin(&b64).unwrap(), a);
     assert!(parse_pin("abc").is_err());
 }
+
+#[test]
+fn tls_auto_is_acme_for_public_names_and_self_signed_for_local_ones() {
+    use crate::config::model::is_public_name;
+    for n in ["docs.example.com", "mcp.example.org", "a.b.co.uk"] {
+        assert!(is_public_name(n), "{n}");
+    }
+    for n in [
+        "localhost",
+        "app.localhost",
+        "nas.local",
+        "x.test",
+        "10.0.0.1",
+        "::1",
+        "intranet",
+        "svc.internal",
+        "a.example",
+    ] {
+        assert!(!is_public_name(n), "{n}");
+    }
+}

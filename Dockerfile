@@ -1,0 +1,76 @@
+# Images of mcp-edge (target `proxy`), mcp-docs (target `backend`) and, for the ACME demo
+# profile, pebble (target `pebble`). Built by `docker compose build`; see compose.yaml.
+
+ARG RUST_IMAGE=rust:1-slim-bookworm
+ARG BASE_IMAGE=debian:bookworm-slim
+# Where the binaries come from: the `build` stage compiles them. The repository's compose test,
+# on a machine without an image registry, sets this to `prebuilt` (binaries built on the host).
+ARG BINARIES=build
+
+# ---- build: both binaries, release, stripped ----------------------------------------------
+FROM ${RUST_IMAGE} AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# Dependencies first: this layer is reused while only the sources change.
+COPY Cargo.toml Cargo.lock ./
+COPY proxy/Cargo.toml proxy/
+COPY backend/Cargo.toml backend/
+COPY tests/Cargo.toml tests/
+RUN mkdir -p proxy/src backend/src backend/benches tests/src \
+ && echo 'fn main() {}' > proxy/src/main.rs && touch proxy/src/lib.rs \
+ && echo 'fn main() {}' > backend/src/main.rs && touch backend/src/lib.rs \
+ && echo 'fn main() {}' > backend/benches/search.rs && touch tests/src/lib.rs \
+ && cargo build --release --locked -p mcp-edge -p mcp-docs
+COPY proxy proxy
+COPY backend backend
+RUN touch proxy/src/*.rs backend/src/*.rs \
+ && cargo build --release --locked -p mcp-edge -p mcp-docs \
+ && mkdir /out && cp target/release/mcp-edge target/release/mcp-docs /out/ \
+ && strip /out/mcp-edge /out/mcp-docs
+
+# ---- prebuilt: binaries built outside Docker (target/docker-bins/) ---------------------------
+# (The wildcard keeps this unused stage harmless for builders that build every stage.)
+FROM scratch AS prebuilt
+COPY Cargo.toml target/docker-bins* /out/
+
+FROM ${BINARIES} AS binaries
+
+# ---- runtime: slim Debian, CA roots, an unprivileged user ------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin mcp
+
+# ---- proxy ------------------------------------------------------------------------------------
+FROM runtime AS proxy
+COPY --from=binaries /out/mcp-edge /usr/local/bin/mcp-edge
+RUN mkdir -p /var/lib/mcp-edge/certs /etc/mcp-edge \
+ && chown mcp:mcp /var/lib/mcp-edge/certs && chmod 0700 /var/lib/mcp-edge/certs
+USER mcp
+ENV MCP_EDGE_CONFIG=/etc/mcp-edge/compose.yaml
+EXPOSE 80 443
+ENTRYPOINT ["/usr/local/bin/mcp-edge"]
+CMD ["run"]
+
+# ---- backend: the docs MCP server with this project's documentation as its corpus ------------
+FROM runtime AS backend
+COPY --from=binaries /out/mcp-docs /usr/local/bin/mcp-docs
+COPY README.md /usr/share/mcp-docs/README.md
+COPY docs /usr/share/mcp-docs/docs
+USER mcp
+ENV MCP_DOCS_LISTEN=0.0.0.0:8080 MCP_DOCS_DIR=/usr/share/mcp-docs
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/mcp-docs"]
+
+# ---- pebble: Let's Encrypt's test CA, for `docker compose --profile acme-demo up` -------------
+FROM runtime AS pebble
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends pebble openssl \
+ && rm -rf /var/lib/apt/lists/*
+COPY config/acme-demo/pebble-start.sh /usr/local/bin/pebble-start
+RUN mkdir /pebble-ca && chown mcp:mcp /pebble-ca
+USER mcp
+ENTRYPOINT ["/usr/local/bin/pebble-start"]

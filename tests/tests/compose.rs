@@ -1,0 +1,301 @@
+//! `docker compose up`, for real: the shipped compose.yaml and Dockerfile, with images built
+//! here. This machine has no image registry, so the base image is made with debootstrap
+//! (`scripts/docker-base-image`) and the binaries are built on the host and copied into the
+//! runtime stage (`BINARIES=prebuilt`); an override file changes only which image each service
+//! runs. Then: the official MCP Python SDK over https through the proxy on both transports, the
+//! certificate surviving `down`/`up`, and the acme-demo profile serving a pebble certificate.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mcp_edge_tests::*;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A docker CLI that builds with BuildKit (which skips the unused Rust builder stage): `docker`
+/// with buildx, or a pre-23 CLI with BuildKit built in.
+fn buildkit_docker() -> PathBuf {
+    if Command::new("docker")
+        .args(["buildx", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return PathBuf::from("docker");
+    }
+    let which = run(Command::new("which").args(["-a", "docker"]));
+    for cand in which.lines() {
+        let v = Command::new(cand)
+            .args(["version", "--format", "{{.Client.Version}}"])
+            .output();
+        if let Ok(v) = v {
+            let ver = String::from_utf8_lossy(&v.stdout);
+            if ver
+                .split('.')
+                .next()
+                .and_then(|m| m.trim().parse::<u32>().ok())
+                .is_some_and(|m| m < 23)
+            {
+                return PathBuf::from(cand);
+            }
+        }
+    }
+    panic!("no docker CLI here builds with BuildKit (no buildx, no docker < 23): cannot skip the Rust builder stage without a registry");
+}
+
+/// `docker compose` (v2) or `docker-compose` (v1).
+fn compose_cmd() -> Vec<String> {
+    if Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        vec!["docker".into(), "compose".into()]
+    } else {
+        vec!["docker-compose".into()]
+    }
+}
+
+struct Stack {
+    project: String,
+    files: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+    images: Vec<String>,
+}
+
+impl Stack {
+    fn compose(&self, args: &[&str]) -> Command {
+        let c = compose_cmd();
+        let mut cmd = Command::new(&c[0]);
+        cmd.args(&c[1..]).current_dir(root());
+        cmd.args(["--profile", "acme-demo", "-p", &self.project]);
+        for f in &self.files {
+            cmd.arg("-f").arg(f);
+        }
+        cmd.args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn exec_cat(&self, service: &str, path: &str) -> Option<String> {
+        let out = self
+            .compose(&["exec", "-T", service, "cat", path])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            .filter(|s| s.contains("BEGIN CERTIFICATE"))
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self
+            .compose(&["down", "-v", "--remove-orphans", "--timeout", "5"])
+            .output();
+        for i in &self.images {
+            let _ = Command::new("docker").args(["rmi", "-f", i]).output();
+        }
+    }
+}
+
+async fn served_leaf(port: u16, sni: &str, roots: rustls::RootCertStore) -> Option<Vec<u8>> {
+    tls_handshake(([127, 0, 0, 1], port).into(), Some(sni), roots, &[])
+        .await
+        .ok()
+        .map(|(leaf, _, _)| leaf)
+}
+
+fn roots_of(pem: &str) -> rustls::RootCertStore {
+    let mut r = rustls::RootCertStore::empty();
+    r.add(pem_to_der(pem).into()).unwrap();
+    r
+}
+
+#[tokio::test]
+async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_acme_demo() {
+    install_crypto();
+    let root = root();
+    run(&mut Command::new(root.join("scripts/docker-base-image")));
+
+    // The binaries, built on the host (Debian 12, like the runtime image), stripped.
+    let bins = root.join("target/docker-bins");
+    std::fs::create_dir_all(&bins).unwrap();
+    for b in [edge_bin(), docs_bin()] {
+        let to = bins.join(b.file_name().unwrap());
+        std::fs::copy(&b, &to).unwrap();
+        run(Command::new("strip").arg(&to));
+    }
+
+    let project = format!("mcpedgetest{}", std::process::id());
+    let docker = buildkit_docker();
+    let mut images = Vec::new();
+    for target in ["proxy", "backend", "pebble"] {
+        let tag = format!("{project}-{target}:test");
+        run(Command::new(&docker)
+            .current_dir(&root)
+            .env("DOCKER_BUILDKIT", "1")
+            .args([
+                "build",
+                "-q",
+                "--target",
+                target,
+                "--build-arg",
+                "BINARIES=prebuilt",
+                "-t",
+                &tag,
+                ".",
+            ]));
+        images.push(tag);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let override_file = tmp.path().join("override.yaml");
+    std::fs::write(
+        &override_file,
+        format!(
+            "services:\n  proxy: {{ image: \"{p}\" }}\n  proxy-acme: {{ image: \"{p}\" }}\n  backend: {{ image: \"{b}\" }}\n  pebble: {{ image: \"{e}\" }}\n  challtestsrv: {{ image: \"{e}\" }}\n",
+            p = images[0],
+            b = images[1],
+            e = images[2]
+        ),
+    )
+    .unwrap();
+    let (http, https, acme_https, pebble_mgmt) =
+        (free_port(), free_port(), free_port(), free_port());
+    let stack = Stack {
+        project,
+        files: vec![root.join("compose.yaml"), override_file],
+        env: vec![
+            ("MCP_EDGE_HTTP_PORT".into(), http.to_string()),
+            ("MCP_EDGE_HTTPS_PORT".into(), https.to_string()),
+            ("MCP_EDGE_ACME_HTTPS_PORT".into(), acme_https.to_string()),
+            ("PEBBLE_MGMT_PORT".into(), pebble_mgmt.to_string()),
+        ],
+        images,
+    };
+    run(&mut stack.compose(&["up", "-d", "--no-build"]));
+
+    // The proxy's generated certificate, read from its volume; then served on the published port.
+    let cert_path = "/var/lib/mcp-edge/certs/localhost.self-signed.cert.pem";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (cert_pem, leaf) = loop {
+        if let Some(pem) = stack.exec_cat("proxy", cert_path) {
+            if let Some(leaf) = served_leaf(https, "localhost", roots_of(&pem)).await {
+                break (pem, leaf);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stack did not come up:\n{}",
+            run(&mut stack.compose(&["logs", "--no-color", "--tail", "50"]))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let ca = tmp.path().join("localhost.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+
+    // The official MCP Python SDK, through the proxy, on both transports, over the project's
+    // own documentation (the backend image's default corpus).
+    for (path, transport) in [("/mcp", "streamable"), ("/sse", "sse")] {
+        let v = mcp_check(
+            &format!("https://localhost:{https}{path}"),
+            transport,
+            "pin_sha256 self-signed upstream",
+            "README.md",
+            Some(&ca),
+        )
+        .await;
+        assert!(
+            v["hits"].as_array().is_some_and(|h| !h.is_empty()),
+            "{transport}: {v}"
+        );
+        assert_eq!(v["doc_is_error"], false, "{v}");
+    }
+    // http://localhost redirects to https.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{http}/mcp"))
+        .header("host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+
+    // The acme-demo profile: a certificate from pebble for docs.acme-demo.test.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let acme_leaf = loop {
+        if let Some(ca_pem) = stack.exec_cat("pebble", "/pebble-ca/ca.pem") {
+            let client = reqwest::Client::builder()
+                .use_preconfigured_tls(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(roots_of(&ca_pem))
+                        .with_no_client_auth(),
+                )
+                .build()
+                .unwrap();
+            if let Ok(r) = client
+                .get(format!("https://localhost:{pebble_mgmt}/roots/0"))
+                .send()
+                .await
+            {
+                if let Ok(pem) = r.text().await {
+                    if pem.contains("BEGIN CERTIFICATE") {
+                        if let Some(leaf) =
+                            served_leaf(acme_https, "docs.acme-demo.test", roots_of(&pem)).await
+                        {
+                            break leaf;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pebble certificate served:\n{}",
+            run(&mut stack.compose(&[
+                "logs",
+                "--no-color",
+                "--tail",
+                "80",
+                "proxy-acme",
+                "pebble"
+            ]))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(!acme_leaf.is_empty());
+
+    // down (volumes kept) and up: the same certificate is served.
+    run(&mut stack.compose(&["down", "--timeout", "5"]));
+    run(&mut stack.compose(&["up", "-d", "--no-build"]));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(again) = served_leaf(https, "localhost", roots_of(&cert_pem)).await {
+            assert_eq!(again, leaf, "the certificate survived down/up");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stack did not come back");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
