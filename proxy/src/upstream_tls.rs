@@ -136,8 +136,8 @@ impl UpstreamTls {
         let provider = provider();
         let verifier: Option<(Arc<dyn ServerCertVerifier>, &'static str)> = if !s.pins.is_empty() {
             Some((
-                Arc::new(PinVerifier {
-                    pins: pins.clone(),
+                Arc::new(LeafVerifier {
+                    accept: Accept::Pins(pins.clone()),
                     schemes: provider
                         .signature_verification_algorithms
                         .supported_schemes(),
@@ -269,28 +269,50 @@ impl std::fmt::Display for PinMismatch {
 
 impl std::error::Error for PinMismatch {}
 
+/// What a [`LeafVerifier`] accepts as the server's leaf.
 #[derive(Debug)]
-struct PinVerifier {
-    pins: Vec<[u8; 32]>,
+enum Accept {
+    /// Exactly these SHA-256 fingerprints.
+    Pins(Vec<[u8; 32]>),
+    /// Any chain, recorded: for `upstream-cert`, which shows a certificate for a human to review
+    /// and pin. Nothing is trusted or proxied on its word.
+    Record(std::sync::Mutex<Vec<Vec<u8>>>),
+}
+
+/// Decides on the leaf alone, and always checks the handshake signature with that leaf's key
+/// (so the server is shown to hold the key of the certificate it presents).
+#[derive(Debug)]
+struct LeafVerifier {
+    accept: Accept,
     schemes: Vec<SignatureScheme>,
 }
 
-impl ServerCertVerifier for PinVerifier {
+impl ServerCertVerifier for LeafVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = sha256(end_entity);
-        if self.pins.contains(&got) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                rustls::OtherError(Arc::new(PinMismatch(hex(&got)))),
-            )))
+        match &self.accept {
+            Accept::Pins(pins) => {
+                let got = sha256(end_entity);
+                if pins.contains(&got) {
+                    Ok(ServerCertVerified::assertion())
+                } else {
+                    Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                        rustls::OtherError(Arc::new(PinMismatch(hex(&got)))),
+                    )))
+                }
+            }
+            Accept::Record(chain) => {
+                let mut chain = chain.lock().unwrap_or_else(|e| e.into_inner());
+                chain.push(end_entity.to_vec());
+                chain.extend(intermediates.iter().map(|c| c.to_vec()));
+                Ok(ServerCertVerified::assertion())
+            }
         }
     }
 
@@ -530,53 +552,6 @@ impl pingora::connectors::L4Connect for TlsConnect {
     }
 }
 
-/// Accepts any chain but records it: for `upstream-cert`, which shows a certificate for a
-/// human to review and pin. Nothing is trusted or proxied on its word; the handshake signature
-/// is still checked, so the server is shown to hold the key of the leaf it presents.
-#[derive(Debug)]
-struct Recorder {
-    chain: std::sync::Mutex<Vec<Vec<u8>>>,
-    schemes: Vec<SignatureScheme>,
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
-        chain.push(end_entity.to_vec());
-        chain.extend(intermediates.iter().map(|c| c.to_vec()));
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(message, cert, dss, true)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(message, cert, dss, false)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes.clone()
-    }
-}
-
 fn colon_hex(bytes: &[u8]) -> String {
     bytes
         .iter()
@@ -603,8 +578,8 @@ pub async fn inspect(url: &str, server_name: Option<&str>) -> Result<String, Str
     let sni = ServerName::try_from(name.to_string())
         .map_err(|_| format!("{name:?} is not a DNS name or IP address"))?;
     let provider = provider();
-    let recorder = Arc::new(Recorder {
-        chain: Default::default(),
+    let recorder = Arc::new(LeafVerifier {
+        accept: Accept::Record(Default::default()),
         schemes: provider
             .signature_verification_algorithms
             .supported_schemes(),
@@ -634,11 +609,10 @@ pub async fn inspect(url: &str, server_name: Option<&str>) -> Result<String, Str
         .map_err(|_| format!("{addr}: no TLS handshake within 10s"))??;
     let version = tls.get_ref().1.protocol_version();
     drop(tls);
-    let chain = recorder
-        .chain
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let Accept::Record(recorded) = &recorder.accept else {
+        unreachable!("made as a recorder above")
+    };
+    let chain = recorded.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let leaf_der = chain.first().ok_or("the server presented no certificate")?;
 
     let now = crate::certs::unix_now();

@@ -63,6 +63,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Sends a signal (`-TERM`, `-HUP`...) to a child with kill(1).
+pub fn send_signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {}", child.id());
+}
+
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -239,12 +249,7 @@ impl Edge {
 
     /// Sends a signal (`-TERM`, `-HUP`...) with kill(1).
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        send_signal(&self.child, sig);
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -545,12 +550,7 @@ impl DocsServer {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        send_signal(&self.child, sig);
     }
 
     /// Waits for the process to exit, at most `limit`.
