@@ -11,7 +11,7 @@ ARG BINARIES=build
 FROM ${RUST_IMAGE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first: this layer is reused while only the sources change.
 COPY Cargo.toml Cargo.lock ./
@@ -41,7 +41,7 @@ FROM ${BINARIES} AS binaries
 FROM ${BASE_IMAGE} AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin mcp
 
 # ---- proxy ------------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ ENTRYPOINT ["/usr/local/bin/mcp-docs"]
 FROM runtime AS pebble
 RUN apt-get update \
  && apt-get install -y --no-install-recommends pebble openssl \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY config/acme-demo/pebble-start.sh /usr/local/bin/pebble-start
 RUN mkdir /pebble-ca && chown mcp:mcp /pebble-ca
 USER mcp

@@ -1,0 +1,113 @@
+"""Time from process start to the first ACME certificate served: mcp-edge vs Caddy, against the
+same pebble (real HTTP-01 validation; pebble's nonce rejection left on)."""
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import run as bench
+
+NAME = "bench.acme.test"
+
+
+def _listener_ca(work):
+    d = work / "pebble"
+    d.mkdir(exist_ok=True)
+    o = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+    o("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj",
+      "/CN=pebble listener CA", "-days", "30", "-keyout", "ca.key", "-out", "ca.pem")
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    o("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=pebble",
+      "-keyout", "listener.key", "-out", "listener.csr")
+    o("x509", "-req", "-in", "listener.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+      "-days", "30", "-extfile", "ext", "-out", "listener.pem")
+    return d
+
+
+def _served(port, root_pem):
+    ctx = ssl.create_default_context(cadata=root_pem)
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5) as s:
+            with ctx.wrap_socket(s, server_hostname=NAME):
+                return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def measure(results, work, runs, log):
+    d = _listener_ca(work)
+    http_port, https_port = bench.free_port(), bench.free_port()
+    pebble_port, mgmt, dns, dns_mgmt = (bench.free_port() for _ in range(4))
+    (d / "pebble.json").write_text(json.dumps({"pebble": {
+        "listenAddress": f"127.0.0.1:{pebble_port}", "managementListenAddress": f"127.0.0.1:{mgmt}",
+        "certificate": str(d / "listener.pem"), "privateKey": str(d / "listener.key"),
+        "httpPort": http_port, "tlsPort": https_port, "ocspResponderURL": "",
+        "externalAccountBindingRequired": False}}))
+    bench.spawn(["pebble-challtestsrv", "-dns01", f"127.0.0.1:{dns}", "-management",
+                 f"127.0.0.1:{dns_mgmt}", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+                 "-http01", "", "-https01", "", "-tlsalpn01", ""], bench.LOAD_CPU, "challtestsrv")
+    env = {k: v for k, v in os.environ.items() if k != "PEBBLE_VA_ALWAYS_VALID"}
+    env["PEBBLE_VA_NOSLEEP"] = "1"
+    bench.spawn(["pebble", "-config", d / "pebble.json", "-dnsserver", f"127.0.0.1:{dns}"],
+                bench.LOAD_CPU, "pebble", env=env)
+    bench.wait_port(pebble_port)
+    bench.wait_port(dns_mgmt)
+    ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
+    root = urllib.request.urlopen(f"https://127.0.0.1:{mgmt}/roots/0", context=ctx).read().decode()
+    directory = f"https://127.0.0.1:{pebble_port}/dir"
+
+    for i in range(runs):
+        for proxy in ("mcp-edge", "caddy"):
+            run_dir = work / f"acme-{proxy}-{i}"
+            run_dir.mkdir()
+            if proxy == "mcp-edge":
+                (run_dir / "edge.yaml").write_text(f"""
+listen: {{ http: "127.0.0.1:{http_port}", https: "127.0.0.1:{https_port}", metrics: "127.0.0.1:{bench.free_port()}" }}
+storage: {run_dir / 'store'}
+threads: 1
+acme: {{ directory: "{directory}", directory_root: {d / 'ca.pem'}, contact: [bench@acme.test], accept_terms: true, retry_initial: 1s, retry_max: 2s }}
+hosts:
+  {NAME}:
+    tls: acme
+    upstream: http://127.0.0.1:{results['_upstream']}
+""")
+                cmd = [bench.REL / "mcp-edge", "run", "-c", run_dir / "edge.yaml"]
+                penv = None
+            else:
+                (run_dir / "Caddyfile").write_text(f"""
+{{
+  admin off
+  http_port {http_port}
+  https_port {https_port}
+  acme_ca {directory}
+  acme_ca_root {d / 'ca.pem'}
+  email bench@acme.test
+  storage file_system {run_dir / 'data'}
+  ocsp_stapling off
+}}
+{NAME}:{https_port} {{
+  bind 127.0.0.1
+  reverse_proxy 127.0.0.1:{results['_upstream']}
+}}
+""")
+                cmd = ["caddy", "run", "--config", run_dir / "Caddyfile", "--adapter", "caddyfile"]
+                penv = {**os.environ, "HOME": str(run_dir), "XDG_DATA_HOME": str(run_dir),
+                        "XDG_CONFIG_HOME": str(run_dir)}
+            t0 = time.monotonic()
+            p = bench.spawn(cmd, bench.PROXY_CPU, f"acme-{proxy}", env=penv)
+            ms = None
+            while time.monotonic() - t0 < 30:
+                if _served(https_port, root):
+                    ms = (time.monotonic() - t0) * 1000
+                    break
+                time.sleep(0.002)
+            bench.stop(p)
+            r = {"ms": ms} if ms is not None else {"error": "no certificate within 30 s"}
+            results.setdefault(proxy, {}).setdefault("acme", []).append(r)
+            log(f"  acme {proxy} run {i + 1}: {r}")
+            time.sleep(0.3)

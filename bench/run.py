@@ -1,0 +1,579 @@
+"""mcp-edge next to nginx and Caddy, on this machine, in one run. Entry point: bench/run.
+
+Every proxy terminates TLS (the same ECDSA P-256 certificate, keep-alive on) in front of the same
+upstream (bench-upstream), pinned to core 0; the load generators, the upstream and the clients
+share core 1. Each figure is measured BENCH_RUNS times (default 3); the report gives the median
+and the spread (min-max), and ratios mcp-edge/nginx and mcp-edge/Caddy from the medians.
+Results: bench/results/<UTC time>.md, and the section between the markers in BENCHMARKS.md.
+"""
+
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REL = ROOT / "target" / "release"
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+STREAMS = [int(n) for n in os.environ.get("BENCH_STREAMS", "1000,10000").split(",")]
+CHURN = int(os.environ.get("BENCH_CHURN", "200"))
+PROXY_CPU, LOAD_CPU = ("0", "1") if os.cpu_count() >= 2 else ("0", "0")
+WORK = None  # set by entry()
+PROCS = []
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def spawn(cmd, cpu, name, **kw):
+    out = open(WORK / f"{name}.log", "ab")
+    p = subprocess.Popen(["taskset", "-c", cpu, *map(str, cmd)], stdout=out, stderr=out, **kw)
+    PROCS.append(p)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run(cmd, cpu=LOAD_CPU, timeout=600, **kw):
+    r = subprocess.run(["taskset", "-c", cpu, *map(str, cmd)], capture_output=True, text=True,
+                       timeout=timeout, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {r.stderr[-500:]}")
+    return r.stdout
+
+
+def tree_rss_kb(pid):
+    """RSS of a process and its children (nginx: master + worker)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+            for t in Path(f"/proc/{p}/task").iterdir():
+                kids = (t / "children").read_text().split()
+                todo += [int(k) for k in kids]
+        except (OSError, AttributeError):
+            pass
+    return total
+
+
+# ---- certificates ---------------------------------------------------------------------------
+
+def make_certs():
+    d = WORK / "pki"
+    d.mkdir()
+    ossl = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-subj", "/CN=bench CA", "-days", "30", "-keyout", "ca.key", "-out", "ca.pem")
+    (d / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    for name in ("leaf", "leaf2"):
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-subj", "/CN=localhost", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "30", "-extfile", "ext", "-out", f"{name}.pem")
+    return d
+
+
+# ---- the three proxies ----------------------------------------------------------------------
+
+class Proxy:
+    name = ""
+
+    def __init__(self, pki, upstream):
+        self.pki, self.upstream = pki, upstream
+        self.port, self.http_port = free_port(), free_port()
+        self.dir = WORK / f"{self.name}-{self.port}"
+        self.dir.mkdir()
+        self.cert, self.key = self.dir / "cert.pem", self.dir / "key.pem"
+        shutil.copy(pki / "leaf.pem", self.cert)
+        shutil.copy(pki / "leaf.key", self.key)
+        self.proc = None
+
+    def url(self, path):
+        return f"https://localhost:{self.port}{path}"
+
+    def start(self):
+        self.proc = spawn(self.command(), PROXY_CPU, self.name)
+        wait_port(self.port)
+        # One request through, so lazily set up state does not count as per-stream memory.
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.pem"))
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(urllib.request.Request(self.url("/mcp"), data=b"{}"),
+                                       context=ctx, timeout=2).read()
+                return self
+            except urllib.error.HTTPError:
+                return self  # the upstream answered, whatever it thought of "{}"
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} does not proxy")
+
+    def stop(self):
+        if self.proc:
+            stop(self.proc)
+
+    def rss_kb(self):
+        return tree_rss_kb(self.proc.pid)
+
+    def swap_cert(self, src):
+        shutil.copy(src.with_suffix(".key"), self.key)
+        shutil.copy(src, self.cert)
+
+
+class McpEdge(Proxy):
+    name = "mcp-edge"
+
+    def command(self, upstream_yaml=None):
+        metrics = free_port()
+        up = upstream_yaml or f"http://127.0.0.1:{self.upstream}"
+        (self.dir / "edge.yaml").write_text(f"""
+listen: {{ http: "127.0.0.1:{self.http_port}", https: "127.0.0.1:{self.port}", metrics: "127.0.0.1:{metrics}" }}
+storage: {self.dir / 'store'}
+threads: 1
+watch_interval: 100ms
+hosts:
+  localhost:
+    tls: {{ cert: {self.cert}, key: {self.key} }}
+    upstream: {up}
+""")
+        env_log = "MCP_EDGE_LOG=warn"
+        return ["env", env_log, REL / "mcp-edge", "run", "-c", self.dir / "edge.yaml"]
+
+
+class Nginx(Proxy):
+    name = "nginx"
+
+    def command(self):
+        (self.dir / "nginx.conf").write_text(f"""
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{ worker_connections 30000; }}
+http {{
+  access_log off;
+  upstream up {{ server 127.0.0.1:{self.upstream}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{self.port} ssl http2;
+    server_name localhost;
+    ssl_certificate {self.cert};
+    ssl_certificate_key {self.key};
+    ssl_session_tickets off;
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_buffering off;
+      proxy_read_timeout 1h;
+    }}
+  }}
+}}
+""")
+        return ["nginx", "-c", self.dir / "nginx.conf", "-p", self.dir, "-g", "daemon off;"]
+
+    def swap_cert(self, src):
+        super().swap_cert(src)
+        self.proc.send_signal(signal.SIGHUP)
+
+
+class Caddy(Proxy):
+    name = "caddy"
+
+    def command(self):
+        self.admin = free_port()
+        (self.dir / "Caddyfile").write_text(f"""
+{{
+  admin 127.0.0.1:{self.admin}
+  auto_https off
+  http_port {self.http_port}
+  https_port {self.port}
+  storage file_system {self.dir / 'data'}
+}}
+https://localhost:{self.port} {{
+  bind 127.0.0.1
+  tls {self.cert} {self.key}
+  reverse_proxy 127.0.0.1:{self.upstream} {{
+    flush_interval -1
+  }}
+}}
+""")
+        return ["env", f"HOME={self.dir}", f"XDG_DATA_HOME={self.dir}", f"XDG_CONFIG_HOME={self.dir}",
+                "caddy", "run", "--config", self.dir / "Caddyfile", "--adapter", "caddyfile"]
+
+    def swap_cert(self, src):
+        super().swap_cert(src)
+        # Caddy caches certificates loaded from files; a config reload re-reads them.
+        subprocess.run(["caddy", "reload", "--force", "--config", self.dir / "Caddyfile", "--adapter",
+                        "caddyfile", "--address", f"127.0.0.1:{self.admin}"],
+                       capture_output=True, env={**os.environ, "HOME": str(self.dir)})
+
+
+PROXIES = [McpEdge, Nginx, Caddy]
+
+
+# ---- measurements ---------------------------------------------------------------------------
+
+def wrk(url, conns, extra=()):
+    lua = WORK / "post.lua"
+    lua.write_text('wrk.method = "POST"\nwrk.body = \'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+                   '"params":{"name":"search_docs","arguments":{"query":"tls"}}}\'\n'
+                   'wrk.headers["Content-Type"] = "application/json"\n')
+    out = run(["wrk", "-t1", f"-c{conns}", f"-d{SECONDS}s", "--latency", "-s", lua, *extra, url])
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def ms(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99"), "errors": errors, "requests": reqs}
+
+
+def h2load(url):
+    body = WORK / "body.json"
+    body.write_text('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}')
+    logf = WORK / "h2load.log"
+    if logf.exists():
+        logf.unlink()
+    out = run(["h2load", "-c", "64", "-m", "10", "-D", str(SECONDS), "-d", body,
+               "-H", "content-type: application/json", "--log-file", logf, url])
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    lat = sorted(int(line.split()[2]) for line in logf.read_text().splitlines() if line.strip())
+    pct = lambda p: lat[round((len(lat) - 1) * p)] / 1000
+    failed = int(re.search(r"(\d+) failed", out).group(1))
+    return {"rps": rps, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "errors": failed}
+
+
+def handshakes(px):
+    r = wrk(px.url("/mcp"), 32, ["-H", "Connection: close"])
+    return {"hs": r["rps"], "errors": r["errors"]}
+
+
+def client(*args, **kw):
+    return [REL / "bench-client", *map(str, args)]
+
+
+def sse_latency(px):
+    ca = px.pki / "ca.pem"
+    through = json.loads(run(client("sse-latency", px.url("/ticks?n=400&gap_ms=5"), "--ca", ca)))
+    direct = json.loads(run(client("sse-latency", f"http://127.0.0.1:{px.upstream}/ticks?n=400&gap_ms=5")))
+    return {"added_p50_us": through["p50_us"] - direct["p50_us"],
+            "added_p99_us": through["p99_us"] - direct["p99_us"]}
+
+
+def memory(px, n):
+    time.sleep(0.5)
+    base = px.rss_kb()
+    holder = subprocess.Popen(["taskset", "-c", LOAD_CPU, *map(str, client("hold", px.url("/idle"), n,
+                              "--ca", px.pki / "ca.pem"))], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    line = holder.stdout.readline().split()
+    ready = int(line[1]) if len(line) == 2 else 0
+    time.sleep(2)
+    rss = px.rss_kb()
+    holder.stdin.close()
+    holder.wait(60)
+    if ready < n:
+        raise RuntimeError(f"only {ready} of {n} streams opened")
+    return {"kb_per_stream": (rss - base) / n, "rss_mb": rss / 1024}
+
+
+def leave(px):
+    out = run(client("leave", px.url("/idle"), f"http://127.0.0.1:{px.upstream}/open",
+                     "--ca", px.pki / "ca.pem"), timeout=200)
+    return json.loads(out)
+
+
+def swap_under_load(px):
+    stop_flag = threading.Event()
+    swaps = [0]
+
+    def swapper():
+        certs = [px.pki / "leaf2.pem", px.pki / "leaf.pem"]
+        while not stop_flag.wait(0.2):
+            px.swap_cert(certs[swaps[0] % 2])
+            swaps[0] += 1
+
+    t = threading.Thread(target=swapper)
+    t.start()
+    try:
+        r = wrk(px.url("/mcp"), 16, ["-H", "Connection: close"])
+    finally:
+        stop_flag.set()
+        t.join()
+    return {"failed": r["errors"], "requests": r["requests"], "swaps": swaps[0]}
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+def median_spread(values):
+    vals = [v for v in values if isinstance(v, (int, float))]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def measure_all(pki, upstream, results):
+    for cls in PROXIES:
+        name = cls.name
+        log(f"== {name}")
+        for i in range(RUNS):
+            px = cls(pki, upstream).start()
+            try:
+                for key, fn in [("h1", lambda: wrk(px.url("/mcp"), 64)),
+                                ("h2", lambda: h2load(px.url("/mcp"))),
+                                ("handshakes", lambda: handshakes(px)),
+                                ("sse", lambda: sse_latency(px)),
+                                ("leave", lambda: leave(px))]:
+                    try:
+                        results.setdefault(name, {}).setdefault(key, []).append(fn())
+                        log(f"  run {i + 1} {key}: {results[name][key][-1]}")
+                    except Exception as e:  # a failed figure is reported, the run goes on
+                        results.setdefault(name, {}).setdefault(key, []).append({"error": str(e)})
+                        log(f"  run {i + 1} {key}: ERROR {e}")
+            finally:
+                px.stop()
+            for n in STREAMS:
+                px = cls(pki, upstream).start()
+                try:
+                    r = memory(px, n)
+                except Exception as e:
+                    r = {"error": str(e)}
+                finally:
+                    px.stop()
+                results[name].setdefault(f"mem{n}", []).append(r)
+                log(f"  run {i + 1} mem{n}: {r}")
+        px = cls(pki, upstream).start()
+        try:
+            r = swap_under_load(px)
+        except Exception as e:
+            r = {"error": str(e)}
+        finally:
+            px.stop()
+        results[name]["swap"] = [r]
+        log(f"  swap: {r}")
+
+
+def https_upstream(pki, results):
+    """mcp-edge to a plain upstream vs to an HTTPS upstream pinned by fingerprint."""
+    import hashlib
+    tls_port = free_port()
+    up = spawn([REL / "bench-upstream", "--listen", f"127.0.0.1:{tls_port}", "--tls-cert",
+                pki / "leaf.pem", "--tls-key", pki / "leaf.key"], LOAD_CPU, "upstream-tls")
+    wait_port(tls_port)
+    der = ssl.PEM_cert_to_DER_cert((pki / "leaf.pem").read_text())
+    pin = hashlib.sha256(der).hexdigest()
+    for i in range(RUNS):
+        for kind in ("plain", "pinned"):
+            px = McpEdge(pki, results["_upstream"])
+            if kind == "pinned":
+                yaml = f"\n      urls: [https://127.0.0.1:{tls_port}]\n      pin_sha256: [\"{pin}\"]\n      server_name: localhost"
+                px.command = lambda y=yaml, p=px: McpEdge.command(p, y)
+            px.start()
+            try:
+                r = wrk(px.url("/mcp"), 64)
+            except Exception as e:
+                r = {"error": str(e)}
+            finally:
+                px.stop()
+            results.setdefault("upstream", {}).setdefault(kind, []).append(r)
+            log(f"  upstream {kind} run {i + 1}: {r}")
+    stop(up)
+
+
+def main():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 200000), hard))
+    pki = make_certs()
+    upstream = free_port()
+    spawn([REL / "bench-upstream", "--listen", f"127.0.0.1:{upstream}"], LOAD_CPU, "upstream")
+    wait_port(upstream)
+    results = {"_upstream": upstream}
+    measure_all(pki, upstream, results)
+    https_upstream(pki, results)
+    import bench_acme
+    import bench_churn
+    bench_acme.measure(results, WORK, RUNS, log)
+    bench_churn.measure(results, WORK, pki, log, CHURN, PROXIES)
+    report(results)
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        v = f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    return f"{v}{unit}"
+
+
+def cell(results, proxy, key, field):
+    s = median_spread([r.get(field) for r in results.get(proxy, {}).get(key, [])])
+    if s is None:
+        errs = [r.get("error") for r in results.get(proxy, {}).get(key, []) if "error" in r]
+        return ("error: " + errs[0][:60]) if errs else "–", None
+    spread = f" ({fmt(s['min'])}–{fmt(s['max'])})" if s["n"] > 1 else ""
+    return fmt(s["median"]) + spread, s["median"]
+
+
+def report(results):
+    rows = [
+        ("HTTP/1.1 keep-alive requests/s (wrk, 64 conns)", "h1", "rps", "higher"),
+        ("HTTP/1.1 p50 latency ms", "h1", "p50_ms", "lower"),
+        ("HTTP/1.1 p99 latency ms", "h1", "p99_ms", "lower"),
+        ("HTTP/2 requests/s (h2load, 64 conns × 10 streams)", "h2", "rps", "higher"),
+        ("HTTP/2 p50 latency ms", "h2", "p50_ms", "lower"),
+        ("HTTP/2 p99 latency ms", "h2", "p99_ms", "lower"),
+        ("Full TLS handshakes/s (new connection per request)", "handshakes", "hs", "higher"),
+    ] + [(f"Memory per idle SSE stream, KB ({n:,} streams)", f"mem{n}", "kb_per_stream", "lower")
+         for n in STREAMS] + [
+        ("Added SSE latency p50 µs", "sse", "added_p50_us", "lower"),
+        ("Added SSE latency p99 µs", "sse", "added_p99_us", "lower"),
+        ("Upstream closed after SSE client left, ms", "leave", "closed_after_ms", "lower"),
+        ("Failed requests during certificate swaps", "swap", "failed", "lower"),
+        ("First ACME certificate served, ms after start", "acme", "ms", "lower"),
+        ("Failed MCP sessions, Streamable HTTP", "churn_streamable", "failed", "lower"),
+        ("Failed MCP sessions, legacy SSE", "churn_sse", "failed", "lower"),
+    ]
+    names = [p.name for p in PROXIES]
+    lines = ["| figure | " + " | ".join(names) + " | mcp-edge / nginx | mcp-edge / Caddy |",
+             "|---|" + "---|" * (len(names) + 2)]
+    for label, key, field, _better in rows:
+        cells, meds = [], []
+        for n in names:
+            text, med = cell(results, n, key, field)
+            cells.append(text)
+            meds.append(med)
+        ratio = lambda a, b: f"{a / b:.2f}×" if a is not None and b not in (None, 0) else "–"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio(meds[0], meds[1])} | {ratio(meds[0], meds[2])} |")
+    up = results.get("upstream", {})
+    plain = median_spread([r.get("rps") for r in up.get("plain", [])])
+    pinned = median_spread([r.get("rps") for r in up.get("pinned", [])])
+    extra = []
+    if plain and pinned:
+        extra.append(f"HTTPS (pinned) upstream vs plain, mcp-edge, HTTP/1.1 requests/s: pinned "
+                     f"{fmt(pinned['median'])} vs plain {fmt(plain['median'])} "
+                     f"({pinned['median'] / plain['median']:.2f}×).")
+    swap = results.get("mcp-edge", {}).get("swap", [{}])[0]
+    if "requests" in swap:
+        extra.append(f"Certificate swaps: {swap.get('swaps')} swaps during {swap.get('requests')} "
+                     f"requests on new connections, {swap.get('failed')} failed (mcp-edge).")
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu_model()}), {mem_gb():.0f} GiB, {platform.platform()}"
+    versions = {
+        "nginx": tool_version(["nginx", "-v"]),
+        "caddy": tool_version(["caddy", "version"]),
+        "wrk": tool_version(["wrk", "-v"]),
+        "h2load": tool_version(["h2load", "--version"]),
+    }
+    md = "\n".join([
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}.",
+        f"Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        f"{RUNS} runs per figure, {SECONDS} s each for load figures; median (min–max).",
+        "", *lines, "", *extra, "",
+    ])
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (out / f"{stamp}.md").write_text(md)
+    (out / f"{stamp}.json").write_text(json.dumps(results, indent=1, default=str))
+    bm = ROOT / "BENCHMARKS.md"
+    text = bm.read_text()
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    if begin in text and end in text:
+        text = text[:text.index(begin) + len(begin)] + "\n" + md + "\n" + text[text.index(end):]
+        bm.write_text(text)
+    print(md)
+
+
+def cpu_model():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def mem_gb():
+    kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return kb / 1024 / 1024
+
+
+def tool_version(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        text = (r.stdout + r.stderr).strip().splitlines()[0]
+        m = re.search(r"v?(\d+\.\d+(\.\d+)?)", text)
+        return m.group(1) if m else text[:30]
+    except (OSError, IndexError):
+        return "?"
+
+
+def entry():
+    global WORK
+    WORK = Path(tempfile.mkdtemp(prefix="mcp-edge-bench-"))
+    try:
+        main()
+    finally:
+        for p in PROCS:
+            stop(p)
+        if os.environ.get("BENCH_KEEP"):
+            log(f"logs kept in {WORK}")
+        else:
+            shutil.rmtree(WORK, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    # One module instance (`run`) for the entry point and the helper modules that import it.
+    sys.path.insert(0, str(Path(__file__).parent))
+    import run
+
+    run.entry()
