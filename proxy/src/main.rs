@@ -3,6 +3,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// glibc's allocator showed up at ~12% of a proxy core under load; mimalloc is the usual remedy.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Puts MCP servers on public HTTPS: TLS per host, automatic certificates, MCP-aware proxying.
 #[derive(Parser)]
 #[command(name = "mcp-edge", version)]

@@ -36,7 +36,11 @@ fn parse(url: &str) -> Target {
         https,
         host: host.to_string(),
         port: port.parse().unwrap(),
-        path: if path.is_empty() { "/".into() } else { path.into() },
+        path: if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        },
     }
 }
 
@@ -46,7 +50,11 @@ struct Client {
 
 impl Client {
     fn new(args: &[String]) -> Client {
-        let arg = |n: &str| args.iter().position(|a| a == n).and_then(|i| args.get(i + 1));
+        let arg = |n: &str| {
+            args.iter()
+                .position(|a| a == n)
+                .and_then(|i| args.get(i + 1))
+        };
         let tls = arg("--ca").map(|ca| {
             use rustls_pki_types::pem::PemObject;
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -82,7 +90,7 @@ impl Client {
         };
         io.write_all(
             format!(
-                "GET {} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n",
+                "GET {} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
                 t.path
             )
             .as_bytes(),
@@ -114,8 +122,8 @@ async fn next_data(r: &mut BufReader<Box<dyn Io>>) -> Option<String> {
     let mut line = String::new();
     loop {
         line.clear();
-        if r.read_line(&mut line).await.ok()? == 0 {
-            return None;
+        if r.read_line(&mut line).await.ok()? == 0 || line == "0\r\n" {
+            return None; // end of the connection, or of a chunked body
         }
         if let Some(d) = line.strip_prefix("data: ") {
             return Some(d.trim().to_string());

@@ -73,7 +73,11 @@ async fn idle(State(open): State<Arc<AtomicUsize>>) -> Response {
         if i > 0 {
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
-        let chunk = if i == 0 { "data: ready\n\n" } else { ": ping\n\n" };
+        let chunk = if i == 0 {
+            "data: ready\n\n"
+        } else {
+            ": ping\n\n"
+        };
         Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), i + 1))
     })
     .map(move |x| {
@@ -137,11 +141,10 @@ async fn serve_tls(listener: tokio::net::TcpListener, app: Router, cert: &str, k
                 return;
             };
             let svc = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper_util::server::conn::auto::Builder::new(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-            .await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
         });
     }
 }
