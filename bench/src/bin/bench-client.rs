@@ -162,11 +162,20 @@ async fn hold(args: &[String]) {
     for _ in 0..count {
         let (t, c, sem) = (t.clone(), c.clone(), sem.clone());
         tasks.push(tokio::spawn(async move {
-            let permit = sem.acquire_owned().await.unwrap();
-            let mut r = c.get(&t).await.ok()?;
-            next_data(&mut r).await?;
-            drop(permit);
-            Some(r)
+            let _permit = sem.acquire_owned().await.unwrap();
+            // A connection that is refused or stalls is retried: this measures memory, not
+            // the accept queue.
+            for _ in 0..3 {
+                let open = async {
+                    let mut r = c.get(&t).await.ok()?;
+                    next_data(&mut r).await?;
+                    Some(r)
+                };
+                if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(20), open).await {
+                    return Some(r);
+                }
+            }
+            None
         }));
     }
     let mut open = Vec::new();
