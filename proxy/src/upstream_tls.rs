@@ -552,6 +552,21 @@ impl pingora::connectors::L4Connect for TlsConnect {
     }
 }
 
+/// A SAN entry as people write it: `example.com`, `192.168.1.20`, `::1`; others as x509-parser
+/// shows them.
+fn general_name(n: &x509_parser::extensions::GeneralName<'_>) -> String {
+    use x509_parser::extensions::GeneralName;
+    match n {
+        GeneralName::DNSName(d) => d.to_string(),
+        GeneralName::IPAddress(b) => match b.len() {
+            4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes")).to_string(),
+            16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes")).to_string(),
+            _ => format!("{n}"),
+        },
+        other => format!("{other}"),
+    }
+}
+
 fn colon_hex(bytes: &[u8]) -> String {
     bytes
         .iter()
@@ -626,13 +641,7 @@ pub async fn inspect(url: &str, server_name: Option<&str>) -> Result<String, Str
             .subject_alternative_name()
             .ok()
             .flatten()
-            .map(|s| {
-                s.value
-                    .general_names
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect()
-            })
+            .map(|s| s.value.general_names.iter().map(general_name).collect())
             .unwrap_or_default();
         let ca = c
             .basic_constraints()
@@ -672,13 +681,10 @@ pub async fn inspect(url: &str, server_name: Option<&str>) -> Result<String, Str
                 .iter_common_name()
                 .filter_map(|a| a.as_str().ok().map(str::to_string))
                 .collect();
-            let named = sans.iter().chain(cn.iter()).any(|n| {
-                let n = n
-                    .trim_start_matches("DNSName(")
-                    .trim_start_matches("IPAddress(")
-                    .trim_end_matches(')');
-                n.eq_ignore_ascii_case(name)
-            });
+            let named = sans
+                .iter()
+                .chain(cn.iter())
+                .any(|n| n.eq_ignore_ascii_case(name.trim_matches(['[', ']'])));
             if !named {
                 warnings.push(format!(
                     "the certificate does not name {name} (SAN: {}; CN: {}): a pin still works, `ca:` would not",

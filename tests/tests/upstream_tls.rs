@@ -351,4 +351,22 @@ async fn upstream_cert_prints_the_chain_fingerprint_and_a_pin_snippet() {
         text.contains("WARNING: the certificate does not name 127.0.0.1"),
         "{text}"
     );
+
+    // A certificate with the IP in its SAN: shown as an address, no warning.
+    let ca = TestCa::new("internal CA");
+    let (leaf, leaf_key) = ca.leaf(&["127.0.0.1"]);
+    let named = TlsFront::start(&leaf, &leaf_key, None, up.addr).await;
+    let bin = edge_bin();
+    let url = named.url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["upstream-cert", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("SAN:         127.0.0.1"), "{text}");
+    assert!(!text.contains("does not name"), "{text}");
 }
