@@ -316,15 +316,9 @@ async fn two_pins_allow_rotation_and_streams_flow_through_a_pinned_upstream() {
     assert_eq!(get(&edge2, "rot.test", "/c").await.status(), 502);
 }
 
-#[tokio::test]
-async fn upstream_cert_prints_the_chain_fingerprint_and_a_pin_snippet() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    let up = Upstream::start("r1").await;
-    let (cert, key) = openssl_self_signed(d, "ss", "nas.local");
-    let front = TlsFront::start(&cert, &key, None, up.addr).await;
-    let bin = edge_bin();
-    let url = front.url();
+/// What `mcp-edge upstream-cert URL` prints (it must succeed).
+async fn upstream_cert(url: &str) -> String {
+    let (bin, url) = (edge_bin(), url.to_string());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin)
             .args(["upstream-cert", &url])
@@ -334,7 +328,17 @@ async fn upstream_cert_prints_the_chain_fingerprint_and_a_pin_snippet() {
     .await
     .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn upstream_cert_prints_the_chain_fingerprint_and_a_pin_snippet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let up = Upstream::start("r1").await;
+    let (cert, key) = openssl_self_signed(d, "ss", "nas.local");
+    let front = TlsFront::start(&cert, &key, None, up.addr).await;
+    let text = upstream_cert(&front.url()).await;
     let pin = pin_of(&cert);
     assert!(text.contains(&format!("pin_sha256: [\"{pin}\"]")), "{text}");
     let colons = pin
@@ -356,17 +360,7 @@ async fn upstream_cert_prints_the_chain_fingerprint_and_a_pin_snippet() {
     let ca = TestCa::new("internal CA");
     let (leaf, leaf_key) = ca.leaf(&["127.0.0.1"]);
     let named = TlsFront::start(&leaf, &leaf_key, None, up.addr).await;
-    let bin = edge_bin();
-    let url = named.url();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args(["upstream-cert", &url])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = upstream_cert(&named.url()).await;
     assert!(text.contains("SAN:         127.0.0.1"), "{text}");
     assert!(!text.contains("does not name"), "{text}");
 }
