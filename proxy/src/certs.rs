@@ -87,9 +87,7 @@ pub fn ensure_self_signed(storage: &Path, host: &Host) -> Result<LoadedCert, Cer
 }
 
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    crate::acme::schedule::unix(SystemTime::now())
 }
 
 /// Identity of a file's current content, cheap to compare.

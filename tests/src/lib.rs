@@ -137,6 +137,13 @@ impl TestCa {
     }
 }
 
+/// A root store trusting the first certificate of a PEM string.
+pub fn roots_from_pem(pem: &str) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pem_to_der(pem).into()).unwrap();
+    roots
+}
+
 /// DER of the first certificate in a PEM string.
 pub fn pem_to_der(pem: &str) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;

@@ -184,9 +184,7 @@ impl Pebble {
             .text()
             .await
             .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(crate::pem_to_der(&pem).into()).unwrap();
-        roots
+        crate::roots_from_pem(&pem)
     }
 
     /// Makes DNS answer `host` with `ip` (other names get 127.0.0.1).

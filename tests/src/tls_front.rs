@@ -30,15 +30,11 @@ fn server_config(
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
     let builder = rustls::ServerConfig::builder();
     let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(crate::pem_to_der(ca).into()).unwrap();
-            builder.with_client_cert_verifier(
-                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-                    .build()
-                    .unwrap(),
-            )
-        }
+        Some(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder(Arc::new(crate::roots_from_pem(ca)))
+                .build()
+                .unwrap(),
+        ),
         None => builder.with_no_client_auth(),
     };
     // A resolver rather than `with_single_cert`: rustls would refuse to serve the version-1

@@ -125,12 +125,6 @@ async fn served_leaf(port: u16, sni: &str, roots: rustls::RootCertStore) -> Opti
         .map(|(leaf, _, _)| leaf)
 }
 
-fn roots_of(pem: &str) -> rustls::RootCertStore {
-    let mut r = rustls::RootCertStore::empty();
-    r.add(pem_to_der(pem).into()).unwrap();
-    r
-}
-
 #[tokio::test]
 async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_acme_demo() {
     install_crypto();
@@ -199,7 +193,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     let deadline = Instant::now() + Duration::from_secs(120);
     let (cert_pem, leaf) = loop {
         if let Some(pem) = stack.exec_cat("proxy", cert_path) {
-            if let Some(leaf) = served_leaf(https, "localhost", roots_of(&pem)).await {
+            if let Some(leaf) = served_leaf(https, "localhost", roots_from_pem(&pem)).await {
                 break (pem, leaf);
             }
         }
@@ -249,7 +243,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
             let client = reqwest::Client::builder()
                 .use_preconfigured_tls(
                     rustls::ClientConfig::builder()
-                        .with_root_certificates(roots_of(&ca_pem))
+                        .with_root_certificates(roots_from_pem(&ca_pem))
                         .with_no_client_auth(),
                 )
                 .build()
@@ -262,7 +256,8 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
                 if let Ok(pem) = r.text().await {
                     if pem.contains("BEGIN CERTIFICATE") {
                         if let Some(leaf) =
-                            served_leaf(acme_https, "docs.acme-demo.test", roots_of(&pem)).await
+                            served_leaf(acme_https, "docs.acme-demo.test", roots_from_pem(&pem))
+                                .await
                         {
                             break leaf;
                         }
@@ -291,7 +286,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     run(&mut stack.compose(&["up", "-d", "--no-build"]));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Some(again) = served_leaf(https, "localhost", roots_of(&cert_pem)).await {
+        if let Some(again) = served_leaf(https, "localhost", roots_from_pem(&cert_pem)).await {
             assert_eq!(again, leaf, "the certificate survived down/up");
             break;
         }

@@ -406,9 +406,7 @@ async fn session_affinity_with_two_replicas_and_tampered_ids_refused() {
     let edge = Edge::start(dir.path(), &ports, &cfg).await;
     let cert =
         std::fs::read_to_string(dir.path().join("certs/mcp.test.self-signed.cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pem_to_der(&cert).into()).unwrap();
-    let client = edge.client(roots, &["mcp.test"]);
+    let client = edge.client(roots_from_pem(&cert), &["mcp.test"]);
     let base = format!("https://mcp.test:{}", edge.https.port());
 
     // Streamable HTTP: sessions on both replicas (round robin), each request sticks.

@@ -28,6 +28,7 @@ use client::{capturing_retry_after, Accounts, Failure};
 pub use order::cert_paths;
 use schedule::{from_unix, unix, HostStatus, StatusFile};
 
+use crate::certs::unix_now;
 use crate::config::{Config, Host, HostName, TlsSource};
 use crate::http01::ChallengeStore;
 use crate::tls::{self, CertStore, LoadedCert};
@@ -48,7 +49,7 @@ pub fn load_existing(storage: &Path, host: &Host) -> Option<LoadedCert> {
         return None;
     }
     match tls::load_key_pair(&cert_path, &key_path) {
-        Ok(c) if c.info.not_after <= unix(SystemTime::now()) => {
+        Ok(c) if c.info.not_after <= unix_now() => {
             tracing::warn!(host = %host.name, not_after = c.info.not_after, "certificate on disk has expired; ordering a new one");
             None
         }
@@ -482,7 +483,7 @@ impl State {
     fn publish(&mut self) {
         let m = metrics::get();
         let mut file = StatusFile {
-            written: unix(SystemTime::now()),
+            written: unix_now(),
             hosts: BTreeMap::new(),
         };
         for (host, slot) in &self.slots {
