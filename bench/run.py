@@ -34,6 +34,16 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 # machine's hard RLIMIT_NOFILE is 20,000 and cannot be raised, hence 9,000 by default.
 STREAMS = [int(n) for n in os.environ.get("BENCH_STREAMS", "1000,9000").split(",")]
 CHURN = int(os.environ.get("BENCH_CHURN", "200"))
+# A partial run (while working on one figure): BENCH_ONLY=h1,mem and/or BENCH_PROXIES=mcp-edge,nginx.
+# Figures: h1 h2 handshakes sse leave mem swap upstream acme churn. A partial run writes
+# bench/results/ only, never BENCHMARKS.md.
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+ONLY_PROXIES = set(filter(None, os.environ.get("BENCH_PROXIES", "").split(",")))
+PARTIAL = bool(ONLY or ONLY_PROXIES)
+
+
+def wanted(figure):
+    return not ONLY or figure in ONLY
 PROXY_CPU, LOAD_CPU = ("0", "1") if os.cpu_count() >= 2 else ("0", "0")
 WORK = None  # set by entry()
 PROCS = []
@@ -381,6 +391,8 @@ def median_spread(values):
 def measure_all(pki, upstream, results):
     for cls in PROXIES:
         name = cls.name
+        if ONLY_PROXIES and name not in ONLY_PROXIES:
+            continue
         log(f"== {name}")
         for i in range(RUNS):
             px = cls(pki, upstream).start()
@@ -390,6 +402,8 @@ def measure_all(pki, upstream, results):
                                 ("handshakes", lambda: handshakes(px)),
                                 ("sse", lambda: sse_latency(px)),
                                 ("leave", lambda: leave(px))]:
+                    if not wanted(key):
+                        continue
                     try:
                         results.setdefault(name, {}).setdefault(key, []).append(fn())
                         log(f"  run {i + 1} {key}: {results[name][key][-1]}")
@@ -398,7 +412,7 @@ def measure_all(pki, upstream, results):
                         log(f"  run {i + 1} {key}: ERROR {e}")
             finally:
                 px.stop()
-            for n in STREAMS:
+            for n in STREAMS if wanted("mem") else []:
                 px = cls(pki, upstream).start()
                 try:
                     r = memory(px, n)
@@ -406,8 +420,10 @@ def measure_all(pki, upstream, results):
                     r = {"error": str(e)}
                 finally:
                     px.stop()
-                results[name].setdefault(f"mem{n}", []).append(r)
+                results.setdefault(name, {}).setdefault(f"mem{n}", []).append(r)
                 log(f"  run {i + 1} mem{n}: {r}")
+        if not wanted("swap"):
+            continue
         px = cls(pki, upstream).start()
         try:
             r = swap_under_load(px)
@@ -415,7 +431,7 @@ def measure_all(pki, upstream, results):
             r = {"error": str(e)}
         finally:
             px.stop()
-        results[name]["swap"] = [r]
+        results.setdefault(name, {})["swap"] = [r]
         log(f"  swap: {r}")
 
 
@@ -454,11 +470,15 @@ def main():
     wait_port(upstream)
     results = {"_upstream": upstream}
     measure_all(pki, upstream, results)
-    https_upstream(pki, results)
+    if wanted("upstream"):
+        https_upstream(pki, results)
     import bench_acme
     import bench_churn
-    bench_acme.measure(results, WORK, RUNS, log)
-    bench_churn.measure(results, WORK, pki, log, CHURN, PROXIES)
+    if wanted("acme"):
+        bench_acme.measure(results, WORK, RUNS, log)
+    if wanted("churn"):
+        bench_churn.measure(results, WORK, pki, log, CHURN,
+                            [p for p in PROXIES if not ONLY_PROXIES or p.name in ONLY_PROXIES])
     report(results)
 
 
@@ -542,7 +562,9 @@ def report(results):
     bm = ROOT / "BENCHMARKS.md"
     text = bm.read_text()
     begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-    if begin in text and end in text:
+    if PARTIAL:
+        log(f"partial run (BENCH_ONLY/BENCH_PROXIES): BENCHMARKS.md left as it is; {out / stamp}.md")
+    elif begin in text and end in text:
         text = text[:text.index(begin) + len(begin)] + "\n" + md + "\n" + text[text.index(end):]
         bm.write_text(text)
     print(md)

@@ -316,6 +316,67 @@ async fn two_pins_allow_rotation_and_streams_flow_through_a_pinned_upstream() {
     assert_eq!(get(&edge2, "rot.test", "/c").await.status(), 502);
 }
 
+/// Connections to an HTTPS upstream are pooled like plain ones: requests after the first reuse
+/// the TLS connection instead of paying a handshake each (pinned and private-CA upstreams alike),
+/// and the pool holds as many idle connections as were needed at once.
+#[tokio::test]
+async fn pinned_upstream_reuses_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let up = Upstream::start("r1").await;
+    let (cert, key) = openssl_self_signed(d, "ss", "svc.internal");
+    let pinned = TlsFront::start(&cert, &key, None, up.addr).await;
+    let ca = TestCa::new("internal CA");
+    let (leaf, leaf_key) = ca.leaf(&["127.0.0.1"]);
+    let private = TlsFront::start(&leaf, &leaf_key, None, up.addr).await;
+    let ca_file = write(d, "internal-ca.pem", &ca.pem());
+    let cases = [
+        Case {
+            name: "pinned.test",
+            upstream_yaml: format!(
+                "      urls: [{}]\n      server_name: svc.internal\n      pin_sha256: [\"{}\"]\n",
+                pinned.url(),
+                pin_of(&cert)
+            ),
+        },
+        Case {
+            name: "ca.test",
+            upstream_yaml: format!("      urls: [{}]\n      ca: {ca_file}\n", private.url()),
+        },
+    ];
+    let (edge, _) = edge_with(d, &cases).await;
+
+    for (host, front) in [("pinned.test", &pinned), ("ca.test", &private)] {
+        // One client connection, one request at a time: one upstream connection does it all.
+        // (pingora returns the upstream connection to its pool just after the response, so a
+        // request can now and then find it not yet back: a second handshake, never twenty.)
+        for i in 0..20 {
+            assert_eq!(get(&edge, host, &format!("/s{i}")).await.status(), 200);
+        }
+        let sequential = front.handshakes();
+        assert!(
+            (1..=2).contains(&sequential),
+            "{host}: {sequential} handshakes for 20 sequential requests"
+        );
+
+        // Four at a time, five rounds: the pool keeps (up to) four idle connections between rounds.
+        for round in 0..5 {
+            let requests = (0..4).map(|i| {
+                let edge = &edge;
+                async move { get(edge, host, &format!("/c{round}-{i}")).await.status() }
+            });
+            for status in futures::future::join_all(requests).await {
+                assert_eq!(status, 200);
+            }
+        }
+        let concurrent = front.handshakes() - sequential;
+        assert!(
+            concurrent <= 8,
+            "{host}: {concurrent} handshakes for 5 rounds of 4 concurrent requests"
+        );
+    }
+}
+
 /// What `mcp-edge upstream-cert URL` prints (it must succeed).
 async fn upstream_cert(url: &str) -> String {
     let (bin, url) = (edge_bin(), url.to_string());

@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if stream_matches_peer(peer, stream.id())
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -472,6 +472,14 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// Whether a pooled stream still leads to `peer`. A file descriptor may have been closed and
+/// reused for another connection, so its peer address is checked. mcp-edge patch: a virtual
+/// stream's id is unique and never reused, and the pool keys it by the peer already.
+#[cfg(unix)]
+pub(crate) fn stream_matches_peer<P: Peer>(peer: &P, id: crate::protocols::UniqueIDType) -> bool {
+    crate::protocols::l4::virt::is_virtual_id(id) || peer.matches_fd(id)
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

@@ -421,7 +421,7 @@ impl Connector {
             .or_else(|| self.idle_pool.get(&reuse_hash));
         if let Some(conn) = maybe_conn {
             #[cfg(unix)]
-            if !peer.matches_fd(conn.id()) {
+            if !crate::connectors::stream_matches_peer(peer, conn.id()) {
                 return Ok(None);
             }
             #[cfg(windows)]

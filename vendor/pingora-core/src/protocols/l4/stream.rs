@@ -728,7 +728,11 @@ impl AsRawSocket for Stream {
 #[cfg(unix)]
 impl UniqueID for Stream {
     fn id(&self) -> UniqueIDType {
-        self.as_raw_fd()
+        // mcp-edge patch: a virtual stream has no fd; it has its own unique id
+        match &self.stream().get_ref().stream {
+            RawStream::Virtual(s) => s.id(),
+            _ => self.as_raw_fd(),
+        }
     }
 }
 

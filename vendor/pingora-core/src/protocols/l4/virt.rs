@@ -8,6 +8,33 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::ext::TcpKeepalive;
+use crate::protocols::UniqueIDType;
+
+// mcp-edge patch (vendor/README.md): every virtual stream gets its own id, from a range no file
+// descriptor can occupy, so that the connection pool (which keys idle connections by id) can hold
+// more than one of them and can hand them out again.
+#[cfg(unix)]
+static NEXT_VIRTUAL_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A unique id for a new virtual stream: -2, -3, ... on unix (-1 stays "no fd"), wrapping within
+/// the negative range.
+#[cfg(unix)]
+fn next_virtual_id() -> UniqueIDType {
+    let n = NEXT_VIRTUAL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    -2 - (n % (i32::MAX as u32 - 1)) as i32
+}
+
+#[cfg(windows)]
+fn next_virtual_id() -> UniqueIDType {
+    // windows keeps upstream's behaviour: virtual streams are never reused
+    !0
+}
+
+/// Whether `id` is the id of a virtual stream rather than a file descriptor.
+#[cfg(unix)]
+pub fn is_virtual_id(id: UniqueIDType) -> bool {
+    id < -1
+}
 
 /// A limited set of socket options that can be set on a [`VirtualSocket`].
 #[non_exhaustive]
@@ -27,11 +54,21 @@ pub trait VirtualSocket: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt
 #[derive(Debug)]
 pub struct VirtualSocketStream {
     pub(crate) socket: Box<dyn VirtualSocket>,
+    id: UniqueIDType,
 }
 
 impl VirtualSocketStream {
     pub fn new(socket: Box<dyn VirtualSocket>) -> Self {
-        Self { socket }
+        Self {
+            socket,
+            id: next_virtual_id(),
+        }
+    }
+
+    /// This stream's unique id (see [`is_virtual_id`]).
+    #[inline]
+    pub fn id(&self) -> UniqueIDType {
+        self.id
     }
 
     #[inline]
