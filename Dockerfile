@@ -18,10 +18,13 @@ COPY Cargo.toml Cargo.lock ./
 COPY proxy/Cargo.toml proxy/
 COPY backend/Cargo.toml backend/
 COPY tests/Cargo.toml tests/
-RUN mkdir -p proxy/src backend/src backend/benches tests/src \
+COPY bench/Cargo.toml bench/
+# pingora-core, patched (vendor/README.md)
+COPY vendor vendor
+RUN mkdir -p proxy/src backend/src backend/benches tests/src bench/src \
  && echo 'fn main() {}' > proxy/src/main.rs && touch proxy/src/lib.rs \
  && echo 'fn main() {}' > backend/src/main.rs && touch backend/src/lib.rs \
- && echo 'fn main() {}' > backend/benches/search.rs && touch tests/src/lib.rs \
+ && echo 'fn main() {}' > backend/benches/search.rs && touch tests/src/lib.rs bench/src/lib.rs \
  && cargo build --release --locked -p mcp-edge -p mcp-docs
 COPY proxy proxy
 COPY backend backend
