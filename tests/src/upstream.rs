@@ -85,6 +85,14 @@ fn sse(body: Body) -> Response {
         .unwrap()
 }
 
+pub fn hex_sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 async fn echo(
     State(st): State<St>,
     method: Method,
@@ -103,6 +111,7 @@ async fn echo(
         "query": uri.query(),
         "headers": h,
         "body_len": body.len(),
+        "body_sha256": hex_sha256(&body),
     });
     let mut resp = (StatusCode::OK, axum::Json(json)).into_response();
     let rh = resp.headers_mut();

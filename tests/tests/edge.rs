@@ -289,6 +289,97 @@ async fn headers_pass_both_ways_forwarding_headers_are_set_and_hop_by_hop_stripp
     assert_eq!(j["query"], "q=1");
 }
 
+/// One raw HTTP/1.1 exchange on the plain listener: `head` is sent, then each part of `body`
+/// after `pause`; returns everything the proxy answered until it closed the connection.
+async fn raw_exchange(edge: &Edge, head: &str, body: &[&[u8]], pause: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    for part in body {
+        tokio::time::sleep(pause).await;
+        s.write_all(part).await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy answers within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The request header goes upstream together with the first bytes of the body (one write, not
+/// two): whatever the body's shape, it arrives whole and the upstream answers once it has it.
+#[tokio::test]
+async fn request_bodies_arrive_whole_whatever_their_shape() {
+    use mcp_edge_tests::upstream::hex_sha256;
+    let up = Upstream::start("r1").await;
+    let t = two_hosts(&up, "").await;
+    let client = t.edge.client(t.ca.root_store(), &["a.test"]);
+    let url = format!("https://a.test:{}/echo", t.edge.https.port());
+
+    // Large, with a Content-Length: many writes upstream, the first with the header.
+    let big: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 251) as u8).collect();
+    let j: serde_json::Value = client
+        .post(&url)
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(j["body_len"], 1_048_576);
+    assert_eq!(j["body_sha256"], hex_sha256(&big));
+
+    eprintln!("T {:?}", std::time::Instant::now());
+    // Chunked (no Content-Length): streamed in pieces.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..5).map(|i| Ok(vec![b'a' + i; 3000])).collect();
+    let all: Vec<u8> = pieces.iter().flat_map(|p| p.as_ref().unwrap().clone()).collect();
+    let j: serde_json::Value = client
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(j["body_len"], 15_000);
+    assert_eq!(j["body_sha256"], hex_sha256(&all));
+
+    eprintln!("T {:?}", std::time::Instant::now());
+    // A body that trickles in after its header: nothing waits for anything that never comes.
+    let head = "POST /echo HTTP/1.1\r\nhost: plain.test\r\ncontent-length: 10\r\nconnection: close\r\n\r\n";
+    let out = raw_exchange(&t.edge, head, &[b"01234", b"56789"], Duration::from_millis(300)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(&hex_sha256(b"0123456789")), "{out}");
+
+    eprintln!("T {:?}", std::time::Instant::now());
+    // A client that waits for `100 Continue` before it sends the body (curl does, for large
+    // uploads): the header must reach the upstream without the body, or both sides would wait.
+    let head = "POST /echo HTTP/1.1\r\nhost: plain.test\r\ncontent-length: 4\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n";
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(t.edge.http).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut first))
+        .await
+        .expect("100 Continue (or an answer) without the body having been sent")
+        .unwrap();
+    let first = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 100"), "{first}");
+    s.write_all(b"ping").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest).into_owned();
+    assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+    assert!(rest.contains(&hex_sha256(b"ping")), "{rest}");
+}
+
 #[tokio::test]
 async fn origin_outside_the_allowlist_gets_403() {
     let up = Upstream::start("r1").await;

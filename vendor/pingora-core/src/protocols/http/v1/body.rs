@@ -29,6 +29,8 @@ use crate::utils::BufRef;
 
 // TODO: make this dynamically adjusted
 const BODY_BUFFER_SIZE: usize = 1024 * 64;
+/// mcp-edge patch: the first read of a body (see `BodyReader::io_read_size`).
+const BODY_BUFFER_INITIAL_READ: usize = 1024 * 4;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
@@ -148,6 +150,10 @@ pub struct BodyReader {
     pub body_state: ParseState,
     pub body_buf: Option<BytesMut>,
     pub body_buf_size: usize,
+    /// mcp-edge patch: the size of the next read from the stream. It starts small and doubles,
+    /// up to `body_buf_size`, each time a read fills it: an idle or trickling body (an SSE
+    /// stream held open for hours) keeps a small buffer, a bulk body soon reads in large chunks.
+    io_read_size: usize,
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
@@ -159,9 +165,23 @@ impl BodyReader {
             body_state: PS::ToStart,
             body_buf: None,
             body_buf_size: BODY_BUFFER_SIZE,
+            io_read_size: BODY_BUFFER_INITIAL_READ,
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+        }
+    }
+
+    /// mcp-edge patch: how much the next read from the stream may bring.
+    fn next_read_size(&self) -> usize {
+        self.io_read_size.clamp(1, self.body_buf_size.max(1))
+    }
+
+    /// mcp-edge patch: a read that filled what it asked for suggests more is waiting: ask for
+    /// twice as much next time, up to `body_buf_size`.
+    fn note_read(&mut self, asked: usize, got: usize) {
+        if got >= asked && asked < self.body_buf_size {
+            self.io_read_size = (asked * 2).min(self.body_buf_size);
         }
     }
 
@@ -174,7 +194,8 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        // mcp-edge patch: room for the first read only; reads grow it (`next_read_size`)
+        let mut body_buf = BytesMut::with_capacity(self.next_read_size().max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -404,8 +425,8 @@ impl BodyReader {
         // downstream should not discard remaining data if peer sent more, so cap the read at what
         // is left of this body and leave anything past it on the stream
         let read_size = match self.body_state {
-            PS::Partial(_, remaining) if !self.upstream => remaining.min(self.body_buf_size),
-            _ => self.body_buf_size,
+            PS::Partial(_, remaining) if !self.upstream => remaining.min(self.next_read_size()),
+            _ => self.next_read_size(),
         };
         if n == 0 {
             /* Need to actually read */
@@ -415,6 +436,7 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.note_read(read_size, n);
         }
         match self.body_state {
             PS::Partial(read, to_read) => {
@@ -462,13 +484,14 @@ impl BodyReader {
         self.rewind_buf_len = 0; // we only need to read rewind data once
         if n == 0 {
             /* Need to actually read */
-            let read_size = self.body_buf_size;
+            let read_size = self.next_read_size();
             let body_buf = self.prepare_buf_for_io(read_size);
             n = stream
                 .take(read_size as u64)
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.note_read(read_size, n);
         }
         match self.body_state {
             PS::UntilClose(read) => {
@@ -500,13 +523,14 @@ impl BodyReader {
                         existing_buf_end = self.rewind_buf_len;
                         self.rewind_buf_len = 0; // we only need to read rewind data once
                         if existing_buf_end == 0 {
-                            let read_size = self.body_buf_size;
+                            let read_size = self.next_read_size();
                             let body_buf = self.prepare_buf_for_io(read_size);
                             existing_buf_end = stream
                                 .take(read_size as u64)
                                 .read_buf(body_buf)
                                 .await
                                 .or_err(ReadError, "when reading body")?;
+                            self.note_read(read_size, existing_buf_end);
                         }
                     } else {
                         /* existing_buf_end != 0 this is partial chunk head */
@@ -1337,6 +1361,53 @@ impl BodyWriter {
             BM::Complete(_) => true,
             BM::ContentLength(total, written) => written >= total,
             _ => false,
+        }
+    }
+
+    /// mcp-edge patch: whether a Content-Length body with at least one byte is still to be
+    /// written in full, so the header can go out with its first bytes.
+    pub fn content_length_unstarted(&self) -> bool {
+        matches!(self.body_mode, BM::ContentLength(total, 0) if total > 0)
+    }
+
+    /// mcp-edge patch: [`Self::write_body`] for a Content-Length body, with `prefix` (the
+    /// request header held back by the client session) written in the same write.
+    pub async fn write_body_after<S>(
+        &mut self,
+        stream: &mut S,
+        prefix: &[u8],
+        buf: &[u8],
+    ) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        match self.body_mode {
+            BM::ContentLength(total, written) if written < total => {
+                let to_write = buf.len().min(total - written);
+                if to_write < buf.len() {
+                    warn!("Trying to write data over content-length: {total}");
+                }
+                let mut out = Vec::with_capacity(prefix.len() + to_write);
+                out.extend_from_slice(prefix);
+                out.extend_from_slice(&buf[..to_write]);
+                stream
+                    .write_all(&out)
+                    .await
+                    .or_err(WriteError, "while writing body")?;
+                self.body_mode = BM::ContentLength(total, written + to_write);
+                if self.finished() {
+                    stream.flush().await.or_err(WriteError, "flushing body")?;
+                }
+                Ok(Some(to_write))
+            }
+            _ => {
+                stream
+                    .write_all(prefix)
+                    .await
+                    .or_err(WriteError, "while writing request headers")?;
+                stream.flush().await.or_err(WriteError, "flushing request header")?;
+                self.write_body(stream, buf).await
+            }
         }
     }
 

@@ -54,6 +54,9 @@ pub struct HttpSession {
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
     request_written: Option<Box<RequestHeader>>,
+    /// mcp-edge patch: the request header, held back to go out in the same write as the first
+    /// bytes of a Content-Length body (one segment and one wake-up of the server, not two).
+    header_pending: Option<BytesMut>,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
     body_recv: usize,
@@ -91,6 +94,7 @@ impl HttpSession {
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
             request_written: None,
+            header_pending: None,
             read_timeout: None,
             write_timeout: None,
             digest,
@@ -130,6 +134,17 @@ impl HttpSession {
         })?;
         trace!("Writing request header: {to_wire:?}");
 
+        // mcp-edge patch: a body of known length follows; its first write carries the header.
+        // Not when the client waits for `100 Continue` before it sends the body.
+        if self.body_writer.content_length_unstarted()
+            && !req.headers.contains_key(http::header::EXPECT)
+        {
+            let len = to_wire.len();
+            self.header_pending = Some(to_wire);
+            self.request_written = Some(req);
+            return Ok(len);
+        }
+
         let write_fut = self.underlying_stream.write_all(to_wire.as_ref());
         match self.write_timeout {
             Some(t) => match timeout(t, write_fut).await {
@@ -156,10 +171,18 @@ impl HttpSession {
     }
 
     async fn do_write_body(&mut self, buf: &[u8]) -> Result<Option<usize>> {
-        let written = self
-            .body_writer
-            .write_body(&mut self.underlying_stream, buf)
-            .await;
+        let written = match self.header_pending.take() {
+            Some(header) => {
+                self.body_writer
+                    .write_body_after(&mut self.underlying_stream, &header, buf)
+                    .await
+            }
+            None => {
+                self.body_writer
+                    .write_body(&mut self.underlying_stream, buf)
+                    .await
+            }
+        };
 
         if let Ok(Some(num_bytes)) = written {
             self.bytes_sent += num_bytes;
@@ -191,6 +214,13 @@ impl HttpSession {
     /// Flush local buffer and notify the server by sending the last chunk if chunked encoding is
     /// used.
     pub async fn finish_body(&mut self) -> Result<Option<usize>> {
+        if let Some(header) = self.header_pending.take() {
+            // the body never came: the header still goes out
+            self.underlying_stream
+                .write_all(&header)
+                .await
+                .or_err(WriteError, "while writing request headers")?;
+        }
         let res = self.body_writer.finish(&mut self.underlying_stream).await?;
         self.underlying_stream
             .flush()
