@@ -331,7 +331,6 @@ async fn request_bodies_arrive_whole_whatever_their_shape() {
     assert_eq!(j["body_len"], 1_048_576);
     assert_eq!(j["body_sha256"], hex_sha256(&big));
 
-    eprintln!("T {:?}", std::time::Instant::now());
     // Chunked (no Content-Length): streamed in pieces.
     let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..5).map(|i| Ok(vec![b'a' + i; 3000])).collect();
@@ -348,14 +347,12 @@ async fn request_bodies_arrive_whole_whatever_their_shape() {
     assert_eq!(j["body_len"], 15_000);
     assert_eq!(j["body_sha256"], hex_sha256(&all));
 
-    eprintln!("T {:?}", std::time::Instant::now());
     // A body that trickles in after its header: nothing waits for anything that never comes.
     let head = "POST /echo HTTP/1.1\r\nhost: plain.test\r\ncontent-length: 10\r\nconnection: close\r\n\r\n";
     let out = raw_exchange(&t.edge, head, &[b"01234", b"56789"], Duration::from_millis(300)).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains(&hex_sha256(b"0123456789")), "{out}");
 
-    eprintln!("T {:?}", std::time::Instant::now());
     // A client that waits for `100 Continue` before it sends the body (curl does, for large
     // uploads): the header must reach the upstream without the body, or both sides would wait.
     let head = "POST /echo HTTP/1.1\r\nhost: plain.test\r\ncontent-length: 4\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n";
