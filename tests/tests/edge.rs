@@ -334,7 +334,10 @@ async fn request_bodies_arrive_whole_whatever_their_shape() {
     // Chunked (no Content-Length): streamed in pieces.
     let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..5).map(|i| Ok(vec![b'a' + i; 3000])).collect();
-    let all: Vec<u8> = pieces.iter().flat_map(|p| p.as_ref().unwrap().clone()).collect();
+    let all: Vec<u8> = pieces
+        .iter()
+        .flat_map(|p| p.as_ref().unwrap().clone())
+        .collect();
     let j: serde_json::Value = client
         .post(&url)
         .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
@@ -349,7 +352,13 @@ async fn request_bodies_arrive_whole_whatever_their_shape() {
 
     // A body that trickles in after its header: nothing waits for anything that never comes.
     let head = "POST /echo HTTP/1.1\r\nhost: plain.test\r\ncontent-length: 10\r\nconnection: close\r\n\r\n";
-    let out = raw_exchange(&t.edge, head, &[b"01234", b"56789"], Duration::from_millis(300)).await;
+    let out = raw_exchange(
+        &t.edge,
+        head,
+        &[b"01234", b"56789"],
+        Duration::from_millis(300),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains(&hex_sha256(b"0123456789")), "{out}");
 
