@@ -36,7 +36,7 @@ STREAMS = [int(n) for n in os.environ.get("BENCH_STREAMS", "1000,9000").split(",
 CHURN = int(os.environ.get("BENCH_CHURN", "200"))
 # A partial run (while working on one figure): BENCH_ONLY=h1,mem and/or BENCH_PROXIES=mcp-edge,nginx.
 # Figures: h1 h2 handshakes sse leave mem swap upstream acme churn. A partial run writes
-# bench/results/ only, never BENCHMARKS.md.
+# bench/results/partial/ (not committed), never BENCHMARKS.md.
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 ONLY_PROXIES = set(filter(None, os.environ.get("BENCH_PROXIES", "").split(",")))
 PARTIAL = bool(ONLY or ONLY_PROXIES)
@@ -554,8 +554,8 @@ def report(results):
         f"{RUNS} runs per figure, {SECONDS} s each for load figures; median (min–max).",
         "", *lines, "", *extra, "",
     ])
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
+    out = ROOT / "bench" / "results" / ("partial" if PARTIAL else "")
+    out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     (out / f"{stamp}.md").write_text(md)
     (out / f"{stamp}.json").write_text(json.dumps(results, indent=1, default=str))
