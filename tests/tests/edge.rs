@@ -319,15 +319,14 @@ async fn request_bodies_arrive_whole_whatever_their_shape() {
 
     // Large, with a Content-Length: many writes upstream, the first with the header.
     let big: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 251) as u8).collect();
-    let j: serde_json::Value = client
-        .post(&url)
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = |body: reqwest::Body| {
+        let request = client.post(&url).body(body);
+        async move {
+            let r = request.send().await.unwrap();
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let j = echo(big.clone().into()).await;
     assert_eq!(j["body_len"], 1_048_576);
     assert_eq!(j["body_sha256"], hex_sha256(&big));
 
@@ -338,15 +337,7 @@ async fn request_bodies_arrive_whole_whatever_their_shape() {
         .iter()
         .flat_map(|p| p.as_ref().unwrap().clone())
         .collect();
-    let j: serde_json::Value = client
-        .post(&url)
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let j = echo(reqwest::Body::wrap_stream(futures::stream::iter(pieces))).await;
     assert_eq!(j["body_len"], 15_000);
     assert_eq!(j["body_sha256"], hex_sha256(&all));
 

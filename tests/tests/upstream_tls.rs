@@ -7,7 +7,6 @@ use std::time::Duration;
 use mcp_edge_tests::tls_front::TlsFront;
 use mcp_edge_tests::upstream::Upstream;
 use mcp_edge_tests::*;
-use sha2::Digest;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("openssl")
@@ -94,11 +93,7 @@ fn openssl_v1_rsa(dir: &Path, name: &str, cn: &str) -> (String, String) {
 }
 
 fn pin_of(cert_pem: &str) -> String {
-    let der = pem_to_der(cert_pem);
-    sha2::Sha256::digest(&der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    mcp_edge_tests::upstream::hex_sha256(&pem_to_der(cert_pem))
 }
 
 struct Case {
