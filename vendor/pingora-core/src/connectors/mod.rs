@@ -471,7 +471,6 @@ impl PreferredHttpVersion {
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
-/// Test whether a stream is already closed or not reusable (server sent unexpected data)
 /// Whether a pooled stream still leads to `peer`. A file descriptor may have been closed and
 /// reused for another connection, so its peer address is checked. mcp-edge patch: a virtual
 /// stream's id is unique and never reused, and the pool keys it by the peer already.
@@ -480,6 +479,7 @@ pub(crate) fn stream_matches_peer<P: Peer>(peer: &P, id: crate::protocols::Uniqu
     crate::protocols::l4::virt::is_virtual_id(id) || peer.matches_fd(id)
 }
 
+/// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready
