@@ -104,7 +104,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     );
     // No L4 read buffer under the client connections: pingora's default is 64 KiB per
     // connection, zero-filled and so resident, and rustls (or the HTTP parser) reads into its
-    // own buffers anyway. An idle SSE stream costs ~60 KB less (BENCHMARKS.md).
+    // own buffers anyway. An idle SSE stream costs ~65 KB less (BENCHMARKS.md).
     let l4 = L4BufferSettings::default().read(0);
     proxy.add_listener(ListenerConfig::tcp(listen.http.to_string()).l4_buffer(l4));
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeHook { edge: edge.clone() }))
