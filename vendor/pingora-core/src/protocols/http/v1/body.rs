@@ -1349,7 +1349,7 @@ impl BodyWriter {
         trace!("Writing Body, size: {}", buf.len());
         match self.body_mode {
             BM::Complete(_) => Ok(None),
-            BM::ContentLength(_, _) => self.do_write_body(stream, buf).await,
+            BM::ContentLength(_, _) => self.do_write_body(stream, &[], buf).await,
             BM::ChunkedEncoding(_) => self.do_write_chunked_body(stream, buf).await,
             BM::UntilClose(_) => self.do_write_until_close_body(stream, buf).await,
             BM::ToSelect => Ok(None), // Error here?
@@ -1383,22 +1383,7 @@ impl BodyWriter {
     {
         match self.body_mode {
             BM::ContentLength(total, written) if written < total => {
-                let to_write = buf.len().min(total - written);
-                if to_write < buf.len() {
-                    warn!("Trying to write data over content-length: {total}");
-                }
-                let mut out = Vec::with_capacity(prefix.len() + to_write);
-                out.extend_from_slice(prefix);
-                out.extend_from_slice(&buf[..to_write]);
-                stream
-                    .write_all(&out)
-                    .await
-                    .or_err(WriteError, "while writing body")?;
-                self.body_mode = BM::ContentLength(total, written + to_write);
-                if self.finished() {
-                    stream.flush().await.or_err(WriteError, "flushing body")?;
-                }
-                Ok(Some(to_write))
+                self.do_write_body(stream, prefix, buf).await
             }
             _ => {
                 stream
@@ -1415,7 +1400,13 @@ impl BodyWriter {
         matches!(self.body_mode, BM::UntilClose(_))
     }
 
-    async fn do_write_body<S>(&mut self, stream: &mut S, buf: &[u8]) -> Result<Option<usize>>
+    /// `prefix` (mcp-edge patch): bytes written ahead of the body in the same write.
+    async fn do_write_body<S>(
+        &mut self,
+        stream: &mut S,
+        prefix: &[u8],
+        buf: &[u8],
+    ) -> Result<Option<usize>>
     where
         S: AsyncWrite + Unpin + Send,
     {
@@ -1431,7 +1422,14 @@ impl BodyWriter {
                 } else {
                     to_write = buf.len();
                 }
-                let res = stream.write_all(&buf[..to_write]).await;
+                let res = if prefix.is_empty() {
+                    stream.write_all(&buf[..to_write]).await
+                } else {
+                    let mut out = Vec::with_capacity(prefix.len() + to_write);
+                    out.extend_from_slice(prefix);
+                    out.extend_from_slice(&buf[..to_write]);
+                    stream.write_all(&out).await
+                };
                 match res {
                     Ok(()) => {
                         self.body_mode = BM::ContentLength(total, written + to_write);
