@@ -1,17 +1,18 @@
 //! The metrics and health listener: `/metrics`, `/healthz`, `/readyz`.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::{metrics, Edge};
+use crate::config::Listen;
+use crate::metrics;
 
+/// The admin listener's app: it needs only the listen addresses (bound once, never reloaded).
 pub struct Admin {
-    pub edge: Arc<Edge>,
+    pub listen: Listen,
 }
 
 /// Whether something listens on `addr` already: binding it must fail with "address in use".
@@ -40,8 +41,7 @@ impl ServeHttp for Admin {
             ),
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                let listen = self.edge.table.load().config.listen.clone();
-                let addrs = [listen.http, listen.https];
+                let addrs = [self.listen.http, self.listen.https];
                 // Ready means: a configuration is loaded (it is, or we would not run) and every
                 // proxy listener is bound (we checked at start that nobody else held them).
                 if addrs.iter().all(|a| is_bound(*a)) {

@@ -1,38 +1,37 @@
 //! mcp-edge: an edge reverse proxy that puts plain-HTTP MCP servers on public HTTPS.
 //!
-//! Data flow: config → cert sources → cert store → SNI resolver (TLS); config → route table →
-//! proxy → upstream. Both the certificate store and the route table are swapped whole at run
-//! time (reload, renewed or changed certificates).
+//! Data flow: config → cert sources (certs, acme) → certificate set; config → route table with
+//! upstream pools; both in one live snapshot (`live`) that the SNI resolver and the request path
+//! (`proxy`) read and a reload (`server`) replaces whole. Modules import only from the rows
+//! below them:
+//!
+//! ```text
+//! cli, server                commands; assembly and reload
+//! proxy, admin               the request path; metrics and health
+//! live                       the snapshot in force: config, routes, certificates
+//! routing                    the route table built from a Config
+//! upstream                   replicas, DNS, HTTPS trust and connector, session sealing
+//! acme, certs, tls, http01   certificate sources and manager; certificate set; challenges
+//! storage                    every byte the proxy persists, and where
+//! config                     the YAML's data model: parsed, validated, typed; builds nothing live
+//! names, time, pem, metrics  leaves
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod acme;
 pub mod admin;
-pub mod affinity;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod http01;
+pub mod live;
 pub mod metrics;
+pub mod names;
+pub mod pem;
 pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod storage;
+pub mod time;
 pub mod tls;
-pub mod upstream_tls;
-
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
-
-/// State shared by the listeners and background tasks.
-pub struct Edge {
-    /// Hosts and routes of the configuration in force.
-    pub table: ArcSwap<routing::Table>,
-    /// Certificate sources feeding the live store.
-    pub certs: certs::CertSources,
-    /// Pending ACME HTTP-01 challenges.
-    pub challenges: Arc<http01::ChallengeStore>,
-    /// Seals replica identity into client-facing session ids.
-    pub sealer: affinity::Sealer,
-    /// Wakes the ACME manager after the configuration changed.
-    pub acme_wake: tokio::sync::Notify,
-}
+pub mod upstream;

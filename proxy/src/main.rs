@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -79,14 +81,9 @@ fn main() -> ExitCode {
     // can win the race.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
-        Command::Check { config } => match mcp_edge::config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} host{})",
-                    config.display(),
-                    c.hosts.len(),
-                    if c.hosts.len() == 1 { "" } else { "s" }
-                );
+        Command::Check { config } => match mcp_edge::cli::check(&config) {
+            Ok(line) => {
+                println!("{line}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -96,7 +93,7 @@ fn main() -> ExitCode {
         },
         Command::Certs { config } => match mcp_edge::config::load(&config) {
             Ok(c) => {
-                print!("{}", mcp_edge::certs::report(&c));
+                print!("{}", mcp_edge::cli::certs::report(&c));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -105,11 +102,17 @@ fn main() -> ExitCode {
             }
         },
         Command::UpstreamCert { url, server_name } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("tokio runtime");
-            match rt.block_on(mcp_edge::upstream_tls::inspect(
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mcp-edge: cannot start the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(mcp_edge::cli::upstream_cert::inspect(
                 &url,
                 server_name.as_deref(),
             )) {

@@ -8,16 +8,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::prelude::*;
-use pingora::protocols::l4::ext::TcpKeepalive;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::affinity::{self, EndpointRewriter};
 use crate::config::{normalize_origin, TlsSource};
-use crate::http01::CHALLENGE_PREFIX;
+use crate::http01::{ChallengeStore, CHALLENGE_PREFIX};
+use crate::live::{Live, Snapshot};
 use crate::metrics::{self, NO_ROUTE, UNKNOWN_HOST};
-use crate::routing::{HostEntry, Pool, Table};
-use crate::Edge;
+use crate::routing::HostEntry;
+use crate::upstream::affinity::{self, EndpointRewriter, Sealer};
+use crate::upstream::{trust, Pool};
 
 /// What the TLS handshake told us, carried on the connection's TLS digest.
 #[derive(Debug)]
@@ -98,8 +98,12 @@ enum Restore {
     Query { key: &'static str, value: String },
 }
 
+/// The request path. It reads the live snapshot (routes, configuration), answers ACME
+/// challenges from the challenge store and seals session ids; nothing else.
 pub struct EdgeProxy {
-    pub edge: Arc<Edge>,
+    pub live: Arc<Live>,
+    pub challenges: Arc<ChallengeStore>,
+    pub sealer: Arc<Sealer>,
 }
 
 fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
@@ -167,7 +171,7 @@ async fn respond_text(session: &mut Session, status: u16, body: &'static str) ->
 fn upstream_reason(e: &Error) -> &'static str {
     // A TLS reason anywhere in the chain: a failed handshake, or the alert a TLS 1.3 server
     // sends on the first read when it refuses our client certificate.
-    if let Some(r) = crate::upstream_tls::reason_in(e.root_cause()) {
+    if let Some(r) = trust::reason_in(e.root_cause()) {
         return r;
     }
     match e.etype() {
@@ -200,11 +204,11 @@ impl EdgeProxy {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        table: &Table,
+        snap: &Snapshot,
     ) -> Result<bool> {
         let path = session.req_header().uri.path();
         if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
-            return match self.edge.challenges.get(token) {
+            return match self.challenges.get(token) {
                 Some(key_auth) => {
                     respond(
                         session,
@@ -227,7 +231,7 @@ impl EdgeProxy {
         // `entry` was found by this exact name, so it is one of the configured names: the
         // redirect can only ever point at a host this proxy serves.
         let host = request_host(session).unwrap_or_else(|| entry.host.name.to_string());
-        let port = table.config.listen.redirect_https_port;
+        let port = snap.config.listen.redirect_https_port;
         let authority = if port == 443 {
             host
         } else {
@@ -270,7 +274,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let table = self.edge.table.load_full();
+        let snap = self.live.load();
         let tls_info = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -281,10 +285,10 @@ impl ProxyHttp for EdgeProxy {
             .map(str::to_string)
             .or_else(|| session.req_header().uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
-        ctx.entry = host.as_deref().and_then(|h| table.host(h)).cloned();
+        ctx.entry = host.as_deref().and_then(|h| snap.table.host(h)).cloned();
 
         if !ctx.tls {
-            if self.plain_listener(session, ctx, &table).await? {
+            if self.plain_listener(session, ctx, &snap).await? {
                 return Ok(true);
             }
         } else {
@@ -292,7 +296,7 @@ impl ProxyHttp for EdgeProxy {
             // host's certificate can never front another.
             let sni_host = tls_info
                 .flatten()
-                .and_then(|sni| table.host(&sni).map(|e| e.host.name.clone()));
+                .and_then(|sni| snap.table.host(&sni).map(|e| e.host.name.clone()));
             let same = match (&ctx.entry, sni_host) {
                 (Some(e), Some(s)) => e.host.name == s && e.host.tls != TlsSource::None,
                 _ => false,
@@ -336,7 +340,6 @@ impl ProxyHttp for EdgeProxy {
                 .map(|(k, v)| (Some(k), v));
             if let Some((key, token)) = from_header.or(from_query) {
                 let opened = self
-                    .edge
                     .sealer
                     .open(&token)
                     .and_then(|(replica, id)| Some((pool.replica_by_url(&replica)?, id)));
@@ -382,26 +385,7 @@ impl ProxyHttp for EdgeProxy {
             err.as_up();
             err
         })?;
-        let up = &pool.upstream;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        if let Some(tls) = &up.tls {
-            // TLS is made by our connector (pins, per-upstream CA, client certificate);
-            // pingora speaks HTTP/1.1 over the secured stream.
-            peer.options.custom_l4 = Some(tls.connector(up.connect_timeout));
-            peer.group_key = tls.group_key;
-        }
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.write_timeout = Some(up.write_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        // Detects a vanished upstream under a quiet stream long before the read timeout.
-        peer.options.tcp_keepalive = Some(TcpKeepalive {
-            idle: Duration::from_secs(60),
-            interval: Duration::from_secs(10),
-            count: 6,
-            #[cfg(target_os = "linux")]
-            user_timeout: Duration::from_secs(0),
-        });
+        let peer = pool.peer(addr);
         Ok(Box::new(peer))
     }
 
@@ -497,7 +481,7 @@ impl ProxyHttp for EdgeProxy {
                     .get(SESSION_HEADER)
                     .and_then(|v| v.to_str().ok())
                 {
-                    let sealed = self.edge.sealer.seal(&replica, id).ok_or_else(|| {
+                    let sealed = self.sealer.seal(&replica, id).ok_or_else(|| {
                         Error::explain(ErrorType::InternalError, "sealing session id")
                     })?;
                     resp.insert_header(
@@ -529,7 +513,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<Option<Duration>> {
         if let Some(rw) = ctx.rewriter.as_mut() {
             let chunk = body.take().unwrap_or_default();
-            let out = rw.feed(&self.edge.sealer, &chunk, end_of_stream);
+            let out = rw.feed(&self.sealer, &chunk, end_of_stream);
             *body = Some(Bytes::from(out));
         }
         Ok(None)

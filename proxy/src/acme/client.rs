@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,7 +21,7 @@ use instant_acme::{
 };
 
 use crate::config::AcmeConfig;
-use crate::{storage, tls};
+use crate::storage::{self, Layout};
 
 /// Limit on one request to the CA, from connect to response headers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,22 +42,36 @@ pub async fn capturing_retry_after<F: Future>(f: F) -> (F::Output, Option<System
         .await
 }
 
+/// What kind of failure an attempt met: what the manager does next depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The CA answered with a problem document.
+    Problem,
+    /// The CA no longer knows the account (it was deactivated, or the CA was reset): register
+    /// a new one and try again at once.
+    AccountGone,
+    /// The CA did not finish (validation, issuance) in time.
+    TimedOut,
+    /// Anything else: the CA unreachable, storage, a local error.
+    Other,
+}
+
 /// Why an attempt failed, in words for the log and the status file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
 pub struct Failure {
+    pub kind: FailureKind,
     pub message: String,
     /// The CA asked not to come back before this moment.
     pub retry_after: Option<SystemTime>,
-    /// The CA no longer knows the account (it was deactivated, or the CA was reset).
-    pub account_gone: bool,
 }
 
 impl Failure {
-    pub fn new(message: impl Into<String>) -> Failure {
-        Failure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Other,
             message: message.into(),
             retry_after: None,
-            account_gone: false,
         }
     }
 
@@ -88,17 +102,22 @@ impl From<instant_acme::Error> for Failure {
     fn from(e: instant_acme::Error) -> Failure {
         match e {
             instant_acme::Error::Api(p) => Failure {
-                account_gone: p.r#type.as_deref()
-                    == Some("urn:ietf:params:acme:error:accountDoesNotExist"),
+                kind: if p.r#type.as_deref()
+                    == Some("urn:ietf:params:acme:error:accountDoesNotExist")
+                {
+                    FailureKind::AccountGone
+                } else {
+                    FailureKind::Problem
+                },
                 message: describe_problem(&p),
                 retry_after: None,
             },
             instant_acme::Error::Timeout(next) => Failure {
+                kind: FailureKind::TimedOut,
                 message: "the CA did not finish in time".into(),
                 retry_after: next.map(|i| {
                     SystemTime::now() + i.saturating_duration_since(std::time::Instant::now())
                 }),
-                account_gone: false,
             },
             other => Failure::new(error_chain(&other)),
         }
@@ -162,7 +181,7 @@ impl HttpClient for Client {
 fn http_client(config: &AcmeConfig) -> Result<Box<dyn HttpClient>, Failure> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra = match &config.directory_root {
-        Some(p) => tls::read_certificates(p).map_err(|e| Failure::new(e.to_string()))?,
+        Some(roots) => roots.clone(),
         None => Vec::new(),
     };
     let verifier =
@@ -189,22 +208,6 @@ fn http_client(config: &AcmeConfig) -> Result<Box<dyn HttpClient>, Failure> {
     }))
 }
 
-/// File holding the account credentials for `directory`.
-pub fn account_path(storage: &Path, directory: &str) -> PathBuf {
-    let slug: String = directory
-        .trim_start_matches("https://")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    storage.join(format!("acme-account-{}.json", slug.trim_matches('-')))
-}
-
 /// The account for one directory: loaded from its credentials file, or registered with the CA
 /// and saved (0600) on first use.
 pub struct Accounts {
@@ -216,9 +219,9 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    pub fn new(config: AcmeConfig, storage: &Path) -> Accounts {
-        Accounts {
-            path: account_path(storage, &config.directory),
+    pub fn new(config: AcmeConfig, layout: &Layout) -> Self {
+        Self {
+            path: layout.acme_account(&config.directory),
             config,
             cached: tokio::sync::Mutex::new(None),
             stale_file: Default::default(),

@@ -13,7 +13,6 @@ pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,18 +20,20 @@ use async_trait::async_trait;
 use instant_acme::CertificateIdentifier;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
-pub use client::account_path;
-use client::{capturing_retry_after, Accounts, Failure};
-pub use order::cert_paths;
-use schedule::{from_unix, unix, HostStatus, StatusFile};
+use client::{capturing_retry_after, Accounts, Failure, FailureKind};
+use schedule::{HostStatus, StatusFile};
 
-use crate::certs::unix_now;
-use crate::config::{Config, Host, HostName, TlsSource};
+use crate::certs::{load_acme, names_of};
+use crate::config::{Config, Host, TlsSource};
 use crate::http01::ChallengeStore;
-use crate::tls::{self, CertStore, LoadedCert};
-use crate::{metrics, Edge};
+use crate::metrics;
+use crate::names::HostName;
+use crate::pem::LoadedCert;
+use crate::storage::Layout;
+use crate::time::{from_unix, unix, unix_now};
+use crate::tls::CertStore;
 
 /// With ARI, how often the CA's window is looked at again at most.
 const ARI_RECHECK: Duration = Duration::from_secs(6 * 3600);
@@ -41,46 +42,8 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 /// When the CA cannot be asked about a certificate that is not due, ask again after this.
 const PROBE_RETRY: Duration = Duration::from_secs(900);
 
-/// Loads an ACME host's certificate from disk if it can serve: it loads, its key matches, it
-/// has not expired and it names the host. Logs why not otherwise.
-pub fn load_existing(storage: &Path, host: &Host) -> Option<LoadedCert> {
-    let (cert_path, key_path) = cert_paths(storage, &host.name);
-    if !cert_path.exists() {
-        return None;
-    }
-    match tls::load_key_pair(&cert_path, &key_path) {
-        Ok(c) if c.info.not_after <= unix_now() => {
-            tracing::warn!(host = %host.name, not_after = c.info.not_after, "certificate on disk has expired; ordering a new one");
-            None
-        }
-        Ok(c) if !c.covers(std::iter::once(&host.name)) => {
-            tracing::warn!(host = %host.name, cert_names = ?c.info.names, "certificate on disk does not name this host; ordering a new one");
-            None
-        }
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(host = %host.name, error = %e, "certificate on disk cannot be used; ordering a new one");
-            None
-        }
-    }
-}
-
-/// Installs every ACME host's usable certificate from disk, so they serve from the first
-/// handshake while the manager starts.
-pub fn install_existing(config: &Config, store: &CertStore) {
-    for host in acme_hosts(config) {
-        if let Some(c) = load_existing(&config.storage, host) {
-            store.install(&host.name, names_of(host), c);
-        }
-    }
-}
-
 fn acme_hosts(config: &Config) -> impl Iterator<Item = &Arc<Host>> {
     config.hosts.iter().filter(|h| h.tls == TlsSource::Acme)
-}
-
-fn names_of(host: &Host) -> Vec<String> {
-    host.names().map(|n| n.as_str().to_string()).collect()
 }
 
 /// Dates and ARI identity of the certificate a host serves.
@@ -226,16 +189,21 @@ enum Outcome {
 struct Ctx {
     accounts: Arc<Accounts>,
     permits: Arc<Semaphore>,
-    storage: PathBuf,
+    layout: Layout,
 }
 
-/// The background service that keeps every ACME host's certificate current.
+/// The background service that keeps every ACME host's certificate current. It gets the three
+/// things it uses: the certificate store it installs into, the challenge store port 80 answers
+/// from, and the configuration in force (whose every change wakes it).
 pub struct AcmeManager {
-    pub edge: Arc<Edge>,
+    pub certs: Arc<dyn CertStore>,
+    pub challenges: Arc<ChallengeStore>,
+    pub config: watch::Receiver<Arc<Config>>,
 }
 
 struct State {
-    edge: Arc<Edge>,
+    certs: Arc<dyn CertStore>,
+    challenges: Arc<ChallengeStore>,
     ctx: Option<Arc<Ctx>>,
     slots: BTreeMap<HostName, Slot>,
     /// What the status file holds, to write it only when something changed.
@@ -247,19 +215,21 @@ struct State {
 impl BackgroundService for AcmeManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut config = self.config.clone();
         let mut st = State {
-            edge: self.edge.clone(),
+            certs: self.certs.clone(),
+            challenges: self.challenges.clone(),
             ctx: None,
             slots: BTreeMap::new(),
             written: None,
             tx,
         };
         // The CA validates on port 80 at once: be sure it accepts connections first.
-        let http = self.edge.table.load().config.listen.http;
+        let http = config.borrow().listen.http;
         wait_listening(http, Duration::from_secs(10)).await;
         loop {
-            let table = self.edge.table.load_full();
-            st.sync(&table.config);
+            let current = config.borrow_and_update().clone();
+            st.sync(&current);
             st.start_due_jobs();
             st.publish();
             let now = SystemTime::now();
@@ -272,8 +242,8 @@ impl BackgroundService for AcmeManager {
                 .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = self.edge.acme_wake.notified() => {}
-                Some((host, names, outcome)) = rx.recv() => st.apply(host, names, outcome, &table.config),
+                Ok(()) = config.changed() => {}
+                Some((host, names, outcome)) = rx.recv() => st.apply(host, names, outcome, &current),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -286,7 +256,9 @@ impl State {
     fn sync(&mut self, config: &Config) {
         let now = SystemTime::now();
         let changed = match (&config.acme, &self.ctx) {
-            (Some(a), Some(ctx)) => ctx.accounts.config() != a || ctx.storage != config.storage,
+            (Some(a), Some(ctx)) => {
+                ctx.accounts.config() != a || ctx.layout.dir() != config.storage
+            }
             (Some(_), None) => true,
             (None, _) => {
                 self.ctx = None;
@@ -295,10 +267,11 @@ impl State {
         };
         if let (true, Some(a)) = (changed, &config.acme) {
             self.written = None;
+            let layout = Layout::new(&config.storage);
             self.ctx = Some(Arc::new(Ctx {
-                accounts: Arc::new(Accounts::new(a.clone(), &config.storage)),
+                accounts: Arc::new(Accounts::new(a.clone(), &layout)),
                 permits: Arc::new(Semaphore::new(a.concurrency)),
-                storage: config.storage.clone(),
+                layout,
             }));
             for slot in self.slots.values_mut() {
                 slot.recompute_threshold(config, now);
@@ -326,8 +299,8 @@ impl State {
                     slot.next = now;
                 }
                 None => {
-                    let store = self.edge.certs.store();
-                    let current = match load_existing(&config.storage, host) {
+                    let store = &self.certs;
+                    let current = match load_acme(&Layout::new(&config.storage), host) {
                         Some(c) => {
                             let cur = Current::of(&c);
                             store.install(name, names.clone(), c);
@@ -365,7 +338,7 @@ impl State {
                 no_replaces: slot.no_replaces,
             };
             let ctx = ctx.clone();
-            let challenges = self.edge.challenges.clone();
+            let challenges = self.challenges.clone();
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 let _permit = ctx.permits.clone().acquire_owned().await;
@@ -421,7 +394,7 @@ impl State {
                     .inc();
                 let cur = Current::of(&cert);
                 let not_after = cert.info.not_after;
-                self.edge.certs.store().install(&host, names, cert);
+                self.certs.install(&host, names, cert);
                 slot.current = Some(cur);
                 slot.failures = 0;
                 slot.last_error = None;
@@ -500,7 +473,7 @@ impl State {
         if self.written.as_ref() == Some(&file.hosts) {
             return;
         }
-        match file.write(&ctx.storage) {
+        match file.write(&ctx.layout) {
             Ok(()) => self.written = Some(file.hosts),
             Err(e) => tracing::warn!(error = %e, "cannot write the ACME status file"),
         }
@@ -582,11 +555,11 @@ async fn run_job(ctx: &Ctx, challenges: &ChallengeStore, job: &Job) -> Outcome {
         key_type: a.key_type,
         profile: a.profile.as_deref(),
         replaces,
-        storage: &ctx.storage,
+        layout: &ctx.layout,
     };
     let mut result = order::order(&account, challenges, &req).await;
     if let Err(f) = &result {
-        if f.account_gone {
+        if f.kind == FailureKind::AccountGone {
             ctx.accounts.forget(&account).await;
             result = match ctx.accounts.get().await {
                 Ok(fresh) => order::order(&fresh, challenges, &req).await,

@@ -1,7 +1,6 @@
 //! One ACME order for one host: HTTP-01 for every name, a fresh key, the chain checked against
 //! the key and the names, then written (key 0600) before anyone serves it.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use instant_acme::{
@@ -10,18 +9,11 @@ use instant_acme::{
 };
 
 use super::client::{describe_problem, Failure};
-use crate::config::{HostName, KeyType};
+use crate::config::KeyType;
 use crate::http01::ChallengeStore;
-use crate::storage;
-use crate::tls::{self, LoadedCert};
-
-/// Paths of an ACME host's chain and key in the storage directory.
-pub fn cert_paths(storage: &Path, host: &HostName) -> (PathBuf, PathBuf) {
-    (
-        storage.join(format!("{host}.cert.pem")),
-        storage.join(format!("{host}.key.pem")),
-    )
-}
+use crate::names::HostName;
+use crate::pem::{self, LoadedCert};
+use crate::storage::{self, Layout, PairPaths};
 
 /// Polling of the order while the CA validates and issues. It starts fast (a CA such as pebble
 /// answers within milliseconds) and slows down; the CA's Retry-After wins when it sends one.
@@ -59,7 +51,7 @@ pub struct OrderRequest<'a> {
     pub key_type: KeyType,
     pub profile: Option<&'a str>,
     pub replaces: Option<CertificateIdentifier<'static>>,
-    pub storage: &'a Path,
+    pub layout: &'a Layout,
 }
 
 /// Places the order and returns the certificate, already written to disk.
@@ -143,10 +135,13 @@ pub async fn order(
         .await
         .map_err(|e| Failure::from(e).context("certificate download"))?;
 
-    let (cert_path, key_path) = cert_paths(req.storage, req.host);
+    let PairPaths {
+        cert: cert_path,
+        key: key_path,
+    } = req.layout.acme_cert(req.host);
     let key_pem = key.serialize_pem();
     let loaded =
-        tls::key_pair_from_pem(chain.as_bytes(), &cert_path, key_pem.as_bytes(), &key_path)
+        pem::key_pair_from_pem(chain.as_bytes(), &cert_path, key_pem.as_bytes(), &key_path)
             .map_err(|e| Failure::new(format!("the CA's certificate is unusable: {e}")))?;
     let missing: Vec<&String> = req
         .names

@@ -2,35 +2,20 @@
 //! failure count, plus the status file the `certs` command reads.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RenewThreshold;
-use crate::storage;
+use crate::storage::{self, Layout};
+use crate::time::from_unix;
 
 /// Longest jitter before a renewal computed from the threshold.
 const MAX_RENEW_JITTER: Duration = Duration::from_secs(12 * 3600);
 /// A certificate that is due as soon as it is issued (a threshold longer than the CA's lifetime)
 /// is renewed again no sooner than this, so a misconfiguration cannot hammer the CA.
 pub const MIN_RENEW_SPACING: Duration = Duration::from_secs(3600);
-
-pub fn unix(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
-}
-
-pub fn from_unix(secs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    }
-}
 
 /// The moment the threshold says a certificate valid from `not_before` to `not_after` (Unix
 /// seconds) becomes due, without jitter.
@@ -105,25 +90,23 @@ pub struct StatusFile {
     pub hosts: BTreeMap<String, HostStatus>,
 }
 
-pub fn status_path(storage: &Path) -> PathBuf {
-    storage.join("acme-status.json")
-}
-
 impl StatusFile {
-    pub fn read(storage: &Path) -> Option<StatusFile> {
-        let bytes = std::fs::read(status_path(storage)).ok()?;
+    pub fn read(layout: &Layout) -> Option<Self> {
+        let bytes = std::fs::read(layout.acme_status()).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    pub fn write(&self, storage: &Path) -> Result<(), storage::StorageError> {
-        let json = serde_json::to_vec_pretty(self).expect("status serializes");
-        storage::write_atomic(&status_path(storage), &json, 0o644)
+    pub fn write(&self, layout: &Layout) -> Result<(), storage::StorageError> {
+        // Serializing plain integers, strings and maps cannot fail.
+        let json = serde_json::to_vec_pretty(self).unwrap_or_default();
+        storage::write_atomic(&layout.acme_status(), &json, 0o644)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::unix;
 
     const DAY: i64 = 86_400;
 

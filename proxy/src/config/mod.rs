@@ -3,9 +3,11 @@
 //! Every problem is reported with its key path and, where the YAML parser knows it, its line;
 //! all problems of a file are reported in one run, not just the first.
 
+mod acme;
 mod lines;
 mod model;
 mod raw;
+mod upstream;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
+pub use acme::*;
 pub use model::*;
+pub use upstream::*;
 
 /// One segment of a key path: a mapping key or a sequence index.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -123,7 +123,7 @@ fn https_upstream_material_is_checked_at_load_with_the_key_named() {
 
 #[test]
 fn pins_in_hex_with_colons_and_base64() {
-    use crate::upstream_tls::parse_pin;
+    use crate::config::parse_pin;
     let hex = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     let a = parse_pin(hex).unwrap();
     let colons: Vec<String> = hex
@@ -140,7 +140,7 @@ fn pins_in_hex_with_colons_and_base64() {
 
 #[test]
 fn tls_auto_is_acme_for_public_names_and_self_signed_for_local_ones() {
-    use crate::config::model::is_public_name;
+    use crate::names::is_public_name;
     for n in ["docs.example.com", "mcp.example.org", "a.b.co.uk"] {
         assert!(is_public_name(n), "{n}");
     }

@@ -1,5 +1,9 @@
 //! Files in the storage directory: written atomically (temp file, fsync, rename, fsync of the
-//! directory), private material with mode 0600.
+//! directory), private material with mode 0600. [`Layout`] names every one of them.
+
+mod layout;
+
+pub use layout::{Layout, PairPaths};
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;

@@ -5,18 +5,15 @@
 //! request the proxy opens it, routes to that replica and restores the backend's own id. A forged,
 //! tampered or foreign id does not open and is refused, never routed at random.
 
-use std::path::Path;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::storage::{self, StorageError};
+use crate::storage::{self, Layout, StorageError};
 
 const PREFIX: &str = "s1";
 const AAD: &[u8] = b"mcp-edge session v1";
-pub const KEY_FILE: &str = "session-seal.key";
 
 pub struct Sealer {
     key: LessSafeKey,
@@ -36,8 +33,8 @@ pub enum SealError {
 impl Sealer {
     /// Reads the sealing key from storage, creating it (0600) on first start, so sessions survive
     /// a restart and several proxies sharing the storage accept each other's ids.
-    pub fn load_or_create(storage_dir: &Path) -> Result<Sealer, SealError> {
-        let path = storage_dir.join(KEY_FILE);
+    pub fn load_or_create(layout: &Layout) -> Result<Self, SealError> {
+        let path = layout.seal_key();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(_) => {

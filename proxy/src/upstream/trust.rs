@@ -13,7 +13,6 @@
 //! - `ca`: standard WebPKI verification against those CAs only (names from the SAN, dates).
 //! - neither: the system's roots, standard verification.
 
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,20 +28,25 @@ use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::tls;
+use crate::config::{self, Trust};
+use crate::pem::{hex, sha256};
 
-/// The `upstream:` keys about TLS, as written (paths resolved).
-#[derive(Debug, Default)]
-pub struct Settings {
-    pub ca: Option<PathBuf>,
-    pub pins: Vec<String>,
-    pub server_name: Option<String>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
+/// Why the rustls client of an HTTPS upstream cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("the CA certificates in `ca` cannot be used: {0}")]
+    Ca(rustls::Error),
+    #[error("the system's roots cannot be used: {0}")]
+    SystemRoots(rustls::Error),
+    #[error("the client key cannot be used: {0}")]
+    ClientKey(rustls::Error),
+    #[error("TLS versions: {0}")]
+    Protocol(rustls::Error),
 }
 
 /// How one upstream's TLS connections are made and verified.
@@ -51,7 +55,8 @@ pub struct UpstreamTls {
     config: Arc<rustls::ClientConfig>,
     /// `pin`, `ca` or `system`.
     pub trust: &'static str,
-    /// Keeps pooled connections of different trust settings apart.
+    /// Keeps pooled connections of different trust apart: derived from the contents of the
+    /// trust (pins, CA and client certificates, key), not from file paths.
     pub group_key: u64,
 }
 
@@ -68,152 +73,48 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A pin as 32 bytes: hex (colons allowed) or base64.
-pub fn parse_pin(s: &str) -> Result<[u8; 32], String> {
-    use base64::Engine;
-    let t = s.trim();
-    let hex: String = t.chars().filter(|c| *c != ':').collect();
-    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        let mut out = [0u8; 32];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked hex");
-        }
-        return Ok(out);
-    }
-    let b64 = base64::engine::general_purpose::STANDARD
-        .decode(t)
-        .or_else(|_| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.trim_end_matches('='))
-        });
-    match b64 {
-        Ok(v) if v.len() == 32 => Ok(v.try_into().expect("checked length")),
-        _ => Err(format!(
-            "{t:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed, or base64 of 32 bytes)"
-        )),
-    }
-}
-
-pub fn sha256(der: &[u8]) -> [u8; 32] {
-    ring::digest::digest(&ring::digest::SHA256, der)
-        .as_ref()
-        .try_into()
-        .expect("SHA-256 is 32 bytes")
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl UpstreamTls {
-    /// Checks every file and value; errors are `(key, message)` for the config loader.
-    pub fn build(url_host: &str, s: &Settings) -> Result<UpstreamTls, Vec<(&'static str, String)>> {
-        let mut errors = Vec::new();
-        let name = s.server_name.as_deref().unwrap_or(url_host);
-        // Never empty: pingora's own connector would skip verification on an empty SNI.
-        let server_name = match ServerName::try_from(name.trim_matches(['[', ']']).to_string()) {
-            Ok(n) if !name.is_empty() => Some(n),
-            _ => {
-                errors.push((
-                    "server_name",
-                    format!("{name:?} is not a DNS name or IP address"),
-                ));
-                None
-            }
-        };
-        let mut pins = Vec::new();
-        for p in &s.pins {
-            match parse_pin(p) {
-                Ok(p) => pins.push(p),
-                Err(e) => errors.push(("pin_sha256", e)),
-            }
-        }
-        if !s.pins.is_empty() && s.ca.is_some() {
-            errors.push((
-                "pin_sha256",
-                "give either `ca` or `pin_sha256`, not both".to_string(),
-            ));
-        }
+    /// The rustls client for `settings` (read and checked by the configuration).
+    pub fn build(settings: &config::UpstreamTls) -> Result<Self, TrustError> {
         let provider = provider();
-        let verifier: Option<(Arc<dyn ServerCertVerifier>, &'static str)> = if !s.pins.is_empty() {
-            Some((
-                Arc::new(LeafVerifier {
-                    accept: Accept::Pins(pins.clone()),
-                    schemes: provider
-                        .signature_verification_algorithms
-                        .supported_schemes(),
-                }),
-                "pin",
-            ))
-        } else if let Some(ca) = &s.ca {
-            match tls::read_certificates(ca) {
-                Ok(certs) => {
-                    let mut roots = rustls::RootCertStore::empty();
-                    let mut bad = None;
-                    for c in certs {
-                        if let Err(e) = roots.add(c) {
-                            bad = Some(e);
-                        }
-                    }
-                    match bad {
-                        Some(e) => {
-                            errors.push(("ca", format!("{}: not a usable CA: {e}", ca.display())));
-                            None
-                        }
-                        None => rustls::client::WebPkiServerVerifier::builder_with_provider(
-                            Arc::new(roots),
-                            provider.clone(),
-                        )
-                        .build()
-                        .map_err(|e| errors.push(("ca", e.to_string())))
-                        .ok()
-                        .map(|v| (v as Arc<dyn ServerCertVerifier>, "ca")),
-                    }
+        let verifier: Arc<dyn ServerCertVerifier> = match &settings.trust {
+            Trust::Pins(pins) => Arc::new(LeafVerifier {
+                accept: Accept::Pins(pins.clone()),
+                schemes: provider
+                    .signature_verification_algorithms
+                    .supported_schemes(),
+            }),
+            Trust::Ca(certs) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs {
+                    roots.add(c.clone()).map_err(TrustError::Ca)?;
                 }
-                Err(e) => {
-                    errors.push(("ca", e.to_string()));
-                    None
-                }
+                rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| TrustError::Ca(rustls::Error::General(e.to_string())))?
             }
-        } else {
-            match rustls_platform_verifier::Verifier::new(provider.clone()) {
-                Ok(v) => Some((Arc::new(v) as Arc<dyn ServerCertVerifier>, "system")),
-                Err(e) => {
-                    errors.push(("ca", format!("the system's roots cannot be used: {e}")));
-                    None
-                }
-            }
+            Trust::System => Arc::new(
+                rustls_platform_verifier::Verifier::new(provider.clone())
+                    .map_err(TrustError::SystemRoots)?,
+            ),
         };
-        let client = match (&s.client_cert, &s.client_key) {
-            (None, None) => None,
-            (Some(_), None) => {
-                errors.push(("client_key", "client_cert needs client_key".to_string()));
-                None
+        let client = match &settings.client {
+            None => None,
+            Some(id) => {
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&id.key_pem)
+                    .map_err(|e| TrustError::ClientKey(rustls::Error::General(e.to_string())))?;
+                Some(Arc::new(
+                    CertifiedKey::from_der(id.chain.clone(), key, &provider)
+                        .map_err(TrustError::ClientKey)?,
+                ))
             }
-            (None, Some(_)) => {
-                errors.push(("client_cert", "client_key needs client_cert".to_string()));
-                None
-            }
-            (Some(cert), Some(key)) => match tls::load_key_pair(cert, key) {
-                Ok(c) => Some(c.certified),
-                Err(e) => {
-                    let key = if e.is_about_key() {
-                        "client_key"
-                    } else {
-                        "client_cert"
-                    };
-                    errors.push((key, e.to_string()));
-                    None
-                }
-            },
-        };
-        let (Some(server_name), Some((verifier, trust)), true) =
-            (server_name, verifier, errors.is_empty())
-        else {
-            return Err(errors);
         };
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| vec![("server_name", e.to_string())])?
+            .map_err(TrustError::Protocol)?
             .dangerous() // a verifier of ours: pins, the given CA, or the system's roots
             .with_custom_certificate_verifier(verifier);
         let mut config = match client {
@@ -221,17 +122,14 @@ impl UpstreamTls {
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let group_key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (name, trust, &pins, &s.ca, &s.client_cert, &s.client_key).hash(&mut h);
-            h.finish() | 1 // never 0, the key of plain upstreams
-        };
-        Ok(UpstreamTls {
-            server_name,
+        let fp = settings.fingerprint();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&fp[..8]);
+        Ok(Self {
+            server_name: settings.server_name.clone(),
             config: Arc::new(config),
-            trust,
-            group_key,
+            trust: settings.trust.kind(),
+            group_key: u64::from_be_bytes(first) | 1, // never 0, the key of plain upstreams
         })
     }
 
@@ -552,159 +450,41 @@ impl pingora::connectors::L4Connect for TlsConnect {
     }
 }
 
-/// A SAN entry as people write it: `example.com`, `192.168.1.20`, `::1`; others as x509-parser
-/// shows them.
-fn general_name(n: &x509_parser::extensions::GeneralName<'_>) -> String {
-    use x509_parser::extensions::GeneralName;
-    match n {
-        GeneralName::DNSName(d) => d.to_string(),
-        GeneralName::IPAddress(b) => match b.len() {
-            4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes")).to_string(),
-            16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes")).to_string(),
-            _ => format!("{n}"),
-        },
-        other => format!("{other}"),
-    }
+/// A client that accepts whatever chain a server presents and records it: for
+/// `mcp-edge upstream-cert`, which shows a certificate for a human to review and pin. Nothing is
+/// trusted or proxied on its word. The handshake signature is still checked against the leaf.
+pub struct ChainRecorder {
+    verifier: Arc<LeafVerifier>,
 }
 
-fn colon_hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// `mcp-edge upstream-cert`: connects to `url`, prints the presented chain and a YAML snippet
-/// that pins the leaf, with warnings for an expired leaf or one that does not name the host.
-pub async fn inspect(url: &str, server_name: Option<&str>) -> Result<String, String> {
-    use std::fmt::Write;
-    let u = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    if u.scheme() != "https" {
-        return Err(format!("{url}: expected an https:// URL"));
-    }
-    let host = match u.host() {
-        Some(url::Host::Ipv6(a)) => a.to_string(),
-        Some(h) => h.to_string(),
-        None => return Err(format!("{url}: no host")),
-    };
-    let port = u.port_or_known_default().unwrap_or(443);
-    let name = server_name.unwrap_or(&host);
-    let sni = ServerName::try_from(name.to_string())
-        .map_err(|_| format!("{name:?} is not a DNS name or IP address"))?;
-    let provider = provider();
-    let recorder = Arc::new(LeafVerifier {
-        accept: Accept::Record(Default::default()),
-        schemes: provider
-            .signature_verification_algorithms
-            .supported_schemes(),
-    });
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous() // inspection only: the chain is shown, not trusted
-        .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
-    let addr = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let connect = async {
-        let tcp = TcpStream::connect(&addr)
-            .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(sni, tcp)
-            .await
-            .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))
-    };
-    let tls = tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .map_err(|_| format!("{addr}: no TLS handshake within 10s"))??;
-    let version = tls.get_ref().1.protocol_version();
-    drop(tls);
-    let Accept::Record(recorded) = &recorder.accept else {
-        unreachable!("made as a recorder above")
-    };
-    let chain = recorded.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let leaf_der = chain.first().ok_or("the server presented no certificate")?;
-
-    let now = crate::certs::unix_now();
-    let mut out = String::new();
-    let mut warnings = Vec::new();
-    let _ = writeln!(out, "{url} ({version:?}, SNI {name})");
-    for (i, der) in chain.iter().enumerate() {
-        let (_, c) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| format!("certificate {i} cannot be parsed: {e}"))?;
-        let sans: Vec<String> = c
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|s| s.value.general_names.iter().map(general_name).collect())
-            .unwrap_or_default();
-        let ca = c
-            .basic_constraints()
-            .ok()
-            .flatten()
-            .is_some_and(|b| b.value.ca);
-        let self_signed = c.subject() == c.issuer();
-        let (nb, na) = (c.validity().not_before, c.validity().not_after);
-        let _ = writeln!(out, "\n[{i}] {}", if i == 0 { "leaf" } else { "chain" });
-        let _ = writeln!(out, "  subject:     {}", c.subject());
-        let _ = writeln!(
-            out,
-            "  SAN:         {}",
-            if sans.is_empty() {
-                "(none)".into()
-            } else {
-                sans.join(", ")
-            }
-        );
-        let _ = writeln!(out, "  issuer:      {}", c.issuer());
-        let _ = writeln!(out, "  valid:       {nb} to {na}");
-        let _ = writeln!(
-            out,
-            "  self-signed: {}{}",
-            if self_signed { "yes" } else { "no" },
-            if ca { " (CA:TRUE)" } else { "" }
-        );
-        let _ = writeln!(out, "  SHA-256:     {}", colon_hex(&sha256(der)));
-        if i == 0 {
-            if na.timestamp() <= now {
-                warnings.push(format!("the certificate EXPIRED on {na}"));
-            } else if nb.timestamp() > now {
-                warnings.push(format!("the certificate is not valid before {nb}"));
-            }
-            let cn: Vec<String> = c
-                .subject()
-                .iter_common_name()
-                .filter_map(|a| a.as_str().ok().map(str::to_string))
-                .collect();
-            let named = sans
-                .iter()
-                .chain(cn.iter())
-                .any(|n| n.eq_ignore_ascii_case(name.trim_matches(['[', ']'])));
-            if !named {
-                warnings.push(format!(
-                    "the certificate does not name {name} (SAN: {}; CN: {}): a pin still works, `ca:` would not",
-                    if sans.is_empty() { "none".into() } else { sans.join(", ") },
-                    if cn.is_empty() { "none".into() } else { cn.join(", ") }
-                ));
-            }
+impl Default for ChainRecorder {
+    fn default() -> Self {
+        Self {
+            verifier: Arc::new(LeafVerifier {
+                accept: Accept::Record(Default::default()),
+                schemes: provider()
+                    .signature_verification_algorithms
+                    .supported_schemes(),
+            }),
         }
     }
-    let _ = writeln!(out);
-    for w in &warnings {
-        let _ = writeln!(out, "WARNING: {w}");
+}
+
+impl ChainRecorder {
+    /// A rustls client that records into this recorder.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, rustls::Error> {
+        Ok(rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous() // inspection only: the chain is shown, not trusted
+            .with_custom_certificate_verifier(self.verifier.clone())
+            .with_no_client_auth())
     }
-    let _ = writeln!(
-        out,
-        "\n# Paste into the host's config after checking the fingerprint out of band:\nupstream:\n  urls: [\"https://{addr}\"]\n  pin_sha256: [\"{}\"]",
-        hex(&sha256(leaf_der))
-    );
-    if server_name.is_some() {
-        let _ = writeln!(out, "  server_name: {name}");
+
+    /// The chain presented, leaf first (DER).
+    pub fn chain(&self) -> Vec<Vec<u8>> {
+        match &self.verifier.accept {
+            Accept::Record(chain) => chain.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            Accept::Pins(_) => Vec::new(),
+        }
     }
-    Ok(out)
 }

@@ -1,0 +1,210 @@
+//! `acme:`: the CA, the account and when to renew.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+
+use super::model::{parse_duration, resolve_path};
+use super::raw::RawAcme;
+use super::{Collector, KeyPath};
+
+/// `acme:` validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeConfig {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub accept_terms: bool,
+    /// Extra roots trusted for the CA's own HTTPS (`directory_root`), as DER.
+    pub directory_root: Option<Vec<CertificateDer<'static>>>,
+    pub eab: Option<Eab>,
+    pub profile: Option<String>,
+    pub renew_when_remaining: RenewThreshold,
+    pub key_type: KeyType,
+    pub concurrency: usize,
+    /// Backoff after failed orders: first wait, doubled per failure up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+/// External Account Binding credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: Vec<u8>,
+}
+
+impl fmt::Debug for Eab {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// When to renew without an ARI window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RenewThreshold {
+    /// Share of the lifetime remaining, 0 < f < 1.
+    Fraction(f64),
+    /// Time remaining.
+    Remaining(Duration),
+}
+
+/// Key type of issued certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    EcdsaP256,
+    EcdsaP384,
+}
+
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeConfig {
+    let directory = match a.directory.as_deref().unwrap_or("letsencrypt") {
+        "letsencrypt" => LETSENCRYPT.to_string(),
+        "letsencrypt-staging" => LETSENCRYPT_STAGING.to_string(),
+        other => {
+            match url::Url::parse(other) {
+                Ok(u) if u.scheme() == "https" => {}
+                _ => c.err(
+                    &p.key("directory"),
+                    format!(
+                        "{other:?}: expected letsencrypt, letsencrypt-staging or an https:// URL"
+                    ),
+                ),
+            }
+            other.to_string()
+        }
+    };
+    let mut contact = Vec::new();
+    for (i, s) in a.contact.iter().enumerate() {
+        let s = s.trim();
+        let mail = s.strip_prefix("mailto:").unwrap_or(s);
+        if !mail.contains('@') || mail.starts_with('@') || mail.ends_with('@') {
+            c.err(
+                &p.key("contact").index(i),
+                format!("{s:?} is not an e-mail address"),
+            );
+        }
+        contact.push(format!("mailto:{mail}"));
+    }
+    let eab = a.eab.and_then(|e| {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(e.hmac_key.trim().trim_end_matches('='));
+        match key {
+            Ok(k) if !k.is_empty() => Some(Eab {
+                kid: e.kid,
+                hmac_key: k,
+            }),
+            _ => {
+                // Never echo the key itself.
+                c.err(&p.key("eab").key("hmac_key"), "not a base64url-encoded key");
+                None
+            }
+        }
+    });
+    let renew_when_remaining = match a.renew_when_remaining.as_deref() {
+        None => RenewThreshold::Fraction(1.0 / 3.0),
+        Some(s) => match s.trim().strip_suffix('%') {
+            Some(pct) => match pct.trim().parse::<f64>() {
+                Ok(v) if v > 0.0 && v < 100.0 => RenewThreshold::Fraction(v / 100.0),
+                _ => {
+                    c.err(
+                        &p.key("renew_when_remaining"),
+                        format!("{s:?}: a percentage must be between 0% and 100%"),
+                    );
+                    RenewThreshold::Fraction(1.0 / 3.0)
+                }
+            },
+            None => match parse_duration(s) {
+                Ok(d) => RenewThreshold::Remaining(d),
+                Err(e) => {
+                    c.err(
+                        &p.key("renew_when_remaining"),
+                        format!("{e}, or a share like 33%"),
+                    );
+                    RenewThreshold::Fraction(1.0 / 3.0)
+                }
+            },
+        },
+    };
+    let key_type = match a.key_type.as_deref() {
+        None | Some("ecdsa-p256") => KeyType::EcdsaP256,
+        Some("ecdsa-p384") => KeyType::EcdsaP384,
+        Some(other) => {
+            c.err(
+                &p.key("key_type"),
+                format!("{other:?}: expected ecdsa-p256 or ecdsa-p384"),
+            );
+            KeyType::EcdsaP256
+        }
+    };
+    let concurrency = match a.concurrency {
+        Some(0) => {
+            c.err(&p.key("concurrency"), "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => 4,
+    };
+    if let Some(profile) = &a.profile {
+        if profile.is_empty() {
+            c.err(&p.key("profile"), "must not be empty");
+        }
+    }
+    let mut duration = |key: &str, v: Option<&str>, default: Duration| match v.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            c.err(&p.key(key), "must be longer than 0s");
+            default
+        }
+        Some(Err(e)) => {
+            c.err(&p.key(key), e);
+            default
+        }
+    };
+    let retry_initial = duration(
+        "retry_initial",
+        a.retry_initial.as_deref(),
+        Duration::from_secs(120),
+    );
+    let retry_max = duration(
+        "retry_max",
+        a.retry_max.as_deref(),
+        Duration::from_secs(6 * 3600),
+    );
+    if retry_max < retry_initial {
+        c.err(
+            &p.key("retry_max"),
+            "must not be shorter than retry_initial",
+        );
+    }
+    let directory_root = a.directory_root.and_then(|r| {
+        match crate::pem::read_certificates(&resolve_path(base, &r)) {
+            Ok(certs) => Some(certs),
+            Err(e) => {
+                c.err(&p.key("directory_root"), e.to_string());
+                None
+            }
+        }
+    });
+    AcmeConfig {
+        directory,
+        contact,
+        accept_terms: a.accept_terms,
+        directory_root,
+        eab,
+        profile: a.profile,
+        renew_when_remaining,
+        key_type,
+        concurrency,
+        retry_initial,
+        retry_max,
+    }
+}

@@ -1,0 +1,99 @@
+//! The one snapshot in force: the configuration, the route table built from it and the
+//! certificates. Readers (the SNI resolver, the request path) load it once and see one
+//! consistent whole; a reload replaces it in one step, and a certificate source (ACME, a watched
+//! file) replaces only its certificate set, through the narrow [`CertStore`] handle.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::Config;
+use crate::names::HostName;
+use crate::pem::LoadedCert;
+use crate::routing::Table;
+use crate::tls::{CertSet, CertStore, Installed};
+
+/// Everything a handshake or a request reads, as of one moment.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub table: Arc<Table>,
+    pub certs: Arc<CertSet>,
+}
+
+/// The live snapshot.
+pub struct Live {
+    snap: ArcSwap<Snapshot>,
+}
+
+impl Live {
+    pub fn new(snapshot: Snapshot) -> Self {
+        snapshot.certs.publish_metrics(&CertSet::default());
+        Self {
+            snap: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    /// The snapshot in force.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snap.load_full()
+    }
+
+    /// Replaces the configuration and the route table, and the certificates with what
+    /// `certs` makes of the certificates in force, in one step. `certs` may run more than
+    /// once (when a certificate source changed the set meanwhile), so nothing installed by a
+    /// source in between is lost.
+    pub fn replace(
+        &self,
+        config: Arc<Config>,
+        table: Arc<Table>,
+        certs: impl Fn(&CertSet) -> CertSet,
+    ) {
+        let old = self.snap.rcu(|cur| Snapshot {
+            config: config.clone(),
+            table: table.clone(),
+            certs: Arc::new(certs(&cur.certs)),
+        });
+        self.load().certs.publish_metrics(&old.certs);
+    }
+
+    fn update_certs(&self, f: impl Fn(&CertSet) -> CertSet) {
+        let old = self.snap.rcu(|cur| Snapshot {
+            config: cur.config.clone(),
+            table: cur.table.clone(),
+            certs: Arc::new(f(&cur.certs)),
+        });
+        self.load().certs.publish_metrics(&old.certs);
+    }
+}
+
+impl CertStore for Live {
+    fn install(&self, host: &HostName, names: Vec<String>, cert: LoadedCert) {
+        self.update_certs(|set| set.with(host, names.clone(), cert.clone()));
+    }
+
+    fn remove(&self, host: &HostName) {
+        self.update_certs(|set| set.without(host));
+    }
+
+    fn get(&self, host: &HostName) -> Option<Arc<Installed>> {
+        self.snap.load().certs.for_host(host).cloned()
+    }
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("certs", &self.snap.load().certs)
+            .finish()
+    }
+}
+
+/// rustls asks on every handshake: the certificate for the ClientHello's SNI in the snapshot
+/// in force.
+impl ResolvesServerCert for Live {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.snap.load().certs.resolve(hello.server_name())
+    }
+}

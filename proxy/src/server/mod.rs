@@ -1,0 +1,210 @@
+//! Assembly: the listeners, the services and the live snapshot they share, built from a
+//! configuration; reloading it while it runs is `reload`.
+
+mod reload;
+
+pub use reload::{ReloadError, Reloader};
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TlsAccept};
+use pingora::protocols::tls::TlsRef;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use tokio::sync::watch;
+
+use crate::admin::Admin;
+use crate::certs::{self, CertError, FileWatch};
+use crate::config::{self, Config, ConfigErrors};
+use crate::http01::ChallengeStore;
+use crate::live::{Live, Snapshot};
+use crate::proxy::{EdgeProxy, TlsInfo};
+use crate::routing::{RouteError, Table};
+use crate::storage::{self, Layout};
+use crate::tls::CertStore;
+use crate::upstream::affinity::{SealError, Sealer};
+use crate::{acme, metrics};
+use reload::{join, ReloadService};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("cannot listen on {addr} (listen.{which}): {source}")]
+    Bind {
+        which: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS listener: {0}")]
+    Tls(#[source] Box<pingora::Error>),
+    #[error("certificates: {}", join(.0))]
+    Certs(Vec<CertError>),
+    #[error("upstreams: {}", join(.0))]
+    Routes(Vec<RouteError>),
+}
+
+/// Checks that each listen address can be bound, so a busy port stops the process at once with
+/// a clear message (pingora would retry, then leave a half-dead process).
+fn check_bind(config: &Config) -> Result<(), StartError> {
+    let l = &config.listen;
+    for (which, addr) in [("http", l.http), ("https", l.https), ("metrics", l.metrics)] {
+        TcpListener::bind(addr).map_err(|source| StartError::Bind {
+            which,
+            addr,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// What the listeners and services share, built from a configuration: the live snapshot and
+/// the stores each of them gets a handle to.
+pub struct Parts {
+    pub live: Arc<Live>,
+    pub files: Arc<FileWatch>,
+    pub challenges: Arc<ChallengeStore>,
+    pub sealer: Arc<Sealer>,
+}
+
+/// Builds everything `config` needs before a port is bound: storage checked, sealing key
+/// loaded, certificates prepared, route table with its upstream connectors.
+pub fn build(config: Config) -> Result<Parts, StartError> {
+    let layout = Layout::new(&config.storage);
+    storage::ensure_writable(layout.dir())?;
+    let sealer = Sealer::load_or_create(&layout)?;
+    let prepared = certs::prepare(&config).map_err(StartError::Certs)?;
+    let table = Table::build(&config).map_err(StartError::Routes)?;
+    let files = Arc::new(FileWatch::default());
+    files.follow(&prepared);
+    let live = Arc::new(Live::new(Snapshot {
+        config: Arc::new(config),
+        table: Arc::new(table),
+        certs: Arc::new(prepared.apply(&Default::default())),
+    }));
+    Ok(Parts {
+        live,
+        files,
+        challenges: Arc::new(ChallengeStore::default()),
+        sealer: Arc::new(sealer),
+    })
+}
+
+/// Loads `path`, binds every listener and serves until SIGTERM/SIGINT. Returns only on a
+/// start-up error; on shutdown the process exits.
+pub fn run(path: &Path) -> Result<(), StartError> {
+    let config = config::load(path)?;
+    check_bind(&config)?;
+    let listen = config.listen.clone();
+    let grace = config.shutdown_grace;
+    let threads = config.threads;
+    let parts = build(config)?;
+    let config_now = parts.live.load().config.clone();
+
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 256,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgeProxy {
+            live: parts.live.clone(),
+            challenges: parts.challenges.clone(),
+            sealer: parts.sealer.clone(),
+        },
+        "mcp-edge proxy",
+    );
+    // No L4 read buffer under the client connections: pingora's default is 64 KiB per
+    // connection, zero-filled and so resident, and rustls (or the HTTP parser) reads into its
+    // own buffers anyway. An idle SSE stream costs ~65 KB less (BENCHMARKS.md).
+    let l4 = L4BufferSettings::default().read(0);
+    proxy.add_listener(ListenerConfig::tcp(listen.http.to_string()).l4_buffer(l4));
+    let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeHook {
+        live: parts.live.clone(),
+    }))
+    .map_err(StartError::Tls)?;
+    tls.set_cert_resolver(parts.live.clone());
+    tls.enable_h2();
+    proxy.add_listener(
+        ListenerConfig::tcp(listen.https.to_string())
+            .tls(tls)
+            .l4_buffer(l4),
+    );
+
+    let mut admin = Service::new(
+        "mcp-edge admin".to_string(),
+        pingora::apps::http_app::HttpServer::new_app(Admin {
+            listen: listen.clone(),
+        }),
+    );
+    admin.add_tcp(&listen.metrics.to_string());
+
+    let (config_tx, config_rx) = watch::channel(config_now);
+    let reloader = background_service(
+        "mcp-edge reload",
+        ReloadService(Arc::new(Reloader {
+            live: parts.live.clone(),
+            files: parts.files.clone(),
+            config_tx,
+            path: path.to_path_buf(),
+        })),
+    );
+
+    let acme = background_service(
+        "mcp-edge acme",
+        acme::AcmeManager {
+            certs: parts.live.clone() as Arc<dyn CertStore>,
+            challenges: parts.challenges.clone(),
+            config: config_rx,
+        },
+    );
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(reloader);
+    server.add_service(acme);
+    tracing::info!(http = %listen.http, https = %listen.https, metrics = %listen.metrics, "mcp-edge started");
+    server.run_forever()
+}
+
+/// Records the SNI of each TLS connection (for the Host/SNI check) and counts handshakes.
+struct HandshakeHook {
+    live: Arc<Live>,
+}
+
+#[async_trait]
+impl TlsAccept for HandshakeHook {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let sni = tls.server_name().map(|s| s.to_ascii_lowercase());
+        let snap = self.live.load();
+        let host = sni
+            .as_deref()
+            .and_then(|s| snap.table.host(s))
+            .map_or(metrics::UNKNOWN_HOST, |e| e.host.name.as_str());
+        metrics::get()
+            .tls_handshakes
+            .with_label_values(&[host])
+            .inc();
+        Some(Arc::new(TlsInfo { sni }))
+    }
+}
