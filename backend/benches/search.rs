@@ -6,6 +6,7 @@
 //! text: a few words everywhere, most words rare), 400 words each, with a title of 3-6 words.
 //! Queries are 1-3 words drawn the same way. Prints build time and p50/p90/p99/max latency of
 //! the search call the `search_docs` tool makes (query parse, BM25 top-10, snippets).
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

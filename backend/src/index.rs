@@ -43,7 +43,7 @@ pub struct Docs {
 }
 
 impl Docs {
-    pub fn build(corpus: Corpus) -> anyhow::Result<Docs> {
+    pub fn build(corpus: Corpus) -> anyhow::Result<Self> {
         let mut sb = Schema::builder();
         let stemmed = TextOptions::default().set_stored().set_indexing_options(
             TextFieldIndexing::default()
@@ -66,7 +66,7 @@ impl Docs {
         let reader = index.reader()?;
         let mut parser = QueryParser::for_index(&index, vec![f_title, f_body]);
         parser.set_field_boost(f_title, 3.0);
-        Ok(Docs {
+        Ok(Self {
             pages: corpus.pages,
             reader,
             parser,

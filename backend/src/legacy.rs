@@ -34,8 +34,8 @@ pub struct Legacy {
 }
 
 impl Legacy {
-    pub fn new(server: DocsServer, keep_alive: Duration, shutdown: CancellationToken) -> Legacy {
-        Legacy {
+    pub fn new(server: DocsServer, keep_alive: Duration, shutdown: CancellationToken) -> Self {
+        Self {
             server,
             sessions: Default::default(),
             keep_alive,

@@ -30,7 +30,7 @@ path you relied on.";
 #[derive(Clone)]
 pub struct DocsServer {
     docs: Arc<ArcSwap<Docs>>,
-    tool_router: ToolRouter<DocsServer>,
+    tool_router: ToolRouter<Self>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -85,8 +85,8 @@ fn outside_corpus(path: &str) -> bool {
 
 #[tool_router]
 impl DocsServer {
-    pub fn new(docs: Arc<ArcSwap<Docs>>) -> DocsServer {
-        DocsServer {
+    pub fn new(docs: Arc<ArcSwap<Docs>>) -> Self {
+        Self {
             docs,
             tool_router: Self::tool_router(),
         }

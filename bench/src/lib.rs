@@ -1,1 +1,2 @@
 //! Benchmark helpers live in src/bin; bench/run orchestrates them.
+#![forbid(unsafe_code)]

@@ -115,8 +115,8 @@ pub fn load_acme(layout: &Layout, host: &Host) -> Option<LoadedCert> {
 struct Stamp(Option<(SystemTime, u64)>);
 
 impl Stamp {
-    fn of(p: &Path) -> Stamp {
-        Stamp(
+    fn of(p: &Path) -> Self {
+        Self(
             std::fs::metadata(p)
                 .ok()
                 .and_then(|m| Some((m.modified().ok()?, m.len()))),

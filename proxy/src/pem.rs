@@ -35,8 +35,8 @@ impl KeyPairError {
     /// Whether the problem is in the key file (else the certificate file).
     pub fn is_about_key(&self) -> bool {
         match self {
-            KeyPairError::Read { is_key, .. } => *is_key,
-            KeyPairError::NoKey { .. } | KeyPairError::BadKey { .. } => true,
+            Self::Read { is_key, .. } => *is_key,
+            Self::NoKey { .. } | Self::BadKey { .. } => true,
             _ => false,
         }
     }

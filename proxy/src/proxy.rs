@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType};
+use pingora::{Error, ErrorSource};
 
 use crate::config::{normalize_origin, TlsSource};
 use crate::http01::{ChallengeStore, CHALLENGE_PREFIX};
@@ -175,24 +175,15 @@ fn upstream_reason(e: &Error) -> &'static str {
         return r;
     }
     match e.etype() {
-        ErrorType::Custom(reason) => reason,
-        ErrorType::ConnectTimedout => "connect_timeout",
-        ErrorType::ConnectRefused => "connect_refused",
-        ErrorType::ConnectNoRoute | ErrorType::ConnectError | ErrorType::SocketError => {
-            "connect_error"
-        }
-        ErrorType::ReadTimedout => "read_timeout",
-        ErrorType::WriteTimedout => "write_timeout",
-        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
-            "connection_closed"
-        }
-        ErrorType::InvalidHTTPHeader
-        | ErrorType::H1Error
-        | ErrorType::H2Error
-        | ErrorType::InvalidH2 => "protocol_error",
-        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
-            "tls"
-        }
+        Custom(reason) => reason,
+        ConnectTimedout => "connect_timeout",
+        ConnectRefused => "connect_refused",
+        ConnectNoRoute | ConnectError | SocketError => "connect_error",
+        ReadTimedout => "read_timeout",
+        WriteTimedout => "write_timeout",
+        ConnectionClosed | ReadError | WriteError => "connection_closed",
+        InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => "protocol_error",
+        TLSHandshakeFailure | InvalidCert | HandshakeError => "tls",
         _ => "other",
     }
 }
@@ -370,18 +361,12 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(pool) = ctx.pool.clone() else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no upstream selected",
-            ));
+            return Err(Error::explain(InternalError, "no upstream selected"));
         };
         let i = *ctx.replica.get_or_insert_with(|| pool.next_replica());
         let addr = pool.address(i).await.map_err(|e| {
-            let mut err = Error::because(
-                ErrorType::Custom("dns"),
-                format!("resolving {}", pool.url(i).host),
-                e,
-            );
+            let mut err =
+                Error::because(Custom("dns"), format!("resolving {}", pool.url(i).host), e);
             err.as_up();
             err
         })?;
@@ -429,9 +414,9 @@ impl ProxyHttp for EdgeProxy {
                 let uri = &req.uri;
                 let query = affinity::replace_query_session(uri.query().unwrap_or(""), key, &value);
                 let new = format!("{}?{query}", uri.path());
-                let uri = new.parse::<http::Uri>().map_err(|e| {
-                    Error::because(ErrorType::InternalError, "rewriting session id", e)
-                })?;
+                let uri = new
+                    .parse::<http::Uri>()
+                    .map_err(|e| Error::because(InternalError, "rewriting session id", e))?;
                 req.set_uri(uri);
             }
             None => {}
@@ -481,14 +466,14 @@ impl ProxyHttp for EdgeProxy {
                     .get(SESSION_HEADER)
                     .and_then(|v| v.to_str().ok())
                 {
-                    let sealed = self.sealer.seal(&replica, id).ok_or_else(|| {
-                        Error::explain(ErrorType::InternalError, "sealing session id")
-                    })?;
+                    let sealed = self
+                        .sealer
+                        .seal(&replica, id)
+                        .ok_or_else(|| Error::explain(InternalError, "sealing session id"))?;
                     resp.insert_header(
                         SESSION_HEADER,
-                        HeaderValue::from_str(&sealed).map_err(|e| {
-                            Error::because(ErrorType::InternalError, "session header", e)
-                        })?,
+                        HeaderValue::from_str(&sealed)
+                            .map_err(|e| Error::because(InternalError, "session header", e))?,
                     )?;
                 }
                 let legacy_stream = is_stream
@@ -576,14 +561,14 @@ impl ProxyHttp for EdgeProxy {
         _ctx: &mut Ctx,
     ) -> pingora::proxy::FailToProxy {
         let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
+            HTTPStatus(code) => *code,
             _ => match e.esource() {
                 ErrorSource::Upstream => match e.etype() {
-                    ErrorType::ConnectTimedout | ErrorType::ReadTimedout => 504,
+                    ConnectTimedout | ReadTimedout => 504,
                     _ => 502,
                 },
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    WriteError | ReadError | ConnectionClosed => 0,
                     _ => 400,
                 },
                 _ => 500,

@@ -1,6 +1,7 @@
 //! Test harness: the real `mcp-edge` binary on ephemeral loopback ports, certificates made at
 //! test time, a real HTTP upstream, real TLS clients. Every child process is killed on drop;
 //! every test has its own directory.
+#![forbid(unsafe_code)]
 
 pub mod pebble;
 pub mod tls_front;
@@ -100,7 +101,7 @@ pub struct TestCa {
 }
 
 impl TestCa {
-    pub fn new(name: &str) -> TestCa {
+    pub fn new(name: &str) -> Self {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -108,7 +109,7 @@ impl TestCa {
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
         let cert = params.self_signed(&key).unwrap();
-        TestCa {
+        Self {
             cert,
             issuer: rcgen::Issuer::new(params, key),
         }
@@ -173,8 +174,8 @@ pub struct Ports {
 }
 
 impl Ports {
-    pub fn new() -> Ports {
-        Ports {
+    pub fn new() -> Self {
+        Self {
             http: free_port(),
             https: free_port(),
             metrics: free_port(),
@@ -190,14 +191,14 @@ impl Ports {
 
 impl Default for Ports {
     fn default() -> Self {
-        Ports::new()
+        Self::new()
     }
 }
 
 impl Edge {
     /// Writes `config` (YAML, listen block included) to `dir/edge.yaml` and starts the proxy,
     /// waiting until `/readyz` says every listener is bound.
-    pub async fn start(dir: &Path, ports: &Ports, config: &str) -> Edge {
+    pub async fn start(dir: &Path, ports: &Ports, config: &str) -> Self {
         install_crypto();
         let config_path = dir.join("edge.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -210,7 +211,7 @@ impl Edge {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start mcp-edge");
-        let mut edge = Edge {
+        let mut edge = Self {
             child,
             dir: dir.to_path_buf(),
             config_path,
@@ -273,9 +274,16 @@ impl Edge {
             .unwrap()
     }
 
-    /// The value of the sample whose line starts with `prefix` (name and labels), or 0.
+    /// The sum of the samples whose line starts with `prefix` (name and labels). A metric that
+    /// is not exported fails the test: it is never read as 0.
     pub async fn metric(&self, prefix: &str) -> f64 {
         metric_value(&self.metrics_text().await, prefix)
+    }
+
+    /// Like [`Edge::metric`], but `None` while no sample matches (for waiting on a metric that
+    /// appears later, or to show that something never happened).
+    pub async fn try_metric(&self, prefix: &str) -> Option<f64> {
+        try_metric_value(&self.metrics_text().await, prefix)
     }
 
     /// An HTTPS client trusting `roots`, resolving every name in `names` to this proxy.
@@ -302,11 +310,32 @@ impl Drop for Edge {
     }
 }
 
+/// The sum of the samples in `text` whose line starts with `prefix`; panics when none does.
 pub fn metric_value(text: &str, prefix: &str) -> f64 {
-    text.lines()
+    try_metric_value(text, prefix).unwrap_or_else(|| {
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        names.dedup();
+        panic!("no metric sample starts with {prefix}; exported: {names:?}")
+    })
+}
+
+/// The sum of the samples in `text` whose line starts with `prefix`, or `None` when none does.
+pub fn try_metric_value(text: &str, prefix: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("unparsable sample: {l}"))
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 pub fn https_client(
@@ -415,8 +444,8 @@ pub struct SseReader {
 }
 
 impl SseReader {
-    pub fn new(resp: reqwest::Response) -> SseReader {
-        SseReader {
+    pub fn new(resp: reqwest::Response) -> Self {
+        Self {
             resp,
             buf: String::new(),
         }
@@ -509,7 +538,7 @@ pub struct DocsServer {
 impl DocsServer {
     /// Starts `mcp-docs --docs <corpus>` on a free port with `extra` arguments and waits for
     /// `/healthz`.
-    pub async fn start(dir: &Path, corpus: &Path, extra: &[&str]) -> DocsServer {
+    pub async fn start(dir: &Path, corpus: &Path, extra: &[&str]) -> Self {
         install_crypto();
         let port = free_port();
         let log = dir.join(format!("mcp-docs-{port}.log"));
@@ -521,7 +550,7 @@ impl DocsServer {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start mcp-docs");
-        let mut s = DocsServer {
+        let mut s = Self {
             child,
             addr: ([127, 0, 0, 1], port).into(),
             log,

@@ -24,7 +24,7 @@ pub struct Pebble {
 
 impl Pebble {
     /// Prepares pebble's configuration in `dir` (nothing is started yet).
-    pub fn new(dir: &Path, http_port: u16) -> Pebble {
+    pub fn new(dir: &Path, http_port: u16) -> Self {
         let dir = dir.join("pebble");
         std::fs::create_dir_all(&dir).unwrap();
         let listener_ca = TestCa::new("pebble listener test CA");
@@ -32,7 +32,7 @@ impl Pebble {
         std::fs::write(dir.join("listener.pem"), cert).unwrap();
         std::fs::write(dir.join("listener.key"), key).unwrap();
         std::fs::write(dir.join("listener-ca.pem"), listener_ca.pem()).unwrap();
-        let p = Pebble {
+        let p = Self {
             port: free_port(),
             mgmt_port: free_port(),
             dns_port: free_port(),

@@ -70,7 +70,7 @@ impl TlsFront {
         key_pem: &str,
         client_ca: Option<&str>,
         backend: SocketAddr,
-    ) -> TlsFront {
+    ) -> Self {
         let config = Arc::new(Mutex::new(server_config(cert_pem, key_pem, client_ca)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -97,7 +97,7 @@ impl TlsFront {
                 });
             }
         });
-        TlsFront {
+        Self {
             addr,
             config,
             client_ca: client_ca.map(str::to_string),

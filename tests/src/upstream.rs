@@ -32,7 +32,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub async fn start(replica: &str) -> Upstream {
+    pub async fn start(replica: &str) -> Self {
         let st = St {
             replica: replica.to_string(),
             sessions: Arc::default(),
@@ -53,7 +53,7 @@ impl Upstream {
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Upstream {
+        Self {
             addr,
             replica: replica.to_string(),
             open_streams,

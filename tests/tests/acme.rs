@@ -1,4 +1,5 @@
 //! ACME end to end: the real binary against pebble with real HTTP-01 validation.
+#![forbid(unsafe_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -18,12 +19,12 @@ struct Setup {
 }
 
 impl Setup {
-    async fn new() -> Setup {
+    async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports = Ports::new();
         let pebble = Pebble::new(dir.path(), ports.http);
         let up = Upstream::start("r1").await;
-        Setup {
+        Self {
             dir,
             ports,
             pebble,
@@ -96,7 +97,7 @@ fn leaf_names(der: &[u8]) -> Vec<String> {
 /// Waits until the metric sample `name` satisfies `ok`.
 async fn wait_metric(edge: &Edge, name: &str, secs: u64, what: &str, ok: impl Fn(f64) -> bool) {
     wait_for(Duration::from_secs(secs), what, || async {
-        ok(edge.metric(name).await).then_some(())
+        edge.try_metric(name).await.filter(|v| ok(*v)).map(|_| ())
     })
     .await;
 }
@@ -215,24 +216,27 @@ async fn issues_per_host_serves_by_sni_and_a_restart_reuses_the_certificates() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as f64;
-    wait_metric(
-        &edge,
-        "mcp_edge_certificate_next_renewal_seconds{host=\"a.test\"}",
-        10,
-        "a.test's renewal planned",
-        |v| v > in_a_year,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for host in ["a.test", "b.test"] {
+        wait_metric(
+            &edge,
+            &format!("mcp_edge_certificate_next_renewal_seconds{{host=\"{host}\"}}"),
+            10,
+            "the renewal planned",
+            |v| v > in_a_year,
+        )
+        .await;
+    }
+    // The plan is published after the manager's look at the certificate has completed, and an
+    // order would have been counted before it: none was.
     let metrics = edge.metrics_text().await;
     assert_eq!(
-        metric_value(&metrics, "mcp_edge_acme_orders_total{host=\"a.test\""),
-        0.0,
+        try_metric_value(&metrics, "mcp_edge_acme_orders_total{host=\"a.test\""),
+        None,
         "{metrics}"
     );
     assert_eq!(
-        metric_value(&metrics, "mcp_edge_acme_orders_total{host=\"b.test\""),
-        0.0
+        try_metric_value(&metrics, "mcp_edge_acme_orders_total{host=\"b.test\""),
+        None
     );
     let log = edge.log();
     assert!(!log.contains("ordering certificate host=a.test"), "{log}");
@@ -277,7 +281,11 @@ async fn forced_renewal_swaps_the_certificate_without_failing_a_request_or_a_str
     };
 
     // Renewal forced by configuration: a threshold longer than the whole lifetime.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(Duration::from_secs(10), "requests flowing", || {
+        let ok = ok.clone();
+        async move { (ok.load(Ordering::SeqCst) >= 3).then_some(()) }
+    })
+    .await;
     std::fs::write(
         &edge.config_path,
         s.config(&["a.test"], "  renew_when_remaining: 3650d\n"),
@@ -294,7 +302,13 @@ async fn forced_renewal_swaps_the_certificate_without_failing_a_request_or_a_str
     })
     .await;
     assert_eq!(leaf_names(&second), vec!["a.test"]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Requests go on after the swap.
+    let after_swap = ok.load(Ordering::SeqCst);
+    wait_for(Duration::from_secs(10), "requests after the swap", || {
+        let ok = ok.clone();
+        async move { (ok.load(Ordering::SeqCst) >= after_swap + 3).then_some(()) }
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     looping.await.unwrap();
     assert_eq!(
@@ -309,8 +323,19 @@ async fn forced_renewal_swaps_the_certificate_without_failing_a_request_or_a_str
             .expect("the stream outlives the swap");
     }
 
-    // Due again at once under that threshold: not re-ordered in a loop.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Due again at once under that threshold: not re-ordered in a loop, but planned an hour on.
+    let in_half_an_hour = (std::time::SystemTime::now() + Duration::from_secs(1800))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    wait_metric(
+        &edge,
+        "mcp_edge_certificate_next_renewal_seconds{host=\"a.test\"}",
+        10,
+        "the next renewal planned an hour on",
+        |v| v > in_half_an_hour,
+    )
+    .await;
     assert_eq!(
         edge.metric("mcp_edge_acme_orders_total{host=\"a.test\",result=\"ok\"}")
             .await,

@@ -4,6 +4,7 @@
 //! runtime stage (`BINARIES=prebuilt`); an override file changes only which image each service
 //! runs. Then: the official MCP Python SDK over https through the proxy on both transports, the
 //! certificate surviving `down`/`up`, and the acme-demo profile serving a pebble certificate.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,5 +1,6 @@
 //! The documentation MCP server with the official MCP Python SDK as the client: directly, and
 //! through mcp-edge over TLS, on both transports.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! The edge proxy end to end: the real binary, real TLS handshakes, a real upstream.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -634,7 +635,11 @@ async fn certificate_replaced_on_disk_is_served_to_new_handshakes_while_a_stream
     }
     // A bad key on disk keeps the current certificate.
     std::fs::write(t.edge.dir.join("a.key"), "not a key").unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_for(Duration::from_secs(10), "the bad key noticed", || {
+        let log = t.edge.log();
+        async move { log.contains("cannot be used").then_some(()) }
+    })
+    .await;
     let (leaf, _, _) = t
         .edge
         .handshake(Some("a.test"), t.ca.root_store(), &[])
@@ -669,8 +674,8 @@ async fn reload_swaps_routes_keeps_streams_and_refuses_a_bad_config() {
     wait_for(Duration::from_secs(10), "the refused reload", || {
         let e = &t.edge;
         async move {
-            (e.metric("mcp_edge_config_reloads_total{result=\"error\"}")
-                .await
+            (e.try_metric("mcp_edge_config_reloads_total{result=\"error\"}")
+                .await?
                 >= 1.0)
                 .then_some(())
         }
@@ -797,7 +802,7 @@ async fn metrics_count_what_happened() {
     wait_for(Duration::from_secs(5), "the upstream error counted", || {
         let e = &e;
         async move {
-            (e.metric("mcp_edge_upstream_errors_total{host=\"plain.test\",reason=\"connect_refused\",route=\"/\"}").await == 1.0).then_some(())
+            (e.try_metric("mcp_edge_upstream_errors_total{host=\"plain.test\",reason=\"connect_refused\",route=\"/\"}").await? == 1.0).then_some(())
         }
     })
     .await;

@@ -1,5 +1,6 @@
 //! HTTPS upstreams end to end: real TLS upstreams with certificates made at test time (by the
 //! `openssl` command line where the issue is what openssl makes), the real proxy in front.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -93,7 +94,7 @@ fn openssl_v1_rsa(dir: &Path, name: &str, cn: &str) -> (String, String) {
 }
 
 fn pin_of(cert_pem: &str) -> String {
-    mcp_edge_tests::upstream::hex_sha256(&pem_to_der(cert_pem))
+    upstream::hex_sha256(&pem_to_der(cert_pem))
 }
 
 struct Case {
@@ -128,8 +129,8 @@ async fn get(edge: &Edge, host: &str, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn reason_count(edge: &Edge, host: &str, reason: &str) -> f64 {
-    edge.metric(&format!(
+async fn reason_count(edge: &Edge, host: &str, reason: &str) -> Option<f64> {
+    edge.try_metric(&format!(
         "mcp_edge_upstream_errors_total{{host=\"{host}\",reason=\"{reason}\""
     ))
     .await
@@ -235,7 +236,7 @@ async fn pins_ca_and_client_certificates_decide_who_is_trusted() {
         assert_eq!(r.status(), 502, "{host}");
         // Counted when the request is logged, just after the response went out.
         wait_for(Duration::from_secs(5), reason, || async {
-            (reason_count(&edge, host, reason).await >= 1.0).then_some(())
+            (reason_count(&edge, host, reason).await? >= 1.0).then_some(())
         })
         .await;
     }
@@ -370,6 +371,68 @@ async fn pinned_upstream_reuses_connections() {
             "{host}: {concurrent} handshakes for 5 rounds of 4 concurrent requests"
         );
     }
+}
+
+/// Pooled upstream connections are keyed by the contents of the trust they were made under,
+/// not by file paths: after `ca.pem` is replaced in place and the configuration reloaded, the
+/// connection verified under the old CA is not reused (the request fails the new trust), while
+/// a reload that leaves the trust as it was keeps reusing it.
+#[tokio::test]
+async fn a_reload_that_changes_the_ca_file_in_place_never_reuses_old_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let up = Upstream::start("r1").await;
+    let ca = TestCa::new("internal CA");
+    let other = TestCa::new("another CA");
+    let (leaf, leaf_key) = ca.leaf(&["127.0.0.1"]);
+    let front = TlsFront::start(&leaf, &leaf_key, None, up.addr).await;
+    let ca_file = write(d, "ca.pem", &ca.pem());
+    let cases = [Case {
+        name: "ca.test",
+        upstream_yaml: format!("      urls: [{}]\n      ca: {ca_file}\n", front.url()),
+    }];
+    let (edge, _) = edge_with(d, &cases).await;
+    let reloads = |n: f64| {
+        let edge = &edge;
+        async move {
+            wait_for(Duration::from_secs(10), "the reload", || async move {
+                (edge
+                    .try_metric("mcp_edge_config_reloads_total{result=\"ok\"}")
+                    .await?
+                    >= n)
+                    .then_some(())
+            })
+            .await
+        }
+    };
+
+    assert_eq!(get(&edge, "ca.test", "/a").await.status(), 200);
+    assert_eq!(front.handshakes(), 1);
+
+    // Accept twin: the same trust after a reload reuses the pooled connection.
+    edge.sighup();
+    reloads(1.0).await;
+    assert_eq!(get(&edge, "ca.test", "/b").await.status(), 200);
+    assert_eq!(
+        front.handshakes(),
+        1,
+        "same trust: the pooled connection is reused"
+    );
+
+    // Reject: another CA in the same file. The old connection must not carry the request.
+    std::fs::write(d.join("ca.pem"), other.pem()).unwrap();
+    edge.sighup();
+    reloads(2.0).await;
+    let r = get(&edge, "ca.test", "/c").await;
+    assert_eq!(
+        r.status(),
+        502,
+        "a connection made under the old CA was reused"
+    );
+    wait_for(Duration::from_secs(5), "the TLS reason", || async {
+        (reason_count(&edge, "ca.test", "tls_unknown_issuer").await? >= 1.0).then_some(())
+    })
+    .await;
 }
 
 /// What `mcp-edge upstream-cert URL` prints (it must succeed).

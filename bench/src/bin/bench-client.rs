@@ -6,6 +6,7 @@
 //!                                                           "ready N", holds until stdin closes
 //! bench-client leave URL OPEN_URL [--ca PEM] [--sni NAME]   ms until the upstream sees the
 //!                                                           stream closed after the client left
+#![forbid(unsafe_code)]
 
 use std::io::BufRead;
 use std::sync::Arc;
@@ -49,7 +50,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(args: &[String]) -> Client {
+    fn new(args: &[String]) -> Self {
         let arg = |n: &str| {
             args.iter()
                 .position(|a| a == n)
@@ -70,7 +71,7 @@ impl Client {
             let sni = arg("--sni").cloned().unwrap_or_else(|| "localhost".into());
             (tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni)
         });
-        Client { tls }
+        Self { tls }
     }
 
     /// Sends `GET path` and returns the stream positioned after the response headers.

@@ -5,6 +5,7 @@
 //! GET  /ticks?n&gap_ms SSE events stamped with their send time (µs since the Unix epoch)
 //! GET  /idle          an SSE stream: one event, then quiet (a comment every 30 s)
 //! GET  /open          {"open": N}: /idle streams still open here
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -33,7 +33,7 @@ tokio::task_local! {
 }
 
 /// Runs `f` with Retry-After capture on; returns its output and the last Retry-After seen.
-pub async fn capturing_retry_after<F: Future>(f: F) -> (F::Output, Option<SystemTime>) {
+pub(super) async fn capturing_retry_after<F: Future>(f: F) -> (F::Output, Option<SystemTime>) {
     RETRY_AFTER_SEEN
         .scope(Cell::new(None), async move {
             let out = f.await;
@@ -44,7 +44,7 @@ pub async fn capturing_retry_after<F: Future>(f: F) -> (F::Output, Option<System
 
 /// What kind of failure an attempt met: what the manager does next depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(super) enum FailureKind {
     /// The CA answered with a problem document.
     Problem,
     /// The CA no longer knows the account (it was deactivated, or the CA was reset): register
@@ -59,7 +59,7 @@ pub enum FailureKind {
 /// Why an attempt failed, in words for the log and the status file.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
-pub struct Failure {
+pub(super) struct Failure {
     pub kind: FailureKind,
     pub message: String,
     /// The CA asked not to come back before this moment.
@@ -67,7 +67,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(message: impl Into<String>) -> Self {
+    pub(super) fn new(message: impl Into<String>) -> Self {
         Self {
             kind: FailureKind::Other,
             message: message.into(),
@@ -75,14 +75,14 @@ impl Failure {
         }
     }
 
-    pub fn context(mut self, what: &str) -> Failure {
+    pub(super) fn context(mut self, what: &str) -> Self {
         self.message = format!("{what}: {}", self.message);
         self
     }
 }
 
 /// A problem document as one line: type, detail, and each subproblem.
-pub fn describe_problem(p: &Problem) -> String {
+pub(super) fn describe_problem(p: &Problem) -> String {
     let mut s = p.r#type.as_deref().unwrap_or("(no type)").to_string();
     if let Some(status) = p.status {
         s.push_str(&format!(" [{status}]"));
@@ -99,9 +99,9 @@ pub fn describe_problem(p: &Problem) -> String {
 }
 
 impl From<instant_acme::Error> for Failure {
-    fn from(e: instant_acme::Error) -> Failure {
+    fn from(e: instant_acme::Error) -> Self {
         match e {
-            instant_acme::Error::Api(p) => Failure {
+            instant_acme::Error::Api(p) => Self {
                 kind: if p.r#type.as_deref()
                     == Some("urn:ietf:params:acme:error:accountDoesNotExist")
                 {
@@ -112,21 +112,21 @@ impl From<instant_acme::Error> for Failure {
                 message: describe_problem(&p),
                 retry_after: None,
             },
-            instant_acme::Error::Timeout(next) => Failure {
+            instant_acme::Error::Timeout(next) => Self {
                 kind: FailureKind::TimedOut,
                 message: "the CA did not finish in time".into(),
                 retry_after: next.map(|i| {
                     SystemTime::now() + i.saturating_duration_since(std::time::Instant::now())
                 }),
             },
-            other => Failure::new(error_chain(&other)),
+            other => Self::new(error_chain(&other)),
         }
     }
 }
 
 /// An error and its sources, joined: hyper's top-level message alone ("client error
 /// (Connect)") hides the reason.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -210,7 +210,7 @@ fn http_client(config: &AcmeConfig) -> Result<Box<dyn HttpClient>, Failure> {
 
 /// The account for one directory: loaded from its credentials file, or registered with the CA
 /// and saved (0600) on first use.
-pub struct Accounts {
+pub(super) struct Accounts {
     config: AcmeConfig,
     path: PathBuf,
     cached: tokio::sync::Mutex<Option<Account>>,
@@ -219,7 +219,7 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    pub fn new(config: AcmeConfig, layout: &Layout) -> Self {
+    pub(super) fn new(config: AcmeConfig, layout: &Layout) -> Self {
         Self {
             path: layout.acme_account(&config.directory),
             config,
@@ -228,11 +228,11 @@ impl Accounts {
         }
     }
 
-    pub fn config(&self) -> &AcmeConfig {
+    pub(super) fn config(&self) -> &AcmeConfig {
         &self.config
     }
 
-    pub async fn get(&self) -> Result<Account, Failure> {
+    pub(super) async fn get(&self) -> Result<Account, Failure> {
         use std::sync::atomic::Ordering;
         let mut cached = self.cached.lock().await;
         if let Some(a) = &*cached {
@@ -286,7 +286,7 @@ impl Accounts {
     }
 
     /// Forgets `account` after the CA said it does not know it; the next `get` registers anew.
-    pub async fn forget(&self, account: &Account) {
+    pub(super) async fn forget(&self, account: &Account) {
         let mut cached = self.cached.lock().await;
         if cached.as_ref().is_some_and(|a| a.id() == account.id()) {
             *cached = None;

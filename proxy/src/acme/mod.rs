@@ -56,8 +56,8 @@ struct Current {
 }
 
 impl Current {
-    fn of(c: &LoadedCert) -> Current {
-        Current {
+    fn of(c: &LoadedCert) -> Self {
+        Self {
             not_before: c.info.not_before,
             not_after: c.info.not_after,
             names: c.info.names.clone(),
@@ -102,9 +102,9 @@ struct AriPick {
 }
 
 impl Slot {
-    fn new(names: Vec<String>, current: Option<Current>, config: &Config) -> Slot {
+    fn new(names: Vec<String>, current: Option<Current>, config: &Config) -> Self {
         let now = SystemTime::now();
-        let mut s = Slot {
+        let mut s = Self {
             names,
             current,
             next: now,

@@ -45,7 +45,7 @@ impl Drop for Published<'_> {
     }
 }
 
-pub struct OrderRequest<'a> {
+pub(super) struct OrderRequest<'a> {
     pub host: &'a HostName,
     pub names: &'a [String],
     pub key_type: KeyType,
@@ -55,7 +55,7 @@ pub struct OrderRequest<'a> {
 }
 
 /// Places the order and returns the certificate, already written to disk.
-pub async fn order(
+pub(super) async fn order(
     account: &Account,
     challenges: &ChallengeStore,
     req: &OrderRequest<'_>,

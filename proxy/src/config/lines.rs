@@ -13,11 +13,11 @@ pub(crate) struct LineIndex {
 }
 
 impl LineIndex {
-    pub(crate) fn build(text: &str) -> LineIndex {
+    pub(crate) fn build(text: &str) -> Self {
         let mut b = Builder::default();
         // A document serde_yaml accepted but this parser does not only loses line numbers.
         let _ = Parser::new_from_str(text).load(&mut b, false);
-        LineIndex { lines: b.lines }
+        Self { lines: b.lines }
     }
 
     /// The line of `path`, or of its nearest ancestor the index knows.

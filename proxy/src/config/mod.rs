@@ -31,17 +31,17 @@ pub enum Seg {
 pub struct KeyPath(pub Vec<Seg>);
 
 impl KeyPath {
-    pub fn key(&self, k: &str) -> KeyPath {
+    pub fn key(&self, k: &str) -> Self {
         let mut v = self.0.clone();
         v.push(Seg::Key(k.to_string()));
-        KeyPath(v)
+        Self(v)
     }
-    pub fn index(&self, i: usize) -> KeyPath {
+    pub fn index(&self, i: usize) -> Self {
         let mut v = self.0.clone();
         v.push(Seg::Index(i));
-        KeyPath(v)
+        Self(v)
     }
-    fn starts_with(&self, other: &KeyPath) -> bool {
+    fn starts_with(&self, other: &Self) -> bool {
         self.0.starts_with(&other.0)
     }
 }
@@ -271,7 +271,7 @@ pub fn parse(text: &str, base: &Path, file: &Path) -> Result<Config, Vec<ConfigE
         return Err(c.errors);
     }
     let raw: Option<raw::RawConfig> = c.deserialize(value, &root);
-    let config = raw.and_then(|raw| model::build(raw, base, file, &mut c));
+    let config = raw.and_then(|raw| build(raw, base, file, &mut c));
     c.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
     if c.errors.is_empty() {
         config.ok_or_else(|| {

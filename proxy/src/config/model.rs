@@ -62,10 +62,10 @@ pub enum TlsSource {
 impl TlsSource {
     pub fn kind(&self) -> &'static str {
         match self {
-            TlsSource::Acme => "acme",
-            TlsSource::SelfSigned => "self-signed",
-            TlsSource::None => "none",
-            TlsSource::Files { .. } => "files",
+            Self::Acme => "acme",
+            Self::SelfSigned => "self-signed",
+            Self::None => "none",
+            Self::Files { .. } => "files",
         }
     }
 }

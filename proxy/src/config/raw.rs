@@ -10,7 +10,7 @@ use serde_yaml_ng::Value;
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     /// Listen addresses of the three listeners.
     #[serde(default)]
     pub listen: RawListen,
@@ -32,7 +32,7 @@ pub struct RawConfig {
 /// `listen:`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListen {
+pub(super) struct RawListen {
     /// Port 80 service: ACME HTTP-01, redirect to https, `tls: none` hosts.
     pub http: Option<String>,
     /// TLS listener.
@@ -46,7 +46,7 @@ pub struct RawListen {
 /// `acme:`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAcme {
+pub(super) struct RawAcme {
     /// `letsencrypt`, `letsencrypt-staging` or an https URL of an ACME directory.
     pub directory: Option<String>,
     /// Contact URLs (`mailto:`), or bare e-mail addresses.
@@ -76,7 +76,7 @@ pub struct RawAcme {
 /// `acme.eab:`
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEab {
+pub(super) struct RawEab {
     /// Key identifier given by the CA.
     pub kid: String,
     /// HMAC key given by the CA (base64url).
@@ -95,7 +95,7 @@ impl std::fmt::Debug for RawEab {
 /// One entry of `hosts:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHost {
+pub(super) struct RawHost {
     /// `acme | self-signed | none | { cert, key }`.
     pub tls: Option<Value>,
     /// More names served with the same certificate and routes.
@@ -112,7 +112,7 @@ pub struct RawHost {
 /// `tls: { cert, key }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTlsFiles {
+pub(super) struct RawTlsFiles {
     /// Certificate chain, PEM, leaf first.
     pub cert: String,
     /// Private key, PEM (PKCS#8, SEC1 or PKCS#1).
@@ -122,7 +122,7 @@ pub struct RawTlsFiles {
 /// One entry of `routes:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub(super) struct RawRoute {
     /// Path prefix, starting with `/`.
     pub path: String,
     /// Where matching requests go.
@@ -132,7 +132,7 @@ pub struct RawRoute {
 /// The map form of `upstream:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
+pub(super) struct RawUpstream {
     /// One or more `http://` URLs (several: round robin with session affinity).
     pub urls: Vec<String>,
     /// Per-read timeout; long for quiet SSE streams (default 1h).

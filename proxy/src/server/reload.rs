@@ -82,7 +82,7 @@ fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
 }
 
 /// The background service: watches the file and SIGHUP, and re-reads changed certificate files.
-pub struct ReloadService(pub Arc<Reloader>);
+pub(super) struct ReloadService(pub Arc<Reloader>);
 
 #[async_trait]
 impl BackgroundService for ReloadService {

@@ -46,15 +46,15 @@ impl Sealer {
                 k.to_vec()
             }
         };
-        Sealer::from_key(&bytes).ok_or(SealError::BadKey {
+        Self::from_key(&bytes).ok_or(SealError::BadKey {
             path: path.display().to_string(),
             len: bytes.len(),
         })
     }
 
-    pub fn from_key(key: &[u8]) -> Option<Sealer> {
+    pub fn from_key(key: &[u8]) -> Option<Self> {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, key).ok()?;
-        Some(Sealer {
+        Some(Self {
             key: LessSafeKey::new(unbound),
             rng: SystemRandom::new(),
         })
@@ -143,8 +143,8 @@ pub struct EndpointRewriter {
 const MAX_FIRST_EVENT: usize = 16 * 1024;
 
 impl EndpointRewriter {
-    pub fn new(replica: String) -> EndpointRewriter {
-        EndpointRewriter {
+    pub fn new(replica: String) -> Self {
+        Self {
             replica,
             buf: Vec::new(),
             done: false,
