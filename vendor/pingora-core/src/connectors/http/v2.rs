@@ -420,6 +420,7 @@ impl Connector {
             .filter(|c| !c.is_closed())
             .or_else(|| self.idle_pool.get(&reuse_hash));
         if let Some(conn) = maybe_conn {
+            // mcp-edge patch: virtual streams are matched by id, not by getpeername()
             #[cfg(unix)]
             if !crate::connectors::stream_matches_peer(peer, conn.id()) {
                 return Ok(None);

@@ -54,18 +54,18 @@ pub trait VirtualSocket: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt
 #[derive(Debug)]
 pub struct VirtualSocketStream {
     pub(crate) socket: Box<dyn VirtualSocket>,
-    id: UniqueIDType,
+    id: UniqueIDType, // mcp-edge patch: unique per stream
 }
 
 impl VirtualSocketStream {
     pub fn new(socket: Box<dyn VirtualSocket>) -> Self {
         Self {
             socket,
-            id: next_virtual_id(),
+            id: next_virtual_id(), // mcp-edge patch
         }
     }
 
-    /// This stream's unique id (see [`is_virtual_id`]).
+    /// This stream's unique id (see [`is_virtual_id`]). mcp-edge patch.
     #[inline]
     pub fn id(&self) -> UniqueIDType {
         self.id

@@ -424,6 +424,7 @@ impl BodyReader {
 
         // downstream should not discard remaining data if peer sent more, so cap the read at what
         // is left of this body and leave anything past it on the stream
+        // mcp-edge patch: reads start small and grow (`next_read_size`, `note_read`)
         let read_size = match self.body_state {
             PS::Partial(_, remaining) if !self.upstream => remaining.min(self.next_read_size()),
             _ => self.next_read_size(),
@@ -436,7 +437,7 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
-            self.note_read(read_size, n);
+            self.note_read(read_size, n); // mcp-edge patch
         }
         match self.body_state {
             PS::Partial(read, to_read) => {
@@ -484,14 +485,14 @@ impl BodyReader {
         self.rewind_buf_len = 0; // we only need to read rewind data once
         if n == 0 {
             /* Need to actually read */
-            let read_size = self.next_read_size();
+            let read_size = self.next_read_size(); // mcp-edge patch
             let body_buf = self.prepare_buf_for_io(read_size);
             n = stream
                 .take(read_size as u64)
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
-            self.note_read(read_size, n);
+            self.note_read(read_size, n); // mcp-edge patch
         }
         match self.body_state {
             PS::UntilClose(read) => {
@@ -523,14 +524,14 @@ impl BodyReader {
                         existing_buf_end = self.rewind_buf_len;
                         self.rewind_buf_len = 0; // we only need to read rewind data once
                         if existing_buf_end == 0 {
-                            let read_size = self.next_read_size();
+                            let read_size = self.next_read_size(); // mcp-edge patch
                             let body_buf = self.prepare_buf_for_io(read_size);
                             existing_buf_end = stream
                                 .take(read_size as u64)
                                 .read_buf(body_buf)
                                 .await
                                 .or_err(ReadError, "when reading body")?;
-                            self.note_read(read_size, existing_buf_end);
+                            self.note_read(read_size, existing_buf_end); // mcp-edge patch
                         }
                     } else {
                         /* existing_buf_end != 0 this is partial chunk head */
@@ -1349,6 +1350,7 @@ impl BodyWriter {
         trace!("Writing Body, size: {}", buf.len());
         match self.body_mode {
             BM::Complete(_) => Ok(None),
+            // mcp-edge patch: no prefix
             BM::ContentLength(_, _) => self.do_write_body(stream, &[], buf).await,
             BM::ChunkedEncoding(_) => self.do_write_chunked_body(stream, buf).await,
             BM::UntilClose(_) => self.do_write_until_close_body(stream, buf).await,
@@ -1422,6 +1424,7 @@ impl BodyWriter {
                 } else {
                     to_write = buf.len();
                 }
+                // mcp-edge patch: the prefix goes out in the same write as the body
                 let res = if prefix.is_empty() {
                     stream.write_all(&buf[..to_write]).await
                 } else {

@@ -94,7 +94,7 @@ impl HttpSession {
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
             request_written: None,
-            header_pending: None,
+            header_pending: None, // mcp-edge patch
             read_timeout: None,
             write_timeout: None,
             digest,
@@ -135,9 +135,11 @@ impl HttpSession {
         trace!("Writing request header: {to_wire:?}");
 
         // mcp-edge patch: a body of known length follows; its first write carries the header.
-        // Not when the client waits for `100 Continue` before it sends the body.
+        // Not when the client waits for `100 Continue` before it sends the body, nor for an
+        // upgrade, whose client may wait for `101 Switching Protocols` first.
         if self.body_writer.content_length_unstarted()
             && !req.headers.contains_key(http::header::EXPECT)
+            && !req.headers.contains_key(http::header::UPGRADE)
         {
             let len = to_wire.len();
             self.header_pending = Some(to_wire);
@@ -171,6 +173,7 @@ impl HttpSession {
     }
 
     async fn do_write_body(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+        // mcp-edge patch: a held-back request header goes out with the first body bytes
         let written = match self.header_pending.take() {
             Some(header) => {
                 self.body_writer
@@ -215,7 +218,7 @@ impl HttpSession {
     /// used.
     pub async fn finish_body(&mut self) -> Result<Option<usize>> {
         if let Some(header) = self.header_pending.take() {
-            // the body never came: the header still goes out
+            // mcp-edge patch: the body never came: the header still goes out
             self.underlying_stream
                 .write_all(&header)
                 .await
