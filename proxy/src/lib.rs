@@ -14,7 +14,8 @@
 //! acme, certs, tls, http01   certificate sources and manager; certificate set; challenges
 //! storage                    every byte the proxy persists, and where
 //! config                     the YAML's data model: parsed, validated, typed; builds nothing live
-//! names, time, pem, metrics  leaves
+//! names, time, pem, path,   leaves
+//! metrics
 //! ```
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod http01;
 pub mod live;
 pub mod metrics;
 pub mod names;
+pub mod path;
 pub mod pem;
 pub mod proxy;
 pub mod routing;

@@ -54,8 +54,10 @@ impl fmt::Display for HostName {
     }
 }
 
-/// Whether a CA can issue for `name`: a DNS name under a public suffix, not `localhost`, an IP,
-/// a single label, or a name reserved for local use (`.local`, `.test`, `.internal`, ...).
+/// Whether a public CA can issue for `name`: a DNS name under a suffix the Public Suffix List
+/// knows (ICANN or private, like `github.io`), not itself a public suffix, and not a name reserved
+/// for local use (`localhost`, `.local`, `.test`, `.internal`, `home.arpa`...). `nas.home` or
+/// `x.corp` end in no public suffix: a CA would refuse them.
 pub fn is_public_name(name: &str) -> bool {
     const LOCAL: &[&str] = &[
         "localhost",
@@ -68,9 +70,46 @@ pub fn is_public_name(name: &str) -> bool {
         "home.arpa",
     ];
     let n = name.trim_end_matches('.').to_ascii_lowercase();
-    n.contains('.')
-        && n.parse::<IpAddr>().is_err()
-        && !LOCAL
+    if n.parse::<IpAddr>().is_ok()
+        || LOCAL
             .iter()
             .any(|l| n == *l || n.ends_with(&format!(".{l}")))
+    {
+        return false;
+    }
+    psl::domain(n.as_bytes()).is_some_and(|d| d.suffix().is_known())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_names_by_the_public_suffix_list() {
+        for n in [
+            "mcp.example.com",
+            "docs.example.co.uk",
+            "me.github.io",
+            "a.b.example.dev",
+            "Example.COM.",
+        ] {
+            assert!(is_public_name(n), "{n}");
+        }
+        for n in [
+            "localhost",
+            "nas.home",
+            "x.corp",
+            "printer.lan",
+            "svc.internal",
+            "a.test",
+            "box.local",
+            "router.home.arpa",
+            "co.uk",
+            "com",
+            "192.168.1.2",
+            "::1",
+        ] {
+            assert!(!is_public_name(n), "{n}");
+        }
+    }
 }

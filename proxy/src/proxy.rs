@@ -305,6 +305,18 @@ impl ProxyHttp for EdgeProxy {
             return respond_text(session, 404, "unknown host\n").await;
         };
 
+        // One Origin or none: with two, a check of one and a server reading the other would
+        // disagree.
+        if session
+            .req_header()
+            .headers
+            .get_all(header::ORIGIN)
+            .iter()
+            .count()
+            > 1
+        {
+            return respond_text(session, 400, "more than one Origin header\n").await;
+        }
         if let (Some(allowed), Some(origin)) =
             (&entry.host.allowed_origins, header_str(session, "origin"))
         {
@@ -314,7 +326,23 @@ impl ProxyHttp for EdgeProxy {
             }
         }
 
-        let path = session.req_header().uri.path().to_string();
+        // Routed, and sent upstream, by its normalised path only (dot-segments removed in
+        // every spelling), so no request reaches beyond its route's prefix.
+        let uri = &session.req_header().uri;
+        let path = match crate::path::normalize(uri.path()) {
+            Ok(p) => p.into_owned(),
+            Err(_) => return respond_text(session, 400, "bad path\n").await,
+        };
+        if path != uri.path() {
+            let pq = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            let new = pq
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(InternalError, "normalised path", e))?;
+            session.req_header_mut().set_uri(new);
+        }
         let Some(i) = entry.host.route_index(&path) else {
             return respond_text(session, 404, "no route\n").await;
         };
@@ -390,6 +418,20 @@ impl ProxyHttp for EdgeProxy {
             } else if !ctx.client_host.is_empty() {
                 req.insert_header(header::HOST, ctx.client_host.as_str())?;
             }
+        }
+        // What a client says about the path it came by is not evidence: every proxy-set header
+        // it sent is dropped, and ours are set below.
+        let forged: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|k| {
+                let k = k.as_str();
+                k.starts_with("x-forwarded-") || k == "forwarded" || k == "x-real-ip"
+            })
+            .cloned()
+            .collect();
+        for h in forged {
+            req.remove_header(&h);
         }
         let client_ip = session
             .client_addr()

@@ -250,6 +250,26 @@ impl Edge {
         s
     }
 
+    /// One raw HTTP/1.1 exchange on the plain listener: `head` is sent, then each part of
+    /// `body` after `pause`; returns everything the proxy answered until it closed the
+    /// connection. For what an HTTP client library would not send (dot-segments, repeated or
+    /// proxy headers, trickled bodies).
+    pub async fn raw_exchange(&self, head: &str, body: &[&[u8]], pause: Duration) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.http).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        for part in body {
+            tokio::time::sleep(pause).await;
+            s.write_all(part).await.unwrap();
+        }
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("the proxy answers within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// Sends SIGHUP (reload).
     pub fn sighup(&self) {
         self.signal("-HUP");

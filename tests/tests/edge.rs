@@ -290,24 +290,6 @@ async fn headers_pass_both_ways_forwarding_headers_are_set_and_hop_by_hop_stripp
     assert_eq!(j["query"], "q=1");
 }
 
-/// One raw HTTP/1.1 exchange on the plain listener: `head` is sent, then each part of `body`
-/// after `pause`; returns everything the proxy answered until it closed the connection.
-async fn raw_exchange(edge: &Edge, head: &str, body: &[&[u8]], pause: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    for part in body {
-        tokio::time::sleep(pause).await;
-        s.write_all(part).await.unwrap();
-    }
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("the proxy answers within 10 s")
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The request header goes upstream together with the first bytes of the body (one write, not
 /// two): whatever the body's shape, it arrives whole and the upstream answers once it has it.
 #[tokio::test]
@@ -344,13 +326,10 @@ async fn request_bodies_arrive_whole_whatever_their_shape() {
 
     // A body that trickles in after its header: nothing waits for anything that never comes.
     let head = "POST /echo HTTP/1.1\r\nhost: plain.test\r\ncontent-length: 10\r\nconnection: close\r\n\r\n";
-    let out = raw_exchange(
-        &t.edge,
-        head,
-        &[b"01234", b"56789"],
-        Duration::from_millis(300),
-    )
-    .await;
+    let out = t
+        .edge
+        .raw_exchange(head, &[b"01234", b"56789"], Duration::from_millis(300))
+        .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains(&hex_sha256(b"0123456789")), "{out}");
 

@@ -4,7 +4,7 @@
 pub mod certs;
 pub mod upstream_cert;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, TlsSource};
 
 /// `mcp-edge check`: the configuration loads and every upstream it names can be set up.
 /// Binds nothing, writes nothing. On success, the line to print.
@@ -15,9 +15,21 @@ pub fn check(path: &std::path::Path) -> Result<String, String> {
         return Err(format!("{}:\n{}", path.display(), lines.join("\n")));
     }
     let n = config.hosts.len();
-    Ok(format!(
+    let mut out = format!(
         "{}: ok ({n} host{})",
         path.display(),
         if n == 1 { "" } else { "s" }
-    ))
+    );
+    for h in config.hosts.iter().filter(|h| h.tls_auto) {
+        let why = match h.tls {
+            TlsSource::Acme => "a public name: a certificate from the ACME CA",
+            _ => "not a public name: a self-signed certificate",
+        };
+        out.push_str(&format!(
+            "\n  {}: tls: auto is {} ({why})",
+            h.name,
+            h.tls.kind()
+        ));
+    }
+    Ok(out)
 }

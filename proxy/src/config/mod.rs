@@ -160,7 +160,18 @@ impl Collector {
                             _ => None,
                         })
                         .collect();
+                    let full_rel =
+                        KeyPath(at.0.iter().cloned().chain(rel.iter().cloned()).collect());
                     let msg = e.into_inner().to_string();
+                    let names_a_key =
+                        msg.starts_with("unknown field `") || msg.starts_with("missing field `");
+                    let msg = if is_secret(&full_rel) && !names_a_key {
+                        // serde quotes the offending value ("invalid type: integer `1234`"):
+                        // never for a secret, whatever its type.
+                        "wrong type (the value is a secret and is not shown)".to_string()
+                    } else {
+                        msg
+                    };
                     if let Some(field) = backticked(&msg, "unknown field `") {
                         if rel.last() != Some(&Seg::Key(field.clone())) {
                             rel.push(Seg::Key(field));
@@ -187,6 +198,15 @@ impl Collector {
         }
         None
     }
+}
+
+/// Keys whose values are secrets: a message about them never quotes the value.
+const SECRET_KEYS: &[&str] = &["eab", "hmac_key"];
+
+fn is_secret(path: &KeyPath) -> bool {
+    path.0
+        .iter()
+        .any(|s| matches!(s, Seg::Key(k) if SECRET_KEYS.contains(&k.as_str())))
 }
 
 fn backticked(msg: &str, prefix: &str) -> Option<String> {

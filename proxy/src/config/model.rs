@@ -76,6 +76,8 @@ pub struct Host {
     pub name: HostName,
     pub aliases: Vec<HostName>,
     pub tls: TlsSource,
+    /// `tls: auto` chose `tls` (by the Public Suffix List).
+    pub tls_auto: bool,
     /// Normalised origins (`scheme://host[:port]`); `None` means any Origin is accepted.
     pub allowed_origins: Option<Vec<String>>,
     /// Sorted longest prefix first.
@@ -120,10 +122,20 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
 }
 
+/// Longest duration any setting takes: longer ones are typos, and would overflow the clock.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s, 15m, 1h, 30d ({e})"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s, 15m, 1h, 30d ({e})"))?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is longer than 10 years"));
+    }
+    Ok(d)
 }
+
+/// Most worker threads `threads` may ask for.
+const MAX_THREADS: usize = 1024;
 
 pub(super) fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
@@ -189,8 +201,13 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
     ];
     for (i, (a, x)) in ports.iter().enumerate() {
         for (b, y) in &ports[i + 1..] {
-            if x.port() != 0 && x == y {
-                c.err(&lp.key(b), format!("same address as listen.{a}"));
+            // 0.0.0.0:P (or [::]:P) takes port P on every address: nothing else can bind it.
+            let overlap = x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified();
+            if x.port() != 0 && x.port() == y.port() && overlap {
+                c.err(
+                    &lp.key(b),
+                    format!("{y} overlaps listen.{a} ({x}): both cannot be bound"),
+                );
             }
         }
     }
@@ -199,6 +216,13 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
     let threads = match raw.threads {
         Some(0) => {
             c.err(&root.key("threads"), "must be at least 1");
+            1
+        }
+        Some(n) if n > MAX_THREADS => {
+            c.err(
+                &root.key("threads"),
+                format!("{n} is more than {MAX_THREADS} (about one per core is right)"),
+            );
             1
         }
         Some(n) => n,
@@ -317,6 +341,10 @@ fn build_host(
     }
 
     let tp = p.key("tls");
+    let rh_tls_kind = match &rh.tls {
+        Some(Value::String(k)) => Some(k.clone()),
+        _ => None,
+    };
     let tls = match rh.tls {
         None => {
             c.err(
@@ -425,6 +453,7 @@ fn build_host(
         name: host_name?,
         aliases,
         tls: tls?,
+        tls_auto: matches!(&rh_tls_kind, Some(k) if k == "auto"),
         allowed_origins,
         routes,
     })

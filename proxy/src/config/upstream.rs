@@ -292,7 +292,7 @@ pub(super) fn build_upstream(
     for (i, u) in raw.urls.iter().enumerate() {
         let at = if shorthand { up.clone() } else { up.index(i) };
         match parse_upstream_url(u) {
-            Ok(x) if urls.contains(&x) => c.err(&at, format!("{u} is listed twice")),
+            Ok(x) if urls.contains(&x) => c.err(&at, format!("{} is listed twice", x.url)),
             Ok(x) => urls.push(x),
             Err(e) => c.err(&at, e),
         }
@@ -357,8 +357,23 @@ pub(super) fn build_upstream(
     })
 }
 
-fn parse_upstream_url(s: &str) -> Result<UpstreamUrl, String> {
-    let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+/// `s` with any `user:password@` replaced by `***@`, for messages: credentials are never echoed.
+pub fn redact_userinfo(s: &str) -> String {
+    let Some(start) = s.find("://").map(|i| i + 3) else {
+        return s.to_string();
+    };
+    let end = s[start..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| start + i);
+    match s[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &s[..start], &s[start + at..]),
+        None => s.to_string(),
+    }
+}
+
+fn parse_upstream_url(raw: &str) -> Result<UpstreamUrl, String> {
+    let s = &redact_userinfo(raw);
+    let u = url::Url::parse(raw).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     let https = match u.scheme() {
         "http" => false,
         "https" => true,

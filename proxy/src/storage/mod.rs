@@ -34,7 +34,47 @@ pub fn ensure_writable(dir: &Path) -> Result<(), StorageError> {
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
     fs::write(&probe, b"").map_err(err)?;
     fs::remove_file(&probe).map_err(err)?;
+    sweep_temp_files(dir);
     Ok(())
+}
+
+/// How old a temp file of a live process must be before it counts as abandoned.
+const TEMP_FILE_ABANDONED: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes temp files that an interrupted write (a crash, `kill -9`) left behind: those of
+/// processes that no longer run here, and any older than a write could take. Returns how many.
+pub fn sweep_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temp_file_pid(&name) else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > TEMP_FILE_ABANDONED);
+        if (!alive || old) && fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed a temp file left by an interrupted write");
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The pid in a temp file name made by [`temp_path`] (`.NAME.tmp-PID`).
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let (head, pid) = name.rsplit_once(".tmp-")?;
+    if !head.starts_with('.') || head.len() < 2 {
+        return None;
+    }
+    pid.parse().ok()
 }
 
 /// Writes `data` to `path` so that readers see the old file or the new one, never a part.
@@ -110,4 +150,31 @@ fn write_synced(tmp: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
         .open(tmp)?;
     f.write_all(data)?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_files_of_dead_processes_are_swept_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("mcp-edge-sweep-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let keep = [
+            "a.test.cert.pem".to_string(),
+            format!(".a.test.key.pem.tmp-{}", std::process::id()),
+            ".tmp-1".to_string(),
+        ];
+        // pid_max on Linux is at most 2^22: this pid cannot be running.
+        let dead = ".a.test.key.pem.tmp-4294967295";
+        for f in keep.iter().map(String::as_str).chain([dead]) {
+            fs::write(dir.join(f), b"x").unwrap();
+        }
+        assert_eq!(sweep_temp_files(&dir), 1);
+        assert!(!dir.join(dead).exists());
+        for f in &keep {
+            assert!(dir.join(f).exists(), "{f}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

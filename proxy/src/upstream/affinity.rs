@@ -26,6 +26,11 @@ pub enum SealError {
     Storage(#[from] StorageError),
     #[error("{path}: expected 32 bytes of key material, found {len}")]
     BadKey { path: String, len: usize },
+    #[error("cannot read the session seal key {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("no system randomness: {0}")]
     Random(String),
 }
@@ -37,7 +42,10 @@ impl Sealer {
         let path = layout.seal_key();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(_) => {
+            // Created only when there is none: any other failure (a file owned by someone else,
+            // a directory in its place) would otherwise replace the key every proxy sharing the
+            // storage seals with, and break every session.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut k = [0u8; 32];
                 SystemRandom::new()
                     .fill(&mut k)
@@ -45,6 +53,7 @@ impl Sealer {
                 storage::write_atomic(&path, &k, 0o600)?;
                 k.to_vec()
             }
+            Err(source) => return Err(SealError::Read { path, source }),
         };
         Self::from_key(&bytes).ok_or(SealError::BadKey {
             path: path.display().to_string(),

@@ -1,0 +1,354 @@
+//! Facing the internet: what a hostile client sends (dot-segments in every spelling, forged
+//! proxy headers, repeated Origin) and what an operator can get wrong (secrets of the wrong type,
+//! credentials in URLs, listen addresses that overlap, absurd values, an unreadable seal key,
+//! temp files left by a crash) are refused or handled, each with its accept twin.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use mcp_edge_tests::upstream::Upstream;
+use mcp_edge_tests::*;
+
+/// The echo's JSON in a raw response (after the blank line).
+fn body_json(raw: &str) -> serde_json::Value {
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"))
+}
+
+fn status(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn routed_edge(dir: &Path, files: &Upstream, root: &Upstream) -> Edge {
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  h.test:\n    tls: none\n    routes:\n      - {{ path: /files, upstream: \"{}\" }}\n      - {{ path: /, upstream: \"{}\" }}\n",
+        ports.yaml(),
+        dir.join("certs").display(),
+        files.url(),
+        root.url()
+    );
+    Edge::start(dir, &ports, &cfg).await
+}
+
+async fn get_raw(edge: &Edge, path: &str, extra: &str) -> String {
+    edge.raw_exchange(
+        &format!("GET {path} HTTP/1.1\r\nhost: h.test\r\n{extra}connection: close\r\n\r\n"),
+        &[],
+        Duration::ZERO,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn dot_segments_never_reach_beyond_their_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, root) = (
+        Upstream::start("files").await,
+        Upstream::start("root").await,
+    );
+    let edge = routed_edge(tmp.path(), &files, &root).await;
+
+    // Accept: inside the route, dot-segments resolved, the upstream gets the routed path.
+    for (path, replica, seen) in [
+        ("/files/a.txt", "files", "/files/a.txt"),
+        ("/files/./sub/../a.txt", "files", "/files/a.txt"),
+        ("/files/%2e/a.txt?x=1", "files", "/files/a.txt"),
+        ("/file%73/a.txt", "files", "/files/a.txt"),
+    ] {
+        let raw = get_raw(&edge, path, "").await;
+        assert_eq!(status(&raw), 200, "{path}: {raw}");
+        let j = body_json(&raw);
+        assert_eq!(j["replica"], replica, "{path}");
+        assert_eq!(j["path"], seen, "{path}");
+    }
+
+    // Reject: every spelling of `..` that climbs out of /files lands on the route it names
+    // (here /), with the path it names; none reaches the /files upstream.
+    for path in [
+        "/files/../private/secret.txt",
+        "/files/%2e%2e/private/secret.txt",
+        "/files/%2E%2E/private/secret.txt",
+        "/files/.%2e/private/secret.txt",
+        "/files/%2e./private/secret.txt",
+        "/files/sub/../../private/secret.txt",
+    ] {
+        let raw = get_raw(&edge, path, "").await;
+        assert_eq!(status(&raw), 200, "{path}: {raw}");
+        let j = body_json(&raw);
+        assert_eq!(j["replica"], "root", "{path} escaped its route");
+        assert_eq!(j["path"], "/private/secret.txt", "{path}");
+    }
+
+    // Separators a server might decode, hiding a dot-segment, and encoded NULs: 400.
+    for path in [
+        "/files/..%2fprivate/secret.txt",
+        "/files/..%2Fprivate/secret.txt",
+        "/files/%2e%2e%2fprivate/secret.txt",
+        "/files/..%5cprivate/secret.txt",
+        "/files/..\\private/secret.txt",
+        "/files/a%00.txt",
+    ] {
+        let raw = get_raw(&edge, path, "").await;
+        assert_eq!(status(&raw), 400, "{path}: {raw}");
+    }
+}
+
+#[tokio::test]
+async fn proxy_headers_from_the_client_never_reach_the_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, root) = (
+        Upstream::start("files").await,
+        Upstream::start("root").await,
+    );
+    let edge = routed_edge(tmp.path(), &files, &root).await;
+    let raw = get_raw(
+        &edge,
+        "/x",
+        "forwarded: for=6.6.6.6;proto=https\r\nx-real-ip: 6.6.6.6\r\nx-forwarded-for: 6.6.6.6\r\nx-forwarded-port: 443\r\nx-forwarded-host: evil.test\r\nx-forwarded-proto: https\r\nx-forwarded-prefix: /admin\r\n",
+    )
+    .await;
+    assert_eq!(status(&raw), 200, "{raw}");
+    let h = &body_json(&raw)["headers"];
+    assert!(h.get("forwarded").is_none(), "{h}");
+    assert!(h.get("x-real-ip").is_none(), "{h}");
+    assert!(h.get("x-forwarded-port").is_none(), "{h}");
+    assert!(h.get("x-forwarded-prefix").is_none(), "{h}");
+    // Ours, set from what the proxy saw.
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-host"], "h.test");
+    assert_eq!(h["x-forwarded-proto"], "http");
+}
+
+#[tokio::test]
+async fn a_repeated_origin_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, root) = (
+        Upstream::start("files").await,
+        Upstream::start("root").await,
+    );
+    let edge = routed_edge(tmp.path(), &files, &root).await;
+    let one = get_raw(&edge, "/x", "origin: https://chatgpt.com\r\n").await;
+    assert_eq!(status(&one), 200, "{one}");
+    let two = get_raw(
+        &edge,
+        "/x",
+        "origin: https://chatgpt.com\r\norigin: https://evil.test\r\n",
+    )
+    .await;
+    assert_eq!(status(&two), 400, "{two}");
+}
+
+fn check(dir: &Path, yaml: &str) -> (bool, String) {
+    let p = dir.join("check.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let out = Command::new(edge_bin())
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_never_echoes_a_secret_whatever_its_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = "hosts:\n  a.example.com:\n    tls: acme\n    upstream: http://127.0.0.1:1\n";
+    let acme = "acme:\n  contact: [a@example.com]\n  accept_terms: true\n";
+    for (what, yaml, secret) in [
+        (
+            "hmac_key as a number",
+            format!("{acme}  eab: {{ kid: k1, hmac_key: 918273645546372819 }}\n{host}"),
+            "918273645546372819",
+        ),
+        (
+            "hmac_key as a list",
+            format!("{acme}  eab: {{ kid: k1, hmac_key: [s3cr3tv4lue] }}\n{host}"),
+            "s3cr3tv4lue",
+        ),
+        (
+            "eab as a string",
+            format!("{acme}  eab: \"k1:s3cr3tv4lue\"\n{host}"),
+            "s3cr3tv4lue",
+        ),
+        (
+            "hmac_key not base64",
+            format!("{acme}  eab: {{ kid: k1, hmac_key: \"s3cr3t!v4lue\" }}\n{host}"),
+            "s3cr3t!v4lue",
+        ),
+        (
+            "userinfo in an upstream URL",
+            "hosts:\n  a.example.com:\n    tls: none\n    upstream: \"http://admin:hunter2pass@127.0.0.1:1/x\"\n".to_string(),
+            "hunter2pass",
+        ),
+        (
+            "userinfo in an unparsable upstream URL",
+            "hosts:\n  a.example.com:\n    tls: none\n    upstream: \"http://admin:hunter2pass@[::1\"\n".to_string(),
+            "hunter2pass",
+        ),
+    ] {
+        let (ok, out) = check(tmp.path(), &yaml);
+        assert!(!ok, "{what}: accepted");
+        assert!(!out.contains(secret), "{what}: the secret is echoed:\n{out}");
+        assert!(out.contains("a.example.com") || out.contains("eab"), "{what}: no key named:\n{out}");
+    }
+    // Accept twin: a good key passes, and is not echoed either.
+    let (ok, out) = check(
+        tmp.path(),
+        &format!("{acme}  eab: {{ kid: k1, hmac_key: \"c2VjcmV0LWhtYWMta2V5\" }}\n{host}"),
+    );
+    assert!(ok, "{out}");
+    assert!(!out.contains("c2VjcmV0LWhtYWMta2V5"), "{out}");
+}
+
+#[test]
+fn check_refuses_what_run_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = "hosts:\n  a.example.com:\n    tls: none\n    upstream: http://127.0.0.1:1\n";
+    for (what, yaml, key) in [
+        (
+            "0.0.0.0:P and 127.0.0.1:P",
+            format!("listen: {{ http: \"0.0.0.0:18080\", https: \"127.0.0.1:18080\" }}\n{host}"),
+            "listen.https",
+        ),
+        (
+            "[::]:P and 127.0.0.1:P",
+            format!("listen: {{ http: \"127.0.0.1:18081\", https: \"[::]:18082\", metrics: \"127.0.0.1:18082\" }}\n{host}"),
+            "listen.metrics",
+        ),
+        ("absurd threads", format!("threads: 100000\n{host}"), "threads"),
+        (
+            "an absurd duration",
+            format!("acme:\n  contact: [a@example.com]\n  accept_terms: true\n  retry_initial: 1000000000d\n  retry_max: 2000000000d\n{host}"),
+            "acme.retry_initial",
+        ),
+    ] {
+        let (ok, out) = check(tmp.path(), &yaml);
+        assert!(!ok, "{what}: accepted:\n{out}");
+        assert!(out.contains(key), "{what}: {key} not named:\n{out}");
+    }
+    // Accept twin: the same port on two different specific addresses is fine.
+    let (ok, out) = check(
+        tmp.path(),
+        &format!("listen: {{ http: \"127.0.0.1:18083\", https: \"127.0.0.2:18083\" }}\nthreads: 8\n{host}"),
+    );
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn check_says_what_tls_auto_chose_by_the_public_suffix_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, out) = check(
+        tmp.path(),
+        "acme:\n  contact: [a@example.com]\n  accept_terms: true\nhosts:\n  mcp.example.com:\n    tls: auto\n    upstream: http://127.0.0.1:1\n  nas.home:\n    tls: auto\n    upstream: http://127.0.0.1:1\n  x.corp:\n    tls: auto\n    upstream: http://127.0.0.1:1\n",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("mcp.example.com: tls: auto is acme"), "{out}");
+    assert!(out.contains("nas.home: tls: auto is self-signed"), "{out}");
+    assert!(out.contains("x.corp: tls: auto is self-signed"), "{out}");
+}
+
+fn start_fails(dir: &Path) -> String {
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  a.test:\n    tls: none\n    upstream: http://127.0.0.1:1\n",
+        ports.yaml(),
+        dir.join("certs").display()
+    );
+    let p = dir.join("edge.yaml");
+    std::fs::write(&p, cfg).unwrap();
+    let log = dir.join("start.log");
+    let mut child = Command::new(edge_bin())
+        .args(["run", "--config"])
+        .arg(&p)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "mcp-edge started (or did not stop) instead of refusing:\n{err}"
+    );
+    err
+}
+
+#[tokio::test]
+async fn an_unreadable_seal_key_stops_start_up_and_is_never_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    // Unreadable whoever runs the test (root too): a symlink loop where the key file should be.
+    // Writing a new key would replace the link, silently: that is what must not happen.
+    let key = certs.join("session-seal.key");
+    std::os::unix::fs::symlink("session-seal.key", &key).unwrap();
+    let err = start_fails(tmp.path());
+    assert!(err.contains("session-seal.key"), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&key)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the key was replaced"
+    );
+
+    // Accept twin: with no key at all, one is made (0600) and start-up goes on.
+    std::fs::remove_file(&key).unwrap();
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  a.test:\n    tls: none\n    upstream: http://127.0.0.1:1\n",
+        ports.yaml(),
+        certs.display()
+    );
+    let _edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[tokio::test]
+async fn temp_files_left_by_an_interrupted_write_are_removed_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    // What `kill -9` during a write leaves: a temp file of a process that is gone.
+    let mut child = Command::new("true").spawn().unwrap();
+    let gone = child.id();
+    child.wait().unwrap();
+    let leftover = certs.join(format!(".a.test.key.pem.tmp-{gone}"));
+    std::fs::write(&leftover, "half a key").unwrap();
+    let unrelated = certs.join("notes.txt");
+    std::fs::write(&unrelated, "keep").unwrap();
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  a.test:\n    tls: self-signed\n    upstream: http://127.0.0.1:1\n",
+        ports.yaml(),
+        certs.display()
+    );
+    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    assert!(!leftover.exists(), "{}", edge.log());
+    assert!(unrelated.exists());
+    assert!(edge.log().contains("removed a temp file"), "{}", edge.log());
+}
