@@ -266,6 +266,11 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.load();
+        // pingora keeps an HTTP/1.1 connection idle between requests forever unless told; a
+        // connection the client (or HTTP/1.0) asked to close stays closing.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(snap.config.timeouts.keepalive.as_secs().max(1)));
+        }
         let tls_info = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())

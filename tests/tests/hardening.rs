@@ -352,3 +352,121 @@ async fn temp_files_left_by_an_interrupted_write_are_removed_at_start() {
     assert!(unrelated.exists());
     assert!(edge.log().contains("removed a temp file"), "{}", edge.log());
 }
+
+async fn timed_edge(dir: &Path, up: &Upstream) -> Edge {
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\ntimeouts: {{ header: 2s, keepalive: 2s }}\nhosts:\n  h.test:\n    tls: none\n    upstream: \"{}\"\n",
+        ports.yaml(),
+        dir.join("certs").display(),
+        up.url()
+    );
+    Edge::start(dir, &ports, &cfg).await
+}
+
+/// Reads until the proxy closes the connection (or resets it); panics after `limit`.
+async fn wait_closed(s: &mut tokio::net::TcpStream, limit: Duration, what: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{what}: still open after {limit:?}");
+    seen
+}
+
+#[tokio::test]
+async fn a_slowloris_header_is_cut_at_its_deadline_on_the_first_and_on_a_reused_connection() {
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("r1").await;
+    let edge = timed_edge(tmp.path(), &up).await;
+
+    // First request of a connection: a byte a second, never the end of the header. Each read
+    // is well inside any per-read timeout; the header deadline (2s) cuts it.
+    let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nhost: h.test\r\n")
+        .await
+        .unwrap();
+    let drip = async {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if s.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    };
+    let dripped = tokio::time::timeout(Duration::from_secs(10), drip).await;
+    assert!(dripped.is_ok(), "the dripping client was never cut");
+    wait_closed(&mut s, Duration::from_secs(5), "slowloris").await;
+
+    // The same on a kept-alive connection's second request.
+    let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nhost: h.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut s, &mut first)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    s.write_all(b"GET /two HTTP/1.1\r\nhost: h.test\r\n")
+        .await
+        .unwrap();
+    let drip = async {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if s.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    };
+    let dripped = tokio::time::timeout(Duration::from_secs(10), drip).await;
+    assert!(
+        dripped.is_ok(),
+        "the second, dripping request was never cut"
+    );
+
+    // Accept twin: a client that sends its header at once is answered.
+    let ok = edge
+        .raw_exchange(
+            "GET /fast HTTP/1.1\r\nhost: h.test\r\nconnection: close\r\n\r\n",
+            &[],
+            Duration::ZERO,
+        )
+        .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_its_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("r1").await;
+    let edge = timed_edge(tmp.path(), &up).await;
+    let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    // Accept twin: requests in a row share the connection.
+    for path in ["/a", "/b"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: h.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    // Then nothing: closed after the keep-alive timeout (2s), not kept forever.
+    let started = std::time::Instant::now();
+    wait_closed(&mut s, Duration::from_secs(10), "idle keep-alive").await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed before its timeout"
+    );
+}

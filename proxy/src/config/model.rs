@@ -25,6 +25,7 @@ pub struct Config {
     pub threads: usize,
     pub shutdown_grace: Duration,
     pub watch_interval: Duration,
+    pub timeouts: ClientTimeouts,
     /// Hosts in file order.
     pub hosts: Vec<Arc<Host>>,
 }
@@ -34,6 +35,20 @@ impl Config {
     pub fn host(&self, name: &str) -> Option<&Arc<Host>> {
         self.hosts.iter().find(|h| h.serves(name))
     }
+}
+
+/// How long a client may take, or stay idle, before the connection is closed. Long, quiet
+/// streams are not bounded by any of these: an open request keeps its connection busy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// An HTTP/1 request header, from its first byte to its end (nginx: 60s per header).
+    pub header: Duration,
+    /// An HTTP/1 connection idle between requests (nginx: 75s).
+    pub keepalive: Duration,
+    /// An HTTP/2 connection with no open stream.
+    pub h2_idle: Duration,
+    /// An HTTP/2 client's preface and settings, from the end of the TLS handshake.
+    pub h2_handshake: Duration,
 }
 
 /// Listen addresses.
@@ -244,6 +259,26 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         c.err(&root.key("watch_interval"), "must be longer than 0");
     }
 
+    let tp = root.key("timeouts");
+    let t = &raw.timeouts;
+    let mut timeout = |key: &str, v: Option<&str>, default: Duration| {
+        let d = opt_duration(c, &tp.key(key), v, default);
+        if d < Duration::from_secs(1) {
+            c.err(&tp.key(key), "must be at least 1s");
+        }
+        d
+    };
+    let timeouts = ClientTimeouts {
+        header: timeout("header", t.header.as_deref(), Duration::from_secs(30)),
+        keepalive: timeout("keepalive", t.keepalive.as_deref(), Duration::from_secs(60)),
+        h2_idle: timeout("h2_idle", t.h2_idle.as_deref(), Duration::from_secs(60)),
+        h2_handshake: timeout(
+            "h2_handshake",
+            t.h2_handshake.as_deref(),
+            Duration::from_secs(10),
+        ),
+    };
+
     let acme = raw.acme.map(|a| build_acme(a, base, &root.key("acme"), c));
 
     let mut hosts: Vec<Arc<Host>> = Vec::new();
@@ -314,6 +349,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         threads,
         shutdown_grace,
         watch_interval,
+        timeouts,
         hosts,
     })
 }

@@ -24,9 +24,26 @@ pub(super) struct RawConfig {
     pub shutdown_grace: Option<String>,
     /// How often `tls: {cert, key}` files are checked for changes (default 2s).
     pub watch_interval: Option<String>,
+    /// Client-side timeouts.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
     /// The served hosts, keyed by their primary name.
     #[serde(default)]
     pub hosts: serde_yaml_ng::Mapping,
+}
+
+/// `timeouts:` (durations like 30s)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    /// An HTTP/1 request header must be complete within this time of its first byte (30s).
+    pub header: Option<String>,
+    /// An HTTP/1 connection idle between requests is closed after this (60s).
+    pub keepalive: Option<String>,
+    /// An HTTP/2 connection with no open stream is closed after this (60s).
+    pub h2_idle: Option<String>,
+    /// An HTTP/2 client must send its preface and settings within this time (10s).
+    pub h2_handshake: Option<String>,
 }
 
 /// `listen:`

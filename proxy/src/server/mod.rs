@@ -131,6 +131,14 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         },
         "mcp-edge proxy",
     );
+    let t = &config_now.timeouts;
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h1_header_timeout = Some(t.header);
+    options.h2_idle_timeout = Some(t.h2_idle);
+    options.h2_handshake_timeout = Some(t.h2_handshake);
+    if let Some(app) = proxy.app_logic_mut() {
+        app.server_options = Some(options);
+    }
     // No L4 read buffer under the client connections: pingora's default is 64 KiB per
     // connection, zero-filled and so resident, and rustls (or the HTTP parser) reads into its
     // own buffers anyway. An idle SSE stream costs ~65 KB less (BENCHMARKS.md).

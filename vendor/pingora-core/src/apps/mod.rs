@@ -89,6 +89,14 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// mcp-edge patch: an HTTP/1 request header must be complete within this time of its first
+    /// byte (see `HttpSession::set_header_timeout`). Default: `None`, per-read timeouts only.
+    pub h1_header_timeout: Option<Duration>,
+
+    /// mcp-edge patch: a downstream HTTP/2 connection must complete its handshake (the client's
+    /// preface and SETTINGS) within this time. Default: `None`, no limit.
+    pub h2_handshake_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -307,7 +315,20 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            // mcp-edge patch: a client that never sends its preface is not kept forever
+            let handshake = server::handshake(stream, h2_options);
+            let handshake_timeout = self.server_options().and_then(|o| o.h2_handshake_timeout);
+            let handshaken = match handshake_timeout {
+                Some(t) => match pingora_timeout::timeout(t, handshake).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        debug!("H2 handshake not complete within {t:?}");
+                        return None;
+                    }
+                },
+                None => handshake.await,
+            };
+            let h2_conn = match handshaken {
                 Err(e) => {
                     error!("H2 handshake error {e}");
                     return None;
@@ -356,6 +377,9 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            // mcp-edge patch: the header deadline, on every request of the connection
+            let header_timeout = self.server_options().and_then(|o| o.h1_header_timeout);
+            session.set_header_timeout(header_timeout);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -363,6 +387,7 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                session.set_header_timeout(header_timeout); // mcp-edge patch
 
                 result = self.process_new_http(session, shutdown).await;
             }

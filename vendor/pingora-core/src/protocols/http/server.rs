@@ -385,6 +385,14 @@ impl Session {
         }
     }
 
+    /// mcp-edge patch: an HTTP/1 request header must be complete within `timeout` of its first
+    /// byte. A noop for the others.
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>) {
+        if let Self::H1(s) = self {
+            s.set_header_timeout(timeout);
+        }
+    }
+
     /// Gets the downstream read timeout if set.
     pub fn get_read_timeout(&self) -> Option<Duration> {
         match self {

@@ -102,6 +102,9 @@ pub struct HttpSession {
     /// timeouts:
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
+    /// mcp-edge patch: the whole request header must arrive within this time of its first byte
+    /// (a slowloris client dripping a byte per read is cut there, not kept forever).
+    header_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
@@ -187,6 +190,7 @@ impl HttpSession {
             response_written: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
+            header_timeout: None, // mcp-edge patch
             write_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
@@ -213,9 +217,23 @@ impl HttpSession {
         &mut self,
         buf: &mut BytesMut,
         already_read: usize,
+        header_deadline: Option<tokio::time::Instant>,
     ) -> Result<Option<usize>> {
         let read_result = {
             let read_event = self.underlying_stream.read_buf(buf);
+            // mcp-edge patch: once part of a header is in, the rest must come by the deadline,
+            // whatever the keep-alive or per-read timeouts say.
+            if let (Some(deadline), true) = (header_deadline, already_read > 0) {
+                match tokio::time::timeout_at(deadline, read_event).await {
+                    Ok(res) => res,
+                    Err(_) => {
+                        return Error::e_explain(
+                            ReadTimedout,
+                            "request header not complete by its deadline",
+                        );
+                    }
+                }
+            } else {
             match self.keepalive_timeout {
                 KeepaliveStatus::Timeout(d) => match timeout(d, read_event).await {
                     Ok(res) => res,
@@ -239,6 +257,7 @@ impl HttpSession {
                     None => read_event.await,
                 },
             }
+            } // mcp-edge patch: end of the header-deadline branch
         };
 
         match read_result {
@@ -302,6 +321,11 @@ impl HttpSession {
             .filter(|prefix| !prefix.is_empty())
             .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
         let mut already_read = buf.len();
+        // mcp-edge patch: when the rest of the header is due (see `header_timeout`)
+        let mut header_deadline = match (already_read, self.header_timeout) {
+            (0, _) | (_, None) => None,
+            (_, Some(t)) => Some(tokio::time::Instant::now() + t),
+        };
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         loop {
@@ -323,7 +347,16 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = self
+                .read_request_buf(&mut buf, already_read, header_deadline) // mcp-edge patch
+                .await?
+            {
+                // mcp-edge patch: the header deadline runs from its first byte
+                if header_deadline.is_none() {
+                    header_deadline = self
+                        .header_timeout
+                        .map(|t| tokio::time::Instant::now() + t);
+                }
                 already_read += n;
             } else {
                 return Ok(None);
@@ -1332,6 +1365,12 @@ impl HttpSession {
     /// to read from the stream after `timeout`.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
+    }
+
+    /// mcp-edge patch: a request header must be complete within `timeout` of its first byte;
+    /// `None` (the default) keeps only the per-read timeouts.
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>) {
+        self.header_timeout = timeout;
     }
 
     /// Gets the downstream read timeout.
