@@ -15,7 +15,7 @@
 //! storage                    every byte the proxy persists, and where
 //! config                     the YAML's data model: parsed, validated, typed; builds nothing live
 //! names, time, pem, path,   leaves
-//! metrics
+//! metrics, logs
 //! ```
 #![forbid(unsafe_code)]
 
@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod http01;
 pub mod live;
+pub mod logs;
 pub mod metrics;
 pub mod names;
 pub mod path;

@@ -580,6 +580,17 @@ impl ProxyHttp for EdgeProxy {
             _ => "-",
         };
         let req = session.req_header();
+        if let (Some(e), Some(reason)) = (e, error_reason) {
+            tracing::warn!(
+                host = %ctx.host_label(),
+                method = %req.method,
+                path = %req.uri.path(),
+                upstream,
+                reason,
+                error = %e,
+                "upstream request failed"
+            );
+        }
         tracing::info!(
             target: "access",
             host = %ctx.host_label(),
@@ -596,9 +607,11 @@ impl ProxyHttp for EdgeProxy {
         );
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
-        // A client going away mid-stream is normal for SSE; the access line records it.
-        error.esource() == &ErrorSource::Downstream
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        // pingora's own line carries the request URI with its query string (tokens, session
+        // ids): never logged. `logging` writes the access line, and for an upstream failure a
+        // line with the reason, the path only.
+        true
     }
 
     async fn fail_to_proxy(

@@ -689,12 +689,17 @@ async fn reload_swaps_routes_keeps_streams_and_refuses_a_bad_config() {
         }
     })
     .await;
-    assert!(
-        t.edge
-            .metric("mcp_edge_config_reloads_total{result=\"ok\"}")
-            .await
-            >= 1.0
-    );
+    // Counted once the swap is done, an instant after the new route answers.
+    wait_for(Duration::from_secs(5), "the reload counted", || {
+        let e = &t.edge;
+        async move {
+            (e.try_metric("mcp_edge_config_reloads_total{result=\"ok\"}")
+                .await?
+                >= 1.0)
+                .then_some(())
+        }
+    })
+    .await;
     for _ in 0..5 {
         sse.next_event()
             .await

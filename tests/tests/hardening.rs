@@ -470,3 +470,60 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_timeout() {
         "closed before its timeout"
     );
 }
+
+#[tokio::test]
+async fn no_log_line_carries_a_query_string_and_failures_are_still_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("r1").await;
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  h.test:\n    tls: none\n    routes:\n      - {{ path: /down, upstream: \"http://127.0.0.1:1\" }}\n      - {{ path: /, upstream: \"{}\" }}\n",
+        ports.yaml(),
+        tmp.path().join("certs").display(),
+        up.url()
+    );
+    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    let ok = get_raw(&edge, "/echo?token=SECRETQUERY1&sessionId=abc", "").await;
+    assert_eq!(status(&ok), 200, "{ok}");
+    let failed = get_raw(&edge, "/down/mcp?token=SECRETQUERY2", "").await;
+    assert_eq!(status(&failed), 502, "{failed}");
+    let log = wait_for(Duration::from_secs(5), "the failure logged", || {
+        let log = edge.log();
+        async move { log.contains("upstream request failed").then_some(log) }
+    })
+    .await;
+    assert!(log.contains("connect_refused"), "{log}");
+    assert!(log.contains("/down/mcp"), "{log}");
+    assert!(
+        !log.contains("SECRETQUERY"),
+        "a query string reached the log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_handshakes_is_logged_a_few_times_and_summed_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, root) = (
+        Upstream::start("files").await,
+        Upstream::start("root").await,
+    );
+    let edge = routed_edge(tmp.path(), &files, &root).await;
+    for _ in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(edge.https).await.unwrap();
+        let _ = s.write_all(b"this is not a TLS client hello\r\n\r\n").await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+    }
+    let log = wait_for(Duration::from_secs(10), "the summary line", || {
+        let log = edge.log();
+        async move { log.contains("handshake errors not logged").then_some(log) }
+    })
+    .await;
+    let lines = log.matches("Downstream handshake error").count();
+    assert!(
+        (1..=5).contains(&lines),
+        "{lines} handshake lines for 40 refused handshakes:\n{log}"
+    );
+    assert!(log.contains("suppressed="), "{log}");
+}

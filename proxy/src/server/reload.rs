@@ -104,6 +104,7 @@ impl BackgroundService for ReloadService {
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
                 _ = tick.tick() => {
                     r.files.poll(&*r.live);
+                    crate::logs::report_suppressed();
                     let now = file_stamp(&r.path);
                     if now == stamp || now.is_none() {
                         continue;
