@@ -38,3 +38,6 @@ pub mod storage;
 pub mod time;
 pub mod tls;
 pub mod upstream;
+
+#[cfg(test)]
+mod fuzz_tests;
