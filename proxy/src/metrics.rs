@@ -39,6 +39,9 @@ pub struct Metrics {
     pub cert_next_renewal: GaugeVec,
     /// Failed ACME orders in a row, by host (0 after a success).
     pub acme_failures: IntGaugeVec,
+    /// 1 while an upstream replica takes new sessions, 0 while it is out of the round robin
+    /// after a failed connection; by host, route and replica URL.
+    pub replica_up: IntGaugeVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -87,6 +90,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     )
     .expect("static metric definition");
     r.register(Box::new(acme_failures.clone()))
+        .expect("metric registered once");
+    let replica_up = IntGaugeVec::new(
+        Opts::new(
+            "upstream_replica_up",
+            "1 while a replica takes new sessions, 0 while it is out after a failed connection",
+        ),
+        &["host", "route", "replica"],
+    )
+    .expect("static metric definition");
+    r.register(Box::new(replica_up.clone()))
         .expect("metric registered once");
     Metrics {
         requests: counter(
@@ -146,6 +159,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["host"],
         ),
         acme_failures,
+        replica_up,
         registry: r,
     }
 });

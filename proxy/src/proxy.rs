@@ -74,6 +74,10 @@ pub struct Ctx {
     client_host: String,
     stream_open: bool,
     rewriter: Option<EndpointRewriter>,
+    /// The request belongs to a sealed session: it must reach its replica or none.
+    in_session: bool,
+    /// Connection attempts moved to another replica.
+    retried: usize,
 }
 
 impl Ctx {
@@ -261,6 +265,8 @@ impl ProxyHttp for EdgeProxy {
             client_host: String::new(),
             stream_open: false,
             rewriter: None,
+            in_session: false,
+            retried: 0,
         }
     }
 
@@ -363,10 +369,13 @@ impl ProxyHttp for EdgeProxy {
                 .and_then(affinity::query_session)
                 .map(|(k, v)| (Some(k), v));
             if let Some((key, token)) = from_header.or(from_query) {
+                // A replica that is out (its connection failed) is treated like one that is no
+                // longer configured: the client re-initializes on a healthy one.
                 let opened = self
                     .sealer
                     .open(&token)
-                    .and_then(|(replica, id)| Some((pool.replica_by_url(&replica)?, id)));
+                    .and_then(|(replica, id)| Some((pool.replica_by_url(&replica)?, id)))
+                    .filter(|(replica, _)| pool.is_up(*replica));
                 let Some((replica, id)) = opened else {
                     metrics::get()
                         .session_rejected
@@ -382,6 +391,7 @@ impl ProxyHttp for EdgeProxy {
                     .await;
                 };
                 ctx.replica = Some(replica);
+                ctx.in_session = true;
                 ctx.restore = Some(match key {
                     None => Restore::Header(id),
                     Some(key) => Restore::Query { key, value: id },
@@ -579,6 +589,14 @@ impl ProxyHttp for EdgeProxy {
             (Some(p), Some(i)) => p.url(i).url.as_str(),
             _ => "-",
         };
+        if let (None, Some(p), Some(i)) = (e, &ctx.pool, ctx.replica) {
+            if p.is_replicated() {
+                p.mark_up(i);
+                m.replica_up
+                    .with_label_values(&[labels[0], labels[1], &p.url(i).url])
+                    .set(1);
+            }
+        }
         let req = session.req_header();
         if let (Some(e), Some(reason)) = (e, error_reason) {
             tracing::warn!(
@@ -605,6 +623,44 @@ impl ProxyHttp for EdgeProxy {
             tls = ctx.tls,
             error = error_reason.unwrap_or(""),
         );
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let (Some(pool), Some(i)) = (ctx.pool.clone(), ctx.replica) else {
+            return e;
+        };
+        let unreachable = matches!(
+            e.etype(),
+            ConnectRefused | ConnectTimedout | ConnectError | ConnectNoRoute
+        );
+        if !unreachable {
+            return e;
+        }
+        if pool.mark_down(i) {
+            metrics::get()
+                .replica_up
+                .with_label_values(&[ctx.host_label(), ctx.route_label(), &pool.url(i).url])
+                .set(0);
+            tracing::warn!(
+                host = %ctx.host_label(),
+                replica = %pool.url(i).url,
+                "replica out of the round robin for {}s: its connection failed",
+                crate::upstream::DOWN_FOR.as_secs()
+            );
+        }
+        // Nothing was sent yet: a request outside a session may try another replica.
+        if !ctx.in_session && ctx.retried + 1 < pool.upstream.urls.len() && pool.up_count() > 0 {
+            ctx.retried += 1;
+            ctx.replica = None;
+            e.set_retry(true);
+        }
+        e
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {

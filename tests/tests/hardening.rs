@@ -527,3 +527,47 @@ async fn a_flood_of_refused_handshakes_is_logged_a_few_times_and_summed_up() {
     );
     assert!(log.contains("suppressed="), "{log}");
 }
+
+#[tokio::test]
+async fn a_dead_replica_leaves_the_round_robin_and_new_requests_go_to_the_live_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let live = Upstream::start("live").await;
+    // Nothing listens there: every connection is refused.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  h.test:\n    tls: none\n    upstream:\n      urls: [\"{}\", \"{dead}\"]\n",
+        ports.yaml(),
+        tmp.path().join("certs").display(),
+        live.url()
+    );
+    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    // Requests outside a session: the one that meets the dead replica is retried on the live
+    // one (nothing was sent), and after that the dead one is skipped.
+    for i in 0..8 {
+        let raw = get_raw(&edge, &format!("/echo/{i}"), "").await;
+        assert_eq!(status(&raw), 200, "request {i}: {raw}");
+        assert_eq!(body_json(&raw)["replica"], "live");
+    }
+    assert_eq!(
+        edge.metric(&format!(
+            "mcp_edge_upstream_replica_up{{host=\"h.test\",replica=\"{dead}\",route=\"/\"}}"
+        ))
+        .await,
+        0.0
+    );
+    assert_eq!(
+        edge.metric(&format!(
+            "mcp_edge_upstream_replica_up{{host=\"h.test\",replica=\"{}\",route=\"/\"}}",
+            live.url()
+        ))
+        .await,
+        1.0
+    );
+    let log = edge.log();
+    assert_eq!(
+        log.matches("replica out of the round robin").count(),
+        1,
+        "the dead replica was tried again while out:\n{log}"
+    );
+}

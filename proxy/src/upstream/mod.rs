@@ -25,6 +25,8 @@ use trust::{TlsConnect, UpstreamTls};
 const DNS_TTL: Duration = Duration::from_secs(10);
 /// How long an idle pooled upstream connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a replica whose connection failed stays out of the round robin.
+pub const DOWN_FOR: Duration = Duration::from_secs(10);
 
 /// The replicas of one upstream, with round-robin state, a small DNS cache and, for HTTPS, the
 /// prepared TLS connector.
@@ -34,6 +36,8 @@ pub struct Pool {
     tls: Option<(Arc<TlsConnect>, u64)>,
     next: AtomicUsize,
     dns: Mutex<HashMap<usize, (Instant, SocketAddr)>>,
+    /// Per replica: out of the round robin until this moment (passive health).
+    down_until: Mutex<Vec<Option<Instant>>>,
 }
 
 impl Pool {
@@ -52,6 +56,7 @@ impl Pool {
             tls,
             next: AtomicUsize::new(0),
             dns: Mutex::new(HashMap::new()),
+            down_until: Mutex::new(vec![None; upstream.urls.len()]),
         })
     }
 
@@ -60,9 +65,49 @@ impl Pool {
         self.upstream.urls.len() > 1
     }
 
-    /// The next replica in round-robin order.
+    /// The next replica in round-robin order, skipping replicas out after a failed
+    /// connection (all of them out: plain round robin, so the first to recover is found).
     pub fn next_replica(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.upstream.urls.len()
+        let n = self.upstream.urls.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.is_up(i))
+            .unwrap_or(start % n)
+    }
+
+    /// Whether replica `i` takes requests (it is not out after a failed connection).
+    pub fn is_up(&self, i: usize) -> bool {
+        let down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        down.get(i)
+            .copied()
+            .flatten()
+            .is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// Takes replica `i` out of the round robin for [`DOWN_FOR`]; returns whether it was up.
+    pub fn mark_down(&self, i: usize) -> bool {
+        let was_up = self.is_up(i);
+        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = down.get_mut(i) {
+            *slot = Some(Instant::now() + DOWN_FOR);
+        }
+        was_up
+    }
+
+    /// Replica `i` answered: it is up.
+    pub fn mark_up(&self, i: usize) {
+        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = down.get_mut(i) {
+            *slot = None;
+        }
+    }
+
+    /// How many replicas take requests now.
+    pub fn up_count(&self) -> usize {
+        (0..self.upstream.urls.len())
+            .filter(|&i| self.is_up(i))
+            .count()
     }
 
     /// The replica whose normalised URL is `url`.
