@@ -31,6 +31,9 @@ pub struct Metrics {
     pub cert_not_after: GaugeVec,
     /// Configuration reloads by result (`ok`, `error`).
     pub reloads: IntCounterVec,
+    /// Requests refused at the edge before reaching an upstream, by host and reason
+    /// (`bad_path`, `repeated_origin`, `body_too_large`).
+    pub refused: IntCounterVec,
     /// Requests refused because their session id was not sealed by this proxy.
     pub session_rejected: IntCounterVec,
     /// ACME orders by host and result (`ok`, `error`).
@@ -160,6 +163,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         acme_failures,
         replica_up,
+        refused: counter(
+            &r,
+            "requests_refused_total",
+            "Requests refused at the edge before reaching an upstream, by host and reason",
+            &["host", "reason"],
+        ),
         registry: r,
     }
 });

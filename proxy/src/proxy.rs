@@ -78,6 +78,9 @@ pub struct Ctx {
     in_session: bool,
     /// Connection attempts moved to another replica.
     retried: usize,
+    /// Request body bytes seen so far, and the route's limit.
+    body_seen: u64,
+    body_limit: u64,
 }
 
 impl Ctx {
@@ -170,6 +173,21 @@ async fn respond_text(session: &mut Session, status: u16, body: &'static str) ->
         &[],
     )
     .await
+}
+
+/// Answers `status` with a short text, counted as refused for `reason`.
+async fn refuse(
+    session: &mut Session,
+    ctx: &Ctx,
+    status: u16,
+    reason: &str,
+    body: &'static str,
+) -> Result<bool> {
+    metrics::get()
+        .refused
+        .with_label_values(&[ctx.host_label(), reason])
+        .inc();
+    respond_text(session, status, body).await
 }
 
 fn upstream_reason(e: &Error) -> &'static str {
@@ -267,6 +285,8 @@ impl ProxyHttp for EdgeProxy {
             rewriter: None,
             in_session: false,
             retried: 0,
+            body_seen: 0,
+            body_limit: u64::MAX,
         }
     }
 
@@ -326,7 +346,14 @@ impl ProxyHttp for EdgeProxy {
             .count()
             > 1
         {
-            return respond_text(session, 400, "more than one Origin header\n").await;
+            return refuse(
+                session,
+                ctx,
+                400,
+                "repeated_origin",
+                "more than one Origin header\n",
+            )
+            .await;
         }
         if let (Some(allowed), Some(origin)) =
             (&entry.host.allowed_origins, header_str(session, "origin"))
@@ -342,7 +369,7 @@ impl ProxyHttp for EdgeProxy {
         let uri = &session.req_header().uri;
         let path = match crate::path::normalize(uri.path()) {
             Ok(p) => p.into_owned(),
-            Err(_) => return respond_text(session, 400, "bad path\n").await,
+            Err(_) => return refuse(session, ctx, 400, "bad_path", "bad path\n").await,
         };
         if path != uri.path() {
             let pq = match uri.query() {
@@ -359,6 +386,19 @@ impl ProxyHttp for EdgeProxy {
         };
         ctx.route = Some(i);
         let pool = entry.routes[i].pool.clone();
+        ctx.body_limit = pool.upstream.max_request_body;
+        let declared =
+            header_str(session, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > ctx.body_limit) {
+            return refuse(
+                session,
+                ctx,
+                413,
+                "body_too_large",
+                "request body too large\n",
+            )
+            .await;
+        }
 
         if pool.is_replicated() {
             let from_header = header_str(session, SESSION_HEADER).map(|s| (None, s.to_string()));
@@ -542,6 +582,25 @@ impl ProxyHttp for EdgeProxy {
                     ctx.rewriter = Some(EndpointRewriter::new(replica));
                 }
             }
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Chunked bodies declare no length: counted as they come.
+        ctx.body_seen += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_seen > ctx.body_limit {
+            metrics::get()
+                .refused
+                .with_label_values(&[ctx.host_label(), "body_too_large"])
+                .inc();
+            return Err(Error::explain(HTTPStatus(413), "request body too large"));
         }
         Ok(())
     }

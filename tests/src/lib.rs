@@ -260,13 +260,21 @@ impl Edge {
         s.write_all(head.as_bytes()).await.unwrap();
         for part in body {
             tokio::time::sleep(pause).await;
-            s.write_all(part).await.unwrap();
+            // The proxy may answer (and close) before the body is all sent: a 413, say.
+            if s.write_all(part).await.is_err() {
+                break;
+            }
         }
         let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-            .await
-            .expect("the proxy answers within 10 s")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 8192];
+            // Until the proxy closes (or resets) the connection.
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                out.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("the proxy answers within 10 s");
         String::from_utf8_lossy(&out).into_owned()
     }
 

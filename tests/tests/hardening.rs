@@ -571,3 +571,57 @@ async fn a_dead_replica_leaves_the_round_robin_and_new_requests_go_to_the_live_o
         "the dead replica was tried again while out:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn a_request_body_over_the_route_limit_gets_413() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("r1").await;
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  h.test:\n    tls: none\n    upstream: {{ urls: [\"{}\"], max_request_body: 1KiB }}\n",
+        ports.yaml(),
+        tmp.path().join("certs").display(),
+        up.url()
+    );
+    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    let post = |len: usize| {
+        format!("POST /echo HTTP/1.1\r\nhost: h.test\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
+    };
+    // Accept twin: inside the limit.
+    let small = vec![b'a'; 1000];
+    let ok = edge
+        .raw_exchange(&post(1000), &[&small], Duration::ZERO)
+        .await;
+    assert_eq!(status(&ok), 200, "{ok}");
+    assert_eq!(body_json(&ok)["body_len"], 1000);
+    // Declared too large: refused before anything goes upstream.
+    let big = vec![b'a'; 2048];
+    let refused = edge
+        .raw_exchange(&post(2048), &[&big], Duration::ZERO)
+        .await;
+    assert_eq!(status(&refused), 413, "{refused}");
+    // Chunked, no length declared: refused once the count passes the limit.
+    let chunk = format!("258\r\n{}\r\n", "b".repeat(600));
+    let head = "POST /echo HTTP/1.1\r\nhost: h.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let chunked = edge
+        .raw_exchange(
+            head,
+            &[
+                chunk.as_bytes(),
+                chunk.as_bytes(),
+                chunk.as_bytes(),
+                b"0\r\n\r\n",
+            ],
+            Duration::from_millis(50),
+        )
+        .await;
+    assert!(
+        chunked.is_empty() || status(&chunked) == 413,
+        "a 1800-byte chunked body went through: {chunked}"
+    );
+    assert!(
+        edge.metric("mcp_edge_requests_refused_total{host=\"h.test\",reason=\"body_too_large\"}")
+            .await
+            >= 2.0
+    );
+}

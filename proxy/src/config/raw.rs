@@ -158,6 +158,8 @@ pub(super) struct RawUpstream {
     pub write_timeout: Option<String>,
     /// TCP connect timeout (default 10s).
     pub connect_timeout: Option<String>,
+    /// Largest request body accepted (`4MiB`, `512KiB`, bytes); larger ones get 413.
+    pub max_request_body: Option<Value>,
     /// Send the client's Host to the upstream instead of the upstream's own authority.
     #[serde(default)]
     pub preserve_host: bool,

@@ -22,6 +22,8 @@ pub struct Upstream {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Largest request body accepted, in bytes.
+    pub max_request_body: u64,
     pub preserve_host: bool,
     /// How to reach `https://` URLs: trust, name, client certificate.
     pub tls: Option<UpstreamTls>,
@@ -116,6 +118,41 @@ impl UpstreamTls {
         out.copy_from_slice(ctx.finish().as_ref());
         out
     }
+}
+
+/// MCP messages are small; a file upload through a route can raise it.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 4 * 1024 * 1024;
+
+/// A size: bytes as a number, or with a unit (`512KiB`, `4MiB`, `1GiB`, `10kB`, `2MB`).
+pub fn parse_size(v: &Value) -> Result<u64, String> {
+    let text = match v {
+        Value::Number(n) => return n.as_u64().ok_or_else(|| format!("{n} is not a size")),
+        Value::String(s) => s.trim(),
+        _ => return Err("expected a size like 4MiB or a number of bytes".into()),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "KiB" => 1024,
+        "MB" => 1000 * 1000,
+        "MiB" => 1024 * 1024,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1024 * 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "{text:?}: expected a size like 4MiB, 512KiB or bytes"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{text:?}: expected a size like 4MiB, 512KiB or bytes"))
 }
 
 /// A pin as 32 bytes: hex (colons allowed) or base64.
@@ -271,6 +308,7 @@ pub(super) fn build_upstream(
             read_timeout: None,
             write_timeout: None,
             connect_timeout: None,
+            max_request_body: None,
             preserve_host: false,
             ca: None,
             pin_sha256: None,
@@ -338,6 +376,20 @@ pub(super) fn build_upstream(
         raw.connect_timeout.as_deref(),
         Duration::from_secs(10),
     );
+    let max_request_body = match &raw.max_request_body {
+        None => DEFAULT_MAX_REQUEST_BODY,
+        Some(v) => match parse_size(v) {
+            Ok(0) => {
+                c.err(&p.key("max_request_body"), "must be more than 0");
+                DEFAULT_MAX_REQUEST_BODY
+            }
+            Ok(n) => n,
+            Err(e) => {
+                c.err(&p.key("max_request_body"), e);
+                DEFAULT_MAX_REQUEST_BODY
+            }
+        },
+    };
     for (k, d) in [
         ("read_timeout", read_timeout),
         ("write_timeout", write_timeout),
@@ -352,6 +404,7 @@ pub(super) fn build_upstream(
         read_timeout,
         write_timeout,
         connect_timeout,
+        max_request_body,
         preserve_host: raw.preserve_host,
         tls,
     })
