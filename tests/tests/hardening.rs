@@ -24,16 +24,25 @@ fn status(raw: &str) -> u16 {
         .unwrap_or(0)
 }
 
-async fn routed_edge(dir: &Path, files: &Upstream, root: &Upstream) -> Edge {
+/// An edge with `top` (top-level YAML) and one plain-HTTP host `h.test` whose remaining keys
+/// (`upstream:` or `routes:`) are `host`.
+async fn edge_for(dir: &Path, top: &str, host: &str) -> Edge {
     let ports = Ports::new();
     let cfg = format!(
-        "{}storage: {}\nhosts:\n  h.test:\n    tls: none\n    routes:\n      - {{ path: /files, upstream: \"{}\" }}\n      - {{ path: /, upstream: \"{}\" }}\n",
+        "{}storage: {}\n{top}hosts:\n  h.test:\n    tls: none\n{host}",
         ports.yaml(),
         dir.join("certs").display(),
+    );
+    Edge::start(dir, &ports, &cfg).await
+}
+
+async fn routed_edge(dir: &Path, files: &Upstream, root: &Upstream) -> Edge {
+    let routes = format!(
+        "    routes:\n      - {{ path: /files, upstream: \"{}\" }}\n      - {{ path: /, upstream: \"{}\" }}\n",
         files.url(),
         root.url()
     );
-    Edge::start(dir, &ports, &cfg).await
+    edge_for(dir, "", &routes).await
 }
 
 async fn get_raw(edge: &Edge, path: &str, extra: &str) -> String {
@@ -354,14 +363,8 @@ async fn temp_files_left_by_an_interrupted_write_are_removed_at_start() {
 }
 
 async fn timed_edge(dir: &Path, up: &Upstream) -> Edge {
-    let ports = Ports::new();
-    let cfg = format!(
-        "{}storage: {}\ntimeouts: {{ header: 2s, keepalive: 2s }}\nhosts:\n  h.test:\n    tls: none\n    upstream: \"{}\"\n",
-        ports.yaml(),
-        dir.join("certs").display(),
-        up.url()
-    );
-    Edge::start(dir, &ports, &cfg).await
+    let host = format!("    upstream: \"{}\"\n", up.url());
+    edge_for(dir, "timeouts: { header: 2s, keepalive: 2s }\n", &host).await
 }
 
 /// Reads until the proxy closes the connection (or resets it); panics after `limit`.
@@ -475,14 +478,11 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_timeout() {
 async fn no_log_line_carries_a_query_string_and_failures_are_still_logged() {
     let tmp = tempfile::tempdir().unwrap();
     let up = Upstream::start("r1").await;
-    let ports = Ports::new();
-    let cfg = format!(
-        "{}storage: {}\nhosts:\n  h.test:\n    tls: none\n    routes:\n      - {{ path: /down, upstream: \"http://127.0.0.1:1\" }}\n      - {{ path: /, upstream: \"{}\" }}\n",
-        ports.yaml(),
-        tmp.path().join("certs").display(),
+    let routes = format!(
+        "    routes:\n      - {{ path: /down, upstream: \"http://127.0.0.1:1\" }}\n      - {{ path: /, upstream: \"{}\" }}\n",
         up.url()
     );
-    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    let edge = edge_for(tmp.path(), "", &routes).await;
     let ok = get_raw(&edge, "/echo?token=SECRETQUERY1&sessionId=abc", "").await;
     assert_eq!(status(&ok), 200, "{ok}");
     let failed = get_raw(&edge, "/down/mcp?token=SECRETQUERY2", "").await;
@@ -534,14 +534,11 @@ async fn a_dead_replica_leaves_the_round_robin_and_new_requests_go_to_the_live_o
     let live = Upstream::start("live").await;
     // Nothing listens there: every connection is refused.
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let ports = Ports::new();
-    let cfg = format!(
-        "{}storage: {}\nhosts:\n  h.test:\n    tls: none\n    upstream:\n      urls: [\"{}\", \"{dead}\"]\n",
-        ports.yaml(),
-        tmp.path().join("certs").display(),
+    let host = format!(
+        "    upstream:\n      urls: [\"{}\", \"{dead}\"]\n",
         live.url()
     );
-    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    let edge = edge_for(tmp.path(), "", &host).await;
     // Requests outside a session: the one that meets the dead replica is retried on the live
     // one (nothing was sent), and after that the dead one is skipped.
     for i in 0..8 {
@@ -576,14 +573,11 @@ async fn a_dead_replica_leaves_the_round_robin_and_new_requests_go_to_the_live_o
 async fn a_request_body_over_the_route_limit_gets_413() {
     let tmp = tempfile::tempdir().unwrap();
     let up = Upstream::start("r1").await;
-    let ports = Ports::new();
-    let cfg = format!(
-        "{}storage: {}\nhosts:\n  h.test:\n    tls: none\n    upstream: {{ urls: [\"{}\"], max_request_body: 1KiB }}\n",
-        ports.yaml(),
-        tmp.path().join("certs").display(),
+    let host = format!(
+        "    upstream: {{ urls: [\"{}\"], max_request_body: 1KiB }}\n",
         up.url()
     );
-    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    let edge = edge_for(tmp.path(), "", &host).await;
     let post = |len: usize| {
         format!("POST /echo HTTP/1.1\r\nhost: h.test\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
     };
