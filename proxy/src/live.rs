@@ -94,6 +94,11 @@ impl std::fmt::Debug for Live {
 /// in force.
 impl ResolvesServerCert for Live {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.snap.load().certs.resolve(hello.server_name())
+        let snap = self.snap.load();
+        // No SNI (a client connecting to an IP address): the default host's certificate.
+        let sni = hello
+            .server_name()
+            .or(snap.config.default_host.as_ref().map(HostName::as_str));
+        snap.certs.resolve(sni)
     }
 }

@@ -316,9 +316,11 @@ impl ProxyHttp for EdgeProxy {
         } else {
             // The certificate was chosen by SNI; the request must be for that same host, so one
             // host's certificate can never front another.
-            let sni_host = tls_info
-                .flatten()
-                .and_then(|sni| snap.table.host(&sni).map(|e| e.host.name.clone()));
+            let sni_host = match tls_info.flatten() {
+                Some(sni) => snap.table.host(&sni).map(|e| e.host.name.clone()),
+                // No SNI: the handshake was served the default host's certificate.
+                None => snap.config.default_host.clone(),
+            };
             let same = match (&ctx.entry, sni_host) {
                 (Some(e), Some(s)) => e.host.name == s && e.host.tls != TlsSource::None,
                 _ => false,

@@ -619,3 +619,53 @@ async fn a_request_body_over_the_route_limit_gets_413() {
             >= 2.0
     );
 }
+
+#[tokio::test]
+async fn an_ip_host_answers_clients_that_send_no_sni() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("r1").await;
+    let ports = Ports::new();
+    let certs = tmp.path().join("certs");
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  127.0.0.1:\n    tls: self-signed\n    upstream: \"{u}\"\n  a.test:\n    tls: self-signed\n    upstream: \"{u}\"\n",
+        ports.yaml(),
+        certs.display(),
+        u = up.url()
+    );
+    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    let pem = std::fs::read_to_string(certs.join("127.0.0.1.self-signed.cert.pem")).unwrap();
+    // rustls, like every client, sends no SNI to an IP address.
+    let client = edge.client(roots_from_pem(&pem), &[]);
+    let r = client
+        .get(format!("https://127.0.0.1:{}/echo", edge.https.port()))
+        .send()
+        .await
+        .expect("https://127.0.0.1/ completes its handshake");
+    assert_eq!(r.status(), 200);
+    // Reject twin: a connection made without SNI cannot carry another host's requests (421,
+    // or 400 where HTTP/2's :authority and the forged Host disagree).
+    let r = client
+        .get(format!("https://127.0.0.1:{}/echo", edge.https.port()))
+        .header("host", "a.test")
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 400 | 421), "{}", r.status());
+}
+
+#[test]
+fn check_refuses_a_default_host_without_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, out) = check(
+        tmp.path(),
+        "default_host: a.test\nhosts:\n  a.test:\n    tls: none\n    upstream: http://127.0.0.1:1\n",
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("default_host"), "{out}");
+    // Accept twin.
+    let (ok, out) = check(
+        tmp.path(),
+        "default_host: a.test\nhosts:\n  a.test:\n    tls: self-signed\n    upstream: http://127.0.0.1:1\n",
+    );
+    assert!(ok, "{out}");
+}

@@ -26,6 +26,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub watch_interval: Duration,
     pub timeouts: ClientTimeouts,
+    /// The host served to TLS clients that send no SNI.
+    pub default_host: Option<HostName>,
     /// Hosts in file order.
     pub hosts: Vec<Arc<Host>>,
 }
@@ -341,6 +343,30 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         }
     }
 
+    // Clients send no SNI to an IP address: such a host needs a certificate chosen without one.
+    let dp = root.key("default_host");
+    let tls_hosts = || hosts.iter().filter(|h| h.tls != TlsSource::None);
+    let default_host = match raw.default_host.as_deref().map(HostName::parse) {
+        Some(Ok(name)) => match tls_hosts().find(|h| h.serves(name.as_str())) {
+            Some(h) => Some(h.name.clone()),
+            None => {
+                c.err(&dp, format!("{name} is not a name of a host with TLS"));
+                None
+            }
+        },
+        Some(Err(e)) => {
+            c.err(&dp, e.to_string());
+            None
+        }
+        None => {
+            let mut ip_hosts = tls_hosts().filter(|h| h.names().any(HostName::is_ip));
+            match (ip_hosts.next(), ip_hosts.next()) {
+                (Some(h), None) => Some(h.name.clone()),
+                _ => None,
+            }
+        }
+    };
+
     Some(Config {
         file: file.to_path_buf(),
         listen,
@@ -350,6 +376,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         shutdown_grace,
         watch_interval,
         timeouts,
+        default_host,
         hosts,
     })
 }

@@ -24,6 +24,9 @@ pub(super) struct RawConfig {
     pub shutdown_grace: Option<String>,
     /// How often `tls: {cert, key}` files are checked for changes (default 2s).
     pub watch_interval: Option<String>,
+    /// The host whose certificate a TLS client that sends no SNI gets (clients send none to an
+    /// IP address). Default: the host named by an IP literal, when exactly one is.
+    pub default_host: Option<String>,
     /// Client-side timeouts.
     #[serde(default)]
     pub timeouts: RawTimeouts,

@@ -207,6 +207,7 @@ impl TlsAccept for HandshakeHook {
         let snap = self.live.load();
         let host = sni
             .as_deref()
+            .or(snap.config.default_host.as_ref().map(|h| h.as_str()))
             .and_then(|s| snap.table.host(s))
             .map_or(metrics::UNKNOWN_HOST, |e| e.host.name.as_str());
         metrics::get()
