@@ -669,3 +669,60 @@ fn check_refuses_a_default_host_without_tls() {
     );
     assert!(ok, "{out}");
 }
+
+#[tokio::test]
+async fn an_h2_client_that_never_sends_its_preface_is_closed() {
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("r1").await;
+    let ports = Ports::new();
+    let certs = tmp.path().join("certs");
+    let cfg = format!(
+        "{}storage: {}\ntimeouts: {{ h2_handshake: 1s }}\nhosts:\n  127.0.0.1:\n    tls: self-signed\n    upstream: \"{}\"\n",
+        ports.yaml(),
+        certs.display(),
+        up.url()
+    );
+    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    let pem = std::fs::read_to_string(certs.join("127.0.0.1.self-signed.cert.pem")).unwrap();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots_from_pem(&pem))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(edge.https).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(edge.https.ip().into());
+        tokio_rustls::TlsConnector::from(Arc::new(tls.clone()))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake")
+    };
+    // TLS done, h2 negotiated, then silence: closed after the h2 handshake deadline.
+    let mut silent = connect().await;
+    assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent h2 connection was kept past its deadline"
+    );
+
+    // Accept twin: a real h2 client is served.
+    let client = edge.client(roots_from_pem(&pem), &[]);
+    let r = client
+        .get(format!("https://127.0.0.1:{}/echo", edge.https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+}
