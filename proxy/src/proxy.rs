@@ -297,6 +297,9 @@ impl ProxyHttp for EdgeProxy {
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(snap.config.timeouts.keepalive.as_secs().max(1)));
         }
+        // A client that stops reading (a stream nobody consumes) is let go, and with it the
+        // upstream stream; a quiet stream never waits on a write, so this never cuts it.
+        session.set_write_timeout(Some(snap.config.timeouts.write));
         let tls_info = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())

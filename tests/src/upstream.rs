@@ -43,6 +43,7 @@ impl Upstream {
         let app = Router::new()
             .route("/ticks", get(ticks))
             .route("/forever", get(forever))
+            .route("/flood", get(flood))
             .route("/mcp", post(mcp_post))
             .route("/sse", get(legacy_sse))
             .route("/message", post(legacy_message))
@@ -163,6 +164,19 @@ async fn forever(State(st): State<St>) -> Response {
     .map(move |x| {
         let _keep = &guard;
         x
+    });
+    sse(Body::from_stream(stream))
+}
+
+/// An SSE stream that writes 64 KiB events as fast as it can, forever: a client that stops
+/// reading it fills every buffer on the way. Counted in `open_streams` while it runs.
+async fn flood(State(st): State<St>) -> Response {
+    st.open_streams.fetch_add(1, Ordering::SeqCst);
+    let guard = Arc::new(Counted(st.open_streams.clone()));
+    let event = Bytes::from(format!("data: {}\n\n", "x".repeat(64 * 1024)));
+    let stream = futures::stream::repeat(event).map(move |ev| {
+        let _keep = &guard;
+        Ok::<_, std::io::Error>(ev)
     });
     sse(Body::from_stream(stream))
 }

@@ -726,3 +726,32 @@ async fn an_h2_client_that_never_sends_its_preface_is_closed() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_stream_is_let_go_and_the_upstream_stream_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("r1").await;
+    let host = format!("    upstream: \"{}\"\n", up.url());
+    let edge = edge_for(tmp.path(), "timeouts: { write: 1s }\n", &host).await;
+    let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    s.write_all(b"GET /flood HTTP/1.1\r\nhost: h.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The stream flows while it is read...
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    while got < 512 * 1024 {
+        got += s.read(&mut buf).await.unwrap();
+    }
+    assert_eq!(up.open_streams(), 1);
+    // ...then the client stops reading, with the connection open. Once every buffer is full the
+    // proxy's write waits; after `timeouts.write` it gives up and closes the upstream stream.
+    wait_for(
+        Duration::from_secs(60),
+        "the upstream stream closed",
+        || async { (up.open_streams() == 0).then_some(()) },
+    )
+    .await;
+    drop(s);
+}

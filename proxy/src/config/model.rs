@@ -51,6 +51,8 @@ pub struct ClientTimeouts {
     pub h2_idle: Duration,
     /// An HTTP/2 client's preface and settings, from the end of the TLS handshake.
     pub h2_handshake: Duration,
+    /// One write to a client that stopped reading (nginx `send_timeout`: 60s).
+    pub write: Duration,
 }
 
 /// Listen addresses.
@@ -279,6 +281,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
             t.h2_handshake.as_deref(),
             Duration::from_secs(10),
         ),
+        write: timeout("write", t.write.as_deref(), Duration::from_secs(60)),
     };
 
     let acme = raw.acme.map(|a| build_acme(a, base, &root.key("acme"), c));

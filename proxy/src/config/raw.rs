@@ -47,6 +47,9 @@ pub(super) struct RawTimeouts {
     pub h2_idle: Option<String>,
     /// An HTTP/2 client must send its preface and settings within this time (10s).
     pub h2_handshake: Option<String>,
+    /// A write to a client that stopped reading may wait this long; then the request (and its
+    /// upstream stream) is ended (60s).
+    pub write: Option<String>,
 }
 
 /// `listen:`
