@@ -65,6 +65,13 @@ impl Reloader {
             tracing::warn!("listen settings changed: they take effect only after a restart");
             new.listen = old.config.listen.clone();
         }
+        let (t, o) = (&new.timeouts, &old.config.timeouts);
+        if (t.header, t.h2_idle, t.h2_handshake) != (o.header, o.h2_idle, o.h2_handshake) {
+            // Set on the listener once; keepalive and write follow the reload.
+            tracing::warn!(
+                "timeouts.header, h2_idle and h2_handshake changed: they take effect only after a restart"
+            );
+        }
         let prepared = certs::prepare(&new).map_err(ReloadError::Certs)?;
         let table = Table::build(&new).map_err(ReloadError::Routes)?;
         let new = Arc::new(new);
