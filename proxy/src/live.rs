@@ -50,20 +50,25 @@ impl Live {
         table: Arc<Table>,
         certs: impl Fn(&CertSet) -> CertSet,
     ) {
-        let old = self.snap.rcu(|cur| Snapshot {
+        self.swap(|cur| Snapshot {
             config: config.clone(),
             table: table.clone(),
             certs: Arc::new(certs(&cur.certs)),
         });
-        self.load().certs.publish_metrics(&old.certs);
     }
 
     fn update_certs(&self, f: impl Fn(&CertSet) -> CertSet) {
-        let old = self.snap.rcu(|cur| Snapshot {
+        self.swap(|cur| Snapshot {
             config: cur.config.clone(),
             table: cur.table.clone(),
             certs: Arc::new(f(&cur.certs)),
         });
+    }
+
+    /// Replaces the snapshot with what `next` makes of the one in force (again, if another
+    /// change won the race), then brings the certificate metrics in line.
+    fn swap(&self, next: impl Fn(&Snapshot) -> Snapshot) {
+        let old = self.snap.rcu(|cur| next(cur));
         self.load().certs.publish_metrics(&old.certs);
     }
 }
@@ -95,10 +100,7 @@ impl std::fmt::Debug for Live {
 impl ResolvesServerCert for Live {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let snap = self.snap.load();
-        // No SNI (a client connecting to an IP address): the default host's certificate.
-        let sni = hello
-            .server_name()
-            .or(snap.config.default_host.as_ref().map(HostName::as_str));
-        snap.certs.resolve(sni)
+        snap.certs
+            .resolve(snap.config.tls_name(hello.server_name()))
     }
 }

@@ -97,17 +97,20 @@ pub fn parse_certificates(
 
 /// Reads and checks a certificate chain and its key from two PEM files.
 pub fn load_key_pair(cert: &Path, key: &Path) -> Result<LoadedCert, KeyPairError> {
-    let cert_pem = std::fs::read(cert).map_err(|source| KeyPairError::Read {
-        path: cert.to_path_buf(),
-        is_key: false,
-        source,
-    })?;
-    let key_pem = std::fs::read(key).map_err(|source| KeyPairError::Read {
-        path: key.to_path_buf(),
-        is_key: true,
-        source,
-    })?;
+    let (cert_pem, key_pem) = read_pair(cert, key)?;
     key_pair_from_pem(&cert_pem, cert, &key_pem, key)
+}
+
+/// The bytes of a certificate file and its key file, unchecked.
+pub fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), KeyPairError> {
+    let read = |path: &Path, is_key| {
+        std::fs::read(path).map_err(|source| KeyPairError::Read {
+            path: path.to_path_buf(),
+            is_key,
+            source,
+        })
+    };
+    Ok((read(cert, false)?, read(key, true)?))
 }
 
 /// Checks a PEM chain and key: both parse, the key is usable by rustls, and it belongs to the
@@ -158,14 +161,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
         for n in &san.value.general_names {
             match n {
                 GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
-                GeneralName::IPAddress(b) => {
-                    let ip = match b.len() {
-                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
-                        _ => None,
-                    };
-                    names.extend(ip.map(|ip| ip.to_string()));
-                }
+                GeneralName::IPAddress(b) => names.extend(san_ip(b).map(|ip| ip.to_string())),
                 _ => {}
             }
         }
@@ -176,6 +172,15 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
         not_before: x.validity().not_before.timestamp(),
         not_after: x.validity().not_after.timestamp(),
     })
+}
+
+/// The address in a SAN `iPAddress` entry (4 or 16 bytes), if it is one.
+pub fn san_ip(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match (<[u8; 4]>::try_from(bytes), <[u8; 16]>::try_from(bytes)) {
+        (Ok(v4), _) => Some(v4.into()),
+        (_, Ok(v6)) => Some(v6.into()),
+        _ => None,
+    }
 }
 
 /// SHA-256 of `der` (certificate pins, trust fingerprints).

@@ -22,7 +22,8 @@ use crate::upstream::{trust, Pool};
 /// What the TLS handshake told us, carried on the connection's TLS digest.
 #[derive(Debug)]
 pub struct TlsInfo {
-    pub sni: Option<String>,
+    /// The name the certificate was chosen by: the SNI, or without one the default host.
+    pub server_name: Option<String>,
 }
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -89,6 +90,14 @@ impl Ctx {
         self.entry
             .as_ref()
             .map_or(UNKNOWN_HOST, |e| e.host.name.as_str())
+    }
+
+    /// Counts a request refused at the edge for `reason`.
+    fn count_refused(&self, reason: &str) {
+        metrics::get()
+            .refused
+            .with_label_values(&[self.host_label(), reason])
+            .inc();
     }
 
     /// Metric label: the matched route's prefix, or `_none`.
@@ -183,10 +192,7 @@ async fn refuse(
     reason: &str,
     body: &'static str,
 ) -> Result<bool> {
-    metrics::get()
-        .refused
-        .with_label_values(&[ctx.host_label(), reason])
-        .inc();
+    ctx.count_refused(reason);
     respond_text(session, status, body).await
 }
 
@@ -303,7 +309,11 @@ impl ProxyHttp for EdgeProxy {
         let tls_info = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
-            .map(|d| d.extension.get::<TlsInfo>().and_then(|i| i.sni.clone()));
+            .map(|d| {
+                d.extension
+                    .get::<TlsInfo>()
+                    .and_then(|i| i.server_name.clone())
+            });
         ctx.tls = tls_info.is_some();
         let host = request_host(session);
         ctx.client_host = header_str(session, "host")
@@ -319,11 +329,9 @@ impl ProxyHttp for EdgeProxy {
         } else {
             // The certificate was chosen by SNI; the request must be for that same host, so one
             // host's certificate can never front another.
-            let sni_host = match tls_info.flatten() {
-                Some(sni) => snap.table.host(&sni).map(|e| e.host.name.clone()),
-                // No SNI: the handshake was served the default host's certificate.
-                None => snap.config.default_host.clone(),
-            };
+            let sni_host = tls_info
+                .flatten()
+                .and_then(|name| snap.table.host(&name).map(|e| e.host.name.clone()));
             let same = match (&ctx.entry, sni_host) {
                 (Some(e), Some(s)) => e.host.name == s && e.host.tls != TlsSource::None,
                 _ => false,
@@ -601,10 +609,7 @@ impl ProxyHttp for EdgeProxy {
         // Chunked bodies declare no length: counted as they come.
         ctx.body_seen += body.as_ref().map_or(0, |b| b.len() as u64);
         if ctx.body_seen > ctx.body_limit {
-            metrics::get()
-                .refused
-                .with_label_values(&[ctx.host_label(), "body_too_large"])
-                .inc();
+            ctx.count_refused("body_too_large");
             return Err(Error::explain(HTTPStatus(413), "request body too large"));
         }
         Ok(())

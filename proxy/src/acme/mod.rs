@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use client::{capturing_retry_after, Accounts, Failure, FailureKind};
 use schedule::{HostStatus, StatusFile};
 
-use crate::certs::{load_acme, names_of};
+use crate::certs::names_of;
 use crate::config::{Config, Host, TlsSource};
 use crate::http01::ChallengeStore;
 use crate::metrics;
@@ -299,20 +299,10 @@ impl State {
                     slot.next = now;
                 }
                 None => {
-                    let store = &self.certs;
-                    let current = match load_acme(&Layout::new(&config.storage), host) {
-                        Some(c) => {
-                            let cur = Current::of(&c);
-                            store.install(name, names.clone(), c);
-                            Some(cur)
-                        }
-                        None => {
-                            // Never a stale or foreign certificate (say the self-signed one
-                            // of before a reload) for a host whose order is pending.
-                            store.remove(name);
-                            None
-                        }
-                    };
+                    // The snapshot in force was built from this configuration
+                    // (`certs::prepare`): it serves the host's certificate from storage if
+                    // that one can serve, and nothing otherwise (never a stale or foreign one).
+                    let current = self.certs.get(name).map(|i| Current::of(&i.cert));
                     self.slots
                         .insert(name.clone(), Slot::new(names, current, config));
                 }

@@ -50,11 +50,9 @@ fn general_name(n: &x509_parser::extensions::GeneralName<'_>) -> String {
     use x509_parser::extensions::GeneralName;
     match n {
         GeneralName::DNSName(d) => d.to_string(),
-        GeneralName::IPAddress(b) => match (<[u8; 4]>::try_from(*b), <[u8; 16]>::try_from(*b)) {
-            (Ok(v4), _) => std::net::IpAddr::from(v4).to_string(),
-            (_, Ok(v6)) => std::net::IpAddr::from(v6).to_string(),
-            _ => format!("{n}"),
-        },
+        GeneralName::IPAddress(b) => {
+            crate::pem::san_ip(b).map_or_else(|| format!("{n}"), |ip| ip.to_string())
+        }
         other => format!("{other}"),
     }
 }

@@ -37,6 +37,12 @@ impl Config {
     pub fn host(&self, name: &str) -> Option<&Arc<Host>> {
         self.hosts.iter().find(|h| h.serves(name))
     }
+
+    /// The name a TLS handshake's certificate is chosen by: its SNI, or without one (a client
+    /// connecting to an IP address) the default host.
+    pub fn tls_name<'a>(&'a self, sni: Option<&'a str>) -> Option<&'a str> {
+        sni.or(self.default_host.as_ref().map(HostName::as_str))
+    }
 }
 
 /// How long a client may take, or stay idle, before the connection is closed. Long, quiet
@@ -407,10 +413,7 @@ fn build_host(
     }
 
     let tp = p.key("tls");
-    let rh_tls_kind = match &rh.tls {
-        Some(Value::String(k)) => Some(k.clone()),
-        _ => None,
-    };
+    let tls_auto = matches!(&rh.tls, Some(Value::String(k)) if k == "auto");
     let tls = match rh.tls {
         None => {
             c.err(
@@ -519,7 +522,7 @@ fn build_host(
         name: host_name?,
         aliases,
         tls: tls?,
-        tls_auto: matches!(&rh_tls_kind, Some(k) if k == "auto"),
+        tls_auto,
         allowed_origins,
         routes,
     })

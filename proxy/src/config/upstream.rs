@@ -259,15 +259,7 @@ fn build_tls(
         }
         (Some(cert), Some(key)) => {
             let (cert, key) = (resolve_path(base, cert), resolve_path(base, key));
-            let read = |path: &Path, is_key| {
-                std::fs::read(path).map_err(|source| pem::KeyPairError::Read {
-                    path: path.to_path_buf(),
-                    is_key,
-                    source,
-                })
-            };
-            let checked = read(&cert, false).and_then(|cert_pem| {
-                let key_pem = read(&key, true)?;
+            let checked = pem::read_pair(&cert, &key).and_then(|(cert_pem, key_pem)| {
                 let pair = pem::key_pair_from_pem(&cert_pem, &cert, &key_pem, &key)?;
                 Ok(ClientIdentity {
                     chain: pair.certified.cert.clone(),

@@ -205,15 +205,15 @@ impl TlsAccept for HandshakeHook {
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         let sni = tls.server_name().map(|s| s.to_ascii_lowercase());
         let snap = self.live.load();
-        let host = sni
+        let name = snap.config.tls_name(sni.as_deref()).map(str::to_string);
+        let host = name
             .as_deref()
-            .or(snap.config.default_host.as_ref().map(|h| h.as_str()))
             .and_then(|s| snap.table.host(s))
             .map_or(metrics::UNKNOWN_HOST, |e| e.host.name.as_str());
         metrics::get()
             .tls_handshakes
             .with_label_values(&[host])
             .inc();
-        Some(Arc::new(TlsInfo { sni }))
+        Some(Arc::new(TlsInfo { server_name: name }))
     }
 }
