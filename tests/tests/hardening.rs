@@ -368,7 +368,11 @@ async fn timed_edge(dir: &Path, up: &Upstream) -> Edge {
 }
 
 /// Reads until the proxy closes the connection (or resets it); panics after `limit`.
-async fn wait_closed(s: &mut tokio::net::TcpStream, limit: Duration, what: &str) -> Vec<u8> {
+async fn wait_closed<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    limit: Duration,
+    what: &str,
+) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut seen = Vec::new();
     let closed = tokio::time::timeout(limit, async {
@@ -385,6 +389,23 @@ async fn wait_closed(s: &mut tokio::net::TcpStream, limit: Duration, what: &str)
     seen
 }
 
+/// Sends a byte every half second, as a slowloris client does; whether the proxy cut the
+/// connection (a write failed) within 10 s.
+async fn drip_until_cut(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let drip = async {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if s.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), drip)
+        .await
+        .is_ok()
+}
+
 #[tokio::test]
 async fn a_slowloris_header_is_cut_at_its_deadline_on_the_first_and_on_a_reused_connection() {
     use tokio::io::AsyncWriteExt;
@@ -398,16 +419,10 @@ async fn a_slowloris_header_is_cut_at_its_deadline_on_the_first_and_on_a_reused_
     s.write_all(b"GET /slow HTTP/1.1\r\nhost: h.test\r\n")
         .await
         .unwrap();
-    let drip = async {
-        for _ in 0..30 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if s.write_all(b"x").await.is_err() {
-                return;
-            }
-        }
-    };
-    let dripped = tokio::time::timeout(Duration::from_secs(10), drip).await;
-    assert!(dripped.is_ok(), "the dripping client was never cut");
+    assert!(
+        drip_until_cut(&mut s).await,
+        "the dripping client was never cut"
+    );
     wait_closed(&mut s, Duration::from_secs(5), "slowloris").await;
 
     // The same on a kept-alive connection's second request.
@@ -423,17 +438,8 @@ async fn a_slowloris_header_is_cut_at_its_deadline_on_the_first_and_on_a_reused_
     s.write_all(b"GET /two HTTP/1.1\r\nhost: h.test\r\n")
         .await
         .unwrap();
-    let drip = async {
-        for _ in 0..30 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if s.write_all(b"x").await.is_err() {
-                return;
-            }
-        }
-    };
-    let dripped = tokio::time::timeout(Duration::from_secs(10), drip).await;
     assert!(
-        dripped.is_ok(),
+        drip_until_cut(&mut s).await,
         "the second, dripping request was never cut"
     );
 
@@ -620,20 +626,31 @@ async fn a_request_body_over_the_route_limit_gets_413() {
     );
 }
 
+/// An edge with `top` (top-level YAML), a self-signed host named `127.0.0.1` and the hosts in
+/// `more`; with that host's certificate (PEM).
+async fn ip_host_edge(dir: &Path, top: &str, more: &str, up: &Upstream) -> (Edge, String) {
+    let ports = Ports::new();
+    let certs = dir.join("certs");
+    let cfg = format!(
+        "{}storage: {}\n{top}hosts:\n  127.0.0.1:\n    tls: self-signed\n    upstream: \"{}\"\n{more}",
+        ports.yaml(),
+        certs.display(),
+        up.url()
+    );
+    let edge = Edge::start(dir, &ports, &cfg).await;
+    let pem = std::fs::read_to_string(certs.join("127.0.0.1.self-signed.cert.pem")).unwrap();
+    (edge, pem)
+}
+
 #[tokio::test]
 async fn an_ip_host_answers_clients_that_send_no_sni() {
     let tmp = tempfile::tempdir().unwrap();
     let up = Upstream::start("r1").await;
-    let ports = Ports::new();
-    let certs = tmp.path().join("certs");
-    let cfg = format!(
-        "{}storage: {}\nhosts:\n  127.0.0.1:\n    tls: self-signed\n    upstream: \"{u}\"\n  a.test:\n    tls: self-signed\n    upstream: \"{u}\"\n",
-        ports.yaml(),
-        certs.display(),
-        u = up.url()
+    let also = format!(
+        "  a.test:\n    tls: self-signed\n    upstream: \"{}\"\n",
+        up.url()
     );
-    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
-    let pem = std::fs::read_to_string(certs.join("127.0.0.1.self-signed.cert.pem")).unwrap();
+    let (edge, pem) = ip_host_edge(tmp.path(), "", &also, &up).await;
     // rustls, like every client, sends no SNI to an IP address.
     let client = edge.client(roots_from_pem(&pem), &[]);
     let r = client
@@ -673,48 +690,27 @@ fn check_refuses_a_default_host_without_tls() {
 #[tokio::test]
 async fn an_h2_client_that_never_sends_its_preface_is_closed() {
     use std::sync::Arc;
-    use tokio::io::AsyncReadExt;
     let tmp = tempfile::tempdir().unwrap();
     let up = Upstream::start("r1").await;
-    let ports = Ports::new();
-    let certs = tmp.path().join("certs");
-    let cfg = format!(
-        "{}storage: {}\ntimeouts: {{ h2_handshake: 1s }}\nhosts:\n  127.0.0.1:\n    tls: self-signed\n    upstream: \"{}\"\n",
-        ports.yaml(),
-        certs.display(),
-        up.url()
-    );
-    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
-    let pem = std::fs::read_to_string(certs.join("127.0.0.1.self-signed.cert.pem")).unwrap();
+    let (edge, pem) = ip_host_edge(tmp.path(), "timeouts: { h2_handshake: 1s }\n", "", &up).await;
     let mut tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots_from_pem(&pem))
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h2".to_vec()];
-    let connect = || async {
-        let tcp = tokio::net::TcpStream::connect(edge.https).await.unwrap();
-        let name = rustls::pki_types::ServerName::IpAddress(edge.https.ip().into());
-        tokio_rustls::TlsConnector::from(Arc::new(tls.clone()))
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake")
-    };
+    let tcp = tokio::net::TcpStream::connect(edge.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(edge.https.ip().into());
+    let mut silent = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
     // TLS done, h2 negotiated, then silence: closed after the h2 handshake deadline.
-    let mut silent = connect().await;
     assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let mut buf = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match silent.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
+    wait_closed(
+        &mut silent,
+        Duration::from_secs(10),
+        "a silent h2 connection kept past its deadline",
+    )
     .await;
-    assert!(
-        closed.is_ok(),
-        "a silent h2 connection was kept past its deadline"
-    );
 
     // Accept twin: a real h2 client is served.
     let client = edge.client(roots_from_pem(&pem), &[]);
