@@ -49,11 +49,11 @@ pub struct Reloader {
 
 impl Reloader {
     /// Loads the file and, if it is valid and its certificates and upstreams can be set up,
-    /// makes it the one in force.
-    pub fn reload(&self) -> Result<(), ReloadError> {
+    /// makes it the one in force. The outcome is logged before it is counted, so whoever
+    /// waits for the counter finds the log line already there.
+    pub fn reload(&self, trigger: &str) -> Result<(), ReloadError> {
         let result = self.build_and_swap();
-        let label = if result.is_ok() { "ok" } else { "error" };
-        metrics::get().reloads.with_label_values(&[label]).inc();
+        record(trigger, &result);
         result
     }
 
@@ -81,6 +81,21 @@ impl Reloader {
         self.config_tx.send_replace(new);
         Ok(())
     }
+}
+
+/// Logs a reload's outcome, then counts it.
+fn record(trigger: &str, result: &Result<(), ReloadError>) {
+    let label = match result {
+        Ok(()) => {
+            tracing::info!(trigger, "configuration reloaded");
+            "ok"
+        }
+        Err(e) => {
+            tracing::error!(trigger, error = %e, "reload refused; the previous configuration keeps serving");
+            "error"
+        }
+    };
+    metrics::get().reloads.with_label_values(&[label]).inc();
 }
 
 fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
@@ -122,14 +137,8 @@ impl BackgroundService for ReloadService {
             stamp = file_stamp(&r.path);
             let reloader = r.clone();
             // Reading files and generating keys is blocking work.
-            let result = tokio::task::spawn_blocking(move || reloader.reload())
-                .await
-                .unwrap_or_else(|e| Err(ReloadError::Task(e.to_string())));
-            match result {
-                Ok(()) => tracing::info!(trigger = why, "configuration reloaded"),
-                Err(e) => {
-                    tracing::error!(trigger = why, error = %e, "reload refused; the previous configuration keeps serving")
-                }
+            if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload(why)).await {
+                record(why, &Err(ReloadError::Task(e.to_string())));
             }
         }
     }
