@@ -34,8 +34,11 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 # machine's hard RLIMIT_NOFILE is 20,000 and cannot be raised, hence 9,000 by default.
 STREAMS = [int(n) for n in os.environ.get("BENCH_STREAMS", "1000,9000").split(",")]
 CHURN = int(os.environ.get("BENCH_CHURN", "200"))
+# Idle TLS connections (handshake done, nothing sent): one side each, so 10,000 fit.
+IDLE = int(os.environ.get("BENCH_IDLE", "10000"))
+IDLE_HOLD = int(os.environ.get("BENCH_IDLE_SECONDS", "90"))
 # A partial run (while working on one figure): BENCH_ONLY=h1,mem and/or BENCH_PROXIES=mcp-edge,nginx.
-# Figures: h1 h2 handshakes sse leave mem swap upstream acme churn. A partial run writes
+# Figures: h1 h2 handshakes sse leave mem idle swap upstream acme churn. A partial run writes
 # bench/results/partial/ (not committed), never BENCHMARKS.md.
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 ONLY_PROXIES = set(filter(None, os.environ.get("BENCH_PROXIES", "").split(",")))
@@ -190,6 +193,8 @@ listen: {{ http: "127.0.0.1:{self.http_port}", https: "127.0.0.1:{self.port}", m
 storage: {self.dir / 'store'}
 threads: 1
 watch_interval: 100ms
+# As nginx's worker_connections below: the caps are not what is measured.
+limits: {{ connections: 19000, connections_per_address: 19000 }}
 hosts:
   localhost:
     tls: {{ cert: {self.cert}, key: {self.key} }}
@@ -353,6 +358,24 @@ def memory(px, n):
     return {"kb_per_stream": (rss - base) / ready, "rss_mb": rss / 1024, "streams": ready}
 
 
+def idle(px, n):
+    """RSS with `n` idle TLS connections held, and how many the proxy closed within IDLE_HOLD s
+    (each proxy with its default timeouts)."""
+    time.sleep(0.5)
+    base = px.rss_kb()
+    holder = subprocess.Popen(["taskset", "-c", LOAD_CPU, *map(str, client("idle", px.url("/"), n, IDLE_HOLD,
+                              "--ca", px.pki / "ca.pem"))], stdout=subprocess.PIPE, text=True)
+    first = holder.stdout.readline().split()
+    ready = int(first[1]) if len(first) == 2 else 0
+    time.sleep(2)
+    rss = px.rss_kb()
+    out, _ = holder.communicate(timeout=IDLE_HOLD + 120)
+    closed = json.loads(out)
+    if ready < n:
+        raise RuntimeError(f"only {ready} of {n} connections opened")
+    return {"kb_per_conn": (rss - base) / ready, "rss_mb": rss / 1024, "ready": ready, **closed}
+
+
 def leave(px):
     out = run(client("leave", px.url("/idle"), f"http://127.0.0.1:{px.upstream}/open",
                      "--ca", px.pki / "ca.pem"), timeout=200)
@@ -413,26 +436,26 @@ def measure_all(pki, upstream, results):
             finally:
                 px.stop()
             for n in STREAMS if wanted("mem") else []:
-                px = cls(pki, upstream).start()
-                try:
-                    r = memory(px, n)
-                except Exception as e:
-                    r = {"error": str(e)}
-                finally:
-                    px.stop()
+                r = on_fresh(cls, pki, upstream, lambda px: memory(px, n))
                 results.setdefault(name, {}).setdefault(f"mem{n}", []).append(r)
                 log(f"  run {i + 1} mem{n}: {r}")
-        if not wanted("swap"):
-            continue
-        px = cls(pki, upstream).start()
-        try:
-            r = swap_under_load(px)
-        except Exception as e:
-            r = {"error": str(e)}
-        finally:
-            px.stop()
-        results.setdefault(name, {})["swap"] = [r]
-        log(f"  swap: {r}")
+        # Once each: long (idle holds IDLE_HOLD s) or not a rate (swap).
+        for key, fn in [("idle", lambda px: idle(px, IDLE)), ("swap", swap_under_load)]:
+            if wanted(key):
+                r = on_fresh(cls, pki, upstream, fn)
+                results.setdefault(name, {})[key] = [r]
+                log(f"  {key}: {r}")
+
+
+def on_fresh(cls, pki, upstream, fn):
+    """`fn` on a freshly started proxy of class `cls`; its result, or the error it raised."""
+    px = cls(pki, upstream).start()
+    try:
+        return fn(px)
+    except Exception as e:  # a failed figure is reported, the run goes on
+        return {"error": str(e)}
+    finally:
+        px.stop()
 
 
 def https_upstream(pki, results):
@@ -510,6 +533,10 @@ def report(results):
         ("Full TLS handshakes/s (new connection per request)", "handshakes", "hs"),
     ] + [(f"Memory per idle SSE stream, KB ({n:,} streams)", f"mem{n}", "kb_per_stream")
          for n in STREAMS] + [
+        (f"Memory per idle TLS connection, KB ({IDLE:,} connections)", "idle", "kb_per_conn"),
+        (f"RSS with {IDLE:,} idle TLS connections, MB", "idle", "rss_mb"),
+        (f"Idle TLS connections closed by the proxy within {IDLE_HOLD} s", "idle", "closed"),
+        ("Median time to close an idle TLS connection, s", "idle", "median_closed_s"),
         ("Added SSE latency p50 µs", "sse", "added_p50_us"),
         ("Added SSE latency p99 µs", "sse", "added_p99_us"),
         ("Upstream closed after SSE client left, ms", "leave", "closed_after_ms"),

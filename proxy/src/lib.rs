@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! cli, server                commands; assembly and reload
-//! proxy, admin               the request path; metrics and health
+//! proxy, admin, connections, the request path; metrics and health; connection caps;
+//! health                     active health checks
 //! live                       the snapshot in force: config, routes, certificates
 //! routing                    the route table built from a Config
 //! upstream                   replicas, DNS, HTTPS trust and connector, session sealing
@@ -24,6 +25,8 @@ pub mod admin;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod connections;
+pub mod health;
 pub mod http01;
 pub mod live;
 pub mod logs;

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Host label for requests that matched no configured host.
@@ -43,12 +43,26 @@ pub struct Metrics {
     /// Failed ACME orders in a row, by host (0 after a success).
     pub acme_failures: IntGaugeVec,
     /// 1 while an upstream replica takes new sessions, 0 while it is out of the round robin
-    /// after a failed connection; by host, route and replica URL.
+    /// after a failed connection or probe; by host, route and replica URL.
     pub replica_up: IntGaugeVec,
+    /// Client connections open now, both listeners.
+    pub connections_open: IntGauge,
+    /// Client connections closed before their handshake by a cap, by reason (`connections`,
+    /// `connections_per_address`).
+    pub connections_refused: IntCounterVec,
+    /// Active health probes by host, route and result (`ok`, `failed`).
+    pub health_probes: IntCounterVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     let g = GaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
     r.register(Box::new(g.clone()))
         .expect("metric registered once");
     g
@@ -77,32 +91,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     .expect("static metric definition");
     r.register(Box::new(duration.clone()))
         .expect("metric registered once");
-    let open_streams = IntGaugeVec::new(
-        Opts::new("open_streams", "Open text/event-stream responses, by host"),
-        &["host"],
-    )
+    let connections_open = IntGauge::with_opts(Opts::new(
+        "connections_open",
+        "Client connections open now, both listeners",
+    ))
     .expect("static metric definition");
-    r.register(Box::new(open_streams.clone()))
-        .expect("metric registered once");
-    let acme_failures = IntGaugeVec::new(
-        Opts::new(
-            "acme_consecutive_failures",
-            "Failed ACME orders in a row, by host",
-        ),
-        &["host"],
-    )
-    .expect("static metric definition");
-    r.register(Box::new(acme_failures.clone()))
-        .expect("metric registered once");
-    let replica_up = IntGaugeVec::new(
-        Opts::new(
-            "upstream_replica_up",
-            "1 while a replica takes new sessions, 0 while it is out after a failed connection",
-        ),
-        &["host", "route", "replica"],
-    )
-    .expect("static metric definition");
-    r.register(Box::new(replica_up.clone()))
+    r.register(Box::new(connections_open.clone()))
         .expect("metric registered once");
     Metrics {
         requests: counter(
@@ -112,7 +106,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["host", "route", "status"],
         ),
         duration,
-        open_streams,
+        open_streams: int_gauge(
+            &r,
+            "open_streams",
+            "Open text/event-stream responses, by host",
+            &["host"],
+        ),
         upstream_errors: counter(
             &r,
             "upstream_errors_total",
@@ -161,8 +160,31 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "When the certificate of an ACME host is next renewed (Unix seconds)",
             &["host"],
         ),
-        acme_failures,
-        replica_up,
+        acme_failures: int_gauge(
+            &r,
+            "acme_consecutive_failures",
+            "Failed ACME orders in a row, by host",
+            &["host"],
+        ),
+        replica_up: int_gauge(
+            &r,
+            "upstream_replica_up",
+            "1 while a replica takes new sessions, 0 while it is out after a failed connection or probe",
+            &["host", "route", "replica"],
+        ),
+        connections_open,
+        connections_refused: counter(
+            &r,
+            "connections_refused_total",
+            "Client connections closed before their handshake by a cap, by reason",
+            &["reason"],
+        ),
+        health_probes: counter(
+            &r,
+            "health_probes_total",
+            "Active health probes of upstream replicas, by host, route and result",
+            &["host", "route", "result"],
+        ),
         refused: counter(
             &r,
             "requests_refused_total",
@@ -179,6 +201,13 @@ pub fn get() -> &'static Metrics {
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> Vec<u8> {
+    // pingora answers a request header over the limits (431) before any hook of ours runs; it
+    // counts them, and the count is carried over here.
+    let too_large = METRICS
+        .refused
+        .with_label_values(&[UNKNOWN_HOST, "header_too_large"]);
+    let total = pingora::protocols::http::v1::server::headers_too_large_total();
+    too_large.inc_by(total.saturating_sub(too_large.get()));
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail for the text format.
     let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);

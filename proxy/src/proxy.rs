@@ -487,32 +487,58 @@ impl ProxyHttp for EdgeProxy {
                 req.insert_header(header::HOST, ctx.client_host.as_str())?;
             }
         }
-        // What a client says about the path it came by is not evidence: every proxy-set header
-        // it sent is dropped, and ours are set below.
-        let forged: Vec<HeaderName> = req
-            .headers
-            .keys()
-            .filter(|k| {
-                let k = k.as_str();
-                k.starts_with("x-forwarded-") || k == "forwarded" || k == "x-real-ip"
-            })
-            .cloned()
-            .collect();
-        for h in forged {
-            req.remove_header(&h);
-        }
-        let client_ip = session
+        let peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        match client_ip {
-            Some(ip) => req.insert_header("x-forwarded-for", ip)?,
+            .map(|a| a.ip());
+        let trusted = peer_ip.is_some_and(|ip| {
+            let snap = self.live.load();
+            snap.config.trusted_proxies.iter().any(|n| n.contains(&ip))
+        });
+        // What a client says about the path it came by is not evidence: every proxy-set header
+        // it sent is dropped, and ours are set below. A configured proxy in front of us (a load
+        // balancer) is believed: its headers stay, and it is added to X-Forwarded-For.
+        let sent_for = if trusted {
+            req.headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            let forged: Vec<HeaderName> = req
+                .headers
+                .keys()
+                .filter(|k| {
+                    let k = k.as_str();
+                    k.starts_with("x-forwarded-") || k == "forwarded" || k == "x-real-ip"
+                })
+                .cloned()
+                .collect();
+            for h in forged {
+                req.remove_header(&h);
+            }
+            String::new()
+        };
+        let forwarded_for = match (peer_ip, sent_for.is_empty()) {
+            (Some(ip), true) => Some(ip.to_string()),
+            (Some(ip), false) => Some(format!("{sent_for}, {ip}")),
+            (None, true) => None,
+            (None, false) => Some(sent_for),
+        };
+        match forwarded_for {
+            Some(v) => req.insert_header("x-forwarded-for", v)?,
             None => {
                 req.remove_header("x-forwarded-for");
             }
         }
-        req.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
-        if !ctx.client_host.is_empty() {
+        // From a trusted proxy, what it says about the scheme and host stands.
+        let sent = |name: &str| trusted && req.headers.contains_key(name);
+        let (keep_proto, keep_host) = (sent("x-forwarded-proto"), sent("x-forwarded-host"));
+        if !keep_proto {
+            req.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        }
+        if !keep_host && !ctx.client_host.is_empty() {
             req.insert_header("x-forwarded-host", ctx.client_host.as_str())?;
         }
 
@@ -663,7 +689,7 @@ impl ProxyHttp for EdgeProxy {
                 p.mark_up(i);
                 m.replica_up
                     .with_label_values(&[labels[0], labels[1], &p.url(i).url])
-                    .set(1);
+                    .set(i64::from(p.is_up(i)));
             }
         }
         let req = session.req_header();

@@ -20,6 +20,8 @@ pub struct RouteError {
 /// Hosts by every name they answer to, with their upstream pools.
 pub struct Table {
     by_name: HashMap<String, Arc<HostEntry>>,
+    /// Each host once, in file order.
+    hosts: Vec<Arc<HostEntry>>,
 }
 
 pub struct HostEntry {
@@ -38,6 +40,7 @@ impl Table {
     /// reported.
     pub fn build(config: &Config) -> Result<Self, Vec<RouteError>> {
         let mut by_name = HashMap::new();
+        let mut hosts = Vec::new();
         let mut errors = Vec::new();
         for host in &config.hosts {
             let mut routes = Vec::new();
@@ -61,9 +64,10 @@ impl Table {
             for n in host.names() {
                 by_name.insert(n.as_str().to_string(), entry.clone());
             }
+            hosts.push(entry);
         }
         if errors.is_empty() {
-            Ok(Self { by_name })
+            Ok(Self { by_name, hosts })
         } else {
             Err(errors)
         }
@@ -72,5 +76,10 @@ impl Table {
     /// The host answering to `name` (lower case, no port).
     pub fn host(&self, name: &str) -> Option<&Arc<HostEntry>> {
         self.by_name.get(name)
+    }
+
+    /// Every host once, in file order.
+    pub fn hosts(&self) -> &[Arc<HostEntry>] {
+        &self.hosts
     }
 }

@@ -255,8 +255,21 @@ impl Edge {
     /// connection. For what an HTTP client library would not send (dot-segments, repeated or
     /// proxy headers, trickled bodies).
     pub async fn raw_exchange(&self, head: &str, body: &[&[u8]], pause: Duration) -> String {
+        self.raw_exchange_from([127, 0, 0, 1].into(), head, body, pause)
+            .await
+    }
+
+    /// [`Edge::raw_exchange`] from the source address `from` (any 127.0.0.0/8 address is a
+    /// different client of the same machine).
+    pub async fn raw_exchange_from(
+        &self,
+        from: std::net::IpAddr,
+        head: &str,
+        body: &[&[u8]],
+        pause: Duration,
+    ) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.http).await.unwrap();
+        let mut s = connect_from(from, self.http).await.unwrap();
         s.write_all(head.as_bytes()).await.unwrap();
         for part in body {
             tokio::time::sleep(pause).await;
@@ -336,6 +349,16 @@ impl Drop for Edge {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A TCP connection to `to` from the local address `from` (port chosen by the system).
+pub async fn connect_from(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(to).await
 }
 
 /// The sum of the samples in `text` whose line starts with `prefix`; panics when none does.

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +22,7 @@ struct St {
     sessions: Arc<Mutex<HashSet<String>>>,
     next: Arc<AtomicUsize>,
     open_streams: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
 }
 
 /// A running upstream; its server task ends when the test's runtime ends.
@@ -29,6 +30,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub replica: String,
     open_streams: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
 }
 
 impl Upstream {
@@ -38,12 +40,16 @@ impl Upstream {
             sessions: Arc::default(),
             next: Arc::default(),
             open_streams: Arc::default(),
+            healthy: Arc::new(AtomicBool::new(true)),
         };
         let open_streams = st.open_streams.clone();
+        let healthy = st.healthy.clone();
         let app = Router::new()
             .route("/ticks", get(ticks))
             .route("/forever", get(forever))
             .route("/flood", get(flood))
+            .route("/silent", get(silent))
+            .route("/healthz", get(healthz))
             .route("/mcp", post(mcp_post))
             .route("/sse", get(legacy_sse))
             .route("/message", post(legacy_message))
@@ -58,7 +64,13 @@ impl Upstream {
             addr,
             replica: replica.to_string(),
             open_streams,
+            healthy,
         }
+    }
+
+    /// What `/healthz` answers from now on: 200, or 503.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
@@ -122,6 +134,21 @@ async fn echo(
     rh.insert("mcp-name", "search_docs".parse().unwrap());
     rh.insert("keep-alive", "timeout=5".parse().unwrap());
     resp
+}
+
+/// Never answers (an upstream that hangs before its response header).
+async fn silent() -> Response {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    StatusCode::OK.into_response()
+}
+
+/// 200 or 503, as set by [`Upstream::set_healthy`].
+async fn healthz(State(st): State<St>) -> StatusCode {
+    if st.healthy.load(Ordering::SeqCst) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 /// `n` events `gap_ms` apart, each stamped with its send time in microseconds.

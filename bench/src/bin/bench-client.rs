@@ -6,6 +6,10 @@
 //!                                                           "ready N", holds until stdin closes
 //! bench-client leave URL OPEN_URL [--ca PEM] [--sni NAME]   ms until the upstream sees the
 //!                                                           stream closed after the client left
+//! bench-client idle URL COUNT SECONDS [--ca PEM]            opens COUNT TLS connections that
+//!                                                           send nothing, prints "ready N", then
+//!                                                           after SECONDS how many the server
+//!                                                           closed, and when (JSON)
 #![forbid(unsafe_code)]
 
 use std::io::BufRead;
@@ -196,6 +200,75 @@ async fn hold(args: &[String]) {
     drop(open);
 }
 
+/// A TLS connection that completes its handshake and then sends nothing; resolves, with the
+/// time since `start`, when the server closes it.
+async fn idle_connection(
+    c: &Client,
+    t: &Target,
+    start: Instant,
+) -> Option<impl std::future::Future<Output = Duration>> {
+    let (connector, sni) = c.tls.as_ref()?;
+    let tcp = TcpStream::connect((t.host.as_str(), t.port)).await.ok()?;
+    let name = rustls_pki_types::ServerName::try_from(sni.clone()).ok()?;
+    let mut tls = connector.connect(name, tcp).await.ok()?;
+    Some(async move {
+        let mut buf = [0u8; 512];
+        while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await {}
+        start.elapsed()
+    })
+}
+
+async fn idle(args: &[String]) {
+    let t = Arc::new(parse(&args[0]));
+    let count: usize = args[1].parse().unwrap();
+    let hold = Duration::from_secs(args[2].parse().unwrap());
+    let c = Arc::new(Client::new(args));
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let start = Instant::now();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let (t, c, sem, ready_tx) = (t.clone(), c.clone(), sem.clone(), ready_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = sem.acquire_owned().await.unwrap();
+            let closed = idle_connection(&c, &t, start).await;
+            drop(permit);
+            let _ = ready_tx.send(closed.is_some());
+            closed?.await.into()
+        }));
+    }
+    drop(ready_tx);
+    let mut ready = 0;
+    while let Some(ok) = ready_rx.recv().await {
+        ready += usize::from(ok);
+    }
+    println!("ready {ready}");
+    let deadline = start + hold;
+    let mut closed_s = Vec::new();
+    for task in tasks {
+        if let Ok(Ok(Some(at))) = tokio::time::timeout_at(deadline.into(), task).await {
+            let at: Duration = at;
+            closed_s.push(at.as_secs_f64());
+        }
+    }
+    closed_s.sort_by(f64::total_cmp);
+    let pick = |p: f64| {
+        closed_s
+            .get(((closed_s.len() as f64 - 1.0) * p) as usize)
+            .copied()
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "ready": ready,
+            "closed": closed_s.len(),
+            "first_closed_s": closed_s.first(),
+            "median_closed_s": pick(0.5),
+            "last_closed_s": closed_s.last(),
+        })
+    );
+}
+
 async fn open_now(url: &str) -> u64 {
     let t = parse(url);
     let mut s = TcpStream::connect((t.host.as_str(), t.port)).await.unwrap();
@@ -243,8 +316,9 @@ async fn main() {
         Some("sse-latency") => sse_latency(&args[1..]).await,
         Some("hold") => hold(&args[1..]).await,
         Some("leave") => leave(&args[1..]).await,
+        Some("idle") => idle(&args[1..]).await,
         _ => {
-            eprintln!("usage: bench-client sse-latency|hold|leave ...");
+            eprintln!("usage: bench-client sse-latency|hold|leave|idle ...");
             std::process::exit(2);
         }
     }

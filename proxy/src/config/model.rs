@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 
 use super::acme::{build_acme, AcmeConfig};
-use super::raw::{RawConfig, RawHost, RawTlsFiles};
-use super::upstream::{build_upstream, Upstream};
+use super::raw::{RawConfig, RawHost, RawLimits, RawTlsFiles};
+use super::upstream::{build_upstream, parse_size, Upstream};
 use super::{Collector, KeyPath};
 use crate::names::{is_public_name, HostName};
 
@@ -26,6 +26,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub watch_interval: Duration,
     pub timeouts: ClientTimeouts,
+    pub limits: Limits,
+    /// Proxies in front of this one whose forwarding headers are kept.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The host served to TLS clients that send no SNI.
     pub default_host: Option<HostName>,
     /// Hosts in file order.
@@ -59,7 +62,42 @@ pub struct ClientTimeouts {
     pub h2_handshake: Duration,
     /// One write to a client that stopped reading (nginx `send_timeout`: 60s).
     pub write: Duration,
+    /// A TLS handshake, from the connection's accept.
+    pub tls_handshake: Duration,
 }
+
+/// What clients may hold open or send. Beyond a connection cap a connection is closed before
+/// its handshake; a request header over the limits gets 431.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections; `None`: half the open-files limit, known at start.
+    pub connections: Option<usize>,
+    /// Open client connections per address (IPv6: per /64); `None`: 1024, at most half of the
+    /// total.
+    pub connections_per_address: Option<usize>,
+    /// Largest HTTP/1 request header, bytes.
+    pub header_size: usize,
+    /// Most request header fields.
+    pub header_count: usize,
+    /// HTTP/2 streams open at once per connection.
+    pub h2_streams: u32,
+}
+
+impl Limits {
+    /// The total and per-address connection caps, given the open-files limit.
+    pub fn connection_caps(&self, open_files: u64) -> (usize, usize) {
+        // Each client connection may hold an upstream connection too; some descriptors are
+        // kept for listeners, files and the admin listener.
+        let budget = usize::try_from(open_files.saturating_sub(64) / 2).unwrap_or(usize::MAX);
+        let total = self.connections.unwrap_or(budget.max(1));
+        let per_address = self
+            .connections_per_address
+            .unwrap_or_else(|| DEFAULT_PER_ADDRESS.min(total.div_ceil(2)));
+        (total, per_address)
+    }
+}
+
+const DEFAULT_PER_ADDRESS: usize = 1024;
 
 /// Listen addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,7 +326,34 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
             Duration::from_secs(10),
         ),
         write: timeout("write", t.write.as_deref(), Duration::from_secs(60)),
+        tls_handshake: timeout(
+            "tls_handshake",
+            t.tls_handshake.as_deref(),
+            Duration::from_secs(10),
+        ),
     };
+    let limits = build_limits(&raw.limits, &root.key("limits"), c);
+    let tpp = root.key("trusted_proxies");
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let parsed = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    c.err(
+                        &tpp.index(i),
+                        format!("{s:?} is not an IP address or CIDR range (10.0.0.0/8)"),
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
 
     let acme = raw.acme.map(|a| build_acme(a, base, &root.key("acme"), c));
 
@@ -385,9 +450,78 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         shutdown_grace,
         watch_interval,
         timeouts,
+        limits,
+        trusted_proxies,
         default_host,
         hosts,
     })
+}
+
+/// Header fields the HTTP/1 parser can hold.
+const MAX_HEADER_COUNT: usize = 256;
+
+fn build_limits(raw: &RawLimits, p: &KeyPath, c: &mut Collector) -> Limits {
+    let mut at_least_one = |key: &str, v: Option<usize>| {
+        if v == Some(0) {
+            c.err(&p.key(key), "must be at least 1");
+        }
+        v.filter(|&n| n > 0)
+    };
+    let connections = at_least_one("connections", raw.connections);
+    let connections_per_address =
+        at_least_one("connections_per_address", raw.connections_per_address);
+    if let (Some(total), Some(per)) = (connections, connections_per_address) {
+        if per > total {
+            c.err(
+                &p.key("connections_per_address"),
+                format!("{per} is more than limits.connections ({total})"),
+            );
+        }
+    }
+    let header_size = match raw.header_size.as_ref().map(parse_size) {
+        None => 32 * 1024,
+        Some(Ok(n)) if (1024..=1024 * 1024).contains(&n) => n as usize,
+        Some(Ok(n)) => {
+            c.err(
+                &p.key("header_size"),
+                format!("{n} bytes: must be between 1KiB and 1MiB"),
+            );
+            32 * 1024
+        }
+        Some(Err(e)) => {
+            c.err(&p.key("header_size"), e);
+            32 * 1024
+        }
+    };
+    let header_count = match raw.header_count {
+        None => 100,
+        Some(n) if (1..=MAX_HEADER_COUNT).contains(&n) => n,
+        Some(n) => {
+            c.err(
+                &p.key("header_count"),
+                format!("{n}: must be between 1 and {MAX_HEADER_COUNT}"),
+            );
+            100
+        }
+    };
+    let h2_streams = match raw.h2_streams {
+        None => 100,
+        Some(n) if (1..=1000).contains(&n) => n,
+        Some(n) => {
+            c.err(
+                &p.key("h2_streams"),
+                format!("{n}: must be between 1 and 1000"),
+            );
+            100
+        }
+    };
+    Limits {
+        connections,
+        connections_per_address,
+        header_size,
+        header_count,
+        h2_streams,
+    }
 }
 
 fn build_host(

@@ -30,6 +30,14 @@ pub(super) struct RawConfig {
     /// Client-side timeouts.
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// Client-side limits: connections, request headers, HTTP/2 streams.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Addresses or CIDR ranges of proxies in front of this one (a load balancer) whose
+    /// `X-Forwarded-*`, `Forwarded` and `X-Real-IP` headers are kept; from anyone else they are
+    /// replaced. Not capped per address either.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// The served hosts, keyed by their primary name.
     #[serde(default)]
     pub hosts: serde_yaml_ng::Mapping,
@@ -50,6 +58,26 @@ pub(super) struct RawTimeouts {
     /// A write to a client that stopped reading may wait this long; then the request (and its
     /// upstream stream) is ended (60s).
     pub write: Option<String>,
+    /// A TLS handshake must complete within this time of the connection's accept (10s).
+    pub tls_handshake: Option<String>,
+}
+
+/// `limits:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    /// Client connections open at once, both listeners together (default: half the open-files
+    /// limit, which is raised to its hard limit at start).
+    pub connections: Option<usize>,
+    /// Client connections open at once from one address; an IPv6 /64 counts as one address
+    /// (default 1024, and at most half of `connections`).
+    pub connections_per_address: Option<usize>,
+    /// Largest HTTP/1 request header (`32KiB`); larger gets 431.
+    pub header_size: Option<Value>,
+    /// Most request header fields (100, at most 256); more gets 431.
+    pub header_count: Option<usize>,
+    /// HTTP/2 streams a client may open at once on one connection (100).
+    pub h2_streams: Option<u32>,
 }
 
 /// `listen:`
@@ -153,13 +181,16 @@ pub(super) struct RawRoute {
 }
 
 /// The map form of `upstream:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
     /// One or more `http://` URLs (several: round robin with session affinity).
     pub urls: Vec<String>,
     /// Per-read timeout; long for quiet SSE streams (default 1h).
     pub read_timeout: Option<String>,
+    /// The whole response header must arrive within this time of the request; then 504
+    /// (default 60s).
+    pub response_header_timeout: Option<String>,
     /// Per-write timeout (default 60s).
     pub write_timeout: Option<String>,
     /// TCP connect timeout (default 10s).
@@ -179,4 +210,19 @@ pub(super) struct RawUpstream {
     pub client_cert: Option<String>,
     /// Client key (PEM) for mutual TLS to the upstream.
     pub client_key: Option<String>,
+    /// Active health check of each replica (off by default; failed connections always take a
+    /// replica out for a while).
+    pub health_check: Option<RawHealthCheck>,
+}
+
+/// `upstream.health_check:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealthCheck {
+    /// Path requested with GET; a 2xx or 3xx answer means healthy.
+    pub path: String,
+    /// Time between probes of a replica (default 10s).
+    pub interval: Option<String>,
+    /// A probe not answered within this time failed (default 2s).
+    pub timeout: Option<String>,
 }

@@ -20,6 +20,8 @@ use crate::pem;
 pub struct Upstream {
     pub urls: Vec<UpstreamUrl>,
     pub read_timeout: Duration,
+    /// The whole response header, from the request on (then 504).
+    pub response_header_timeout: Duration,
     pub write_timeout: Duration,
     pub connect_timeout: Duration,
     /// Largest request body accepted, in bytes.
@@ -27,6 +29,17 @@ pub struct Upstream {
     pub preserve_host: bool,
     /// How to reach `https://` URLs: trust, name, client certificate.
     pub tls: Option<UpstreamTls>,
+    /// Active probing of each replica; `None`: passive health only.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `health_check:`: each replica gets `GET path` every `interval`; a 2xx or 3xx answer within
+/// `timeout` keeps it in the round robin, anything else takes it out until a probe passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// One replica: `http://host:port` or `https://host:port`.
@@ -297,16 +310,7 @@ pub(super) fn build_upstream(
     let raw = match v {
         Value::String(url) => RawUpstream {
             urls: vec![url],
-            read_timeout: None,
-            write_timeout: None,
-            connect_timeout: None,
-            max_request_body: None,
-            preserve_host: false,
-            ca: None,
-            pin_sha256: None,
-            server_name: None,
-            client_cert: None,
-            client_key: None,
+            ..RawUpstream::default()
         },
         v @ Value::Mapping(_) => c.deserialize::<RawUpstream>(v, p)?,
         _ => {
@@ -356,6 +360,12 @@ pub(super) fn build_upstream(
         raw.read_timeout.as_deref(),
         Duration::from_secs(3600),
     );
+    let response_header_timeout = opt_duration(
+        c,
+        &p.key("response_header_timeout"),
+        raw.response_header_timeout.as_deref(),
+        Duration::from_secs(60),
+    );
     let write_timeout = opt_duration(
         c,
         &p.key("write_timeout"),
@@ -382,8 +392,37 @@ pub(super) fn build_upstream(
             }
         },
     };
+    let health_check = raw.health_check.as_ref().map(|h| {
+        let hp = p.key("health_check");
+        if !h.path.starts_with('/') {
+            c.err(&hp.key("path"), "must start with /");
+        }
+        let interval = opt_duration(
+            c,
+            &hp.key("interval"),
+            h.interval.as_deref(),
+            Duration::from_secs(10),
+        );
+        let timeout = opt_duration(
+            c,
+            &hp.key("timeout"),
+            h.timeout.as_deref(),
+            Duration::from_secs(2),
+        );
+        for (k, d) in [("interval", interval), ("timeout", timeout)] {
+            if d < Duration::from_millis(100) {
+                c.err(&hp.key(k), "must be at least 100ms");
+            }
+        }
+        HealthCheck {
+            path: h.path.clone(),
+            interval,
+            timeout,
+        }
+    });
     for (k, d) in [
         ("read_timeout", read_timeout),
+        ("response_header_timeout", response_header_timeout),
         ("write_timeout", write_timeout),
         ("connect_timeout", connect_timeout),
     ] {
@@ -394,11 +433,13 @@ pub(super) fn build_upstream(
     Some(Upstream {
         urls,
         read_timeout,
+        response_header_timeout,
         write_timeout,
         connect_timeout,
         max_request_body,
         preserve_host: raw.preserve_host,
         tls,
+        health_check,
     })
 }
 

@@ -23,6 +23,8 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::certs::{self, CertError, FileWatch};
 use crate::config::{self, Config, ConfigErrors};
+use crate::connections::ConnectionGate;
+use crate::health::HealthChecker;
 use crate::http01::ChallengeStore;
 use crate::live::{Live, Snapshot};
 use crate::proxy::{EdgeProxy, TlsInfo};
@@ -132,12 +134,31 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         "mcp-edge proxy",
     );
     let t = &config_now.timeouts;
+    let limits = &config_now.limits;
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h1_header_timeout = Some(t.header);
     options.h2_idle_timeout = Some(t.h2_idle);
     options.h2_handshake_timeout = Some(t.h2_handshake);
+    options.tls_handshake_timeout = Some(t.tls_handshake);
+    options.h1_max_header_size = Some(limits.header_size);
+    options.h1_max_headers = Some(limits.header_count);
+    let open_files = raise_open_files_limit();
+    let (total, per_address) = limits.connection_caps(open_files);
+    tracing::info!(
+        open_files,
+        connections = total,
+        connections_per_address = per_address,
+        "connection caps"
+    );
+    options.connection_gate = Some(Arc::new(ConnectionGate::new(
+        parts.live.clone(),
+        open_files,
+    )));
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(limits.h2_streams);
     if let Some(app) = proxy.app_logic_mut() {
         app.server_options = Some(options);
+        app.h2_options = Some(h2);
     }
     // No L4 read buffer under the client connections: pingora's default is 64 KiB per
     // connection, zero-filled and so resident, and rustls (or the HTTP parser) reads into its
@@ -184,12 +205,33 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         },
     );
 
+    let health = background_service(
+        "mcp-edge health",
+        HealthChecker {
+            live: parts.live.clone(),
+        },
+    );
+
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(reloader);
     server.add_service(acme);
+    server.add_service(health);
     tracing::info!(http = %listen.http, https = %listen.https, metrics = %listen.metrics, "mcp-edge started");
     server.run_forever()
+}
+
+/// Raises the soft open-files limit to the hard one (as nginx's `worker_rlimit_nofile` would
+/// be set by hand) and returns it: the default connection caps are derived from it.
+fn raise_open_files_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+            tracing::warn!(error = %e, soft, "cannot raise the open-files limit");
+            soft
+        }
+    }
 }
 
 /// Records the SNI of each TLS connection (for the Host/SNI check) and counts handshakes.

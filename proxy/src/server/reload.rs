@@ -66,10 +66,21 @@ impl Reloader {
             new.listen = old.config.listen.clone();
         }
         let (t, o) = (&new.timeouts, &old.config.timeouts);
-        if (t.header, t.h2_idle, t.h2_handshake) != (o.header, o.h2_idle, o.h2_handshake) {
+        let on_listener =
+            |t: &config::ClientTimeouts| (t.header, t.h2_idle, t.h2_handshake, t.tls_handshake);
+        if on_listener(t) != on_listener(o) {
             // Set on the listener once; keepalive and write follow the reload.
             tracing::warn!(
-                "timeouts.header, h2_idle and h2_handshake changed: they take effect only after a restart"
+                "timeouts.header, h2_idle, h2_handshake and tls_handshake changed: they take effect only after a restart"
+            );
+        }
+        let (l, o) = (&new.limits, &old.config.limits);
+        if (l.header_size, l.header_count, l.h2_streams)
+            != (o.header_size, o.header_count, o.h2_streams)
+        {
+            // The connection caps follow the reload; these are set on the listener once.
+            tracing::warn!(
+                "limits.header_size, header_count and h2_streams changed: they take effect only after a restart"
             );
         }
         let prepared = certs::prepare(&new).map_err(ReloadError::Certs)?;

@@ -6,6 +6,7 @@
 //! one (pooled HTTPS connections are keyed by the contents of their trust, too).
 
 pub mod affinity;
+pub mod health;
 pub mod trust;
 
 use std::collections::HashMap;
@@ -36,8 +37,24 @@ pub struct Pool {
     tls: Option<(Arc<TlsConnect>, u64)>,
     next: AtomicUsize,
     dns: Mutex<HashMap<usize, (Instant, SocketAddr)>>,
-    /// Per replica: out of the round robin until this moment (passive health).
-    down_until: Mutex<Vec<Option<Instant>>>,
+    /// Per replica: whether it takes requests.
+    health: Mutex<Vec<ReplicaHealth>>,
+    /// When the active health check next probes the replicas.
+    next_probe: Mutex<Option<Instant>>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct ReplicaHealth {
+    /// Out of the round robin until this moment after a failed connection (passive).
+    down_until: Option<Instant>,
+    /// Its last active probe failed: out until one passes.
+    probe_failed: bool,
+}
+
+impl ReplicaHealth {
+    fn is_up(&self, now: Instant) -> bool {
+        !self.probe_failed && self.down_until.is_none_or(|until| now >= until)
+    }
 }
 
 impl Pool {
@@ -56,7 +73,8 @@ impl Pool {
             tls,
             next: AtomicUsize::new(0),
             dns: Mutex::new(HashMap::new()),
-            down_until: Mutex::new(vec![None; upstream.urls.len()]),
+            health: Mutex::new(vec![ReplicaHealth::default(); upstream.urls.len()]),
+            next_probe: Mutex::new(None),
         })
     }
 
@@ -76,31 +94,36 @@ impl Pool {
             .unwrap_or(start % n)
     }
 
-    /// Whether replica `i` takes requests (it is not out after a failed connection).
+    /// Changes replica `i`'s health with `f`; returns whether it was up before and is after.
+    fn update_health(&self, i: usize, f: impl FnOnce(&mut ReplicaHealth)) -> (bool, bool) {
+        let now = Instant::now();
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match health.get_mut(i) {
+            Some(h) => {
+                let before = h.is_up(now);
+                f(h);
+                (before, h.is_up(now))
+            }
+            None => (false, false),
+        }
+    }
+
+    /// Whether replica `i` takes requests (it is not out after a failed connection or probe).
     pub fn is_up(&self, i: usize) -> bool {
-        let down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
-        down.get(i)
-            .copied()
-            .flatten()
-            .is_none_or(|until| Instant::now() >= until)
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.get(i).is_some_and(|h| h.is_up(Instant::now()))
     }
 
     /// Takes replica `i` out of the round robin for [`DOWN_FOR`]; returns whether it was up.
     pub fn mark_down(&self, i: usize) -> bool {
-        let was_up = self.is_up(i);
-        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = down.get_mut(i) {
-            *slot = Some(Instant::now() + DOWN_FOR);
-        }
-        was_up
+        self.update_health(i, |h| h.down_until = Some(Instant::now() + DOWN_FOR))
+            .0
     }
 
-    /// Replica `i` answered: it is up.
+    /// Replica `i` answered a request: its failed connections are forgotten (a failed probe
+    /// is not: only a probe brings it back).
     pub fn mark_up(&self, i: usize) {
-        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = down.get_mut(i) {
-            *slot = None;
-        }
+        self.update_health(i, |h| h.down_until = None);
     }
 
     /// How many replicas take requests now.
@@ -159,6 +182,7 @@ impl Pool {
         }
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.response_header_timeout = Some(up.response_header_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
         peer.options.idle_timeout = Some(IDLE_TIMEOUT);
         // Detects a vanished upstream under a quiet stream long before the read timeout.

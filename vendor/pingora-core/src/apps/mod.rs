@@ -57,6 +57,31 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
+
+    /// mcp-edge patch: called in the accept loop for each new connection, before its TLS
+    /// handshake. `None` closes the connection at once; otherwise the returned permit is held
+    /// until the connection ends. Default: every connection is admitted.
+    fn admit(&self, _peer: Option<&std::net::SocketAddr>) -> Option<Permit> {
+        Some(Box::new(()))
+    }
+
+    /// mcp-edge patch: how long a new connection's TLS handshake may take. Default: 60 s.
+    fn tls_handshake_timeout(&self) -> Duration {
+        DEFAULT_TLS_HANDSHAKE_TIMEOUT
+    }
+}
+
+/// mcp-edge patch: held for the lifetime of an admitted connection (see [`ServerApp::admit`]).
+pub type Permit = Box<dyn Any + Send>;
+
+/// mcp-edge patch: pingora's fixed TLS handshake timeout, now the default.
+const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// mcp-edge patch: decides whether an accepted connection is served (connection caps).
+pub trait ConnectionGate: std::fmt::Debug + Send + Sync {
+    /// `None` refuses the connection (it is closed before its handshake); `Some(permit)`
+    /// admits it, and dropping the permit tells the gate that the connection ended.
+    fn admit(&self, peer: Option<&std::net::SocketAddr>) -> Option<Permit>;
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]
@@ -97,6 +122,18 @@ pub struct HttpServerOptions {
     /// mcp-edge patch: a downstream HTTP/2 connection must complete its handshake (the client's
     /// preface and SETTINGS) within this time. Default: `None`, no limit.
     pub h2_handshake_timeout: Option<Duration>,
+
+    /// mcp-edge patch: the largest HTTP/1 request header in bytes, and the most fields (at most
+    /// 256). A request over either is answered 431. Default: `None`, 1 MiB and 256.
+    pub h1_max_header_size: Option<usize>,
+    pub h1_max_headers: Option<usize>,
+
+    /// mcp-edge patch: admits or refuses each accepted connection before its handshake.
+    /// Default: `None`, every connection is admitted.
+    pub connection_gate: Option<Arc<dyn ConnectionGate>>,
+
+    /// mcp-edge patch: how long a TLS handshake may take. Default: `None`, 60 s.
+    pub tls_handshake_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -270,6 +307,21 @@ impl<T> ServerApp for T
 where
     T: HttpServerApp + Send + Sync + 'static,
 {
+    // mcp-edge patch
+    fn admit(&self, peer: Option<&std::net::SocketAddr>) -> Option<Permit> {
+        match self.server_options().and_then(|o| o.connection_gate.as_ref()) {
+            Some(gate) => gate.admit(peer),
+            None => Some(Box::new(())),
+        }
+    }
+
+    // mcp-edge patch
+    fn tls_handshake_timeout(&self) -> Duration {
+        self.server_options()
+            .and_then(|o| o.tls_handshake_timeout)
+            .unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT)
+    }
+
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -380,6 +432,9 @@ where
             // mcp-edge patch: the header deadline, on every request of the connection
             let header_timeout = self.server_options().and_then(|o| o.h1_header_timeout);
             session.set_header_timeout(header_timeout);
+            let max_header_size = self.server_options().and_then(|o| o.h1_max_header_size);
+            let max_headers = self.server_options().and_then(|o| o.h1_max_headers);
+            session.set_header_limits(max_header_size, max_headers);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -388,6 +443,7 @@ where
                     persistent_settings.apply_to_session(&mut session);
                 }
                 session.set_header_timeout(header_timeout); // mcp-edge patch
+                session.set_header_limits(max_header_size, max_headers); // mcp-edge patch
 
                 result = self.process_new_http(session, shutdown).await;
             }
@@ -404,6 +460,70 @@ where
 mod tests {
     use super::*;
     use tokio_test::io::Builder;
+
+    // mcp-edge patch: an HTTP app's gate decides admission, and its permit lives as long as
+    // the caller holds it; without options every connection is admitted with the 60 s default.
+    #[derive(Debug, Default)]
+    struct CountingGate {
+        open: std::sync::atomic::AtomicUsize,
+    }
+
+    struct Release(Arc<CountingGate>);
+
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl ConnectionGate for Arc<CountingGate> {
+        fn admit(&self, peer: Option<&std::net::SocketAddr>) -> Option<Permit> {
+            peer?;
+            if self.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1 {
+                self.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                return None;
+            }
+            Some(Box::new(Release(self.clone())))
+        }
+    }
+
+    struct GatedApp(Option<HttpServerOptions>);
+
+    #[async_trait]
+    impl HttpServerApp for GatedApp {
+        async fn process_new_http(
+            self: &Arc<Self>,
+            _session: ServerSession,
+            _shutdown: &ShutdownWatch,
+        ) -> Option<ReusedHttpStream> {
+            None
+        }
+
+        fn server_options(&self) -> Option<&HttpServerOptions> {
+            self.0.as_ref()
+        }
+    }
+
+    #[test]
+    fn connection_gate_admits_and_refuses() {
+        let gate = Arc::new(CountingGate::default());
+        let mut options = HttpServerOptions::default();
+        options.connection_gate = Some(Arc::new(gate.clone()));
+        options.tls_handshake_timeout = Some(Duration::from_secs(5));
+        let app = GatedApp(Some(options));
+        let peer: std::net::SocketAddr = "192.0.2.1:443".parse().unwrap();
+
+        assert!(app.admit(None).is_none());
+        let first = app.admit(Some(&peer)).expect("first admitted");
+        assert!(app.admit(Some(&peer)).is_none(), "over the gate's cap");
+        drop(first);
+        assert!(app.admit(Some(&peer)).is_some(), "the permit was released");
+        assert_eq!(app.tls_handshake_timeout(), Duration::from_secs(5));
+
+        let open = GatedApp(None);
+        assert!(open.admit(None).is_some());
+        assert_eq!(open.tls_handshake_timeout(), Duration::from_secs(60));
+    }
 
     #[test]
     fn test_persistent_settings_user_context_roundtrip() {

@@ -227,11 +227,20 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    // mcp-edge patch: the application may refuse the connection before anything
+                    // is spent on it; an admitted one holds its permit until it ends.
+                    let peer_addr = io.peer_addr();
+                    let Some(permit) = app_logic.admit(peer_addr.as_ref().and_then(|a| a.as_inet()))
+                    else {
+                        drop(io);
+                        continue;
+                    };
+                    let handshake_timeout: Duration = app_logic.tls_handshake_timeout();
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
-                        let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        let _permit = permit;
+                        match timeout(handshake_timeout, io.handshake()).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,

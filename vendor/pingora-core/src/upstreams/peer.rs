@@ -501,6 +501,10 @@ pub struct PeerOptions {
     pub connection_timeout: Option<Duration>,
     pub total_connection_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
+    /// mcp-edge patch: the whole HTTP/1 response header must arrive within this time of the
+    /// start of its read, however often bytes trickle in (`read_timeout` still bounds each read,
+    /// and alone bounds the body). Default: `None`, per-read timeouts only.
+    pub response_header_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
     pub verify_cert: bool,
@@ -577,6 +581,7 @@ impl PeerOptions {
             connection_timeout: None,
             total_connection_timeout: None,
             read_timeout: None,
+            response_header_timeout: None, // mcp-edge patch
             idle_timeout: None,
             write_timeout: None,
             verify_cert: true,

@@ -393,6 +393,14 @@ impl Session {
         }
     }
 
+    /// mcp-edge patch: the HTTP/1 request header limits (see `SessionV1::set_header_limits`).
+    /// A noop for the others (HTTP/2 has its own header-list limit).
+    pub fn set_header_limits(&mut self, max_size: Option<usize>, max_headers: Option<usize>) {
+        if let Self::H1(s) = self {
+            s.set_header_limits(max_size, max_headers);
+        }
+    }
+
     /// Gets the downstream read timeout if set.
     pub fn get_read_timeout(&self) -> Option<Duration> {
         match self {
@@ -616,6 +624,11 @@ impl Session {
 
     /// Send error response to client using a pre-generated error message and custom body.
     pub async fn respond_error_with_body(&mut self, error: u16, body: Bytes) -> Result<()> {
+        // mcp-edge patch: a request header over the limits is answered 431, not 400
+        let error = match self {
+            Self::H1(s) if error == 400 && s.header_too_large() => 431,
+            _ => error,
+        };
         let mut resp = Self::generate_error(error);
         if !body.is_empty() {
             // error responses have a default content-length of zero

@@ -46,6 +46,9 @@ pub struct HttpSession {
     /// The timeout is reset on every read. This is not a timeout on the overall duration of the
     /// response.
     pub read_timeout: Option<Duration>,
+    /// mcp-edge patch: a deadline for the whole response header, counted from the start of
+    /// `read_response`; `read_timeout` still bounds each read. `None`: no deadline.
+    pub header_timeout: Option<Duration>,
     /// The write timeout which will be applied to both writing request header and body.
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
     /// request.
@@ -96,6 +99,7 @@ impl HttpSession {
             request_written: None,
             header_pending: None, // mcp-edge patch
             read_timeout: None,
+            header_timeout: None, // mcp-edge patch
             write_timeout: None,
             digest,
             bytes_sent: 0,
@@ -114,6 +118,7 @@ impl HttpSession {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
+            session.header_timeout = options.response_header_timeout; // mcp-edge patch
         }
         session
     }
@@ -279,6 +284,10 @@ impl HttpSession {
     /// headers.
     pub async fn read_response(&mut self) -> Result<usize> {
         let mut parse_existing_buffer = true;
+        // mcp-edge patch: when the whole header is due (see `header_timeout`)
+        let header_deadline = self
+            .header_timeout
+            .map(|t| tokio::time::Instant::now() + t);
 
         if self.response_header_read_buf.is_empty() {
             // preread_body is set after a completed valid response header is read.
@@ -421,7 +430,15 @@ impl HttpSession {
             let read_fut = self
                 .underlying_stream
                 .read_buf(&mut self.response_header_read_buf);
-            let read_result = match self.read_timeout {
+            // mcp-edge patch: each read waits at most until the header deadline
+            let read_timeout = match (self.read_timeout, header_deadline) {
+                (t, None) => t,
+                (t, Some(d)) => {
+                    let left = d.saturating_duration_since(tokio::time::Instant::now());
+                    Some(t.map_or(left, |t| t.min(left)))
+                }
+            };
+            let read_result = match read_timeout {
                 Some(t) => match timeout(t, read_fut).await {
                     Ok(res) => res,
                     Err(_) => {
@@ -1257,6 +1274,37 @@ mod tests_stream {
         http_stream.read_timeout = Some(Duration::from_secs(1));
         let res = http_stream.read_response().await;
         assert_eq!(res.unwrap_err().etype(), &ErrorType::ReadTimedout);
+    }
+
+    // mcp-edge patch: a header trickled in, each piece within the read timeout, still fails at
+    // the header deadline; one that completes in time is read.
+    #[tokio::test]
+    async fn header_timeout_bounds_the_whole_header() {
+        init_log();
+        // The deadline passes in the second wait, so nothing is left unread (the mock checks).
+        let late_io = Builder::new()
+            .read(&b"HTTP/1.1 200 OK\r\n"[..])
+            .wait(Duration::from_millis(300))
+            .read(&b"Server: pingora\r\n"[..])
+            .wait(Duration::from_millis(300))
+            .build();
+        let mut late = HttpSession::new(Box::new(late_io));
+        late.read_timeout = Some(Duration::from_secs(1));
+        late.header_timeout = Some(Duration::from_millis(450));
+        let res = late.read_response().await;
+        assert_eq!(res.unwrap_err().etype(), &ErrorType::ReadTimedout);
+
+        let in_time_io = Builder::new()
+            .read(&b"HTTP/1.1 200 OK\r\n"[..])
+            .wait(Duration::from_millis(300))
+            .read(&b"Server: pingora\r\n"[..])
+            .wait(Duration::from_millis(300))
+            .read(&b"\r\n"[..])
+            .build();
+        let mut in_time = HttpSession::new(Box::new(in_time_io));
+        in_time.read_timeout = Some(Duration::from_secs(1));
+        in_time.header_timeout = Some(Duration::from_secs(2));
+        assert!(in_time.read_response().await.is_ok());
     }
 
     #[tokio::test]

@@ -73,6 +73,15 @@ impl ProxyTaskState {
     }
 }
 
+/// mcp-edge patch: requests refused for a header over the limits, in this process.
+static HEADERS_TOO_LARGE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// mcp-edge patch: how many requests were refused (431) for a header over the limits since the
+/// process started; for metrics, since no application hook runs for them.
+pub fn headers_too_large_total() -> u64 {
+    HEADERS_TOO_LARGE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -105,6 +114,11 @@ pub struct HttpSession {
     /// mcp-edge patch: the whole request header must arrive within this time of its first byte
     /// (a slowloris client dripping a byte per read is cut there, not kept forever).
     header_timeout: Option<Duration>,
+    /// mcp-edge patch: the largest request header (bytes) and the most header fields accepted;
+    /// `header_too_large` records that a request went over either (answered 431, not 400).
+    max_header_size: usize,
+    max_headers: usize,
+    header_too_large: bool,
     write_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
@@ -191,6 +205,9 @@ impl HttpSession {
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
             header_timeout: None, // mcp-edge patch
+            max_header_size: MAX_HEADER_SIZE, // mcp-edge patch
+            max_headers: MAX_HEADERS,         // mcp-edge patch
+            header_too_large: false,          // mcp-edge patch
             write_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
@@ -329,13 +346,14 @@ impl HttpSession {
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         loop {
-            if already_read > MAX_HEADER_SIZE {
+            if already_read > self.max_header_size {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
+                self.set_header_too_large(); // mcp-edge patch
                 return Error::e_explain(
                     InvalidHTTPHeader,
-                    format!("Request header larger than {MAX_HEADER_SIZE}"),
+                    format!("Request header larger than {}", self.max_header_size),
                 );
             }
 
@@ -369,6 +387,17 @@ impl HttpSession {
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
                     HeaderParseState::Complete(s) => {
+                        // mcp-edge patch: a header that came in one read is held to the limits too
+                        if s > self.max_header_size || req.headers.len() > self.max_headers {
+                            self.set_header_too_large();
+                            return Error::e_explain(
+                                InvalidHTTPHeader,
+                                format!(
+                                    "Request header of {s} bytes and {} fields over the limits",
+                                    req.headers.len()
+                                ),
+                            );
+                        }
                         self.raw_header = Some(BufRef(0, s));
 
                         // We have the header name and values we parsed to be just 0 copy Bytes
@@ -496,6 +525,10 @@ impl HttpSession {
                             }
                         }
                         _ => {
+                            // mcp-edge patch: more fields than the parser holds is "too large"
+                            if e == httparse::Error::TooManyHeaders {
+                                self.set_header_too_large();
+                            }
                             debug!("Invalid request header from {:?}", self.underlying_stream);
                             buf.truncate(MAX_ERR_BUF_LEN);
                             return Error::e_because(
@@ -1378,6 +1411,24 @@ impl HttpSession {
         self.read_timeout
     }
 
+    /// mcp-edge patch: the largest request header in bytes and the most header fields accepted
+    /// (`None`: pingora's limits, 1 MiB and 256; the field count cannot go above 256). A
+    /// request over either fails `read_request` and [`Self::header_too_large`] says so.
+    pub fn set_header_limits(&mut self, max_size: Option<usize>, max_headers: Option<usize>) {
+        self.max_header_size = max_size.unwrap_or(MAX_HEADER_SIZE);
+        self.max_headers = max_headers.map_or(MAX_HEADERS, |n| n.min(MAX_HEADERS));
+    }
+
+    /// mcp-edge patch: whether the last `read_request` failed for a header over the limits.
+    pub fn header_too_large(&self) -> bool {
+        self.header_too_large
+    }
+
+    fn set_header_too_large(&mut self) {
+        self.header_too_large = true;
+        HEADERS_TOO_LARGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Sets the downstream write timeout. This will trigger if we're unable
     /// to write to the stream after `timeout`. If a `min_send_rate` is
     /// configured then the `min_send_rate` calculated timeout has higher priority.
@@ -1916,6 +1967,28 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    // mcp-edge patch: a header over the size or the field-count limit fails and says so, even
+    // when it came in one read; one within both is read.
+    #[tokio::test]
+    async fn header_limits() {
+        init_log();
+        let read = |input: &'static [u8], size, count| async move {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.set_header_limits(size, count);
+            let ok = http_stream.read_request().await.is_ok();
+            (ok, http_stream.header_too_large())
+        };
+        let long = b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        assert_eq!(read(long, Some(40), None).await, (false, true));
+        assert_eq!(read(long, Some(4096), None).await, (true, false));
+        let many = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert_eq!(read(many, None, Some(2)).await, (false, true));
+        assert_eq!(read(many, None, Some(3)).await, (true, false));
+        let bad = b"GET / HTTP/1.1\r\nA\x01: 1\r\n\r\n";
+        assert_eq!(read(bad, None, None).await, (false, false));
     }
 
     #[cfg(feature = "patched_http1")]

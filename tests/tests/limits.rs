@@ -1,0 +1,348 @@
+//! Limits a client cannot go past and timeouts it cannot stretch: connection caps (one address
+//! cannot starve the others), request-header size and count, the TLS handshake deadline, the
+//! upstream response-header timeout (a quiet stream lives on); and what the operator sets for
+//! the path in front (trusted proxies) and behind (active health checks). Each with its accept
+//! twin.
+#![forbid(unsafe_code)]
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use mcp_edge_tests::upstream::Upstream;
+use mcp_edge_tests::*;
+
+fn status(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn body_json(raw: &str) -> serde_json::Value {
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// An edge with `top` (top-level YAML) and a plain-HTTP host `h.test` whose upstream block is
+/// `upstream` (YAML, indented for the host).
+async fn edge(dir: &Path, top: &str, upstream: &str) -> Edge {
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\n{top}hosts:\n  h.test:\n    tls: none\n{upstream}",
+        ports.yaml(),
+        dir.join("certs").display(),
+    );
+    Edge::start(dir, &ports, &cfg).await
+}
+
+async fn get_from(edge: &Edge, from: &str, path: &str, extra: &str) -> String {
+    edge.raw_exchange_from(
+        ip(from),
+        &format!("GET {path} HTTP/1.1\r\nhost: h.test\r\n{extra}connection: close\r\n\r\n"),
+        &[],
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// Whether the proxy closes `s` within `limit` without answering anything.
+async fn closed_unanswered(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(limit, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+async fn wait_open(edge: &Edge, n: f64) {
+    wait_for(Duration::from_secs(10), "open connections", || async {
+        (edge.metric("mcp_edge_connections_open").await == n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_address_cap_are_refused_while_other_addresses_are_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let edge = edge(
+        tmp.path(),
+        "limits:\n  connections: 6\n  connections_per_address: 3\n",
+        &format!("    upstream: \"{}\"\n", up.url()),
+    )
+    .await;
+
+    // One client holds its three idle connections.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from(ip("127.0.0.1"), edge.http).await.unwrap());
+    }
+    wait_open(&edge, 3.0).await;
+    // Its fourth is closed unanswered, even with a request on it.
+    let mut fourth = connect_from(ip("127.0.0.1"), edge.http).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET / HTTP/1.1\r\nhost: h.test\r\n\r\n")
+        .await;
+    assert!(closed_unanswered(&mut fourth, Duration::from_secs(5)).await);
+    assert_eq!(
+        edge.metric("mcp_edge_connections_refused_total{reason=\"connections_per_address\"}")
+            .await,
+        1.0
+    );
+    // Another address is served meanwhile.
+    assert_eq!(status(&get_from(&edge, "127.0.0.2", "/x", "").await), 200);
+    wait_open(&edge, 3.0).await;
+
+    // The total cap: three more from a third address fill it; a fourth address is refused.
+    for _ in 0..3 {
+        held.push(connect_from(ip("127.0.0.3"), edge.http).await.unwrap());
+    }
+    wait_open(&edge, 6.0).await;
+    let mut over = connect_from(ip("127.0.0.4"), edge.http).await.unwrap();
+    assert!(closed_unanswered(&mut over, Duration::from_secs(5)).await);
+    assert_eq!(
+        edge.metric("mcp_edge_connections_refused_total{reason=\"connections\"}")
+            .await,
+        1.0
+    );
+
+    // A closed connection frees its place: the first client is served again.
+    held.truncate(5);
+    drop(held.remove(0));
+    wait_open(&edge, 4.0).await;
+    assert_eq!(status(&get_from(&edge, "127.0.0.1", "/x", "").await), 200);
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_is_exempt_from_the_per_address_cap_and_its_headers_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let edge = edge(
+        tmp.path(),
+        "trusted_proxies: [127.0.0.2/32]\nlimits:\n  connections_per_address: 2\n",
+        &format!("    upstream: \"{}\"\n", up.url()),
+    )
+    .await;
+    let forwarded = "x-forwarded-for: 203.0.113.9\r\nx-forwarded-proto: https\r\nx-real-ip: 203.0.113.9\r\nforwarded: for=203.0.113.9\r\n";
+
+    // From the balancer: its headers reach the upstream, with the balancer appended.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from(ip("127.0.0.2"), edge.http).await.unwrap());
+    }
+    let seen = body_json(&get_from(&edge, "127.0.0.2", "/x", forwarded).await);
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.2");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-real-ip"], "203.0.113.9");
+    assert_eq!(h["forwarded"], "for=203.0.113.9");
+
+    // From anyone else, the same headers are replaced or dropped, and the cap applies.
+    let seen = body_json(&get_from(&edge, "127.0.0.1", "/x", forwarded).await);
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(h.get("x-real-ip").is_none() && h.get("forwarded").is_none());
+    for _ in 0..2 {
+        held.push(connect_from(ip("127.0.0.1"), edge.http).await.unwrap());
+    }
+    wait_open(&edge, 5.0).await;
+    let mut third = connect_from(ip("127.0.0.1"), edge.http).await.unwrap();
+    assert!(closed_unanswered(&mut third, Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_request_header_over_the_size_or_field_limit_gets_431() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let edge = edge(
+        tmp.path(),
+        "limits:\n  header_size: 2KiB\n  header_count: 20\n",
+        &format!("    upstream: \"{}\"\n", up.url()),
+    )
+    .await;
+    let fields = |n: usize| (0..n).map(|i| format!("x-f{i}: v\r\n")).collect::<String>();
+
+    let long = format!("x-long: {}\r\n", "a".repeat(3000));
+    assert_eq!(
+        status(&get_from(&edge, "127.0.0.1", "/x", &long).await),
+        431
+    );
+    assert_eq!(
+        status(&get_from(&edge, "127.0.0.1", "/x", &fields(25)).await),
+        431
+    );
+    // More than the parser holds at all.
+    assert_eq!(
+        status(&get_from(&edge, "127.0.0.1", "/x", &fields(300)).await),
+        431
+    );
+    assert_eq!(
+        edge.metric(
+            "mcp_edge_requests_refused_total{host=\"_unknown\",reason=\"header_too_large\"}"
+        )
+        .await,
+        3.0
+    );
+    // Within both limits.
+    let fits = format!("x-long: {}\r\n{}", "a".repeat(1000), fields(15));
+    assert_eq!(
+        status(&get_from(&edge, "127.0.0.1", "/x", &fits).await),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_tls_client_that_never_completes_its_handshake_is_closed_at_the_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\ntimeouts:\n  tls_handshake: 1s\nhosts:\n  h.test:\n    tls: self-signed\n    upstream: \"http://127.0.0.1:9\"\n",
+        ports.yaml(),
+        tmp.path().join("certs").display(),
+    );
+    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(edge.https).await.unwrap();
+    assert!(closed_unanswered(&mut silent, Duration::from_secs(10)).await);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A client that does complete it is served.
+    let roots = rustls::RootCertStore::empty();
+    let err = edge
+        .handshake(Some("h.test"), roots, &[])
+        .await
+        .unwrap_err();
+    // The self-signed certificate is not trusted by an empty store: the handshake got as far as
+    // the certificate, which is all this twin shows.
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn a_silent_upstream_gets_504_at_the_response_header_timeout_while_a_quiet_stream_lives_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let edge = edge(
+        tmp.path(),
+        "",
+        &format!(
+            "    upstream:\n      urls: [\"{}\"]\n      response_header_timeout: 1s\n      read_timeout: 1h\n",
+            up.url()
+        ),
+    )
+    .await;
+
+    let started = Instant::now();
+    let raw = get_from(&edge, "127.0.0.1", "/silent", "").await;
+    assert_eq!(status(&raw), 504, "{raw}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // A stream whose header came at once, then 2.5 s of silence, is not cut.
+    let raw = get_from(&edge, "127.0.0.1", "/ticks?n=2&gap_ms=2500", "").await;
+    assert_eq!(status(&raw), 200, "{raw}");
+    assert!(raw.contains("id: 0") && raw.contains("id: 1"), "{raw}");
+}
+
+/// Which replica answered a plain request.
+async fn replica_of(edge: &Edge) -> String {
+    let seen = body_json(&get_from(edge, "127.0.0.1", "/x", "").await);
+    seen["replica"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_replica_failing_its_health_check_leaves_the_round_robin_until_it_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let edge = edge(
+        tmp.path(),
+        "",
+        &format!(
+            "    upstream:\n      urls: [\"{}\", \"{}\"]\n      health_check: {{ path: /healthz, interval: 200ms, timeout: 500ms }}\n",
+            a.url(),
+            b.url()
+        ),
+    )
+    .await;
+    let up_a = format!(
+        "mcp_edge_upstream_replica_up{{host=\"h.test\",replica=\"{}\",route=\"/\"}}",
+        a.url()
+    );
+    wait_for(Duration::from_secs(10), "probes", || async {
+        (edge
+            .try_metric("mcp_edge_health_probes_total{host=\"h.test\",result=\"ok\",route=\"/\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 2.0)
+            .then_some(())
+    })
+    .await;
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        seen.push(replica_of(&edge).await);
+    }
+    assert!(
+        seen.contains(&"a".into()) && seen.contains(&"b".into()),
+        "{seen:?}"
+    );
+
+    a.set_healthy(false);
+    wait_for(Duration::from_secs(10), "a marked down", || async {
+        (edge.try_metric(&up_a).await == Some(0.0)).then_some(())
+    })
+    .await;
+    for _ in 0..6 {
+        assert_eq!(replica_of(&edge).await, "b");
+    }
+    assert!(edge.log().contains("its health check failed"));
+
+    a.set_healthy(true);
+    wait_for(Duration::from_secs(10), "a back up", || async {
+        (edge.try_metric(&up_a).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        seen.push(replica_of(&edge).await);
+    }
+    assert!(seen.contains(&"a".into()), "{seen:?}");
+}
+
+#[test]
+fn check_names_the_key_of_a_bad_limit_proxy_or_health_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\ntrusted_proxies: [10.0.0.0/8, not-an-ip]\nlimits:\n  connections: 10\n  connections_per_address: 20\n  header_size: 10\n  header_count: 1000\n  h2_streams: 0\ntimeouts:\n  tls_handshake: 0s\nhosts:\n  h.test:\n    tls: none\n    upstream:\n      urls: [\"http://127.0.0.1:9\"]\n      response_header_timeout: 0s\n      health_check: {{ path: healthz, interval: 1ms }}\n",
+        ports.yaml(),
+        tmp.path().join("certs").display(),
+    );
+    let path = tmp.path().join("edge.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = std::process::Command::new(edge_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    for key in [
+        "trusted_proxies[1]",
+        "limits.connections_per_address",
+        "limits.header_size",
+        "limits.header_count",
+        "limits.h2_streams",
+        "timeouts.tls_handshake",
+        "upstream.response_header_timeout",
+        "upstream.health_check.path",
+        "upstream.health_check.interval",
+    ] {
+        assert!(text.contains(key), "{key} not named:\n{text}");
+    }
+}
