@@ -20,8 +20,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod acme;
 pub mod admin;
+pub mod auth;
 pub mod certs;
 pub mod cli;
 pub mod config;
@@ -32,9 +34,11 @@ pub mod live;
 pub mod logs;
 pub mod metrics;
 pub mod names;
+pub mod outbound;
 pub mod path;
 pub mod pem;
 pub mod proxy;
+pub mod reply;
 pub mod routing;
 pub mod server;
 pub mod storage;

@@ -53,6 +53,12 @@ enum Command {
         #[arg(long)]
         server_name: Option<String>,
     },
+    /// Make a new API key: prints the key (give it to the client, once) and the line for the
+    /// YAML (its hash; the key itself is stored nowhere).
+    ApiKey {
+        /// The key's name (shown in logs and sent upstream as the caller).
+        name: String,
+    },
     /// Validate a configuration file without binding any port; exits non-zero on errors.
     Check {
         /// The YAML configuration file.
@@ -87,6 +93,16 @@ fn main() -> ExitCode {
     // can win the race.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
+        Command::ApiKey { name } => match mcp_edge::cli::api_key(&name) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Check { config } => match mcp_edge::cli::check(&config) {
             Ok(line) => {
                 println!("{line}");

@@ -52,6 +52,11 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Active health probes by host, route and result (`ok`, `failed`).
     pub health_probes: IntCounterVec,
+    /// Credential checks by host, route and result (`ok`, or why refused: `missing`,
+    /// `expired`, `bad_audience`…).
+    pub auth_results: IntCounterVec,
+    /// Requests refused by a rate limit, by host, route and limit (`default` or a tool).
+    pub rate_limited: IntCounterVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -178,6 +183,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "connections_refused_total",
             "Client connections closed before their handshake by a cap, by reason",
             &["reason"],
+        ),
+        auth_results: counter(
+            &r,
+            "auth_results_total",
+            "Credential checks by host, route and result (ok, or the reason of the refusal)",
+            &["host", "route", "result"],
+        ),
+        rate_limited: counter(
+            &r,
+            "rate_limited_total",
+            "Requests refused by a rate limit, by host, route and limit (default or a tool name)",
+            &["host", "route", "limit"],
         ),
         health_probes: counter(
             &r,

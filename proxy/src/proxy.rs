@@ -11,10 +11,14 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorSource};
 
+use crate::access::{self, PublicUrl};
+use crate::auth::{Authenticator, Identity};
+use crate::config::IdentityHeaders;
 use crate::config::{normalize_origin, TlsSource};
 use crate::http01::{ChallengeStore, CHALLENGE_PREFIX};
 use crate::live::{Live, Snapshot};
 use crate::metrics::{self, NO_ROUTE, UNKNOWN_HOST};
+use crate::reply::{respond, respond_text};
 use crate::routing::HostEntry;
 use crate::upstream::affinity::{self, EndpointRewriter, Sealer};
 use crate::upstream::{trust, Pool};
@@ -82,6 +86,10 @@ pub struct Ctx {
     /// Request body bytes seen so far, and the route's limit.
     body_seen: u64,
     body_limit: u64,
+    /// Who called, when the route checks credentials.
+    identity: Option<Identity>,
+    /// Rate-limit headers for the response.
+    rate_headers: Vec<(HeaderName, String)>,
 }
 
 impl Ctx {
@@ -120,6 +128,7 @@ pub struct EdgeProxy {
     pub live: Arc<Live>,
     pub challenges: Arc<ChallengeStore>,
     pub sealer: Arc<Sealer>,
+    pub auth: Arc<Authenticator>,
 }
 
 fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
@@ -147,41 +156,6 @@ fn request_host(session: &Session) -> Option<String> {
             .to_string()
     };
     Some(host.trim_end_matches('.').to_ascii_lowercase())
-}
-
-async fn respond(
-    session: &mut Session,
-    status: u16,
-    content_type: &str,
-    body: Bytes,
-    extra: &[(HeaderName, String)],
-) -> Result<bool> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, content_type)?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    for (k, v) in extra {
-        resp.insert_header(k.clone(), v.as_str())?;
-    }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(true)
-}
-
-async fn respond_text(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
-    respond(
-        session,
-        status,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(body.as_bytes()),
-        &[],
-    )
-    .await
 }
 
 /// Answers `status` with a short text, counted as refused for `reason`.
@@ -217,6 +191,48 @@ fn upstream_reason(e: &Error) -> &'static str {
 }
 
 impl EdgeProxy {
+    /// Who called, told to the upstream in the headers the route names (a client's own values
+    /// for them are dropped first); the client's credentials stay at the edge unless the route
+    /// forwards tokens.
+    fn identity_headers(&self, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        let route = match (&ctx.entry, ctx.route) {
+            (Some(e), Some(i)) => e.host.routes.get(i),
+            _ => None,
+        };
+        let auth = route.and_then(|r| r.auth.as_deref());
+        let default = IdentityHeaders::default();
+        let names = auth.map_or(&default, |a| &a.identity);
+        for h in names.all() {
+            req.remove_header(h);
+        }
+        let (Some(auth), Some(id)) = (auth, &ctx.identity) else {
+            return Ok(());
+        };
+        let forward = auth.oauth.as_ref().is_some_and(|o| o.forward_token) && id.key_name.is_none();
+        if id.bearer && !forward {
+            req.remove_header(&header::AUTHORIZATION);
+        }
+        if let Some(h) = auth.api_keys.as_ref().and_then(|k| k.header.as_ref()) {
+            req.remove_header(h);
+        }
+        let values = [
+            (&names.subject, id.subject.clone()),
+            (&names.client_id, id.client_id.clone()),
+            (&names.key, id.key_name.clone()),
+            (
+                &names.scopes,
+                (!id.scopes.is_empty()).then(|| id.scopes.join(" ")),
+            ),
+        ];
+        for (name, value) in values {
+            // A value that is no header value (a control character in a `sub`) is not sent.
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                req.insert_header(name.clone(), v)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Port 80: ACME challenges for anyone, plain proxying for `tls: none` hosts, a redirect to
     /// https for TLS hosts, 404 for anything else (never a redirect to an unknown host).
     async fn plain_listener(
@@ -293,6 +309,8 @@ impl ProxyHttp for EdgeProxy {
             retried: 0,
             body_seen: 0,
             body_limit: u64::MAX,
+            identity: None,
+            rate_headers: Vec::new(),
         }
     }
 
@@ -394,6 +412,21 @@ impl ProxyHttp for EdgeProxy {
                 .map_err(|e| Error::because(InternalError, "normalised path", e))?;
             session.req_header_mut().set_uri(new);
         }
+        let public = PublicUrl::new(
+            ctx.tls,
+            host.as_deref().unwrap_or_default(),
+            if ctx.tls {
+                snap.config.listen.redirect_https_port
+            } else {
+                snap.config.listen.http.port()
+            },
+        );
+        let origin = header_str(session, "origin").map(str::to_string);
+        if let Some(done) =
+            access::well_known(session, &entry.host, &public, &path, origin.as_deref()).await?
+        {
+            return Ok(done);
+        }
         let Some(i) = entry.host.route_index(&path) else {
             return respond_text(session, 404, "no route\n").await;
         };
@@ -411,6 +444,28 @@ impl ProxyHttp for EdgeProxy {
                 "request body too large\n",
             )
             .await;
+        }
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let labels = (ctx.host_label().to_string(), ctx.route_label().to_string());
+        let admitted = access::check(
+            &self.auth,
+            session,
+            (&labels.0, &labels.1),
+            &entry.host.routes[i],
+            &public,
+            client,
+            origin.as_deref(),
+        )
+        .await?;
+        match admitted {
+            Err(handled) => return Ok(handled),
+            Ok(a) => {
+                ctx.identity = a.identity;
+                ctx.rate_headers = a.rate_headers;
+            }
         }
 
         if pool.is_replicated() {
@@ -487,6 +542,7 @@ impl ProxyHttp for EdgeProxy {
                 req.insert_header(header::HOST, ctx.client_host.as_str())?;
             }
         }
+        self.identity_headers(req, ctx)?;
         let peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -568,6 +624,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         for h in hop_by_hop(&resp.headers) {
             resp.remove_header(&h);
+        }
+        for (name, value) in &ctx.rate_headers {
+            resp.insert_header(name.clone(), value.as_str())?;
         }
 
         let is_stream = resp
@@ -716,6 +775,7 @@ impl ProxyHttp for EdgeProxy {
             bytes = session.body_bytes_sent(),
             client = session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
             tls = ctx.tls,
+            caller = ctx.identity.as_ref().and_then(Identity::caller).unwrap_or_default(),
             error = error_reason.unwrap_or(""),
         );
     }

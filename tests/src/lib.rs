@@ -351,6 +351,73 @@ impl Drop for Edge {
     }
 }
 
+/// Writes `yaml` to `dir/check.yaml` and runs `mcp-edge check` on it: whether it passed, and
+/// everything it printed.
+pub fn run_check(dir: &Path, yaml: &str) -> (bool, String) {
+    let p = dir.join("check.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let out = Command::new(edge_bin())
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The status code of a raw HTTP/1.1 response (0 if there is none).
+pub fn raw_status(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The JSON body of a raw HTTP/1.1 response (after the blank line).
+pub fn raw_json(raw: &str) -> serde_json::Value {
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"))
+}
+
+/// The value of header `name` in a raw HTTP/1.1 response.
+pub fn raw_header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    let head = raw.split_once("\r\n\r\n").map_or(raw, |(h, _)| h);
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// An edge with `top` (top-level YAML) and one plain-HTTP host `h.test` whose remaining keys
+/// (`upstream:`, `routes:`, `auth:`… indented for the host) are `host`.
+pub async fn plain_host_edge(dir: &Path, top: &str, host: &str) -> Edge {
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\n{top}hosts:\n  h.test:\n    tls: none\n{host}",
+        ports.yaml(),
+        dir.join("certs").display(),
+    );
+    Edge::start(dir, &ports, &cfg).await
+}
+
+impl Edge {
+    /// `GET path` to host `h.test` on the plain listener from address `from`, with `extra`
+    /// header lines; the raw answer.
+    pub async fn get_from(&self, from: &str, path: &str, extra: &str) -> String {
+        self.raw_exchange_from(
+            from.parse().unwrap(),
+            &format!("GET {path} HTTP/1.1\r\nhost: h.test\r\n{extra}connection: close\r\n\r\n"),
+            &[],
+            Duration::ZERO,
+        )
+        .await
+    }
+}
+
 /// A TCP connection to `to` from the local address `from` (port chosen by the system).
 pub async fn connect_from(
     from: std::net::IpAddr,

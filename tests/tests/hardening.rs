@@ -24,16 +24,8 @@ fn status(raw: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// An edge with `top` (top-level YAML) and one plain-HTTP host `h.test` whose remaining keys
-/// (`upstream:` or `routes:`) are `host`.
 async fn edge_for(dir: &Path, top: &str, host: &str) -> Edge {
-    let ports = Ports::new();
-    let cfg = format!(
-        "{}storage: {}\n{top}hosts:\n  h.test:\n    tls: none\n{host}",
-        ports.yaml(),
-        dir.join("certs").display(),
-    );
-    Edge::start(dir, &ports, &cfg).await
+    plain_host_edge(dir, top, host).await
 }
 
 async fn routed_edge(dir: &Path, files: &Upstream, root: &Upstream) -> Edge {
@@ -154,19 +146,7 @@ async fn a_repeated_origin_is_refused() {
 }
 
 fn check(dir: &Path, yaml: &str) -> (bool, String) {
-    let p = dir.join("check.yaml");
-    std::fs::write(&p, yaml).unwrap();
-    let out = Command::new(edge_bin())
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_check(dir, yaml)
 }
 
 #[test]

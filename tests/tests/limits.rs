@@ -14,42 +14,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use mcp_edge_tests::upstream::Upstream;
 use mcp_edge_tests::*;
 
-fn status(raw: &str) -> u16 {
-    raw.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-fn body_json(raw: &str) -> serde_json::Value {
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"))
-}
-
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// An edge with `top` (top-level YAML) and a plain-HTTP host `h.test` whose upstream block is
-/// `upstream` (YAML, indented for the host).
 async fn edge(dir: &Path, top: &str, upstream: &str) -> Edge {
-    let ports = Ports::new();
-    let cfg = format!(
-        "{}storage: {}\n{top}hosts:\n  h.test:\n    tls: none\n{upstream}",
-        ports.yaml(),
-        dir.join("certs").display(),
-    );
-    Edge::start(dir, &ports, &cfg).await
+    plain_host_edge(dir, top, upstream).await
 }
 
 async fn get_from(edge: &Edge, from: &str, path: &str, extra: &str) -> String {
-    edge.raw_exchange_from(
-        ip(from),
-        &format!("GET {path} HTTP/1.1\r\nhost: h.test\r\n{extra}connection: close\r\n\r\n"),
-        &[],
-        Duration::ZERO,
-    )
-    .await
+    edge.get_from(from, path, extra).await
 }
 
 /// Whether the proxy closes `s` within `limit` without answering anything.
@@ -97,7 +71,10 @@ async fn connections_beyond_the_per_address_cap_are_refused_while_other_addresse
         1.0
     );
     // Another address is served meanwhile.
-    assert_eq!(status(&get_from(&edge, "127.0.0.2", "/x", "").await), 200);
+    assert_eq!(
+        raw_status(&get_from(&edge, "127.0.0.2", "/x", "").await),
+        200
+    );
     wait_open(&edge, 3.0).await;
 
     // The total cap: three more from a third address fill it; a fourth address is refused.
@@ -117,7 +94,10 @@ async fn connections_beyond_the_per_address_cap_are_refused_while_other_addresse
     held.truncate(5);
     drop(held.remove(0));
     wait_open(&edge, 4.0).await;
-    assert_eq!(status(&get_from(&edge, "127.0.0.1", "/x", "").await), 200);
+    assert_eq!(
+        raw_status(&get_from(&edge, "127.0.0.1", "/x", "").await),
+        200
+    );
 }
 
 #[tokio::test]
@@ -137,7 +117,7 @@ async fn a_trusted_proxy_is_exempt_from_the_per_address_cap_and_its_headers_are_
     for _ in 0..3 {
         held.push(connect_from(ip("127.0.0.2"), edge.http).await.unwrap());
     }
-    let seen = body_json(&get_from(&edge, "127.0.0.2", "/x", forwarded).await);
+    let seen = raw_json(&get_from(&edge, "127.0.0.2", "/x", forwarded).await);
     let h = &seen["headers"];
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.2");
     assert_eq!(h["x-forwarded-proto"], "https");
@@ -145,7 +125,7 @@ async fn a_trusted_proxy_is_exempt_from_the_per_address_cap_and_its_headers_are_
     assert_eq!(h["forwarded"], "for=203.0.113.9");
 
     // From anyone else, the same headers are replaced or dropped, and the cap applies.
-    let seen = body_json(&get_from(&edge, "127.0.0.1", "/x", forwarded).await);
+    let seen = raw_json(&get_from(&edge, "127.0.0.1", "/x", forwarded).await);
     let h = &seen["headers"];
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
@@ -172,16 +152,16 @@ async fn a_request_header_over_the_size_or_field_limit_gets_431() {
 
     let long = format!("x-long: {}\r\n", "a".repeat(3000));
     assert_eq!(
-        status(&get_from(&edge, "127.0.0.1", "/x", &long).await),
+        raw_status(&get_from(&edge, "127.0.0.1", "/x", &long).await),
         431
     );
     assert_eq!(
-        status(&get_from(&edge, "127.0.0.1", "/x", &fields(25)).await),
+        raw_status(&get_from(&edge, "127.0.0.1", "/x", &fields(25)).await),
         431
     );
     // More than the parser holds at all.
     assert_eq!(
-        status(&get_from(&edge, "127.0.0.1", "/x", &fields(300)).await),
+        raw_status(&get_from(&edge, "127.0.0.1", "/x", &fields(300)).await),
         431
     );
     assert_eq!(
@@ -194,7 +174,7 @@ async fn a_request_header_over_the_size_or_field_limit_gets_431() {
     // Within both limits.
     let fits = format!("x-long: {}\r\n{}", "a".repeat(1000), fields(15));
     assert_eq!(
-        status(&get_from(&edge, "127.0.0.1", "/x", &fits).await),
+        raw_status(&get_from(&edge, "127.0.0.1", "/x", &fits).await),
         200
     );
 }
@@ -240,18 +220,18 @@ async fn a_silent_upstream_gets_504_at_the_response_header_timeout_while_a_quiet
 
     let started = Instant::now();
     let raw = get_from(&edge, "127.0.0.1", "/silent", "").await;
-    assert_eq!(status(&raw), 504, "{raw}");
+    assert_eq!(raw_status(&raw), 504, "{raw}");
     assert!(started.elapsed() >= Duration::from_millis(900));
 
     // A stream whose header came at once, then 2.5 s of silence, is not cut.
     let raw = get_from(&edge, "127.0.0.1", "/ticks?n=2&gap_ms=2500", "").await;
-    assert_eq!(status(&raw), 200, "{raw}");
+    assert_eq!(raw_status(&raw), 200, "{raw}");
     assert!(raw.contains("id: 0") && raw.contains("id: 1"), "{raw}");
 }
 
 /// Which replica answered a plain request.
 async fn replica_of(edge: &Edge) -> String {
-    let seen = body_json(&get_from(edge, "127.0.0.1", "/x", "").await);
+    let seen = raw_json(&get_from(edge, "127.0.0.1", "/x", "").await);
     seen["replica"].as_str().unwrap().to_string()
 }
 
@@ -322,16 +302,8 @@ fn check_names_the_key_of_a_bad_limit_proxy_or_health_check() {
         ports.yaml(),
         tmp.path().join("certs").display(),
     );
-    let path = tmp.path().join("edge.yaml");
-    std::fs::write(&path, cfg).unwrap();
-    let out = std::process::Command::new(edge_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = run_check(tmp.path(), &cfg);
+    assert!(!ok, "{text}");
     for key in [
         "trusted_proxies[1]",
         "limits.connections_per_address",

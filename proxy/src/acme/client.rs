@@ -6,13 +6,10 @@ use std::cell::Cell;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
-use hyper_rustls::HttpsConnectorBuilder;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
@@ -25,7 +22,6 @@ use crate::storage::{self, Layout};
 
 /// Limit on one request to the CA, from connect to response headers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 tokio::task_local! {
     /// The latest Retry-After the CA sent with an error response, within one order attempt.
@@ -140,7 +136,7 @@ pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-type Hyper = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>;
+type Hyper = HyperClient<crate::outbound::HttpsConnector, BodyWrapper<Bytes>>;
 
 /// instant-acme's HTTP client with a time limit per request and Retry-After capture.
 struct Client {
@@ -179,30 +175,9 @@ impl HttpClient for Client {
 
 /// The HTTP client for the CA: the system's roots plus `directory_root` if configured.
 fn http_client(config: &AcmeConfig) -> Result<Box<dyn HttpClient>, Failure> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let extra = match &config.directory_root {
-        Some(roots) => roots.clone(),
-        None => Vec::new(),
-    };
-    let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-            .map_err(|e| Failure::new(format!("cannot set up certificate verification: {e}")))?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Failure::new(e.to_string()))?
-        .dangerous() // the platform verifier: the system's roots + directory_root
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+    let extra = config.directory_root.clone().unwrap_or_default();
+    let https =
+        crate::outbound::https_connector(&extra).map_err(|e| Failure::new(e.to_string()))?;
     Ok(Box::new(Client {
         inner: HyperClient::builder(TokioExecutor::new()).build(https),
     }))

@@ -6,6 +6,29 @@ pub mod upstream_cert;
 
 use crate::config::{self, Config, TlsSource};
 
+/// `mcp-edge api-key NAME`: a new random key and the `api_keys.keys` line that admits it.
+pub fn api_key(name: &str) -> Result<String, String> {
+    use base64::Engine;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!("{name:?}: a key name is letters, digits, - _ ."));
+    }
+    let mut raw = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut raw);
+    let key = format!(
+        "mcpe_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let hash = crate::pem::hex(&crate::pem::sha256(key.as_bytes()));
+    Ok(format!(
+        "key (give it to the client; it is not stored anywhere): {key}\n\
+         line for auth.api_keys.keys in the YAML:\n  {name}: sha256:{hash}"
+    ))
+}
+
 /// `mcp-edge check`: the configuration loads and every upstream it names can be set up.
 /// Binds nothing, writes nothing. On success, the line to print.
 pub fn check(path: &std::path::Path) -> Result<String, String> {

@@ -4,6 +4,7 @@
 //! all problems of a file are reported in one run, not just the first.
 
 mod acme;
+mod auth;
 mod lines;
 mod model;
 mod raw;
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 pub use acme::*;
+pub use auth::*;
 pub use model::*;
 pub use upstream::*;
 
@@ -201,7 +203,7 @@ impl Collector {
 }
 
 /// Keys whose values are secrets: a message about them never quotes the value.
-const SECRET_KEYS: &[&str] = &["eab", "hmac_key"];
+const SECRET_KEYS: &[&str] = &["eab", "hmac_key", "client_secret"];
 
 fn is_secret(path: &KeyPath) -> bool {
     path.0

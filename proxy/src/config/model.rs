@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 
 use super::acme::{build_acme, AcmeConfig};
+use super::auth::{build_auth, build_rate_limit, AuthConfig, RateLimit};
 use super::raw::{RawConfig, RawHost, RawLimits, RawTlsFiles};
 use super::upstream::{build_upstream, parse_size, Upstream};
 use super::{Collector, KeyPath};
@@ -183,6 +184,10 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 pub struct Route {
     pub path: String,
     pub upstream: Arc<Upstream>,
+    /// Who may call: the route's own `auth`, else the host's; `None`: anyone.
+    pub auth: Option<Arc<AuthConfig>>,
+    /// The route's own `rate_limit`, else the host's; `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Longest duration any setting takes: longer ones are typos, and would overflow the clock.
@@ -606,6 +611,14 @@ fn build_host(
         out
     });
 
+    let host_auth = rh
+        .auth
+        .and_then(|v| build_auth(v, base, &p.key("auth"), c))
+        .flatten();
+    let host_rate = rh
+        .rate_limit
+        .and_then(|v| build_rate_limit(v, &p.key("rate_limit"), c))
+        .flatten();
     let mut routes = Vec::new();
     match (rh.upstream, rh.routes) {
         (Some(_), Some(_)) => c.err(
@@ -618,6 +631,8 @@ fn build_host(
                 routes.push(Route {
                     path: "/".into(),
                     upstream: Arc::new(up),
+                    auth: host_auth.clone(),
+                    rate_limit: host_rate.clone(),
                 });
             }
         }
@@ -641,10 +656,22 @@ fn build_host(
                 };
                 // Built even under a bad path, so its own problems are reported in the same run.
                 let upstream = build_upstream(r.upstream, base, &rp.key("upstream"), c);
-                if let (true, Some(up)) = (path_ok, upstream) {
+                let auth = match r.auth {
+                    None => Some(host_auth.clone()),
+                    Some(v) => build_auth(v, base, &rp.key("auth"), c),
+                };
+                let rate_limit = match r.rate_limit {
+                    None => Some(host_rate.clone()),
+                    Some(v) => build_rate_limit(v, &rp.key("rate_limit"), c),
+                };
+                if let (true, Some(up), Some(auth), Some(rate_limit)) =
+                    (path_ok, upstream, auth, rate_limit)
+                {
                     routes.push(Route {
                         path: r.path,
                         upstream: Arc::new(up),
+                        auth,
+                        rate_limit,
                     });
                 }
             }

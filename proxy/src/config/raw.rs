@@ -158,6 +158,10 @@ pub(super) struct RawHost {
     pub upstream: Option<Value>,
     /// Routes by longest path prefix.
     pub routes: Option<Vec<RawRoute>>,
+    /// Who may call (every route, unless a route says otherwise).
+    pub auth: Option<Value>,
+    /// How often a caller may call (every route, unless a route says otherwise).
+    pub rate_limit: Option<Value>,
 }
 
 /// `tls: { cert, key }`.
@@ -178,6 +182,10 @@ pub(super) struct RawRoute {
     pub path: String,
     /// Where matching requests go.
     pub upstream: Value,
+    /// This route's own `auth` (`none`: open), instead of the host's.
+    pub auth: Option<Value>,
+    /// This route's own `rate_limit` (`none`: unlimited), instead of the host's.
+    pub rate_limit: Option<Value>,
 }
 
 /// The map form of `upstream:`.

@@ -130,6 +130,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             live: parts.live.clone(),
             challenges: parts.challenges.clone(),
             sealer: parts.sealer.clone(),
+            auth: Arc::default(),
         },
         "mcp-edge proxy",
     );

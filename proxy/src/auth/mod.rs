@@ -1,0 +1,489 @@
+//! Who may call: API keys and OAuth 2.1 bearer tokens (JWT access tokens checked against the
+//! issuer's keys, RFC 9068; opaque tokens by introspection, RFC 7662), the discovery document
+//! a client starts from (RFC 9728), the challenges of RFC 6750, and rate limits (`rate`).
+//!
+//! One [`Authenticator`] serves every host: issuers (metadata, key sets) and introspection
+//! answers are cached across requests and reloads, keyed by what identifies them.
+
+pub mod issuer;
+pub mod rate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::HeaderMap;
+use jsonwebtoken::{DecodingKey, Validation};
+use subtle::ConstantTimeEq;
+
+use crate::config::{ApiKeys, AuthConfig, OAuthConfig};
+use crate::outbound::JsonClient;
+use crate::pem::sha256;
+use issuer::Issuer;
+
+/// Introspection answers kept at once (bounded whatever the number of tokens seen).
+const MAX_INTROSPECTED: usize = 10_000;
+
+/// Who called, as far as the edge could tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    /// The API key's name, for a caller that sent one.
+    pub key_name: Option<String>,
+    /// The caller sent its credential in `Authorization` (removed before the upstream).
+    pub bearer: bool,
+}
+
+impl Identity {
+    /// The name a caller is known by in logs and rate limits.
+    pub fn caller(&self) -> Option<String> {
+        if let Some(k) = &self.key_name {
+            return Some(format!("key:{k}"));
+        }
+        self.subject
+            .as_ref()
+            .or(self.client_id.as_ref())
+            .map(|s| format!("sub:{s}"))
+    }
+}
+
+/// Why a request was refused. Each has a metric label, a status and the RFC 6750 error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    Missing,
+    Malformed,
+    Expired,
+    NotYetValid,
+    BadSignature,
+    UnknownKey,
+    BadAlgorithm,
+    BadIssuer,
+    BadAudience,
+    InsufficientScope,
+    Inactive,
+    BadApiKey,
+    /// The authorization server could not be reached to check the token.
+    IssuerUnavailable,
+}
+
+impl Denied {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::BadAlgorithm => "bad_algorithm",
+            Self::BadIssuer => "bad_issuer",
+            Self::BadAudience => "bad_audience",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::Inactive => "inactive",
+            Self::BadApiKey => "bad_api_key",
+            Self::IssuerUnavailable => "issuer_unavailable",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Self::InsufficientScope => 403,
+            Self::IssuerUnavailable => 503,
+            _ => 401,
+        }
+    }
+
+    /// RFC 6750 §3.1; none for a request that carried no credentials.
+    fn error_code(self) -> Option<&'static str> {
+        match self {
+            Self::Missing | Self::IssuerUnavailable => None,
+            Self::InsufficientScope => Some("insufficient_scope"),
+            Self::Malformed => Some("invalid_request"),
+            _ => Some("invalid_token"),
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Self::Missing => "authorization required",
+            Self::Malformed => "the credentials are not a well-formed bearer token",
+            Self::Expired => "the token has expired",
+            Self::NotYetValid => "the token is not valid yet",
+            Self::BadSignature => "the token's signature does not verify",
+            Self::UnknownKey => "the token is signed by a key the issuer does not publish",
+            Self::BadAlgorithm => "the token's algorithm is not accepted",
+            Self::BadIssuer => "the token is from another issuer",
+            Self::BadAudience => "the token was issued for another resource",
+            Self::InsufficientScope => "the token lacks a required scope",
+            Self::Inactive => "the token is not active",
+            Self::BadApiKey => "unknown API key",
+            Self::IssuerUnavailable => "the authorization server cannot be reached; try again",
+        }
+    }
+
+    /// The `WWW-Authenticate` value (RFC 6750 §3, RFC 9728 §5.1).
+    pub fn challenge(self, metadata_url: Option<&str>, scopes: &[String]) -> String {
+        let mut parts = Vec::new();
+        if let Some(code) = self.error_code() {
+            parts.push(format!("error=\"{code}\""));
+            parts.push(format!("error_description=\"{}\"", self.description()));
+        }
+        match metadata_url {
+            Some(url) => parts.push(format!("resource_metadata=\"{url}\"")),
+            None => parts.push("realm=\"mcp-edge\"".to_string()),
+        }
+        if !scopes.is_empty() {
+            parts.push(format!("scope=\"{}\"", scopes.join(" ")));
+        }
+        format!("Bearer {}", parts.join(", "))
+    }
+
+    /// The JSON body of the refusal.
+    pub fn body(self) -> String {
+        serde_json::json!({
+            "error": self.error_code().unwrap_or(if self == Self::Missing { "unauthorized" } else { "temporarily_unavailable" }),
+            "error_description": self.description(),
+        })
+        .to_string()
+    }
+}
+
+/// RFC 9728 protected resource metadata for a resource protected by `oauth`.
+pub fn resource_metadata(resource: &str, oauth: &OAuthConfig) -> String {
+    serde_json::json!({
+        "resource": resource,
+        "authorization_servers": [oauth.issuer],
+        "scopes_supported": oauth.scopes,
+        "bearer_methods_supported": ["header"],
+    })
+    .to_string()
+}
+
+/// An issuer, the extra roots trusted for it (DER) and its key-refetch floor.
+type IssuerKey = (String, Vec<Vec<u8>>, Duration);
+
+struct Introspected {
+    until: Instant,
+    result: Result<Identity, Denied>,
+}
+
+#[derive(Default)]
+pub struct Authenticator {
+    /// By issuer and the extra roots trusted for it.
+    issuers: Mutex<HashMap<IssuerKey, Arc<Issuer>>>,
+    /// By SHA-256 of the token.
+    introspected: Mutex<HashMap<[u8; 32], Introspected>>,
+    pub limiter: rate::Limiter,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The bearer token of `Authorization: Bearer …`; `Err` for a header that is there but not one.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Denied> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Denied::Malformed);
+    }
+    let v = v.to_str().map_err(|_| Denied::Malformed)?;
+    let (scheme, token) = v.split_once(' ').ok_or(Denied::Malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(Denied::Malformed);
+    }
+    Ok(Some(token))
+}
+
+/// The key named by `presented`, comparing its SHA-256 with every stored hash in constant time.
+fn match_key<'a>(keys: &'a ApiKeys, presented: &str) -> Option<&'a str> {
+    let digest = sha256(presented.as_bytes());
+    let mut found = None;
+    for (name, hash) in &keys.keys {
+        if bool::from(hash.ct_eq(&digest)) {
+            found = Some(name.as_str());
+        }
+    }
+    found
+}
+
+/// Scopes from a `scope` string (RFC 9068) or an `scp` array.
+fn scopes_of(claims: &serde_json::Value) -> Vec<String> {
+    if let Some(s) = claims["scope"].as_str() {
+        return s.split_whitespace().map(str::to_string).collect();
+    }
+    claims["scp"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn identity_of(claims: &serde_json::Value, bearer: bool) -> Identity {
+    let text = |k: &str| claims[k].as_str().map(str::to_string);
+    Identity {
+        subject: text("sub"),
+        client_id: text("client_id").or_else(|| text("azp")),
+        scopes: scopes_of(claims),
+        key_name: None,
+        bearer,
+    }
+}
+
+/// Whether `aud` (a string or an array) names `resource`.
+fn audience_has(aud: &serde_json::Value, resource: &str) -> bool {
+    match aud {
+        serde_json::Value::String(s) => s == resource,
+        serde_json::Value::Array(a) => a.iter().any(|v| v.as_str() == Some(resource)),
+        _ => false,
+    }
+}
+
+impl Authenticator {
+    /// Checks the request's credentials against `auth` for `resource` (the audience tokens must
+    /// carry).
+    pub async fn check(
+        &self,
+        auth: &AuthConfig,
+        resource: &str,
+        headers: &HeaderMap,
+    ) -> Result<Identity, Denied> {
+        // An API key in its own header.
+        if let Some(keys) = &auth.api_keys {
+            if let Some(h) = &keys.header {
+                if let Some(v) = headers.get(h) {
+                    let v = v.to_str().map_err(|_| Denied::BadApiKey)?;
+                    return match_key(keys, v.trim())
+                        .map(|name| Identity {
+                            key_name: Some(name.to_string()),
+                            ..Identity::default()
+                        })
+                        .ok_or(Denied::BadApiKey);
+                }
+            }
+        }
+        let Some(token) = bearer(headers)? else {
+            return Err(Denied::Missing);
+        };
+        if let Some(keys) = auth.api_keys.as_ref().filter(|k| k.header.is_none()) {
+            if let Some(name) = match_key(keys, token) {
+                return Ok(Identity {
+                    key_name: Some(name.to_string()),
+                    bearer: true,
+                    ..Identity::default()
+                });
+            }
+        }
+        let Some(oauth) = &auth.oauth else {
+            return Err(Denied::BadApiKey);
+        };
+        let identity = if token.split('.').count() == 3 {
+            self.check_jwt(oauth, resource, token).await?
+        } else if oauth.introspection.is_some() {
+            self.introspect(oauth, resource, token).await?
+        } else {
+            return Err(Denied::Malformed);
+        };
+        if !oauth.scopes.iter().all(|s| identity.scopes.contains(s)) {
+            return Err(Denied::InsufficientScope);
+        }
+        Ok(identity)
+    }
+
+    fn issuer(&self, oauth: &OAuthConfig) -> Result<Arc<Issuer>, Denied> {
+        let key = (
+            oauth.issuer.clone(),
+            oauth.ca.iter().map(|c| c.to_vec()).collect::<Vec<_>>(),
+            oauth.jwks_min_refresh,
+        );
+        let mut issuers = self.issuers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = issuers.get(&key) {
+            return Ok(i.clone());
+        }
+        let client = JsonClient::new(&oauth.ca).map_err(|e| {
+            tracing::error!(issuer = %oauth.issuer, error = %e, "cannot build the client for the authorization server");
+            Denied::IssuerUnavailable
+        })?;
+        let issuer = Arc::new(Issuer::new(&oauth.issuer, client, oauth.jwks_min_refresh));
+        issuers.insert(key, issuer.clone());
+        Ok(issuer)
+    }
+
+    async fn check_jwt(
+        &self,
+        oauth: &OAuthConfig,
+        resource: &str,
+        token: &str,
+    ) -> Result<Identity, Denied> {
+        // The algorithm is read before anything else, so `none` (or HS256 with a public key as
+        // its secret) never gets near a verifier.
+        let head = token.split('.').next().unwrap_or_default();
+        let head = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(head)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .ok_or(Denied::Malformed)?;
+        let alg = head["alg"]
+            .as_str()
+            .and_then(|a| a.parse::<jsonwebtoken::Algorithm>().ok())
+            .filter(|a| oauth.algorithms.contains(a))
+            .ok_or(Denied::BadAlgorithm)?;
+        let issuer = self.issuer(oauth)?;
+        let jwk = issuer
+            .key(head["kid"].as_str())
+            .await
+            .map_err(|e| {
+                tracing::warn!(issuer = %oauth.issuer, error = %e, "cannot fetch the issuer's keys");
+                Denied::IssuerUnavailable
+            })?
+            .ok_or(Denied::UnknownKey)?;
+        if jwk
+            .common
+            .key_algorithm
+            .is_some_and(|ka| format!("{ka:?}") != format!("{alg:?}"))
+        {
+            return Err(Denied::BadAlgorithm);
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| Denied::UnknownKey)?;
+        let mut v = Validation::new(alg);
+        v.set_issuer(&[&oauth.issuer]);
+        v.set_audience(&[resource]);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.leeway = oauth.leeway.as_secs();
+        v.validate_nbf = true;
+        use jsonwebtoken::errors::ErrorKind as K;
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| {
+                match e.kind() {
+                    K::ExpiredSignature => Denied::Expired,
+                    K::ImmatureSignature => Denied::NotYetValid,
+                    K::InvalidIssuer => Denied::BadIssuer,
+                    K::InvalidAudience => Denied::BadAudience,
+                    K::InvalidSignature => Denied::BadSignature,
+                    K::InvalidAlgorithm => Denied::BadAlgorithm,
+                    _ => Denied::Malformed,
+                }
+            })?;
+        Ok(identity_of(&data.claims, true))
+    }
+
+    async fn introspect(
+        &self,
+        oauth: &OAuthConfig,
+        resource: &str,
+        token: &str,
+    ) -> Result<Identity, Denied> {
+        let Some(creds) = &oauth.introspection else {
+            return Err(Denied::Malformed);
+        };
+        let digest = sha256(token.as_bytes());
+        let now = Instant::now();
+        if let Some(hit) = self
+            .introspected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            .filter(|h| now < h.until)
+        {
+            return hit.result.clone();
+        }
+        let issuer = self.issuer(oauth)?;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(issuer = %oauth.issuer, error = %e, "token introspection failed");
+            Denied::IssuerUnavailable
+        };
+        let endpoint = issuer
+            .metadata()
+            .await
+            .map_err(|e| unavailable(&e))?
+            .introspection_endpoint
+            .ok_or_else(|| unavailable(&"the issuer publishes no introspection_endpoint"))?;
+        let answer = issuer
+            .client()
+            .post_form(
+                &endpoint,
+                &[("token", token), ("token_type_hint", "access_token")],
+                Some((&creds.client_id, &creds.client_secret)),
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let now_unix = unix_now();
+        let exp = answer["exp"].as_u64();
+        let result = if answer["active"] != serde_json::Value::Bool(true) {
+            Err(Denied::Inactive)
+        } else if exp.is_some_and(|e| e + oauth.leeway.as_secs() < now_unix) {
+            Err(Denied::Expired)
+        } else if answer["iss"].as_str().is_some_and(|i| i != oauth.issuer) {
+            Err(Denied::BadIssuer)
+        } else if !answer["aud"].is_null() && !audience_has(&answer["aud"], resource) {
+            Err(Denied::BadAudience)
+        } else {
+            Ok(identity_of(&answer, true))
+        };
+        let mut keep = oauth.introspection_cache;
+        if let Some(e) = exp {
+            keep = keep.min(Duration::from_secs(e.saturating_sub(now_unix)));
+        }
+        let mut cache = self.introspected.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_INTROSPECTED {
+            cache.retain(|_, h| now < h.until);
+            if cache.len() >= MAX_INTROSPECTED {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            digest,
+            Introspected {
+                until: now + keep,
+                result: result.clone(),
+            },
+        );
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_follow_rfc_6750_and_9728() {
+        let scopes = vec!["mcp:tools".to_string()];
+        let url = Some("https://h/.well-known/oauth-protected-resource/mcp");
+        assert_eq!(
+            Denied::Missing.challenge(url, &scopes),
+            "Bearer resource_metadata=\"https://h/.well-known/oauth-protected-resource/mcp\", scope=\"mcp:tools\""
+        );
+        assert!(Denied::InsufficientScope
+            .challenge(url, &scopes)
+            .starts_with("Bearer error=\"insufficient_scope\""));
+        assert!(Denied::Expired
+            .challenge(None, &[])
+            .contains("error=\"invalid_token\""));
+    }
+
+    #[test]
+    fn api_keys_match_by_hash_only() {
+        let keys = ApiKeys {
+            header: None,
+            keys: vec![
+                ("ci".into(), sha256(b"secret-1")),
+                ("ops".into(), sha256(b"secret-2")),
+            ],
+        };
+        assert_eq!(match_key(&keys, "secret-2"), Some("ops"));
+        assert_eq!(match_key(&keys, "secret-3"), None);
+        assert_eq!(match_key(&keys, ""), None);
+    }
+}

@@ -1,0 +1,483 @@
+//! `auth:` and `rate_limit:` of a host or a route: who may call, and how often. Data only: the
+//! verifiers (JWKS cache, introspection client) are built by `auth`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use super::model::{opt_duration, resolve_path};
+use super::{Collector, KeyPath};
+
+/// Who may call a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// mcp-edge as an OAuth 2.1 resource server.
+    pub oauth: Option<OAuthConfig>,
+    /// Named keys, compared by their SHA-256.
+    pub api_keys: Option<ApiKeys>,
+    /// Headers that tell the upstream who called; stripped from every client request.
+    pub identity: IdentityHeaders,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthConfig {
+    /// The authorization server's issuer identifier (`https://…`), exactly as its tokens' `iss`.
+    pub issuer: String,
+    /// The resource identifier tokens must be issued for (`aud`); `None`: the route's public
+    /// `https` URL.
+    pub resource: Option<String>,
+    /// Scopes every token must carry.
+    pub scopes: Vec<String>,
+    /// JWS algorithms accepted (never `none`).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Opaque tokens are checked at the introspection endpoint with these credentials.
+    pub introspection: Option<Introspection>,
+    /// How long an introspection answer is reused (bounded by the token's `exp`).
+    pub introspection_cache: Duration,
+    /// A token naming an unknown key refetches the key set at most this often.
+    pub jwks_min_refresh: Duration,
+    /// Extra roots trusted for the authorization server's HTTPS, as DER.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// Send the client's token on to the upstream (for upstreams that check it themselves).
+    pub forward_token: bool,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Introspection {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for Introspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspection")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeys {
+    /// The header carrying the key; `None`: `Authorization: Bearer KEY`.
+    pub header: Option<http::HeaderName>,
+    /// Key names and the SHA-256 of each key.
+    pub keys: Vec<(String, [u8; 32])>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    pub subject: http::HeaderName,
+    pub client_id: http::HeaderName,
+    pub scopes: http::HeaderName,
+    pub key: http::HeaderName,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            subject: http::HeaderName::from_static("x-auth-subject"),
+            client_id: http::HeaderName::from_static("x-auth-client-id"),
+            scopes: http::HeaderName::from_static("x-auth-scopes"),
+            key: http::HeaderName::from_static("x-auth-key-name"),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    pub fn all(&self) -> [&http::HeaderName; 4] {
+        [&self.subject, &self.client_id, &self.scopes, &self.key]
+    }
+}
+
+/// How often a caller may call a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub default: Rate,
+    /// `tools/call` of these tools (by `Mcp-Name`), each with its own budget.
+    pub tools: Vec<(String, Rate)>,
+}
+
+/// `requests` per `per`, with up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    /// OAuth 2.1 resource server.
+    oauth: Option<RawOAuth>,
+    /// API keys.
+    api_keys: Option<RawApiKeys>,
+    /// Header names for the caller's identity sent upstream.
+    identity_headers: Option<RawIdentity>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth {
+    issuer: String,
+    resource: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    algorithms: Option<Vec<String>>,
+    leeway: Option<String>,
+    introspection: Option<RawIntrospection>,
+    introspection_cache: Option<String>,
+    jwks_min_refresh: Option<String>,
+    ca: Option<String>,
+    #[serde(default)]
+    forward_token: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    client_id: String,
+    client_secret: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKeys {
+    header: Option<String>,
+    /// `name: sha256:HEX`.
+    #[serde(default)]
+    keys: serde_yaml_ng::Mapping,
+    /// A file of `name sha256:HEX` lines.
+    file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    subject: Option<String>,
+    client_id: Option<String>,
+    scopes: Option<String>,
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    requests: u32,
+    per: String,
+    burst: Option<u32>,
+    #[serde(default)]
+    tools: serde_yaml_ng::Mapping,
+}
+
+const DEFAULT_ALGORITHMS: [jsonwebtoken::Algorithm; 5] = [
+    jsonwebtoken::Algorithm::RS256,
+    jsonwebtoken::Algorithm::PS256,
+    jsonwebtoken::Algorithm::ES256,
+    jsonwebtoken::Algorithm::ES384,
+    jsonwebtoken::Algorithm::EdDSA,
+];
+
+/// `auth:` of a host or route: `none` (a route opting out of its host's), or the map.
+/// `Some(None)` is `none`.
+pub(super) fn build_auth(
+    v: Value,
+    base: &Path,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> Option<Option<Arc<AuthConfig>>> {
+    if matches!(&v, Value::String(s) if s == "none") {
+        return Some(None);
+    }
+    let raw = c.deserialize::<RawAuth>(v, p)?;
+    let oauth = raw
+        .oauth
+        .and_then(|o| build_oauth(o, base, &p.key("oauth"), c));
+    let api_keys = raw
+        .api_keys
+        .and_then(|k| build_api_keys(k, base, &p.key("api_keys"), c));
+    if oauth.is_none() && api_keys.is_none() {
+        c.err(
+            p,
+            "needs `oauth`, `api_keys` or both (or `none` for no auth)",
+        );
+        return None;
+    }
+    let mut identity = IdentityHeaders::default();
+    if let Some(r) = raw.identity_headers {
+        let ip = p.key("identity_headers");
+        for (key, value, slot) in [
+            ("subject", r.subject, &mut identity.subject),
+            ("client_id", r.client_id, &mut identity.client_id),
+            ("scopes", r.scopes, &mut identity.scopes),
+            ("key", r.key, &mut identity.key),
+        ] {
+            if let Some(v) = value {
+                match http::HeaderName::from_bytes(v.as_bytes()) {
+                    Ok(h) => *slot = h,
+                    Err(_) => c.err(&ip.key(key), format!("{v:?} is not a header name")),
+                }
+            }
+        }
+    }
+    Some(Some(Arc::new(AuthConfig {
+        oauth,
+        api_keys,
+        identity,
+    })))
+}
+
+fn build_oauth(o: RawOAuth, base: &Path, p: &KeyPath, c: &mut Collector) -> Option<OAuthConfig> {
+    let mut ok = true;
+    match url::Url::parse(&o.issuer) {
+        Ok(u) if u.scheme() == "https" && u.query().is_none() && u.fragment().is_none() => {}
+        _ => {
+            c.err(
+                &p.key("issuer"),
+                format!(
+                    "{:?} must be an https:// URL without query or fragment",
+                    o.issuer
+                ),
+            );
+            ok = false;
+        }
+    }
+    if let Some(r) = &o.resource {
+        if !matches!(url::Url::parse(r), Ok(u) if u.scheme() == "https" && u.fragment().is_none()) {
+            c.err(&p.key("resource"), format!("{r:?} must be an https:// URL"));
+            ok = false;
+        }
+    }
+    for (i, s) in o.scopes.iter().enumerate() {
+        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        let valid = !s.is_empty()
+            && s.bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if !valid {
+            c.err(
+                &p.key("scopes").index(i),
+                format!("{s:?} is not a scope token"),
+            );
+            ok = false;
+        }
+    }
+    let algorithms = match o.algorithms {
+        None => DEFAULT_ALGORITHMS.to_vec(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, a) in list.iter().enumerate() {
+                match a.parse::<jsonwebtoken::Algorithm>() {
+                    Ok(alg)
+                        if !matches!(
+                            alg,
+                            jsonwebtoken::Algorithm::HS256
+                                | jsonwebtoken::Algorithm::HS384
+                                | jsonwebtoken::Algorithm::HS512
+                        ) =>
+                    {
+                        out.push(alg)
+                    }
+                    _ => {
+                        c.err(
+                            &p.key("algorithms").index(i),
+                            format!("{a:?}: expected an asymmetric JWS algorithm (RS256, PS256, ES256, ES384, EdDSA, …); never none or HS*"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            out
+        }
+    };
+    let leeway = opt_duration(
+        c,
+        &p.key("leeway"),
+        o.leeway.as_deref(),
+        Duration::from_secs(30),
+    );
+    let introspection_cache = opt_duration(
+        c,
+        &p.key("introspection_cache"),
+        o.introspection_cache.as_deref(),
+        Duration::from_secs(30),
+    );
+    let jwks_min_refresh = opt_duration(
+        c,
+        &p.key("jwks_min_refresh"),
+        o.jwks_min_refresh.as_deref(),
+        Duration::from_secs(10),
+    );
+    let ca = match &o.ca {
+        None => Vec::new(),
+        Some(f) => match crate::pem::read_certificates(&resolve_path(base, f)) {
+            Ok(certs) => certs,
+            Err(e) => {
+                c.err(&p.key("ca"), e.to_string());
+                ok = false;
+                Vec::new()
+            }
+        },
+    };
+    ok.then(|| OAuthConfig {
+        issuer: o.issuer,
+        resource: o.resource,
+        scopes: o.scopes,
+        algorithms,
+        leeway,
+        introspection: o.introspection.map(|i| Introspection {
+            client_id: i.client_id,
+            client_secret: i.client_secret,
+        }),
+        introspection_cache,
+        jwks_min_refresh,
+        ca,
+        forward_token: o.forward_token,
+    })
+}
+
+/// `sha256:HEX` → the digest.
+pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
+    let hex = s
+        .trim()
+        .strip_prefix("sha256:")
+        .ok_or("expected sha256:HEX (from `mcp-edge api-key NAME`), never the key itself")?;
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .filter(|b| b.len() == 32 && hex.len() == 64)
+        .ok_or("expected sha256: and 64 hex digits")?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
+
+fn build_api_keys(k: RawApiKeys, base: &Path, p: &KeyPath, c: &mut Collector) -> Option<ApiKeys> {
+    let header = match k.header.as_deref() {
+        None => None,
+        Some(h) if h.eq_ignore_ascii_case("authorization") => None,
+        Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                c.err(&p.key("header"), format!("{h:?} is not a header name"));
+                None
+            }
+        },
+    };
+    let mut keys: Vec<(String, [u8; 32])> = Vec::new();
+    let mut add = |name: String, hash: Result<[u8; 32], String>, at: KeyPath, c: &mut Collector| {
+        match hash {
+            Ok(h) if keys.iter().any(|(n, _)| *n == name) => {
+                let _ = h;
+                c.err(&at, format!("key name {name:?} is used twice"));
+            }
+            Ok(h) => keys.push((name, h)),
+            // The value may be a key pasted by mistake: never quoted.
+            Err(e) => c.err(&at, e),
+        }
+    };
+    for (name, v) in k.keys {
+        let (Value::String(name), Value::String(v)) = (name, v) else {
+            c.err(&p.key("keys"), "entries are `name: sha256:HEX`");
+            continue;
+        };
+        let at = p.key("keys").key(&name);
+        add(name, parse_key_hash(&v), at, c);
+    }
+    if let Some(f) = &k.file {
+        let path = resolve_path(base, f);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                for (n, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let at = p.key("file").key(&format!("line {}", n + 1));
+                    match line.split_once(char::is_whitespace) {
+                        Some((name, hash)) => add(name.to_string(), parse_key_hash(hash), at, c),
+                        None => c.err(&at, "expected `name sha256:HEX`"),
+                    }
+                }
+            }
+            Err(e) => c.err(&p.key("file"), format!("{}: {e}", path.display())),
+        }
+    }
+    if keys.is_empty() {
+        c.err(p, "no keys: add `keys: { name: sha256:HEX }` or a `file`");
+        return None;
+    }
+    Some(ApiKeys { header, keys })
+}
+
+/// `rate_limit:` of a host or route: `none`, or the map. `Some(None)` is `none`.
+pub(super) fn build_rate_limit(
+    v: Value,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> Option<Option<RateLimit>> {
+    if matches!(&v, Value::String(s) if s == "none") {
+        return Some(None);
+    }
+    let raw = c.deserialize::<RawRate>(v, p)?;
+    let default = build_rate(raw.requests, &raw.per, raw.burst, p, c)?;
+    let mut tools = Vec::new();
+    for (name, v) in raw.tools {
+        let Value::String(name) = name else {
+            c.err(&p.key("tools"), "tool names must be strings");
+            continue;
+        };
+        let tp = p.key("tools").key(&name);
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawToolRate {
+            requests: u32,
+            per: String,
+            burst: Option<u32>,
+        }
+        if let Some(r) = c.deserialize::<RawToolRate>(v, &tp) {
+            if let Some(rate) = build_rate(r.requests, &r.per, r.burst, &tp, c) {
+                tools.push((name, rate));
+            }
+        }
+    }
+    Some(Some(RateLimit { default, tools }))
+}
+
+fn build_rate(
+    requests: u32,
+    per: &str,
+    burst: Option<u32>,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> Option<Rate> {
+    let per = opt_duration(c, &p.key("per"), Some(per), Duration::from_secs(60));
+    if requests == 0 {
+        c.err(&p.key("requests"), "must be at least 1");
+        return None;
+    }
+    if per < Duration::from_millis(1) {
+        c.err(&p.key("per"), "must be at least 1ms");
+        return None;
+    }
+    let burst = burst.unwrap_or(requests);
+    if burst == 0 {
+        c.err(&p.key("burst"), "must be at least 1");
+        return None;
+    }
+    Some(Rate {
+        requests,
+        per,
+        burst,
+    })
+}

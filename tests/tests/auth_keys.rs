@@ -1,0 +1,269 @@
+//! API keys and rate limits at the edge: a key admits its caller (named to the upstream, the key
+//! itself never forwarded), a wrong or missing key gets the RFC 6750 challenge, a client's own
+//! identity headers never reach the upstream, and a caller over its budget gets 429 while
+//! another is served. Each accept path with its reject twin.
+#![forbid(unsafe_code)]
+
+use std::process::Command;
+
+use mcp_edge_tests::upstream::Upstream;
+use mcp_edge_tests::*;
+
+/// A new key from `mcp-edge api-key NAME`: (key, the YAML line's hash).
+fn new_key(name: &str) -> (String, String) {
+    let out = Command::new(edge_bin())
+        .args(["api-key", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text
+        .split_whitespace()
+        .find(|w| w.starts_with("mcpe_"))
+        .unwrap()
+        .to_string();
+    let hash = text
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap()
+        .to_string();
+    (key, hash)
+}
+
+fn bearer(key: &str) -> String {
+    format!("authorization: Bearer {key}\r\n")
+}
+
+#[tokio::test]
+async fn an_api_key_admits_its_caller_and_nothing_else_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let (ci, ci_hash) = new_key("ci");
+    let (ops, ops_hash) = new_key("ops");
+    let edge = plain_host_edge(
+        tmp.path(),
+        "",
+        &format!(
+            "    auth:\n      api_keys:\n        keys:\n          ci: {ci_hash}\n          ops: {ops_hash}\n    routes:\n      - {{ path: /mcp, upstream: \"{u}\" }}\n      - {{ path: /public, upstream: \"{u}\", auth: none }}\n",
+            u = up.url()
+        ),
+    )
+    .await;
+    let forged = "x-auth-subject: admin\r\nx-auth-key-name: ops\r\n";
+
+    // The right key: admitted, named to the upstream, the key itself left at the edge.
+    let raw = edge
+        .get_from("127.0.0.1", "/mcp/x", &(bearer(&ci) + forged))
+        .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    let h = &raw_json(&raw)["headers"];
+    assert_eq!(h["x-auth-key-name"], "ci");
+    assert!(h.get("authorization").is_none(), "{h}");
+    assert!(
+        h.get("x-auth-subject").is_none(),
+        "forged identity reached the upstream: {h}"
+    );
+    let raw = edge.get_from("127.0.0.1", "/mcp/x", &bearer(&ops)).await;
+    assert_eq!(raw_json(&raw)["headers"]["x-auth-key-name"], "ops");
+
+    // No key: 401 with a challenge; a wrong key, or the hash itself: 401 invalid_token.
+    let raw = edge.get_from("127.0.0.1", "/mcp/x", forged).await;
+    assert_eq!(raw_status(&raw), 401, "{raw}");
+    assert_eq!(
+        raw_header(&raw, "www-authenticate"),
+        Some("Bearer realm=\"mcp-edge\"")
+    );
+    for wrong in [format!("{ci}x"), ci_hash.clone(), "mcpe_".to_string()] {
+        let raw = edge.get_from("127.0.0.1", "/mcp/x", &bearer(&wrong)).await;
+        assert_eq!(raw_status(&raw), 401, "{raw}");
+        assert!(raw_header(&raw, "www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\""));
+    }
+    let raw = edge
+        .get_from("127.0.0.1", "/mcp/x", "authorization: Basic Y2k6eA==\r\n")
+        .await;
+    assert_eq!(raw_status(&raw), 401);
+    let m = |r: &str| {
+        format!("mcp_edge_auth_results_total{{host=\"h.test\",result=\"{r}\",route=\"/mcp\"}}")
+    };
+    assert_eq!(edge.metric(&m("ok")).await, 2.0);
+    assert_eq!(edge.metric(&m("missing")).await, 1.0);
+    assert_eq!(edge.metric(&m("bad_api_key")).await, 3.0);
+    assert_eq!(edge.metric(&m("malformed")).await, 1.0);
+
+    // A route that opts out is open, and still drops forged identity headers.
+    let raw = edge.get_from("127.0.0.1", "/public", forged).await;
+    assert_eq!(raw_status(&raw), 200);
+    let h = &raw_json(&raw)["headers"];
+    assert!(
+        h.get("x-auth-subject").is_none() && h.get("x-auth-key-name").is_none(),
+        "{h}"
+    );
+    // The access log names the caller, never the key.
+    let log = edge.log();
+    assert!(log.contains("caller=\"key:ci\""), "{log}");
+    assert!(
+        !log.contains(&ci) && !log.contains(&ops),
+        "a key reached the log"
+    );
+}
+
+#[tokio::test]
+async fn a_key_in_its_own_header_is_checked_and_not_forwarded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let (key, hash) = new_key("svc");
+    let edge = plain_host_edge(
+        tmp.path(),
+        "",
+        &format!(
+            "    auth:\n      api_keys:\n        header: x-api-key\n        keys: {{ svc: \"{hash}\" }}\n    upstream: \"{}\"\n",
+            up.url()
+        ),
+    )
+    .await;
+    let raw = edge
+        .get_from("127.0.0.1", "/x", &format!("x-api-key: {key}\r\n"))
+        .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    let h = &raw_json(&raw)["headers"];
+    assert!(h.get("x-api-key").is_none(), "{h}");
+    assert_eq!(h["x-auth-key-name"], "svc");
+    let raw = edge
+        .get_from("127.0.0.1", "/x", "x-api-key: mcpe_nope\r\n")
+        .await;
+    assert_eq!(raw_status(&raw), 401);
+    // In this mode a bearer token is not a key.
+    let raw = edge.get_from("127.0.0.1", "/x", &bearer(&key)).await;
+    assert_eq!(raw_status(&raw), 401);
+}
+
+#[tokio::test]
+async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let (a, a_hash) = new_key("a");
+    let (b, b_hash) = new_key("b");
+    let edge = plain_host_edge(
+        tmp.path(),
+        "",
+        &format!(
+            "    auth:\n      api_keys:\n        keys: {{ a: \"{a_hash}\", b: \"{b_hash}\" }}\n    rate_limit:\n      requests: 3\n      per: 1m\n      tools:\n        search_docs: {{ requests: 1, per: 1m }}\n    upstream: \"{}\"\n",
+            up.url()
+        ),
+    )
+    .await;
+    for i in 0..3 {
+        let raw = edge.get_from("127.0.0.1", "/x", &bearer(&a)).await;
+        assert_eq!(raw_status(&raw), 200, "request {i}: {raw}");
+        assert_eq!(
+            raw_header(&raw, "ratelimit-policy"),
+            Some("\"default\";q=3;w=60")
+        );
+    }
+    let raw = edge.get_from("127.0.0.1", "/x", &bearer(&a)).await;
+    assert_eq!(raw_status(&raw), 429, "{raw}");
+    let retry: u64 = raw_header(&raw, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    assert!(raw_header(&raw, "ratelimit").unwrap().contains("r=0"));
+    // Another caller, from the same address, has its own budget.
+    let raw = edge.get_from("127.0.0.1", "/x", &bearer(&b)).await;
+    assert_eq!(raw_status(&raw), 200);
+    // A tool with its own budget (named by Mcp-Name): one call, then 429; other tools pass.
+    let call = |tool: &str| {
+        format!(
+            "{}mcp-method: tools/call\r\nmcp-name: {tool}\r\n",
+            bearer(&b)
+        )
+    };
+    assert_eq!(
+        raw_status(&edge.get_from("127.0.0.1", "/x", &call("search_docs")).await),
+        200
+    );
+    assert_eq!(
+        raw_status(&edge.get_from("127.0.0.1", "/x", &call("search_docs")).await),
+        429
+    );
+    assert_eq!(
+        raw_status(&edge.get_from("127.0.0.1", "/x", &call("get_page")).await),
+        200
+    );
+    assert_eq!(
+        edge.metric("mcp_edge_rate_limited_total{host=\"h.test\",limit=\"default\",route=\"/\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        edge.metric(
+            "mcp_edge_rate_limited_total{host=\"h.test\",limit=\"search_docs\",route=\"/\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn without_auth_the_rate_limit_is_per_client_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let edge = plain_host_edge(
+        tmp.path(),
+        "",
+        &format!(
+            "    rate_limit: {{ requests: 1, per: 1h }}\n    upstream: \"{}\"\n",
+            up.url()
+        ),
+    )
+    .await;
+    assert_eq!(raw_status(&edge.get_from("127.0.0.1", "/x", "").await), 200);
+    assert_eq!(raw_status(&edge.get_from("127.0.0.1", "/x", "").await), 429);
+    assert_eq!(raw_status(&edge.get_from("127.0.0.2", "/x", "").await), 200);
+}
+
+/// `mcp-edge check` on a host with this `auth:` block (indented for the host): its output,
+/// which must be a failure.
+fn check_fails(tmp: &std::path::Path, auth: &str) -> String {
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  h.test:\n    tls: none\n    upstream: \"http://127.0.0.1:9\"\n    auth:\n{auth}",
+        ports.yaml(),
+        tmp.join("certs").display(),
+    );
+    let (ok, text) = run_check(tmp, &cfg);
+    assert!(!ok, "{text}");
+    text
+}
+
+#[test]
+fn check_refuses_a_plain_key_a_bad_hash_and_a_bad_issuer_and_never_echoes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = check_fails(
+        tmp.path(),
+        "      api_keys:\n        keys:\n          pasted: mcpe_THE_PLAIN_KEY\n          short: sha256:abcd\n      oauth:\n        issuer: http://as.test\n        scopes: [\"bad scope\"]\n        algorithms: [none, HS256]\n        introspection: { client_id: edge, client_secret: THE_SECRET }\n",
+    );
+    for key in [
+        "auth.api_keys.keys.pasted",
+        "auth.api_keys.keys.short",
+        "auth.oauth.issuer",
+        "auth.oauth.scopes[0]",
+        "auth.oauth.algorithms[0]",
+        "auth.oauth.algorithms[1]",
+    ] {
+        assert!(text.contains(key), "{key} not named:\n{text}");
+    }
+    assert!(
+        !text.contains("THE_PLAIN_KEY") && !text.contains("THE_SECRET"),
+        "{text}"
+    );
+    // A secret of the wrong type is named, never shown.
+    let text = check_fails(
+        tmp.path(),
+        "      oauth:\n        issuer: https://as.test\n        introspection: { client_id: edge, client_secret: 123456789 }\n",
+    );
+    assert!(
+        text.contains("auth.oauth.introspection.client_secret"),
+        "{text}"
+    );
+    assert!(!text.contains("123456789"), "{text}");
+}
