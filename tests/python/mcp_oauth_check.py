@@ -1,0 +1,113 @@
+"""An MCP session through an OAuth-protected edge with the official MCP Python SDK's OAuth
+clients, told nothing but the MCP URL (and, for machine clients, their credentials).
+
+usage: mcp_oauth_check.py URL {streamable,sse} {client_credentials,authorization_code} --ca CA.pem
+       [--client-id ID --client-secret SECRET] [--scope S]
+
+client_credentials: ClientCredentialsOAuthProvider. authorization_code: OAuthClientProvider,
+registering itself (RFC 7591) and following the authorization redirect without a browser (the
+test authorization server approves at once; the redirect is read, not followed).
+Prints {"tools": [...], "search_hits": N, "flow": [...requests the SDK made...]} or {"error": ...}.
+"""
+
+import argparse
+import asyncio
+import json
+import ssl
+import sys
+from urllib.parse import parse_qs, urlparse
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
+from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import OAuthClientMetadata
+
+
+class Memory:
+    def __init__(self):
+        self.tokens, self.client = None, None
+
+    async def get_tokens(self):
+        return self.tokens
+
+    async def set_tokens(self, tokens):
+        self.tokens = tokens
+
+    async def get_client_info(self):
+        return self.client
+
+    async def set_client_info(self, info):
+        self.client = info
+
+
+async def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("transport", choices=["streamable", "sse"])
+    p.add_argument("flow", choices=["client_credentials", "authorization_code"])
+    p.add_argument("--ca", required=True)
+    p.add_argument("--client-id")
+    p.add_argument("--client-secret")
+    p.add_argument("--scope")
+    a = p.parse_args()
+    verify = ssl.create_default_context(cafile=a.ca)
+    seen = []
+
+    async def log_request(req):
+        seen.append(f"{req.method} {req.url.copy_with(query=None)}")
+
+    if a.flow == "client_credentials":
+        auth = ClientCredentialsOAuthProvider(a.url, Memory(), a.client_id, a.client_secret, scope=a.scope)
+    else:
+        redirect = {}
+
+        async def redirect_handler(url):
+            # The user's browser: the authorization server answers with a redirect to us.
+            async with httpx2.AsyncClient(verify=verify) as c:
+                r = await c.get(url, follow_redirects=False)
+            q = parse_qs(urlparse(r.headers["location"]).query)
+            redirect["code"], redirect["state"] = q["code"][0], q.get("state", [None])[0]
+
+        async def callback_handler():
+            return AuthorizationCodeResult(code=redirect["code"], state=redirect["state"])
+
+        meta = OAuthClientMetadata(
+            redirect_uris=["http://127.0.0.1:9/callback"], grant_types=["authorization_code"],
+            response_types=["code"], token_endpoint_auth_method="none", scope=a.scope,
+            client_name="mcp-edge test")
+        auth = OAuthClientProvider(a.url, meta, Memory(), redirect_handler, callback_handler)
+
+    def client(headers=None, timeout=None, auth=auth):
+        return httpx2.AsyncClient(verify=verify, headers=headers, auth=auth,
+                                  timeout=timeout or httpx2.Timeout(30, read=300),
+                                  event_hooks={"request": [log_request]})
+
+    async def session(read, write):
+        async with ClientSession(read, write) as s:
+            await s.initialize()
+            tools = await s.list_tools()
+            found = await s.call_tool("search_docs", {"query": "tls", "limit": 3})
+            hits = (found.structured_content or {}).get("hits", [])
+            return {"tools": sorted(t.name for t in tools.tools), "search_hits": len(hits)}
+
+    if a.transport == "streamable":
+        async with client() as c, streamable_http_client(a.url, http_client=c) as streams:
+            out = await session(streams[0], streams[1])
+    else:
+        async with sse_client(a.url, httpx_client_factory=client, auth=auth) as streams:
+            out = await session(streams[0], streams[1])
+    out["flow"] = seen
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except BaseException as e:  # report, do not hide, what the SDK raised
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        print(json.dumps({"error": repr(e)}))
+        sys.exit(1)

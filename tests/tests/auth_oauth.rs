@@ -1,0 +1,510 @@
+//! mcp-edge as an OAuth 2.1 resource server in front of an MCP server, against a real
+//! authorization server (tests/python/auth_server.py, Authlib) and the official MCP Python SDK's
+//! OAuth clients, which are told nothing but the MCP URL. Then every way a token can be wrong,
+//! each asserted on status, challenge and metric.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::json;
+
+use mcp_edge_tests::upstream::Upstream;
+use mcp_edge_tests::*;
+
+/// The authorization server, killed on drop.
+struct AuthServer {
+    child: Child,
+    port: u16,
+    /// ES256 signing keys (PKCS#8 PEM) the server uses: `k1` from the start, `k2` after rotation.
+    k1: String,
+    log: PathBuf,
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl AuthServer {
+    async fn start(dir: &Path, ca: &TestCa) -> Self {
+        let (cert, key) = ca.leaf(&["127.0.0.1"]);
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let k1 = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let k2 = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let port = free_port();
+        let log = dir.join("auth-server.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/auth_server.py");
+        let child = Command::new(python())
+            .arg(script)
+            .args(["--port", &port.to_string(), "--kid", "k1", "--kid2", "k2"])
+            .arg("--cert")
+            .arg(write("as.pem", &cert))
+            .arg("--key")
+            .arg(write("as.key", &key))
+            .arg("--signing-key")
+            .arg(write("k1.pem", &k1))
+            .arg("--signing-key2")
+            .arg(write("k2.pem", &k2))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the authorization server");
+        let server = Self {
+            child,
+            port,
+            k1,
+            log,
+        };
+        let client = server.client(ca);
+        wait_for(Duration::from_secs(30), "authorization server", || async {
+            client
+                .get(format!("{}/jwks", server.issuer()))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        })
+        .await;
+        server
+    }
+
+    fn issuer(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn client(&self, ca: &TestCa) -> reqwest::Client {
+        https_client(ca.root_store(), &[], ([127, 0, 0, 1], self.port).into())
+    }
+
+    /// A token from the token endpoint (client credentials) for `resource`.
+    async fn token(&self, ca: &TestCa, client: &str, resource: &str) -> String {
+        let r = self
+            .client(ca)
+            .post(format!("{}/token", self.issuer()))
+            .basic_auth(client, Some(format!("{client}-secret")))
+            .form(&[("grant_type", "client_credentials"), ("resource", resource)])
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            status,
+            200,
+            "{body}: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    async fn post(&self, ca: &TestCa, path: &str, form: &[(&str, &str)], client: &str) {
+        let r = self
+            .client(ca)
+            .post(format!("{}{path}", self.issuer()))
+            .basic_auth(client, Some(format!("{client}-secret")))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
+
+/// A JWT signed with `key_pem` (ES256) under `kid`.
+fn mint(key_pem: &str, kid: &str, claims: serde_json::Value) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some(kid.into());
+    h.typ = Some("at+jwt".into());
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes()).unwrap();
+    jsonwebtoken::encode(&h, &claims, &key).unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An edge serving `localhost` over TLS (a leaf of `ca`) with `host` (the rest of the host's
+/// YAML, indented).
+async fn tls_edge(dir: &Path, ca: &TestCa, host: &str) -> Edge {
+    let (cert, key) = ca.leaf(&["localhost"]);
+    std::fs::write(dir.join("edge.pem"), cert).unwrap();
+    std::fs::write(dir.join("edge.key"), key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  localhost:\n    tls: {{ cert: {}, key: {} }}\n{host}",
+        ports.yaml(),
+        dir.join("certs").display(),
+        dir.join("edge.pem").display(),
+        dir.join("edge.key").display(),
+    );
+    Edge::start(dir, &ports, &cfg).await
+}
+
+fn oauth_block(issuer: &str, dir: &Path, scopes: &str, indent: &str) -> String {
+    format!(
+        "{indent}auth:\n{indent}  oauth:\n{indent}    issuer: {issuer}\n{indent}    ca: {}\n{indent}    scopes: [{scopes}]\n{indent}    jwks_min_refresh: 1s\n{indent}    introspection_cache: 1s\n{indent}    introspection: {{ client_id: edge, client_secret: edge-secret }}\n",
+        dir.join("ca.pem").display()
+    )
+}
+
+/// Runs `tests/python/mcp_oauth_check.py`; on failure, shows the authorization server's log.
+async fn sdk(
+    auth: &AuthServer,
+    url: &str,
+    transport: &str,
+    flow: &str,
+    ca: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/mcp_oauth_check.py");
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(script)
+        .args([url, transport, flow, "--ca"])
+        .arg(ca)
+        .args(extra);
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .expect("the MCP client finished within 90s")
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| {
+            panic!(
+                "no JSON:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(
+        out.status.success() && v.get("error").is_none(),
+        "{v}\n{}\nauthorization server:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&auth.log).unwrap_or_default()
+    );
+    v
+}
+
+fn corpus(dir: &Path) -> PathBuf {
+    let c = dir.join("corpus");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::write(
+        c.join("tls.md"),
+        "# TLS\n\nCertificates for TLS are renewed by the edge.\n",
+    )
+    .unwrap();
+    c
+}
+
+#[tokio::test]
+async fn the_sdk_oauth_clients_find_their_way_from_a_401_to_a_tool_call_on_both_transports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let auth = AuthServer::start(tmp.path(), &ca).await;
+    let docs = DocsServer::start(tmp.path(), &corpus(tmp.path()), &[]).await;
+    let host = format!(
+        "{}    upstream: {}\n",
+        oauth_block(&auth.issuer(), tmp.path(), "mcp:tools", "    "),
+        docs.url()
+    );
+    let edge = tls_edge(tmp.path(), &ca, &host).await;
+    let base = format!("https://localhost:{}", edge.https.port());
+    let ca_pem = tmp.path().join("ca.pem");
+    let machine = [
+        "--client-id",
+        "machine",
+        "--client-secret",
+        "machine-secret",
+    ];
+    for (path, transport) in [("/mcp", "streamable"), ("/sse", "sse")] {
+        let v = sdk(
+            &auth,
+            &format!("{base}{path}"),
+            transport,
+            "client_credentials",
+            &ca_pem,
+            &machine,
+        )
+        .await;
+        assert!(
+            v["tools"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("search_docs")),
+            "{v}"
+        );
+        assert_eq!(v["search_hits"], 1, "{v}");
+        let flow = v["flow"].to_string();
+        // It started from the 401's resource_metadata, then the authorization server.
+        assert!(
+            flow.contains("/.well-known/oauth-protected-resource"),
+            "{flow}"
+        );
+        assert!(flow.contains(&format!("{}/token", auth.issuer())), "{flow}");
+    }
+    // A person's client: registration, authorization code with PKCE, then the tool call.
+    let v = sdk(
+        &auth,
+        &format!("{base}/mcp"),
+        "streamable",
+        "authorization_code",
+        &ca_pem,
+        &["--scope", "mcp:tools"],
+    )
+    .await;
+    assert_eq!(v["search_hits"], 1, "{v}");
+    assert!(v["flow"].to_string().contains("/register"), "{v}");
+    let ok = "mcp_edge_auth_results_total{host=\"localhost\",result=\"ok\",route=\"/\"}";
+    assert!(edge.metric(ok).await >= 6.0);
+    assert!(
+        edge.metric(
+            "mcp_edge_auth_results_total{host=\"localhost\",result=\"missing\",route=\"/\"}"
+        )
+        .await
+            >= 3.0
+    );
+    // No token ever reached the MCP server, nor a log line.
+    let log = edge.log();
+    assert!(!log.contains("eyJ"), "a token was logged");
+    assert!(log.contains("caller=\"sub:machine\""), "{log}");
+}
+
+#[tokio::test]
+async fn every_wrong_token_is_refused_with_its_reason_and_rotation_needs_no_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let auth = AuthServer::start(tmp.path(), &ca).await;
+    let up = Upstream::start("a").await;
+    let host = format!(
+        "    routes:\n      - path: /mcp\n        upstream: \"{}\"\n{}      - {{ path: /, upstream: \"{}\" }}\n",
+        up.url(),
+        oauth_block(&auth.issuer(), tmp.path(), "mcp:tools", "        "),
+        up.url()
+    );
+    let edge = tls_edge(tmp.path(), &ca, &host).await;
+    let base = format!("https://localhost:{}", edge.https.port());
+    let resource = format!("{base}/mcp");
+    let metadata_url = format!("{base}/.well-known/oauth-protected-resource/mcp");
+    let client = edge.client(ca.root_store(), &["localhost"]);
+    let get = |token: Option<String>, extra: Option<(&'static str, &'static str)>| {
+        let mut r = client.get(format!("{resource}/x"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some((k, v)) = extra {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+
+    // Discovery: the challenge names the metadata; the metadata names the issuer.
+    let r = get(None, None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        challenge,
+        format!("Bearer resource_metadata=\"{metadata_url}\", scope=\"mcp:tools\"")
+    );
+    let doc: serde_json::Value = client
+        .get(&metadata_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["resource"], resource.as_str());
+    assert_eq!(doc["authorization_servers"], json!([auth.issuer()]));
+    // The bare well-known URL describes the host's only protected route; a browser's preflight
+    // is answered.
+    let bare: serde_json::Value = client
+        .get(format!("{base}/.well-known/oauth-protected-resource"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bare["resource"], resource.as_str());
+    let pre = client
+        .request(reqwest::Method::OPTIONS, &metadata_url)
+        .header("origin", "https://inspector.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "https://inspector.example"
+    );
+    // An unprotected route has no metadata, and needs no token.
+    let open = client
+        .get(format!("{base}/.well-known/oauth-protected-resource/other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200, "falls through to the open route `/`");
+    assert_eq!(
+        client
+            .get(format!("{base}/other"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The accept path: a token from the authorization server for this resource.
+    let good = auth.token(&ca, "machine", &resource).await;
+    let r = get(Some(good.clone()), Some(("x-auth-subject", "admin")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: serde_json::Value = r.json().await.unwrap();
+    let h = &seen["headers"];
+    assert_eq!(
+        h["x-auth-subject"], "machine",
+        "the client's own value is dropped: {h}"
+    );
+    assert_eq!(h["x-auth-client-id"], "machine");
+    assert!(h["x-auth-scopes"].as_str().unwrap().contains("mcp:tools"));
+    assert!(
+        h.get("authorization").is_none(),
+        "token passed through: {h}"
+    );
+
+    // Reject twins.
+    let iss = auth.issuer();
+    let claims = |over: serde_json::Value| {
+        let mut c = json!({"iss": iss, "aud": resource, "sub": "mallory", "client_id": "machine",
+                           "scope": "mcp:tools", "iat": now(), "exp": now() + 600});
+        for (k, v) in over.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let stranger = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let none_alg = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "at+jwt", "kid": "k1"})),
+        b64(claims(json!({})))
+    );
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "expired",
+            mint(&auth.k1, "k1", claims(json!({"exp": now() - 3600}))),
+            401,
+        ),
+        (
+            "bad_signature",
+            mint(&stranger, "k1", claims(json!({}))),
+            401,
+        ),
+        ("unknown_key", mint(&stranger, "k9", claims(json!({}))), 401),
+        ("bad_algorithm", none_alg, 401),
+        (
+            "bad_audience",
+            auth.token(&ca, "machine", "https://other.example/mcp")
+                .await,
+            401,
+        ),
+        (
+            "bad_issuer",
+            mint(
+                &auth.k1,
+                "k1",
+                claims(json!({"iss": "https://evil.example"})),
+            ),
+            401,
+        ),
+        (
+            "insufficient_scope",
+            auth.token(&ca, "narrow", &resource).await,
+            403,
+        ),
+        ("malformed", "x.y.z".to_string(), 401),
+    ];
+    for (reason, token, status) in &cases {
+        let r = get(Some(token.clone()), None).await.unwrap();
+        assert_eq!(r.status().as_u16(), *status, "{reason}");
+        let www = r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let code = if *status == 403 {
+            "insufficient_scope"
+        } else if *reason == "malformed" {
+            "invalid_request"
+        } else {
+            "invalid_token"
+        };
+        assert!(
+            www.contains(&format!("error=\"{code}\"")),
+            "{reason}: {www}"
+        );
+        assert!(
+            www.contains(&format!("resource_metadata=\"{metadata_url}\"")),
+            "{reason}: {www}"
+        );
+        assert_eq!(
+            edge.metric(&format!("mcp_edge_auth_results_total{{host=\"localhost\",result=\"{reason}\",route=\"/mcp\"}}")).await,
+            1.0,
+            "{reason}"
+        );
+    }
+
+    // The authorization server rotates its key: a token under the new kid is accepted at once.
+    auth.post(&ca, "/test/rotate", &[], "machine").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past jwks_min_refresh
+    let rotated = auth.token(&ca, "machine", &resource).await;
+    let head = rotated.split('.').next().unwrap();
+    let head: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(head)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(head["kid"], "k2", "the server signs with its new key");
+    assert_eq!(get(Some(rotated), None).await.unwrap().status(), 200);
+    assert_eq!(
+        get(Some(good), None).await.unwrap().status(),
+        200,
+        "k1 is still published"
+    );
+
+    // An opaque token is introspected; once revoked (and the short cache passed), refused.
+    let opaque = auth.token(&ca, "opaque", &resource).await;
+    assert_eq!(opaque.split('.').count(), 1);
+    assert_eq!(get(Some(opaque.clone()), None).await.unwrap().status(), 200);
+    auth.post(&ca, "/revoke", &[("token", &opaque)], "opaque")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get(Some(opaque), None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        edge.metric(
+            "mcp_edge_auth_results_total{host=\"localhost\",result=\"inactive\",route=\"/mcp\"}"
+        )
+        .await,
+        1.0
+    );
+}
