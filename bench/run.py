@@ -7,6 +7,8 @@ and the spread (min-max), and ratios mcp-edge/nginx and mcp-edge/Caddy from the 
 Results: bench/results/<UTC time>.md, and the section between the markers in BENCHMARKS.md.
 """
 
+import base64
+import hashlib
 import json
 import os
 import platform
@@ -23,6 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -38,7 +41,7 @@ CHURN = int(os.environ.get("BENCH_CHURN", "200"))
 IDLE = int(os.environ.get("BENCH_IDLE", "10000"))
 IDLE_HOLD = int(os.environ.get("BENCH_IDLE_SECONDS", "90"))
 # A partial run (while working on one figure): BENCH_ONLY=h1,mem and/or BENCH_PROXIES=mcp-edge,nginx.
-# Figures: h1 h2 handshakes sse leave mem idle swap upstream acme churn. A partial run writes
+# Figures: h1 h2 handshakes sse leave mem idle swap upstream auth acme churn. A partial run writes
 # bench/results/partial/ (not committed), never BENCHMARKS.md.
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 ONLY_PROXIES = set(filter(None, os.environ.get("BENCH_PROXIES", "").split(",")))
@@ -180,10 +183,12 @@ class Proxy:
 class McpEdge(Proxy):
     name = "mcp-edge"
 
-    def __init__(self, pki, upstream, upstream_yaml=None):
-        """`upstream_yaml`: the `upstream:` value, when it is not the plain upstream's URL."""
+    def __init__(self, pki, upstream, upstream_yaml=None, host_yaml=""):
+        """`upstream_yaml`: the `upstream:` value, when it is not the plain upstream's URL;
+        `host_yaml`: more keys of the host (`auth:`…), indented for it."""
         super().__init__(pki, upstream)
         self.upstream_yaml = upstream_yaml
+        self.host_yaml = host_yaml
 
     def command(self):
         metrics = free_port()
@@ -199,7 +204,7 @@ hosts:
   localhost:
     tls: {{ cert: {self.cert}, key: {self.key} }}
     upstream: {up}
-""")
+{self.host_yaml}""")
         env_log = "MCP_EDGE_LOG=warn"
         return ["env", env_log, REL / "mcp-edge", "run", "-c", self.dir / "edge.yaml"]
 
@@ -449,8 +454,13 @@ def measure_all(pki, upstream, results):
 
 def on_fresh(cls, pki, upstream, fn):
     """`fn` on a freshly started proxy of class `cls`; its result, or the error it raised."""
-    px = cls(pki, upstream).start()
+    return on_fresh_proxy(cls(pki, upstream), fn)
+
+
+def on_fresh_proxy(px, fn):
+    """`fn` on `px`, started for it and stopped after; its result, or the error it raised."""
     try:
+        px.start()
         return fn(px)
     except Exception as e:  # a failed figure is reported, the run goes on
         return {"error": str(e)}
@@ -484,6 +494,45 @@ def https_upstream(pki, results):
     stop(up)
 
 
+def auth_overhead(pki, results):
+    """mcp-edge without auth, with an API key and with a JWT access token (ES256, checked
+    against the JWKS of tests/python/auth_server.py, an Authlib authorization server)."""
+    as_port = free_port()
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-out", pki / "signing.pem"], check=True, capture_output=True)
+    auth_server = spawn([ROOT / ".venv/bin/python", ROOT / "tests/python/auth_server.py", "--port", as_port,
+                         "--cert", pki / "leaf.pem", "--key", pki / "leaf.key",
+                         "--signing-key", pki / "signing.pem", "--kid", "k1"], LOAD_CPU, "auth-server")
+    wait_port(as_port)
+    issuer = f"https://127.0.0.1:{as_port}"
+    key = "mcpe_bench-key"
+    kinds = {
+        "none": "",
+        "api_key": f"    auth:\n      api_keys:\n        keys: {{ bench: \"sha256:{hashlib.sha256(key.encode()).hexdigest()}\" }}\n",
+        "jwt": f"    auth:\n      oauth:\n        issuer: {issuer}\n        ca: {pki / 'ca.pem'}\n        scopes: [mcp:tools]\n",
+    }
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    try:
+        for i in range(RUNS):
+            for kind, host_yaml in kinds.items():
+                px = McpEdge(pki, results["_upstream"], None, host_yaml)
+                header = []
+                if kind == "api_key":
+                    header = ["-H", f"Authorization: Bearer {key}"]
+                elif kind == "jwt":
+                    form = urllib.parse.urlencode({"grant_type": "client_credentials",
+                                                   "resource": px.url("/")}).encode()
+                    req = urllib.request.Request(f"{issuer}/token", data=form)
+                    req.add_header("Authorization", "Basic " + base64.b64encode(b"machine:machine-secret").decode())
+                    token = json.loads(urllib.request.urlopen(req, context=ctx, timeout=10).read())["access_token"]
+                    header = ["-H", f"Authorization: Bearer {token}"]
+                r = on_fresh_proxy(px, lambda p: wrk(p.url("/mcp"), 64, header))
+                results.setdefault("auth", {}).setdefault(kind, []).append(r)
+                log(f"  auth {kind} run {i + 1}: {r}")
+    finally:
+        stop(auth_server)
+
+
 def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 200000), hard))
@@ -495,6 +544,8 @@ def main():
     measure_all(pki, upstream, results)
     if wanted("upstream"):
         https_upstream(pki, results)
+    if wanted("auth"):
+        auth_overhead(pki, results)
     import bench_acme
     import bench_churn
     if wanted("acme"):
@@ -564,6 +615,16 @@ def report(results):
         extra.append(f"HTTPS (pinned) upstream vs plain, mcp-edge, HTTP/1.1 requests/s: pinned "
                      f"{fmt(pinned['median'])} vs plain {fmt(plain['median'])} "
                      f"({pinned['median'] / plain['median']:.2f}×).")
+    auth = results.get("auth", {})
+    kinds = ("none", "api_key", "jwt")
+    rps = {k: median_spread([r.get("rps") for r in auth.get(k, [])]) for k in kinds}
+    p99 = {k: median_spread([r.get("p99_ms") for r in auth.get(k, [])]) for k in kinds}
+    if all(rps.values()) and all(p99.values()):
+        base = rps["none"]["median"]
+        extra.append("Access control, mcp-edge, HTTP/1.1 requests/s (p99 ms): "
+                     + ", ".join(f"{k} {fmt(rps[k]['median'])} ({p99[k]['median']:.2f}) "
+                                 f"{rps[k]['median'] / base:.2f}×" for k in kinds)
+                     + " (jwt: an ES256 access token, its signature verified once a minute per token, its claims on every request).")
     swap = results.get("mcp-edge", {}).get("swap", [{}])[0]
     if "requests" in swap:
         extra.append(f"Certificate swaps: {swap.get('swaps')} swaps during {swap.get('requests')} "

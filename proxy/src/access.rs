@@ -65,6 +65,10 @@ pub struct Admitted {
     pub identity: Option<Identity>,
     /// `RateLimit-Policy` and `RateLimit` for the response.
     pub rate_headers: Vec<(HeaderName, String)>,
+    /// The caller's budgets on this route, for a decision the body completes.
+    pub budget: Option<Budget>,
+    /// The tool budget waits for the body (a `tools/call` named there, not in headers).
+    pub tool_in_body: bool,
 }
 
 fn cors(origin: Option<&str>) -> Vec<(HeaderName, String)> {
@@ -234,48 +238,114 @@ pub async fn check(
             .and_then(Identity::caller)
             .or_else(|| client.map(|ip| format!("ip:{ip}")))
             .unwrap_or_else(|| "ip:-".into());
-        let req = &session.req_header().headers;
-        let text = |name: &str| req.get(name).and_then(|v| v.to_str().ok());
-        let tool = (text("mcp-method") == Some("tools/call"))
+        let req = session.req_header();
+        let text = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let method = text("mcp-method");
+        let tool = (method == Some("tools/call"))
             .then(|| text("mcp-name"))
-            .flatten()
-            .and_then(|name| limit.tools.iter().find(|(t, _)| t == name));
-        let mut budgets = vec![("default", limit.default)];
-        if let Some((name, rate)) = tool {
+            .flatten();
+        // A client that predates the Mcp-Method/Mcp-Name headers names the tool in the body:
+        // its tool budget is decided there (`tool_in_body`).
+        admitted.tool_in_body =
+            !limit.tools.is_empty() && method.is_none() && req.method == http::Method::POST;
+        let budget = Budget {
+            labels: (labels.0.to_string(), labels.1.to_string()),
+            caller,
+            limit: limit.clone(),
+        };
+        match budget.spend(authn, tool, true) {
+            Ok(h) => admitted.rate_headers = h,
+            Err(refusal) => return refusal.send(session, origin).await.map(Err),
+        }
+        admitted.budget = Some(budget);
+    }
+    Ok(Ok(admitted))
+}
+
+/// A caller's budgets on one route.
+pub struct Budget {
+    labels: (String, String),
+    caller: String,
+    limit: crate::config::RateLimit,
+}
+
+/// A request over a budget: the 429 it gets.
+pub struct Refusal {
+    headers: Vec<(HeaderName, String)>,
+}
+
+impl Refusal {
+    pub async fn send(&self, session: &mut Session, origin: Option<&str>) -> Result<bool> {
+        let mut h = cors(origin);
+        h.extend(self.headers.iter().cloned());
+        respond(
+            session,
+            429,
+            "application/json",
+            Bytes::from_static(br#"{"error":"rate_limited","error_description":"too many requests; see Retry-After"}"#),
+            &h,
+        )
+        .await
+    }
+}
+
+impl Budget {
+    /// Spends one request of the route's budget (with `route_too`) and of `tool`'s, if it has
+    /// one. Every budget must allow the request before any is spent: a call refused by its
+    /// tool's budget does not use up the route's.
+    pub fn spend(
+        &self,
+        authn: &Authenticator,
+        tool: Option<&str>,
+        route_too: bool,
+    ) -> std::result::Result<Vec<(HeaderName, String)>, Refusal> {
+        let mut budgets = Vec::new();
+        if route_too {
+            budgets.push(("default", self.limit.default));
+        }
+        if let Some((name, rate)) = tool.and_then(|t| self.limit.tools.iter().find(|(n, _)| n == t))
+        {
             budgets.push((name.as_str(), *rate));
         }
-        let key = |name: &str| format!("{}\u{0}{}\u{0}{name}\u{0}{caller}", labels.0, labels.1);
+        let (host, route) = (&self.labels.0, &self.labels.1);
+        let key = |name: &str| format!("{host}\u{0}{route}\u{0}{name}\u{0}{}", self.caller);
         let now = Instant::now();
-        // Every budget must allow the request before any is spent: a call refused by its
-        // tool's budget does not use up the route's.
         for (name, rate) in &budgets {
             let d = authn.limiter.peek(&key(name), *rate, now);
             if !d.allowed {
-                let headers = rate_headers(name, *rate, d);
-                m.rate_limited
-                    .with_label_values(&[labels.0, labels.1, name])
+                metrics::get()
+                    .rate_limited
+                    .with_label_values(&[host.as_str(), route.as_str(), name])
                     .inc();
-                let mut h = cors(origin);
-                h.extend(headers);
-                h.push((
+                let mut headers = rate_headers(name, *rate, d);
+                headers.push((
                     header::RETRY_AFTER,
                     d.reset.as_secs_f64().ceil().max(1.0).to_string(),
                 ));
-                return respond(
-                    session,
-                    429,
-                    "application/json",
-                    Bytes::from_static(br#"{"error":"rate_limited","error_description":"too many requests; see Retry-After"}"#),
-                    &h,
-                )
-                .await
-                .map(Err);
+                return Err(Refusal { headers });
             }
         }
+        let mut headers = Vec::new();
         for (name, rate) in budgets {
             let d = authn.limiter.check(&key(name), rate, now);
-            admitted.rate_headers = rate_headers(name, rate, d);
+            headers = rate_headers(name, rate, d);
         }
+        Ok(headers)
     }
-    Ok(Ok(admitted))
+}
+
+/// The tools a JSON-RPC body calls (`tools/call` requests; a batch may hold several).
+pub fn tools_called(body: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let messages = match v {
+        serde_json::Value::Array(a) => a,
+        one => vec![one],
+    };
+    messages
+        .iter()
+        .filter(|m| m["method"] == "tools/call")
+        .filter_map(|m| m["params"]["name"].as_str().map(str::to_string))
+        .collect()
 }

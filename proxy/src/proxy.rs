@@ -11,7 +11,7 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorSource};
 
-use crate::access::{self, PublicUrl};
+use crate::access::{self, Budget, PublicUrl, Refusal};
 use crate::auth::{Authenticator, Identity};
 use crate::config::IdentityHeaders;
 use crate::config::{normalize_origin, TlsSource};
@@ -90,6 +90,14 @@ pub struct Ctx {
     identity: Option<Identity>,
     /// Rate-limit headers for the response.
     rate_headers: Vec<(HeaderName, String)>,
+    /// The caller's budgets, and whether the tool's is decided by the body (buffered in
+    /// `body_buf` until then).
+    budget: Option<Budget>,
+    tool_in_body: bool,
+    body_buf: Vec<u8>,
+    /// A refusal decided after the request went upstream, answered by `fail_to_proxy`.
+    refusal: Option<Refusal>,
+    origin: Option<String>,
 }
 
 impl Ctx {
@@ -190,7 +198,48 @@ fn upstream_reason(e: &Error) -> &'static str {
     }
 }
 
+/// The largest request body read for the tool it calls; a larger one is let through with the
+/// route's budget only (MCP messages are small).
+const MAX_PARSED_BODY: usize = 64 * 1024;
+
 impl EdgeProxy {
+    /// Holds a `tools/call` body back until it is complete, then spends the budget of the tool
+    /// it names; over budget, the request ends in a 429 (`fail_to_proxy`) and nothing of the
+    /// body reaches the upstream.
+    fn tool_budget_from_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(chunk) = body.take() {
+            ctx.body_buf.extend_from_slice(&chunk);
+        }
+        if ctx.body_buf.len() > MAX_PARSED_BODY {
+            ctx.tool_in_body = false;
+            *body = Some(Bytes::from(std::mem::take(&mut ctx.body_buf)));
+            return Ok(());
+        }
+        if !end_of_stream {
+            return Ok(());
+        }
+        ctx.tool_in_body = false;
+        let buf = Bytes::from(std::mem::take(&mut ctx.body_buf));
+        if let Some(budget) = &ctx.budget {
+            for tool in access::tools_called(&buf) {
+                if let Err(refusal) = budget.spend(&self.auth, Some(&tool), false) {
+                    ctx.refusal = Some(refusal);
+                    return Err(Error::explain(
+                        HTTPStatus(429),
+                        "over the tool's rate limit",
+                    ));
+                }
+            }
+        }
+        *body = Some(buf);
+        Ok(())
+    }
+
     /// Who called, told to the upstream in the headers the route names (a client's own values
     /// for them are dropped first); the client's credentials stay at the edge unless the route
     /// forwards tokens.
@@ -311,6 +360,11 @@ impl ProxyHttp for EdgeProxy {
             body_limit: u64::MAX,
             identity: None,
             rate_headers: Vec::new(),
+            budget: None,
+            tool_in_body: false,
+            body_buf: Vec::new(),
+            refusal: None,
+            origin: None,
         }
     }
 
@@ -465,6 +519,9 @@ impl ProxyHttp for EdgeProxy {
             Ok(a) => {
                 ctx.identity = a.identity;
                 ctx.rate_headers = a.rate_headers;
+                ctx.budget = a.budget;
+                ctx.tool_in_body = a.tool_in_body;
+                ctx.origin = origin;
             }
         }
 
@@ -688,7 +745,7 @@ impl ProxyHttp for EdgeProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
         // Chunked bodies declare no length: counted as they come.
@@ -696,6 +753,9 @@ impl ProxyHttp for EdgeProxy {
         if ctx.body_seen > ctx.body_limit {
             ctx.count_refused("body_too_large");
             return Err(Error::explain(HTTPStatus(413), "request body too large"));
+        }
+        if ctx.tool_in_body {
+            self.tool_budget_from_body(body, end_of_stream, ctx)?;
         }
         Ok(())
     }
@@ -829,8 +889,17 @@ impl ProxyHttp for EdgeProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> pingora::proxy::FailToProxy {
+        if let Some(refusal) = ctx.refusal.take() {
+            if session.response_written().is_none() {
+                let _ = refusal.send(session, ctx.origin.as_deref()).await;
+            }
+            return pingora::proxy::FailToProxy {
+                error_code: 429,
+                can_reuse_downstream: false,
+            };
+        }
         let code = match e.etype() {
             HTTPStatus(code) => *code,
             _ => match e.esource() {

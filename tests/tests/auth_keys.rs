@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use std::process::Command;
+use std::time::Duration;
 
 use mcp_edge_tests::upstream::Upstream;
 use mcp_edge_tests::*;
@@ -145,11 +146,12 @@ async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
     let up = Upstream::start("a").await;
     let (a, a_hash) = new_key("a");
     let (b, b_hash) = new_key("b");
+    let (e, e_hash) = new_key("e");
     let edge = plain_host_edge(
         tmp.path(),
         "",
         &format!(
-            "    auth:\n      api_keys:\n        keys: {{ a: \"{a_hash}\", b: \"{b_hash}\" }}\n    rate_limit:\n      requests: 3\n      per: 1m\n      tools:\n        search_docs: {{ requests: 1, per: 1m }}\n    upstream: \"{}\"\n",
+            "    auth:\n      api_keys:\n        keys: {{ a: \"{a_hash}\", b: \"{b_hash}\", e: \"{e_hash}\" }}\n    rate_limit:\n      requests: 3\n      per: 1m\n      tools:\n        search_docs: {{ requests: 1, per: 1m }}\n    upstream: \"{}\"\n",
             up.url()
         ),
     )
@@ -189,6 +191,37 @@ async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
         raw_status(&edge.get_from("127.0.0.1", "/x", &call("get_page")).await),
         200
     );
+    // A client that predates Mcp-Name names the tool in the JSON-RPC body: the same budget,
+    // and the body reaches the upstream intact when allowed.
+    let post = |caller: &str, tool: &str| {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"query":"tls"}}}}}}"#
+        );
+        let head = format!(
+            "POST /x HTTP/1.1\r\nhost: h.test\r\n{}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            bearer(caller),
+            body.len()
+        );
+        (head, body)
+    };
+    let (head, body) = post(&e, "search_docs");
+    let raw = edge
+        .raw_exchange(&head, &[body.as_bytes()], Duration::ZERO)
+        .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert_eq!(raw_json(&raw)["body_len"], body.len());
+    let (head, body) = post(&e, "search_docs");
+    let raw = edge
+        .raw_exchange(&head, &[body.as_bytes()], Duration::ZERO)
+        .await;
+    assert_eq!(raw_status(&raw), 429, "{raw}");
+    assert!(raw_header(&raw, "retry-after").is_some(), "{raw}");
+    let (head, body) = post(&e, "get_page");
+    let raw = edge
+        .raw_exchange(&head, &[body.as_bytes()], Duration::ZERO)
+        .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+
     assert_eq!(
         edge.metric("mcp_edge_rate_limited_total{host=\"h.test\",limit=\"default\",route=\"/\"}")
             .await,
@@ -199,7 +232,7 @@ async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
             "mcp_edge_rate_limited_total{host=\"h.test\",limit=\"search_docs\",route=\"/\"}"
         )
         .await,
-        1.0
+        2.0
     );
 }
 

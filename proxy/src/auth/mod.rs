@@ -22,8 +22,11 @@ use crate::outbound::JsonClient;
 use crate::pem::sha256;
 use issuer::Issuer;
 
-/// Introspection answers kept at once (bounded whatever the number of tokens seen).
-const MAX_INTROSPECTED: usize = 10_000;
+/// Answers about tokens kept at once (bounded whatever the number of tokens seen).
+const MAX_ANSWERS: usize = 10_000;
+/// How long a verified JWT is taken at its word without verifying its signature again (never
+/// past its `exp`): the signature check is most of a request's cost (BENCHMARKS.md).
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
 
 /// Who called, as far as the edge could tell.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -165,17 +168,52 @@ pub fn resource_metadata(resource: &str, oauth: &OAuthConfig) -> String {
 /// An issuer, the extra roots trusted for it (DER) and its key-refetch floor.
 type IssuerKey = (String, Vec<Vec<u8>>, Duration);
 
-struct Introspected {
+struct Answer {
     until: Instant,
     result: Result<Identity, Denied>,
+}
+
+/// Answers about tokens by a SHA-256 key, each until its deadline; bounded.
+#[derive(Default)]
+struct Answers(Mutex<HashMap<[u8; 32], Answer>>);
+
+impl Answers {
+    fn get(&self, key: &[u8; 32], now: Instant) -> Option<Result<Identity, Denied>> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .filter(|a| now < a.until)
+            .map(|a| a.result.clone())
+    }
+
+    fn put(&self, key: [u8; 32], until: Instant, result: Result<Identity, Denied>) {
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_ANSWERS {
+            map.retain(|_, a| now < a.until);
+            if map.len() >= MAX_ANSWERS {
+                map.clear();
+            }
+        }
+        map.insert(key, Answer { until, result });
+    }
+}
+
+/// How long from now until Unix time `exp` (zero if past).
+fn until_exp(exp: Option<u64>, cap: Duration) -> Duration {
+    match exp {
+        Some(e) => cap.min(Duration::from_secs(e.saturating_sub(unix_now()))),
+        None => cap,
+    }
 }
 
 #[derive(Default)]
 pub struct Authenticator {
     /// By issuer and the extra roots trusted for it.
     issuers: Mutex<HashMap<IssuerKey, Arc<Issuer>>>,
-    /// By SHA-256 of the token.
-    introspected: Mutex<HashMap<[u8; 32], Introspected>>,
+    /// Introspection answers, by SHA-256 of the token.
+    introspected: Answers,
+    /// Verified JWTs, by SHA-256 of issuer, resource and token.
+    verified: Answers,
     pub limiter: rate::Limiter,
 }
 
@@ -289,7 +327,16 @@ impl Authenticator {
             return Err(Denied::BadApiKey);
         };
         let identity = if token.split('.').count() == 3 {
-            self.check_jwt(oauth, resource, token).await?
+            let key = sha256(format!("{}\0{resource}\0{token}", oauth.issuer).as_bytes());
+            match self.verified.get(&key, Instant::now()) {
+                Some(hit) => hit?,
+                None => {
+                    let (identity, exp) = self.check_jwt(oauth, resource, token).await?;
+                    let until = Instant::now() + until_exp(exp, VERIFIED_FOR);
+                    self.verified.put(key, until, Ok(identity.clone()));
+                    identity
+                }
+            }
         } else if oauth.introspection.is_some() {
             self.introspect(oauth, resource, token).await?
         } else {
@@ -325,7 +372,7 @@ impl Authenticator {
         oauth: &OAuthConfig,
         resource: &str,
         token: &str,
-    ) -> Result<Identity, Denied> {
+    ) -> Result<(Identity, Option<u64>), Denied> {
         // The algorithm is read before anything else, so `none` (or HS256 with a public key as
         // its secret) never gets near a verifier.
         let head = token.split('.').next().unwrap_or_default();
@@ -375,7 +422,7 @@ impl Authenticator {
                     _ => Denied::Malformed,
                 }
             })?;
-        Ok(identity_of(&data.claims, true))
+        Ok((identity_of(&data.claims, true), data.claims["exp"].as_u64()))
     }
 
     async fn introspect(
@@ -388,15 +435,8 @@ impl Authenticator {
             return Err(Denied::Malformed);
         };
         let digest = sha256(token.as_bytes());
-        let now = Instant::now();
-        if let Some(hit) = self
-            .introspected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&digest)
-            .filter(|h| now < h.until)
-        {
-            return hit.result.clone();
+        if let Some(hit) = self.introspected.get(&digest, Instant::now()) {
+            return hit;
         }
         let issuer = self.issuer(oauth)?;
         let unavailable = |e: &dyn std::fmt::Display| {
@@ -431,24 +471,8 @@ impl Authenticator {
         } else {
             Ok(identity_of(&answer, true))
         };
-        let mut keep = oauth.introspection_cache;
-        if let Some(e) = exp {
-            keep = keep.min(Duration::from_secs(e.saturating_sub(now_unix)));
-        }
-        let mut cache = self.introspected.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= MAX_INTROSPECTED {
-            cache.retain(|_, h| now < h.until);
-            if cache.len() >= MAX_INTROSPECTED {
-                cache.clear();
-            }
-        }
-        cache.insert(
-            digest,
-            Introspected {
-                until: now + keep,
-                result: result.clone(),
-            },
-        );
+        let until = Instant::now() + until_exp(exp, oauth.introspection_cache);
+        self.introspected.put(digest, until, result.clone());
         result
     }
 }
