@@ -57,6 +57,16 @@ pub struct Metrics {
     pub auth_results: IntCounterVec,
     /// Requests refused by a rate limit, by host, route and limit (`default` or a tool).
     pub rate_limited: IntCounterVec,
+    /// JSON-RPC calls by host, route, method, tool and outcome (with the error's code class).
+    pub mcp_calls: IntCounterVec,
+    /// Time from a call's request to its response message, by host, route, method and tool.
+    pub mcp_duration: HistogramVec,
+    /// Requests by the MCP protocol version they declare.
+    pub mcp_versions: IntCounterVec,
+    /// MCP request bodies not read, by reason (`too_large`, `not_jsonrpc`).
+    pub mcp_unparsed: IntCounterVec,
+    /// How long SSE streams stayed open, by host and route.
+    pub stream_duration: HistogramVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -95,6 +105,32 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     )
     .expect("static metric definition");
     r.register(Box::new(duration.clone()))
+        .expect("metric registered once");
+    let mcp_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "mcp_call_duration_seconds",
+            "Time from a JSON-RPC call's request to its response message (not the end of a stream)",
+        )
+        .buckets(vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+        ]),
+        &["host", "route", "method", "tool"],
+    )
+    .expect("static metric definition");
+    r.register(Box::new(mcp_duration.clone()))
+        .expect("metric registered once");
+    let stream_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "stream_duration_seconds",
+            "How long text/event-stream responses stayed open, by host and route",
+        )
+        .buckets(vec![
+            1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
+        ]),
+        &["host", "route"],
+    )
+    .expect("static metric definition");
+    r.register(Box::new(stream_duration.clone()))
         .expect("metric registered once");
     let connections_open = IntGauge::with_opts(Opts::new(
         "connections_open",
@@ -196,6 +232,26 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Requests refused by a rate limit, by host, route and limit (default or a tool name)",
             &["host", "route", "limit"],
         ),
+        mcp_calls: counter(
+            &r,
+            "mcp_calls_total",
+            "JSON-RPC calls by host, route, method, tool and outcome (ok, tool_error, jsonrpc_error, http_error, cancelled)",
+            &["host", "route", "method", "tool", "outcome", "error"],
+        ),
+        mcp_duration,
+        mcp_versions: counter(
+            &r,
+            "mcp_protocol_version_requests_total",
+            "Requests by the MCP-Protocol-Version they declare",
+            &["host", "version"],
+        ),
+        mcp_unparsed: counter(
+            &r,
+            "mcp_unparsed_total",
+            "MCP request bodies not read for their calls, by reason",
+            &["host", "route", "reason"],
+        ),
+        stream_duration,
         health_probes: counter(
             &r,
             "health_probes_total",

@@ -18,8 +18,9 @@ use crate::config::{normalize_origin, TlsSource};
 use crate::http01::{ChallengeStore, CHALLENGE_PREFIX};
 use crate::live::{Live, Snapshot};
 use crate::metrics::{self, NO_ROUTE, UNKNOWN_HOST};
+use crate::observe::{Exchange, LegacyCalls, LogFields};
 use crate::reply::{respond, respond_text};
-use crate::routing::HostEntry;
+use crate::routing::{HostEntry, RouteEntry};
 use crate::upstream::affinity::{self, EndpointRewriter, Sealer};
 use crate::upstream::{trust, Pool};
 
@@ -90,14 +91,19 @@ pub struct Ctx {
     identity: Option<Identity>,
     /// Rate-limit headers for the response.
     rate_headers: Vec<(HeaderName, String)>,
-    /// The caller's budgets, and whether the tool's is decided by the body (buffered in
-    /// `body_buf` until then).
+    /// The caller's budgets, and whether the tool's is decided by the body.
     budget: Option<Budget>,
     tool_in_body: bool,
+    /// The MCP headers to check against the body (`mcp.validate`).
+    declared: Option<crate::mcp::Declared>,
+    /// The body is held back (in `body_buf`) until complete, for the two checks above.
+    hold_body: bool,
     body_buf: Vec<u8>,
     /// A refusal decided after the request went upstream, answered by `fail_to_proxy`.
-    refusal: Option<Refusal>,
+    late: Option<Late>,
     origin: Option<String>,
+    /// The MCP calls of this request and their outcomes, as observed.
+    mcp: Option<Exchange>,
 }
 
 impl Ctx {
@@ -116,6 +122,11 @@ impl Ctx {
             .inc();
     }
 
+    /// The matched route's entry in the route table.
+    fn route_entry(&self) -> Option<&RouteEntry> {
+        self.entry.as_ref()?.routes.get(self.route?)
+    }
+
     /// Metric label: the matched route's prefix, or `_none`.
     fn route_label(&self) -> &str {
         match (&self.entry, self.route) {
@@ -123,6 +134,13 @@ impl Ctx {
             _ => NO_ROUTE,
         }
     }
+}
+
+/// A refusal decided once the body was read, answered by `fail_to_proxy`.
+enum Late {
+    RateLimited(Refusal),
+    /// The MCP headers disagree with the body: this JSON-RPC error, with 400.
+    Invalid(String),
 }
 
 enum Restore {
@@ -137,6 +155,8 @@ pub struct EdgeProxy {
     pub challenges: Arc<ChallengeStore>,
     pub sealer: Arc<Sealer>,
     pub auth: Arc<Authenticator>,
+    /// Legacy-transport calls waiting for their answer on their session's stream.
+    pub legacy: Arc<LegacyCalls>,
 }
 
 fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
@@ -203,10 +223,10 @@ fn upstream_reason(e: &Error) -> &'static str {
 const MAX_PARSED_BODY: usize = 64 * 1024;
 
 impl EdgeProxy {
-    /// Holds a `tools/call` body back until it is complete, then spends the budget of the tool
-    /// it names; over budget, the request ends in a 429 (`fail_to_proxy`) and nothing of the
-    /// body reaches the upstream.
-    fn tool_budget_from_body(
+    /// Holds a POST body back until it is complete (`hold_body`), then checks its MCP headers
+    /// against it (`mcp.validate`: -32020) and spends the budget of the tool it calls; refused,
+    /// the request ends in `fail_to_proxy` and nothing of the body reaches the upstream.
+    fn check_held_body(
         &self,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
@@ -216,19 +236,29 @@ impl EdgeProxy {
             ctx.body_buf.extend_from_slice(&chunk);
         }
         if ctx.body_buf.len() > MAX_PARSED_BODY {
-            ctx.tool_in_body = false;
+            ctx.hold_body = false;
             *body = Some(Bytes::from(std::mem::take(&mut ctx.body_buf)));
             return Ok(());
         }
         if !end_of_stream {
             return Ok(());
         }
-        ctx.tool_in_body = false;
+        ctx.hold_body = false;
         let buf = Bytes::from(std::mem::take(&mut ctx.body_buf));
-        if let Some(budget) = &ctx.budget {
+        if let Some(declared) = &ctx.declared {
+            if let Err((id, header)) = crate::mcp::validate(declared, &buf) {
+                ctx.count_refused("mcp_header_mismatch");
+                ctx.late = Some(Late::Invalid(crate::mcp::mismatch_body(&id, header)));
+                return Err(Error::explain(
+                    HTTPStatus(400),
+                    "MCP headers disagree with the body",
+                ));
+            }
+        }
+        if let (Some(budget), true) = (&ctx.budget, ctx.tool_in_body) {
             for tool in access::tools_called(&buf) {
                 if let Err(refusal) = budget.spend(&self.auth, Some(&tool), false) {
-                    ctx.refusal = Some(refusal);
+                    ctx.late = Some(Late::RateLimited(refusal));
                     return Err(Error::explain(
                         HTTPStatus(429),
                         "over the tool's rate limit",
@@ -362,9 +392,12 @@ impl ProxyHttp for EdgeProxy {
             rate_headers: Vec::new(),
             budget: None,
             tool_in_body: false,
+            declared: None,
+            hold_body: false,
             body_buf: Vec::new(),
-            refusal: None,
+            late: None,
             origin: None,
+            mcp: None,
         }
     }
 
@@ -523,6 +556,47 @@ impl ProxyHttp for EdgeProxy {
                 ctx.tool_in_body = a.tool_in_body;
                 ctx.origin = origin;
             }
+        }
+        let m = metrics::get();
+        if let Some(v) = header_str(session, "mcp-protocol-version") {
+            m.mcp_versions
+                .with_label_values(&[&labels.0, crate::mcp::version_label(v.trim())])
+                .inc();
+        }
+        let mcp_options = &entry.host.routes[i].mcp;
+        let method = &session.req_header().method;
+        if mcp_options.validate && method == http::Method::POST {
+            let h = |n: &str| header_str(session, n).and_then(crate::mcp::header_text);
+            let declared = crate::mcp::Declared {
+                method: h("mcp-method"),
+                name: h("mcp-name"),
+                version: h("mcp-protocol-version"),
+                strict: mcp_options.strict,
+            };
+            // Strict: a version from before header validation is refused (for `initialize`,
+            // which carries no header yet, by the version its body asks for).
+            let old = declared
+                .version
+                .as_deref()
+                .is_some_and(|v| v < crate::mcp::VALIDATED_SINCE);
+            if mcp_options.strict && old {
+                ctx.count_refused("mcp_version");
+                let body = crate::mcp::mismatch_body("null", "MCP-Protocol-Version");
+                return respond(session, 400, "application/json", Bytes::from(body), &[]).await;
+            }
+            ctx.declared = Some(declared);
+            ctx.hold_body = true;
+        }
+        ctx.hold_body |= ctx.tool_in_body;
+        if method == http::Method::POST || method == http::Method::GET {
+            let h = |n: &str| header_str(session, n).and_then(crate::mcp::header_text);
+            ctx.mcp = Some(Exchange::new(
+                &labels.0,
+                &labels.1,
+                session.req_header().uri.query(),
+                h("mcp-method"),
+                h("mcp-name"),
+            ));
         }
 
         if pool.is_replicated() {
@@ -695,6 +769,14 @@ impl ProxyHttp for EdgeProxy {
                     .to_ascii_lowercase()
                     .starts_with("text/event-stream")
             });
+        if let Some(x) = ctx.mcp.as_mut() {
+            let ct = resp
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            x.response(resp.status.as_u16(), ct);
+        }
         if is_stream {
             // Never buffered, cached or compressed on the way out, here or further down.
             resp.insert_header("x-accel-buffering", "no")?;
@@ -754,8 +836,11 @@ impl ProxyHttp for EdgeProxy {
             ctx.count_refused("body_too_large");
             return Err(Error::explain(HTTPStatus(413), "request body too large"));
         }
-        if ctx.tool_in_body {
-            self.tool_budget_from_body(body, end_of_stream, ctx)?;
+        if let Some(x) = ctx.mcp.as_mut() {
+            x.request_chunk(body.as_deref().unwrap_or_default(), end_of_stream);
+        }
+        if ctx.hold_body {
+            self.check_held_body(body, end_of_stream, ctx)?;
         }
         Ok(())
     }
@@ -772,10 +857,18 @@ impl ProxyHttp for EdgeProxy {
             let out = rw.feed(&self.sealer, &chunk, end_of_stream);
             *body = Some(Bytes::from(out));
         }
+        // What the client sees (session ids as sealed for it) is what is observed.
+        if let (Some(x), Some(entry)) = (ctx.mcp.as_mut(), ctx.entry.as_ref()) {
+            if let Some(route) = ctx.route.and_then(|i| entry.routes.get(i)) {
+                let chunk = body.as_deref().unwrap_or_default();
+                x.response_chunk(chunk, end_of_stream, &route.names, &self.legacy);
+            }
+        }
         Ok(None)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let exchange = ctx.mcp.take();
         let m = metrics::get();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let labels = [ctx.host_label(), ctx.route_label()];
@@ -788,6 +881,16 @@ impl ProxyHttp for EdgeProxy {
             .observe(elapsed.as_secs_f64());
         if ctx.stream_open {
             m.open_streams.with_label_values(&[labels[0]]).dec();
+            m.stream_duration
+                .with_label_values(&labels)
+                .observe(elapsed.as_secs_f64());
+        }
+        let mut rpc = LogFields::default();
+        if let Some(mut x) = exchange {
+            if let Some(route) = ctx.route_entry() {
+                x.finish(e.is_some(), &route.names, &self.legacy);
+            }
+            rpc = x.log;
         }
         let mut error_reason = None;
         if let Some(e) = e {
@@ -837,6 +940,10 @@ impl ProxyHttp for EdgeProxy {
             tls = ctx.tls,
             caller = ctx.identity.as_ref().and_then(Identity::caller).unwrap_or_default(),
             error = error_reason.unwrap_or(""),
+            mcp_method = rpc.method,
+            mcp_tool = rpc.tool,
+            rpc_id = rpc.id,
+            rpc_error = rpc.error,
         );
     }
 
@@ -891,12 +998,25 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut Ctx,
     ) -> pingora::proxy::FailToProxy {
-        if let Some(refusal) = ctx.refusal.take() {
-            if session.response_written().is_none() {
-                let _ = refusal.send(session, ctx.origin.as_deref()).await;
-            }
+        if let Some(late) = ctx.late.take() {
+            let unanswered = session.response_written().is_none();
+            let code = match late {
+                Late::RateLimited(refusal) => {
+                    if unanswered {
+                        let _ = refusal.send(session, ctx.origin.as_deref()).await;
+                    }
+                    429
+                }
+                Late::Invalid(body) => {
+                    if unanswered {
+                        let _ =
+                            respond(session, 400, "application/json", Bytes::from(body), &[]).await;
+                    }
+                    400
+                }
+            };
             return pingora::proxy::FailToProxy {
-                error_code: 429,
+                error_code: code,
                 can_reuse_downstream: false,
             };
         }

@@ -33,6 +33,41 @@ pub struct HostEntry {
 pub struct RouteEntry {
     pub path: String,
     pub pool: Arc<Pool>,
+    /// The tool (prompt, resource) names this route counts by name.
+    pub names: NameLabels,
+}
+
+/// Metric labels for names clients send: the first `max` seen are themselves, the rest
+/// `_other`, so a client inventing names cannot multiply the series.
+pub struct NameLabels {
+    max: usize,
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl NameLabels {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn label(&self, name: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.iter().any(|s| s == name) {
+            return name.to_string();
+        }
+        if seen.len() < self.max {
+            seen.push(name.to_string());
+            return name.to_string();
+        }
+        "_other".to_string()
+    }
+
+    /// The names counted by name so far.
+    pub fn known(&self) -> Vec<String> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Table {
@@ -49,6 +84,7 @@ impl Table {
                     Ok(pool) => routes.push(RouteEntry {
                         path: r.path.clone(),
                         pool: Arc::new(pool),
+                        names: NameLabels::new(r.mcp.max_tools),
                     }),
                     Err(source) => errors.push(RouteError {
                         host: host.name.clone(),

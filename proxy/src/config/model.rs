@@ -9,7 +9,7 @@ use serde_yaml_ng::Value;
 
 use super::acme::{build_acme, AcmeConfig};
 use super::auth::{build_auth, build_rate_limit, AuthConfig, RateLimit};
-use super::raw::{RawConfig, RawHost, RawLimits, RawTlsFiles};
+use super::raw::{RawConfig, RawHost, RawLimits, RawMcp, RawTlsFiles};
 use super::upstream::{build_upstream, parse_size, Upstream};
 use super::{Collector, KeyPath};
 use crate::names::{is_public_name, HostName};
@@ -188,6 +188,60 @@ pub struct Route {
     pub auth: Option<Arc<AuthConfig>>,
     /// The route's own `rate_limit`, else the host's; `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
+    pub mcp: McpOptions,
+}
+
+/// How the edge reads the MCP traffic of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpOptions {
+    /// Names counted by name per route before `_other`.
+    pub max_tools: usize,
+    /// Refuse POSTs whose MCP headers disagree with their body (-32020).
+    pub validate: bool,
+    /// With `validate`, refuse protocol versions that predate header validation.
+    pub strict: bool,
+}
+
+impl Default for McpOptions {
+    fn default() -> Self {
+        Self {
+            max_tools: 50,
+            validate: false,
+            strict: false,
+        }
+    }
+}
+
+/// The route's `mcp:` over the host's over the defaults.
+fn build_mcp(
+    host: Option<&RawMcp>,
+    route: Option<&RawMcp>,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> McpOptions {
+    let d = McpOptions::default();
+    let pick = |f: fn(&RawMcp) -> Option<usize>| route.and_then(f).or(host.and_then(f));
+    let flag = |f: fn(&RawMcp) -> Option<bool>| route.and_then(f).or(host.and_then(f));
+    let max_tools = pick(|m| m.max_tools).unwrap_or(d.max_tools);
+    if !(1..=1000).contains(&max_tools) {
+        c.err(
+            &p.key("mcp").key("max_tools"),
+            format!("{max_tools}: must be between 1 and 1000"),
+        );
+    }
+    let validate = flag(|m| m.validate).unwrap_or(d.validate);
+    let strict = flag(|m| m.strict).unwrap_or(d.strict);
+    if strict && !validate {
+        c.err(
+            &p.key("mcp").key("strict"),
+            "applies with `validate: true` only",
+        );
+    }
+    McpOptions {
+        max_tools: max_tools.clamp(1, 1000),
+        validate,
+        strict,
+    }
 }
 
 /// Longest duration any setting takes: longer ones are typos, and would overflow the clock.
@@ -633,6 +687,7 @@ fn build_host(
                     upstream: Arc::new(up),
                     auth: host_auth.clone(),
                     rate_limit: host_rate.clone(),
+                    mcp: build_mcp(rh.mcp.as_ref(), None, p, c),
                 });
             }
         }
@@ -667,11 +722,13 @@ fn build_host(
                 if let (true, Some(up), Some(auth), Some(rate_limit)) =
                     (path_ok, upstream, auth, rate_limit)
                 {
+                    let mcp = build_mcp(rh.mcp.as_ref(), r.mcp.as_ref(), &rp, c);
                     routes.push(Route {
                         path: r.path,
                         upstream: Arc::new(up),
                         auth,
                         rate_limit,
+                        mcp,
                     });
                 }
             }

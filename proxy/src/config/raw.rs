@@ -162,6 +162,21 @@ pub(super) struct RawHost {
     pub auth: Option<Value>,
     /// How often a caller may call (every route, unless a route says otherwise).
     pub rate_limit: Option<Value>,
+    /// MCP awareness (every route, unless a route says otherwise).
+    pub mcp: Option<RawMcp>,
+}
+
+/// `mcp:` of a host or route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMcp {
+    /// Tool (prompt, resource) names counted by name per route; later ones are `_other` (50).
+    pub max_tools: Option<usize>,
+    /// Refuse a POST whose Mcp-Method/Mcp-Name/MCP-Protocol-Version headers disagree with its
+    /// body (400, JSON-RPC error -32020).
+    pub validate: Option<bool>,
+    /// With `validate`: also refuse protocol versions that predate header validation.
+    pub strict: Option<bool>,
 }
 
 /// `tls: { cert, key }`.
@@ -186,6 +201,8 @@ pub(super) struct RawRoute {
     pub auth: Option<Value>,
     /// This route's own `rate_limit` (`none`: unlimited), instead of the host's.
     pub rate_limit: Option<Value>,
+    /// This route's own `mcp` settings, instead of the host's.
+    pub mcp: Option<RawMcp>,
 }
 
 /// The map form of `upstream:`.

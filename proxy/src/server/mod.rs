@@ -131,6 +131,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             challenges: parts.challenges.clone(),
             sealer: parts.sealer.clone(),
             auth: Arc::default(),
+            legacy: Arc::default(),
         },
         "mcp-edge proxy",
     );

@@ -1,0 +1,409 @@
+//! Reading MCP off the wire, cheaply and without holding anything back: the JSON-RPC calls a
+//! request carries (from the 2026-07-28 `Mcp-Method`/`Mcp-Name` headers, else its body), and
+//! their outcomes in a JSON response or in the SSE stream that answers them. Pure parsing; the
+//! request path decides what to count.
+
+use base64::Engine;
+use serde_json::Value;
+
+/// Bodies larger than this are not parsed (counted as `_unparsed`); MCP messages are small.
+pub const MAX_PARSED: usize = 64 * 1024;
+/// JSON responses larger than this are not parsed for their outcome (a big tool result).
+pub const MAX_PARSED_RESPONSE: usize = 1024 * 1024;
+
+/// The MCP methods counted by name; anything else is `_other` (a client cannot invent series).
+const KNOWN_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+];
+
+/// Protocol versions counted by name; anything else is `other`.
+const KNOWN_VERSIONS: &[&str] = &[
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
+
+/// The metric label for a method.
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("_other")
+}
+
+/// The metric label for a protocol version.
+pub fn version_label(version: &str) -> &'static str {
+    KNOWN_VERSIONS
+        .iter()
+        .find(|v| **v == version)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Whether `method` names a tool, prompt or resource (`Mcp-Name`).
+pub fn has_name(method: &str) -> bool {
+    matches!(method, "tools/call" | "prompts/get" | "resources/read")
+}
+
+/// One JSON-RPC message a client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// The id as JSON text (`1`, `"a"`); `None` for a notification.
+    pub id: Option<String>,
+    pub method: String,
+    /// The tool, prompt or resource it names.
+    pub name: Option<String>,
+}
+
+/// A header value in the 2026-07-28 form: plain, or `=?base64?…?=` for what is not plain ASCII.
+pub fn header_text(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    match raw
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()),
+        None => Some(raw.to_string()),
+    }
+}
+
+fn name_of(method: &str, params: &Value) -> Option<String> {
+    let key = match method {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" => "uri",
+        _ => return None,
+    };
+    params[key].as_str().map(str::to_string)
+}
+
+/// The calls in a request body: one message or a batch; nothing for what is not JSON-RPC.
+pub fn parse_request(body: &[u8]) -> Vec<Call> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let messages = match v {
+        Value::Array(a) => a,
+        one => vec![one],
+    };
+    messages
+        .iter()
+        .filter_map(|m| {
+            let method = m["method"].as_str()?;
+            Some(Call {
+                id: m.get("id").map(Value::to_string),
+                method: method.to_string(),
+                name: name_of(method, &m["params"]),
+            })
+        })
+        .collect()
+}
+
+/// The JSON-RPC error code of a request whose MCP headers disagree with its body (2026-07-28).
+pub const HEADER_MISMATCH: i64 = -32020;
+
+/// The first protocol version whose requests carry `Mcp-Method`/`Mcp-Name`.
+pub const VALIDATED_SINCE: &str = "2026-07-28";
+
+/// What the `Mcp-Method`, `Mcp-Name` and `MCP-Protocol-Version` headers of a POST said.
+#[derive(Debug, Default, Clone)]
+pub struct Declared {
+    pub method: Option<String>,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    /// Refuse an `initialize` asking for a version that predates header validation.
+    pub strict: bool,
+}
+
+/// Whether the headers agree with the body: `Err` names the header that does not, with the
+/// JSON-RPC error to answer (id of the message, or null).
+pub fn validate(declared: &Declared, body: &[u8]) -> Result<(), (String, &'static str)> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Ok(()); // not JSON-RPC: the upstream answers that
+    };
+    if v.is_array() {
+        // A batch cannot match one set of headers.
+        return match declared.method.is_some() || declared.name.is_some() {
+            true => Err(("null".into(), "Mcp-Method")),
+            false => Ok(()),
+        };
+    }
+    let id = v.get("id").map_or("null".to_string(), Value::to_string);
+    let Some(method) = v["method"].as_str() else {
+        return Ok(());
+    };
+    if declared.method.as_deref().is_some_and(|m| m != method) {
+        return Err((id, "Mcp-Method"));
+    }
+    if let Some(name) = &declared.name {
+        if name_of(method, &v["params"]).as_deref() != Some(name.as_str()) {
+            return Err((id, "Mcp-Name"));
+        }
+    }
+    if method == "initialize" {
+        let asked = v["params"]["protocolVersion"].as_str();
+        if declared.version.is_some() && asked.is_some() && declared.version.as_deref() != asked {
+            return Err((id, "MCP-Protocol-Version"));
+        }
+        if declared.strict && asked.is_some_and(|a| a < VALIDATED_SINCE) {
+            return Err((id, "MCP-Protocol-Version"));
+        }
+    }
+    Ok(())
+}
+
+/// The body of a -32020 refusal.
+pub fn mismatch_body(id: &str, header: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{HEADER_MISMATCH},"message":"the {header} header does not match the request body"}}}}"#
+    )
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// A result with `isError: true`.
+    ToolError,
+    /// A JSON-RPC error, with its code.
+    JsonRpcError(i64),
+    /// The HTTP response was an error (4xx/5xx).
+    HttpError,
+    /// No answer: the client or the upstream went away first.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::ToolError => "tool_error",
+            Self::JsonRpcError(_) => "jsonrpc_error",
+            Self::HttpError => "http_error",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The JSON-RPC error code class: `parse`, `invalid_request`, `method_not_found`,
+    /// `invalid_params`, `internal`, `server` (-32000..-32099), `application`.
+    pub fn code_class(self) -> &'static str {
+        match self {
+            Self::JsonRpcError(c) => match c {
+                -32700 => "parse",
+                -32600 => "invalid_request",
+                -32601 => "method_not_found",
+                -32602 => "invalid_params",
+                -32603 => "internal",
+                -32099..=-32000 => "server",
+                _ => "application",
+            },
+            _ => "",
+        }
+    }
+}
+
+/// The outcome a response message carries, by its id (as JSON text).
+pub fn outcome_of(message: &Value) -> Option<(String, Outcome)> {
+    let id = message.get("id")?.to_string();
+    if let Some(e) = message.get("error") {
+        return Some((id, Outcome::JsonRpcError(e["code"].as_i64().unwrap_or(0))));
+    }
+    let result = message.get("result")?;
+    let outcome = if result["isError"] == Value::Bool(true) {
+        Outcome::ToolError
+    } else {
+        Outcome::Ok
+    };
+    Some((id, outcome))
+}
+
+/// The outcomes in a JSON response body (one message or a batch).
+pub fn parse_response(body: &[u8]) -> Vec<(String, Outcome)> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(a)) => a.iter().filter_map(outcome_of).collect(),
+        Ok(one) => outcome_of(&one).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// One event of an SSE stream: its `event` name (none: `message`) and its `data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub name: Option<String>,
+    pub data: Vec<u8>,
+}
+
+impl Event {
+    /// The JSON-RPC message it carries, if any.
+    pub fn message(&self) -> Option<Value> {
+        serde_json::from_slice(&self.data).ok()
+    }
+}
+
+/// Finds the events of an SSE stream as it passes. Keeps at most one event's worth of text (an
+/// event larger than `MAX_PARSED_RESPONSE` is skipped).
+#[derive(Default)]
+pub struct SseScanner {
+    line: Vec<u8>,
+    data: Vec<u8>,
+    name: Option<String>,
+    skipping: bool,
+}
+
+impl SseScanner {
+    /// Feeds a chunk; returns the JSON-RPC messages of the events it completed.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<Value> {
+        self.events(chunk)
+            .iter()
+            .filter_map(Event::message)
+            .collect()
+    }
+
+    /// Feeds a chunk; returns the events it completed.
+    pub fn events(&mut self, chunk: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        for &b in chunk {
+            if b != b'\n' {
+                if self.line.len() < MAX_PARSED_RESPONSE {
+                    self.line.push(b);
+                } else {
+                    self.skipping = true;
+                }
+                continue;
+            }
+            let line = std::mem::take(&mut self.line);
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if line.is_empty() {
+                // The end of an event.
+                if !self.skipping && !self.data.is_empty() {
+                    out.push(Event {
+                        name: self.name.take(),
+                        data: std::mem::take(&mut self.data),
+                    });
+                }
+                self.data.clear();
+                self.name = None;
+                self.skipping = false;
+            } else if let Some(rest) = line.strip_prefix(b"event:") {
+                let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+                self.name = Some(String::from_utf8_lossy(rest).into_owned());
+            } else if let Some(rest) = line.strip_prefix(b"data:") {
+                let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+                if !self.data.is_empty() {
+                    self.data.push(b'\n');
+                }
+                if self.data.len() + rest.len() <= MAX_PARSED_RESPONSE {
+                    self.data.extend_from_slice(rest);
+                } else {
+                    self.skipping = true;
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_from_a_message_a_batch_and_noise() {
+        let one =
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_docs"}}"#;
+        assert_eq!(
+            parse_request(one),
+            [Call {
+                id: Some("7".into()),
+                method: "tools/call".into(),
+                name: Some("search_docs".into())
+            }]
+        );
+        let batch = br#"[{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":"r","method":"resources/read","params":{"uri":"docs://a"}}]"#;
+        let calls = parse_request(batch);
+        assert_eq!(calls[0].id, None);
+        assert_eq!(calls[1].name.as_deref(), Some("docs://a"));
+        assert!(parse_request(b"not json").is_empty());
+        assert!(parse_request(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).is_empty());
+    }
+
+    #[test]
+    fn headers_that_disagree_with_the_body_are_named() {
+        let body =
+            br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"search_docs"}}"#;
+        let d = |m: Option<&str>, n: Option<&str>| Declared {
+            method: m.map(str::to_string),
+            name: n.map(str::to_string),
+            version: None,
+            strict: false,
+        };
+        assert!(validate(&d(Some("tools/call"), Some("search_docs")), body).is_ok());
+        assert!(validate(&d(None, None), body).is_ok());
+        assert_eq!(
+            validate(&d(Some("tools/list"), None), body),
+            Err(("5".into(), "Mcp-Method"))
+        );
+        assert_eq!(
+            validate(&d(Some("tools/call"), Some("get_doc")), body),
+            Err(("5".into(), "Mcp-Name"))
+        );
+        let v: Value = serde_json::from_str(&mismatch_body("5", "Mcp-Name")).unwrap();
+        assert_eq!(v["error"]["code"], HEADER_MISMATCH);
+    }
+
+    #[test]
+    fn header_values_in_base64() {
+        assert_eq!(
+            header_text("=?base64?c2VhcmNoX2RvY3M=?=").as_deref(),
+            Some("search_docs")
+        );
+        assert_eq!(header_text(" get_doc ").as_deref(), Some("get_doc"));
+        assert_eq!(header_text("=?base64?***?="), None);
+    }
+
+    #[test]
+    fn outcomes_in_json_and_in_an_sse_stream_split_anywhere() {
+        assert_eq!(
+            parse_response(br#"{"jsonrpc":"2.0","id":1,"result":{"isError":true,"content":[]}}"#),
+            [("1".to_string(), Outcome::ToolError)]
+        );
+        let stream = b"event: message\r\nid: 9\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":4,\"error\":{\"code\":-32602,\"message\":\"x\"}}\n\n";
+        for split in 0..stream.len() {
+            let mut s = SseScanner::default();
+            let mut got = s.feed(&stream[..split]);
+            got.extend(s.feed(&stream[split..]));
+            let outcomes: Vec<_> = got.iter().filter_map(outcome_of).collect();
+            assert_eq!(
+                outcomes,
+                [("4".to_string(), Outcome::JsonRpcError(-32602))],
+                "{split}"
+            );
+        }
+        assert_eq!(Outcome::JsonRpcError(-32602).code_class(), "invalid_params");
+    }
+}

@@ -1,0 +1,325 @@
+//! What the request path observes of one MCP exchange: the calls of a POST (from its headers or
+//! a copy of its body, never held back) and when and how each was answered (a JSON response, the
+//! SSE stream's event with the same id, or for the legacy transport a `message` event of the
+//! session's long-lived stream). Counted once per call, with bounded labels.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::mcp::{self, Call, Outcome, SseScanner};
+use crate::metrics;
+use crate::routing::NameLabels;
+
+enum Body {
+    Json(Vec<u8>),
+    Sse(SseScanner),
+    Other,
+}
+
+/// The log fields of the first call.
+#[derive(Default, Clone)]
+pub struct LogFields {
+    pub method: String,
+    pub tool: String,
+    pub id: String,
+    pub error: String,
+}
+
+/// A legacy-transport call waiting for its answer on the session's stream.
+struct Pending {
+    start: Instant,
+    host: String,
+    route: String,
+    method: String,
+    tool: String,
+}
+
+/// Legacy calls waiting for their answer, by (session, id). Bounded: the oldest are dropped
+/// (counted as `cancelled` never, simply forgotten) past `MAX_PENDING` or `PENDING_FOR`.
+#[derive(Default)]
+pub struct LegacyCalls(Mutex<HashMap<(String, String), Pending>>);
+
+const MAX_PENDING: usize = 10_000;
+const PENDING_FOR: Duration = Duration::from_secs(600);
+
+impl LegacyCalls {
+    fn insert(&self, key: (String, String), p: Pending) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_PENDING {
+            map.retain(|_, p| p.start.elapsed() < PENDING_FOR);
+            if map.len() >= MAX_PENDING {
+                map.clear();
+            }
+        }
+        map.insert(key, p);
+    }
+
+    fn take(&self, key: &(String, String)) -> Option<Pending> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key)
+    }
+}
+
+/// Counts one call's outcome and latency.
+fn record(host: &str, route: &str, method: &str, tool: &str, outcome: Outcome, took: Duration) {
+    let m = metrics::get();
+    m.mcp_calls
+        .with_label_values(&[
+            host,
+            route,
+            method,
+            tool,
+            outcome.label(),
+            outcome.code_class(),
+        ])
+        .inc();
+    m.mcp_duration
+        .with_label_values(&[host, route, method, tool])
+        .observe(took.as_secs_f64());
+}
+
+/// The session id in a legacy `endpoint` event's URL or a `/message` request's query.
+fn legacy_session(url_or_query: &str) -> Option<String> {
+    let query = url_or_query
+        .split_once('?')
+        .map_or(url_or_query, |(_, q)| q);
+    crate::upstream::affinity::query_session(query).map(|(_, v)| v)
+}
+
+pub struct Exchange {
+    start: Instant,
+    /// The legacy session this request or stream belongs to.
+    session: Option<String>,
+    host: String,
+    route: String,
+    /// From the `Mcp-Method`/`Mcp-Name` headers, when the client sent them.
+    header_call: Option<(String, Option<String>)>,
+    body: Vec<u8>,
+    body_too_large: bool,
+    calls: Vec<(Call, bool)>,
+    response: Option<Body>,
+    status: u16,
+    pub log: LogFields,
+}
+
+impl Exchange {
+    /// `query`: the request's query string (a legacy `/message` names its session there).
+    pub fn new(
+        host: &str,
+        route: &str,
+        query: Option<&str>,
+        method: Option<String>,
+        name: Option<String>,
+    ) -> Self {
+        Self {
+            start: Instant::now(),
+            session: query.and_then(legacy_session),
+            host: host.to_string(),
+            route: route.to_string(),
+            header_call: method.map(|m| (m, name)),
+            body: Vec::new(),
+            body_too_large: false,
+            calls: Vec::new(),
+            response: None,
+            status: 0,
+            log: LogFields::default(),
+        }
+    }
+
+    /// A chunk of the request body (a copy is kept, up to `MAX_PARSED`).
+    pub fn request_chunk(&mut self, chunk: &[u8], end: bool) {
+        if !self.body_too_large {
+            if self.body.len() + chunk.len() > mcp::MAX_PARSED {
+                self.body_too_large = true;
+                self.body = Vec::new();
+            } else {
+                self.body.extend_from_slice(chunk);
+            }
+        }
+        if end {
+            self.parse_request();
+        }
+    }
+
+    fn parse_request(&mut self) {
+        let body = std::mem::take(&mut self.body);
+        let mut calls = if self.body_too_large {
+            Vec::new()
+        } else {
+            mcp::parse_request(&body)
+        };
+        if calls.is_empty() {
+            let reason = if self.body_too_large {
+                "too_large"
+            } else {
+                "not_jsonrpc"
+            };
+            match self.header_call.take() {
+                // The headers still say what was called (the id is not known).
+                Some((method, name)) => calls.push(Call {
+                    id: None,
+                    method,
+                    name,
+                }),
+                None => {
+                    metrics::get()
+                        .mcp_unparsed
+                        .with_label_values(&[&self.host, &self.route, reason])
+                        .inc();
+                }
+            }
+        }
+        if let Some(c) = calls.first() {
+            self.log.method = c.method.clone();
+            self.log.tool = c.name.clone().unwrap_or_default();
+            self.log.id = c.id.clone().unwrap_or_default();
+        }
+        self.calls = calls.into_iter().map(|c| (c, false)).collect();
+    }
+
+    /// The response header: its status and what kind of body follows.
+    pub fn response(&mut self, status: u16, content_type: &str) {
+        self.status = status;
+        let ct = content_type.trim_start().to_ascii_lowercase();
+        self.response = Some(if ct.starts_with("text/event-stream") {
+            Body::Sse(SseScanner::default())
+        } else if ct.starts_with("application/json") {
+            Body::Json(Vec::new())
+        } else {
+            Body::Other
+        });
+    }
+
+    /// A chunk of the response body: outcomes are counted as their messages pass.
+    pub fn response_chunk(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+        names: &NameLabels,
+        legacy: &LegacyCalls,
+    ) {
+        let mut found = Vec::new();
+        match self.response.as_mut() {
+            Some(Body::Json(buf)) => {
+                if buf.len() + chunk.len() <= mcp::MAX_PARSED_RESPONSE {
+                    buf.extend_from_slice(chunk);
+                }
+                if end {
+                    found = mcp::parse_response(buf);
+                }
+            }
+            Some(Body::Sse(scanner)) => {
+                for event in scanner.events(chunk) {
+                    if event.name.as_deref() == Some("endpoint") {
+                        self.session = legacy_session(&String::from_utf8_lossy(&event.data));
+                    } else if let Some(found_one) =
+                        event.message().as_ref().and_then(mcp::outcome_of)
+                    {
+                        found.push(found_one);
+                    }
+                }
+            }
+            _ => {}
+        }
+        for (id, outcome) in found {
+            if self
+                .calls
+                .iter()
+                .any(|(c, done)| !done && c.id.as_deref() == Some(id.as_str()))
+            {
+                self.answer(Some(&id), outcome, names);
+            } else if let Some(session) = &self.session {
+                // An answer on a legacy session's stream to a call POSTed to `/message`.
+                if let Some(p) = legacy.take(&(session.clone(), id)) {
+                    record(
+                        &p.host,
+                        &p.route,
+                        &p.method,
+                        &p.tool,
+                        outcome,
+                        p.start.elapsed(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Counts the first unanswered call with `id` as ended with `outcome`.
+    fn answer(&mut self, id: Option<&str>, outcome: Outcome, names: &NameLabels) {
+        let found = self
+            .calls
+            .iter()
+            .position(|(c, done)| !done && (id.is_none() || c.id.as_deref() == id));
+        if let Some(i) = found {
+            self.count(i, outcome, names);
+        }
+    }
+
+    /// Counts call `i` as ended with `outcome`.
+    fn count(&mut self, i: usize, outcome: Outcome, names: &NameLabels) {
+        self.calls[i].1 = true;
+        let (method, tool) = self.labels(i, names);
+        record(
+            &self.host,
+            &self.route,
+            method,
+            &tool,
+            outcome,
+            self.start.elapsed(),
+        );
+        if i == 0 {
+            if let Outcome::JsonRpcError(code) = outcome {
+                self.log.error = code.to_string();
+            } else if outcome != Outcome::Ok {
+                self.log.error = outcome.label().to_string();
+            }
+        }
+    }
+
+    /// The method and tool labels of call `i`.
+    fn labels(&self, i: usize, names: &NameLabels) -> (&'static str, String) {
+        let call = &self.calls[i].0;
+        let tool = match (&call.name, mcp::has_name(&call.method)) {
+            (Some(n), true) => names.label(n),
+            _ => String::new(),
+        };
+        (mcp::method_label(&call.method), tool)
+    }
+
+    /// The exchange is over: what was not answered is counted by how it ended; a legacy call
+    /// (202) waits for its answer on the session's stream.
+    pub fn finish(&mut self, failed: bool, names: &NameLabels, legacy: &LegacyCalls) {
+        if self.calls.is_empty() && self.header_call.is_some() {
+            // A request whose body hook never ran.
+            self.parse_request();
+        }
+        for i in 0..self.calls.len() {
+            if self.calls[i].1 {
+                continue;
+            }
+            let request = self.calls[i].0.id.is_some();
+            let outcome = if self.status >= 400 {
+                Outcome::HttpError
+            } else if self.status == 202 && request {
+                self.calls[i].1 = true;
+                if let (Some(session), Some(id)) = (&self.session, &self.calls[i].0.id) {
+                    let (method, tool) = self.labels(i, names);
+                    let pending = Pending {
+                        start: self.start,
+                        host: self.host.clone(),
+                        route: self.route.clone(),
+                        method: method.to_string(),
+                        tool,
+                    };
+                    legacy.insert((session.clone(), id.clone()), pending);
+                }
+                continue;
+            } else if !request && !failed && self.status != 0 {
+                Outcome::Ok
+            } else {
+                Outcome::Cancelled
+            };
+            self.count(i, outcome, names);
+        }
+    }
+}

@@ -1,0 +1,69 @@
+"""Calls the tools of tests/python/tool_server.py through a URL with the official MCP Python SDK:
+fast x3, slow(0.3 s) x1, fail x1, a tool that does not exist x1, then extra tools named
+--extra-tools (each called with no arguments, whatever the answer).
+
+usage: mcp_tools_call.py URL {streamable,sse} [--extra-tools N]
+Prints {"fast": ..., "slow": ..., "fail_is_error": ..., "unknown": ...} or {"error": ...}.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+
+def text(result):
+    return "".join(getattr(c, "text", "") for c in result.content)
+
+
+async def calls(s, extra):
+    out = {}
+    await s.initialize()
+    for i in range(3):
+        out["fast"] = text(await s.call_tool("fast", {"text": f"hello {i}"}))
+    out["slow"] = text(await s.call_tool("slow", {"seconds": 0.3}))
+    out["fail_is_error"] = (await s.call_tool("fail", {})).is_error
+    try:
+        r = await s.call_tool("no_such_tool", {})
+        out["unknown"] = {"is_error": r.is_error}
+    except MCPError as e:
+        out["unknown"] = {"rpc_error": e.error.code}
+    for i in range(extra):
+        try:
+            await s.call_tool(f"invented_{i}", {})
+        except MCPError:
+            pass
+    return out
+
+
+async def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("transport", choices=["streamable", "sse"])
+    p.add_argument("--extra-tools", type=int, default=0)
+    a = p.parse_args()
+    if a.transport == "streamable":
+        async with httpx2.AsyncClient(timeout=30) as c, streamable_http_client(a.url, http_client=c) as st:
+            async with ClientSession(st[0], st[1]) as s:
+                out = await calls(s, a.extra_tools)
+    else:
+        async with sse_client(a.url) as st:
+            async with ClientSession(st[0], st[1]) as s:
+                out = await calls(s, a.extra_tools)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except BaseException as e:  # report, do not hide, what the SDK raised
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        print(json.dumps({"error": repr(e)}))
+        sys.exit(1)

@@ -1,0 +1,225 @@
+//! The edge reads MCP off the wire: per-method and per-tool counts, outcomes and latencies for
+//! the official Python SDK on both transports (tests/python/tool_server.py: a fast, a slow and a
+//! failing tool), the `_other` bucket past `max_tools`, the access-log fields, and the opt-in
+//! 2026-07-28 header validation (-32020) with its accept twin.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mcp_edge_tests::*;
+
+/// tests/python/tool_server.py, killed on drop.
+struct ToolServer {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for ToolServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ToolServer {
+    async fn start(dir: &Path, json: bool) -> Self {
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/tool_server.py");
+        let mut cmd = Command::new(python());
+        cmd.arg(script).args(["--port", &port.to_string()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("tools-{port}.log"))).unwrap())
+            .spawn()
+            .expect("start the tool server");
+        wait_for(Duration::from_secs(30), "tool server", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Self { child, port }
+    }
+}
+
+/// Runs tests/python/mcp_tools_call.py against `url`.
+async fn call_tools(url: &str, transport: &str, extra_tools: usize) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/mcp_tools_call.py");
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .args([url, transport, "--extra-tools", &extra_tools.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        v.get("error").is_none(),
+        "{v}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
+}
+
+fn calls(host: &str, tool: &str, outcome: &str) -> String {
+    format!(
+        "mcp_edge_mcp_calls_total{{error=\"\",host=\"{host}\",method=\"tools/call\",outcome=\"{outcome}\",route=\"/\",tool=\"{tool}\"}}"
+    )
+}
+
+fn bucket(host: &str, tool: &str, le: &str) -> String {
+    format!(
+        "mcp_edge_mcp_call_duration_seconds_bucket{{host=\"{host}\",method=\"tools/call\",route=\"/\",tool=\"{tool}\",le=\"{le}\"}}"
+    )
+}
+
+#[tokio::test]
+async fn tools_are_counted_by_name_outcome_and_latency_on_both_transports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sse_answers = ToolServer::start(tmp.path(), false).await;
+    let json_answers = ToolServer::start(tmp.path(), true).await;
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  127.0.0.1:\n    tls: none\n    mcp: {{ max_tools: 4 }}\n    upstream: \"http://127.0.0.1:{}\"\n  localhost:\n    tls: none\n    upstream: \"http://127.0.0.1:{}\"\n",
+        ports.yaml(),
+        tmp.path().join("certs").display(),
+        sse_answers.port,
+        json_answers.port,
+    );
+    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    let port = edge.http.port();
+
+    // Streamable HTTP answered in SSE: fast x3, slow, fail, an unknown tool, then three
+    // invented names past `max_tools: 4`.
+    let v = call_tools(&format!("http://127.0.0.1:{port}/mcp"), "streamable", 3).await;
+    assert_eq!(v["slow"], "done");
+    let h = "127.0.0.1";
+    assert_eq!(edge.metric(&calls(h, "fast", "ok")).await, 3.0);
+    assert_eq!(edge.metric(&calls(h, "slow", "ok")).await, 1.0);
+    assert_eq!(edge.metric(&calls(h, "fail", "tool_error")).await, 1.0);
+    assert_eq!(
+        edge.metric(&calls(h, "no_such_tool", "tool_error")).await,
+        1.0
+    );
+    assert_eq!(
+        edge.metric(&calls(h, "_other", "tool_error")).await,
+        3.0,
+        "invented names share _other"
+    );
+    assert!(edge
+        .try_metric(&calls(h, "invented_0", "tool_error"))
+        .await
+        .is_none());
+    // The slow tool (0.3 s) lands between the 0.25 s and 0.5 s buckets; the fast one below.
+    assert_eq!(edge.metric(&bucket(h, "slow", "0.25")).await, 0.0);
+    assert_eq!(edge.metric(&bucket(h, "slow", "0.5")).await, 1.0);
+    assert_eq!(edge.metric(&bucket(h, "fast", "0.25")).await, 3.0);
+    assert!(
+        edge.metric("mcp_edge_mcp_protocol_version_requests_total{host=\"127.0.0.1\",version=\"2025-11-25\"}")
+            .await
+            >= 5.0
+    );
+
+    // The legacy transport: calls POSTed to /messages/, answered on the session's stream.
+    call_tools(&format!("http://127.0.0.1:{port}/legacy/sse"), "sse", 0).await;
+    assert_eq!(edge.metric(&calls(h, "fast", "ok")).await, 6.0);
+    assert_eq!(edge.metric(&bucket(h, "slow", "0.5")).await, 2.0);
+    assert_eq!(edge.metric(&calls(h, "fail", "tool_error")).await, 2.0);
+
+    // Streamable HTTP answered in JSON.
+    call_tools(&format!("http://localhost:{port}/mcp"), "streamable", 0).await;
+    assert_eq!(edge.metric(&calls("localhost", "fast", "ok")).await, 3.0);
+    assert_eq!(
+        edge.metric(&calls("localhost", "fail", "tool_error")).await,
+        1.0
+    );
+
+    // The access log names the method, tool and id, never the arguments.
+    let log = edge.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("mcp_tool=\"slow\""))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("mcp_method=\"tools/call\"") && line.contains("rpc_id="),
+        "{line}"
+    );
+    assert!(!log.contains("hello 1"), "arguments reached the log");
+}
+
+/// A 2026-07-28-shaped POST (JSON-RPC in the body, MCP headers beside it) to `path`.
+fn post(path: &str, body: &str, headers: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: h.test\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn headers_that_disagree_with_the_body_get_32020_when_validation_is_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upstream::Upstream::start("a").await;
+    let edge = plain_host_edge(
+        tmp.path(),
+        "",
+        &format!(
+            "    routes:\n      - {{ path: /checked, upstream: \"{u}\", mcp: {{ validate: true }} }}\n      - {{ path: /strict, upstream: \"{u}\", mcp: {{ validate: true, strict: true }} }}\n      - {{ path: /, upstream: \"{u}\" }}\n",
+            u = up.url()
+        ),
+    )
+    .await;
+    let call = r#"{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"search_docs","arguments":{}}}"#;
+    let send = |path: &'static str, headers: &'static str| {
+        let raw = post(path, call, headers);
+        let edge = &edge;
+        async move { edge.raw_exchange(&raw, &[], Duration::ZERO).await }
+    };
+    // Agreeing headers (the name also in its base64 form), or none: forwarded, body intact.
+    for headers in [
+        "mcp-method: tools/call\r\nmcp-name: search_docs\r\n",
+        "mcp-method: tools/call\r\nmcp-name: =?base64?c2VhcmNoX2RvY3M=?=\r\n",
+        "",
+    ] {
+        let raw = send("/checked/x", headers).await;
+        assert_eq!(raw_status(&raw), 200, "{headers}: {raw}");
+        assert_eq!(raw_json(&raw)["body_len"], call.len());
+    }
+    // A mismatched name (plain or base64), or method: 400 with JSON-RPC error -32020.
+    for headers in [
+        "mcp-method: tools/call\r\nmcp-name: get_doc\r\n",
+        "mcp-method: tools/call\r\nmcp-name: =?base64?Z2V0X2RvYw==?=\r\n",
+        "mcp-method: tools/list\r\n",
+    ] {
+        let raw = send("/checked/x", headers).await;
+        assert_eq!(raw_status(&raw), 400, "{headers}: {raw}");
+        let err = raw_json(&raw);
+        assert_eq!(err["error"]["code"], -32020, "{raw}");
+        assert_eq!(err["id"], 11);
+    }
+    assert_eq!(
+        edge.metric(
+            "mcp_edge_requests_refused_total{host=\"h.test\",reason=\"mcp_header_mismatch\"}"
+        )
+        .await,
+        3.0
+    );
+    // Off by default: the same mismatch passes where validation is not asked for.
+    let raw = send("/x", "mcp-method: tools/call\r\nmcp-name: get_doc\r\n").await;
+    assert_eq!(raw_status(&raw), 200);
+    // Strict: a 2025-era version is refused; the 2026-07-28 one passes.
+    let raw = send("/strict/x", "mcp-protocol-version: 2025-06-18\r\n").await;
+    assert_eq!(raw_status(&raw), 400, "{raw}");
+    let raw = send(
+        "/strict/x",
+        "mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: search_docs\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+}
