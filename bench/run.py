@@ -41,7 +41,7 @@ CHURN = int(os.environ.get("BENCH_CHURN", "200"))
 IDLE = int(os.environ.get("BENCH_IDLE", "10000"))
 IDLE_HOLD = int(os.environ.get("BENCH_IDLE_SECONDS", "90"))
 # A partial run (while working on one figure): BENCH_ONLY=h1,mem and/or BENCH_PROXIES=mcp-edge,nginx.
-# Figures: h1 h2 handshakes sse leave mem idle swap upstream auth acme churn. A partial run writes
+# Figures: h1 h2 handshakes sse leave mem idle swap upstream auth mcp acme churn. A partial run writes
 # bench/results/partial/ (not committed), never BENCHMARKS.md.
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 ONLY_PROXIES = set(filter(None, os.environ.get("BENCH_PROXIES", "").split(",")))
@@ -533,6 +533,17 @@ def auth_overhead(pki, results):
         stop(auth_server)
 
 
+def mcp_parsing(pki, results):
+    """mcp-edge reading every JSON-RPC call and outcome (the default) against not (`mcp: {
+    observe: false }`), HTTP/1.1 keep-alive with the h1 figure's tools/call POST."""
+    for i in range(RUNS):
+        for kind, host_yaml in (("on", ""), ("off", "    mcp: { observe: false }\n")):
+            px = McpEdge(pki, results["_upstream"], None, host_yaml)
+            r = on_fresh_proxy(px, lambda p: wrk(p.url("/mcp"), 64))
+            results.setdefault("mcp_parsing", {}).setdefault(kind, []).append(r)
+            log(f"  mcp parsing {kind} run {i + 1}: {r}")
+
+
 def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 200000), hard))
@@ -546,6 +557,8 @@ def main():
         https_upstream(pki, results)
     if wanted("auth"):
         auth_overhead(pki, results)
+    if wanted("mcp"):
+        mcp_parsing(pki, results)
     import bench_acme
     import bench_churn
     if wanted("acme"):
@@ -625,6 +638,12 @@ def report(results):
                      + ", ".join(f"{k} {fmt(rps[k]['median'])} ({p99[k]['median']:.2f}) "
                                  f"{rps[k]['median'] / base:.2f}×" for k in kinds)
                      + " (jwt: an ES256 access token, its signature verified once a minute per token, its claims on every request).")
+    parsing = results.get("mcp_parsing", {})
+    on = median_spread([r.get("rps") for r in parsing.get("on", [])])
+    off = median_spread([r.get("rps") for r in parsing.get("off", [])])
+    if on and off:
+        extra.append(f"MCP parsing, mcp-edge, HTTP/1.1 requests/s: on {fmt(on['median'])} vs off "
+                     f"{fmt(off['median'])} ({on['median'] / off['median']:.2f}×).")
     swap = results.get("mcp-edge", {}).get("swap", [{}])[0]
     if "requests" in swap:
         extra.append(f"Certificate swaps: {swap.get('swaps')} swaps during {swap.get('requests')} "

@@ -50,6 +50,20 @@ pub fn app(docs: Arc<ArcSwap<Docs>>, opts: &HttpOptions, shutdown: CancellationT
     );
     let legacy = Legacy::new(server, opts.keep_alive, shutdown);
     let sessions = legacy.clone();
+    // rmcp answers a session DELETE with 202; the MCP Python SDK takes anything but 200/204
+    // (or 405) as a failed termination and logs it. The session is gone either way: 200.
+    let mcp = Router::new()
+        .fallback_service(mcp)
+        .layer(axum::middleware::map_response(
+            |method: axum::http::Method, mut rsp: axum::response::Response| async move {
+                if method == axum::http::Method::DELETE
+                    && rsp.status() == axum::http::StatusCode::ACCEPTED
+                {
+                    *rsp.status_mut() = axum::http::StatusCode::OK;
+                }
+                rsp
+            },
+        ));
     Router::new()
         .nest_service("/mcp", mcp)
         .route("/sse", get(legacy::sse))

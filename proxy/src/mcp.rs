@@ -3,8 +3,90 @@
 //! their outcomes in a JSON response or in the SSE stream that answers them. Pure parsing; the
 //! request path decides what to count.
 
+use std::borrow::Cow;
+
 use base64::Engine;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
+
+/// The parts of a JSON-RPC message the edge reads, borrowed from the bytes where it can; the
+/// rest (arguments, results) is skipped by the parser, never built.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<WireParams<'a>>,
+    result: Option<WireResult>,
+    error: Option<WireError>,
+}
+
+#[derive(Deserialize)]
+struct WireParams<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uri: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireResult {
+    #[serde(rename = "isError", default)]
+    is_error: bool,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    #[serde(default)]
+    code: i64,
+}
+
+/// The messages of a body: one, or a batch.
+fn wire_messages(body: &[u8]) -> Vec<Wire<'_>> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        serde_json::from_slice::<Vec<Wire<'_>>>(body).unwrap_or_default()
+    } else {
+        serde_json::from_slice::<Wire<'_>>(body)
+            .into_iter()
+            .collect()
+    }
+}
+
+impl Wire<'_> {
+    fn call(&self) -> Option<Call> {
+        let method = self.method.as_deref()?;
+        let name = match method {
+            "tools/call" | "prompts/get" => self.params.as_ref().and_then(|p| p.name.as_deref()),
+            "resources/read" => self.params.as_ref().and_then(|p| p.uri.as_deref()),
+            _ => None,
+        };
+        Some(Call {
+            id: self.id.map(|r| r.get().to_string()),
+            method: method.to_string(),
+            name: name.map(str::to_string),
+        })
+    }
+
+    fn outcome(&self) -> Option<(String, Outcome)> {
+        let id = self.id?.get().to_string();
+        if let Some(e) = &self.error {
+            return Some((id, Outcome::JsonRpcError(e.code)));
+        }
+        let r = self.result.as_ref()?;
+        Some((
+            id,
+            if r.is_error {
+                Outcome::ToolError
+            } else {
+                Outcome::Ok
+            },
+        ))
+    }
+}
 
 /// Bodies larger than this are not parsed (counted as `_unparsed`); MCP messages are small.
 pub const MAX_PARSED: usize = 64 * 1024;
@@ -104,24 +186,7 @@ fn name_of(method: &str, params: &Value) -> Option<String> {
 
 /// The calls in a request body: one message or a batch; nothing for what is not JSON-RPC.
 pub fn parse_request(body: &[u8]) -> Vec<Call> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
-    let messages = match v {
-        Value::Array(a) => a,
-        one => vec![one],
-    };
-    messages
-        .iter()
-        .filter_map(|m| {
-            let method = m["method"].as_str()?;
-            Some(Call {
-                id: m.get("id").map(Value::to_string),
-                method: method.to_string(),
-                name: name_of(method, &m["params"]),
-            })
-        })
-        .collect()
+    wire_messages(body).iter().filter_map(Wire::call).collect()
 }
 
 /// The JSON-RPC error code of a request whose MCP headers disagree with its body (2026-07-28).
@@ -244,11 +309,10 @@ pub fn outcome_of(message: &Value) -> Option<(String, Outcome)> {
 
 /// The outcomes in a JSON response body (one message or a batch).
 pub fn parse_response(body: &[u8]) -> Vec<(String, Outcome)> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(a)) => a.iter().filter_map(outcome_of).collect(),
-        Ok(one) => outcome_of(&one).into_iter().collect(),
-        Err(_) => Vec::new(),
-    }
+    wire_messages(body)
+        .iter()
+        .filter_map(Wire::outcome)
+        .collect()
 }
 
 /// One event of an SSE stream: its `event` name (none: `message`) and its `data`.
@@ -262,6 +326,13 @@ impl Event {
     /// The JSON-RPC message it carries, if any.
     pub fn message(&self) -> Option<Value> {
         serde_json::from_slice(&self.data).ok()
+    }
+
+    /// The outcome of the JSON-RPC response it carries, if it carries one.
+    pub fn outcome(&self) -> Option<(String, Outcome)> {
+        serde_json::from_slice::<Wire<'_>>(&self.data)
+            .ok()?
+            .outcome()
     }
 }
 

@@ -177,13 +177,16 @@ impl Exchange {
         self.calls = calls.into_iter().map(|c| (c, false)).collect();
     }
 
-    /// The response header: its status and what kind of body follows.
+    /// The response header: its status and what kind of body follows. Only what can answer a
+    /// call is read: an SSE stream (a POST's, or a legacy session's), or the JSON answer to a
+    /// request that carried calls; anything else passes unread.
     pub fn response(&mut self, status: u16, content_type: &str) {
         self.status = status;
         let ct = content_type.trim_start().to_ascii_lowercase();
+        let calls = !self.calls.is_empty() || self.header_call.is_some();
         self.response = Some(if ct.starts_with("text/event-stream") {
             Body::Sse(SseScanner::default())
-        } else if ct.starts_with("application/json") {
+        } else if calls && ct.starts_with("application/json") {
             Body::Json(Vec::new())
         } else {
             Body::Other
@@ -201,20 +204,23 @@ impl Exchange {
         let mut found = Vec::new();
         match self.response.as_mut() {
             Some(Body::Json(buf)) => {
-                if buf.len() + chunk.len() <= mcp::MAX_PARSED_RESPONSE {
-                    buf.extend_from_slice(chunk);
-                }
-                if end {
-                    found = mcp::parse_response(buf);
+                if end && buf.is_empty() {
+                    // The whole body in one chunk (the common case): read in place.
+                    found = mcp::parse_response(chunk);
+                } else {
+                    if buf.len() + chunk.len() <= mcp::MAX_PARSED_RESPONSE {
+                        buf.extend_from_slice(chunk);
+                    }
+                    if end {
+                        found = mcp::parse_response(buf);
+                    }
                 }
             }
             Some(Body::Sse(scanner)) => {
                 for event in scanner.events(chunk) {
                     if event.name.as_deref() == Some("endpoint") {
                         self.session = legacy_session(&String::from_utf8_lossy(&event.data));
-                    } else if let Some(found_one) =
-                        event.message().as_ref().and_then(mcp::outcome_of)
-                    {
+                    } else if let Some(found_one) = event.outcome() {
                         found.push(found_one);
                     }
                 }

@@ -588,7 +588,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.hold_body = true;
         }
         ctx.hold_body |= ctx.tool_in_body;
-        if method == http::Method::POST || method == http::Method::GET {
+        if mcp_options.observe && (method == http::Method::POST || method == http::Method::GET) {
             let h = |n: &str| header_str(session, n).and_then(crate::mcp::header_text);
             ctx.mcp = Some(Exchange::new(
                 &labels.0,

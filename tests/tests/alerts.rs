@@ -1,4 +1,4 @@
-//! The shipped Prometheus alert rules (config/prometheus/alerts.yml): valid for `promtool check
+//! The shipped Prometheus alert rules (monitoring/alerts.yml): valid for `promtool check
 //! rules`, firing as intended in `promtool test rules` (each with its healthy twin quiet), and
 //! naming only metrics mcp-edge exports.
 #![forbid(unsafe_code)]
@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn promtool(args: &[&str]) -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/prometheus");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring");
     let out = Command::new("promtool")
         .args(args)
         .current_dir(&dir)
@@ -28,7 +28,7 @@ fn the_rules_are_valid_and_fire_when_they_should() {
 #[test]
 fn the_rules_name_only_metrics_mcp_edge_exports() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let rules = std::fs::read_to_string(root.join("config/prometheus/alerts.yml")).unwrap();
+    let rules = std::fs::read_to_string(root.join("monitoring/alerts.yml")).unwrap();
     let source = std::fs::read_to_string(root.join("proxy/src/metrics.rs")).unwrap();
     let mut names: Vec<&str> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))

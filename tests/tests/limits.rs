@@ -29,10 +29,8 @@ async fn get_from(edge: &Edge, from: &str, path: &str, extra: &str) -> String {
 /// Whether the proxy closes `s` within `limit` without answering anything.
 async fn closed_unanswered(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; 64];
-    matches!(
-        tokio::time::timeout(limit, s.read(&mut buf)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
+    let r = tokio::time::timeout(limit, s.read(&mut buf)).await;
+    matches!(r, Ok(Ok(0)) | Ok(Err(_)))
 }
 
 async fn wait_open(edge: &Edge, n: f64) {
@@ -53,14 +51,15 @@ async fn connections_beyond_the_per_address_cap_are_refused_while_other_addresse
     )
     .await;
 
-    // One client holds its three idle connections.
+    // One client holds its three idle connections. (Not 127.0.0.1: right after start, a
+    // connection from there is sometimes still counted; see the stop note.)
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(connect_from(ip("127.0.0.1"), edge.http).await.unwrap());
+        held.push(connect_from(ip("127.0.0.5"), edge.http).await.unwrap());
     }
     wait_open(&edge, 3.0).await;
     // Its fourth is closed unanswered, even with a request on it.
-    let mut fourth = connect_from(ip("127.0.0.1"), edge.http).await.unwrap();
+    let mut fourth = connect_from(ip("127.0.0.5"), edge.http).await.unwrap();
     let _ = fourth
         .write_all(b"GET / HTTP/1.1\r\nhost: h.test\r\n\r\n")
         .await;
@@ -95,7 +94,7 @@ async fn connections_beyond_the_per_address_cap_are_refused_while_other_addresse
     drop(held.remove(0));
     wait_open(&edge, 4.0).await;
     assert_eq!(
-        raw_status(&get_from(&edge, "127.0.0.1", "/x", "").await),
+        raw_status(&get_from(&edge, "127.0.0.5", "/x", "").await),
         200
     );
 }
@@ -131,10 +130,10 @@ async fn a_trusted_proxy_is_exempt_from_the_per_address_cap_and_its_headers_are_
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(h.get("x-real-ip").is_none() && h.get("forwarded").is_none());
     for _ in 0..2 {
-        held.push(connect_from(ip("127.0.0.1"), edge.http).await.unwrap());
+        held.push(connect_from(ip("127.0.0.6"), edge.http).await.unwrap());
     }
     wait_open(&edge, 5.0).await;
-    let mut third = connect_from(ip("127.0.0.1"), edge.http).await.unwrap();
+    let mut third = connect_from(ip("127.0.0.6"), edge.http).await.unwrap();
     assert!(closed_unanswered(&mut third, Duration::from_secs(5)).await);
 }
 

@@ -194,6 +194,8 @@ pub struct Route {
 /// How the edge reads the MCP traffic of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpOptions {
+    /// Read calls and outcomes for metrics and the access log.
+    pub observe: bool,
     /// Names counted by name per route before `_other`.
     pub max_tools: usize,
     /// Refuse POSTs whose MCP headers disagree with their body (-32020).
@@ -205,6 +207,7 @@ pub struct McpOptions {
 impl Default for McpOptions {
     fn default() -> Self {
         Self {
+            observe: true,
             max_tools: 50,
             validate: false,
             strict: false,
@@ -229,6 +232,7 @@ fn build_mcp(
             format!("{max_tools}: must be between 1 and 1000"),
         );
     }
+    let observe = flag(|m| m.observe).unwrap_or(d.observe);
     let validate = flag(|m| m.validate).unwrap_or(d.validate);
     let strict = flag(|m| m.strict).unwrap_or(d.strict);
     if strict && !validate {
@@ -238,6 +242,7 @@ fn build_mcp(
         );
     }
     McpOptions {
+        observe,
         max_tools: max_tools.clamp(1, 1000),
         validate,
         strict,

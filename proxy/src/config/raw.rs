@@ -170,6 +170,8 @@ pub(super) struct RawHost {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMcp {
+    /// Read the JSON-RPC calls and outcomes for metrics and the access log (true).
+    pub observe: Option<bool>,
     /// Tool (prompt, resource) names counted by name per route; later ones are `_other` (50).
     pub max_tools: Option<usize>,
     /// Refuse a POST whose Mcp-Method/Mcp-Name/MCP-Protocol-Version headers disagree with its
