@@ -1,4 +1,5 @@
-//! The metrics and health listener: `/metrics`, `/healthz`, `/readyz`.
+//! The metrics and health listener: `/metrics`, `/healthz`, `/readyz`, and the status page
+//! (`/status`).
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -7,12 +8,19 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::config::Listen;
-use crate::metrics;
+use std::sync::Arc;
 
-/// The admin listener's app: it needs only the listen addresses (bound once, never reloaded).
+use crate::config::Listen;
+use crate::live::Live;
+use crate::metrics;
+use crate::status::{self, Window};
+
+/// The admin listener's app: the listen addresses (bound once, never reloaded) and, for the
+/// status page, the live snapshot.
 pub struct Admin {
     pub listen: Listen,
+    pub live: Arc<Live>,
+    pub window: Window,
 }
 
 /// Whether something listens on `addr` already: binding it must fail with "address in use".
@@ -34,10 +42,18 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
-            "/metrics" => reply(
+            "/metrics" => {
+                self.window.note();
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics::render(),
+                )
+            }
+            "/status" => reply(
                 StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(),
+                "text/html; charset=utf-8",
+                status::render(&self.live, &self.window).into_bytes(),
             ),
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {

@@ -43,6 +43,7 @@ pub mod proxy;
 pub mod reply;
 pub mod routing;
 pub mod server;
+pub mod status;
 pub mod storage;
 pub mod time;
 pub mod tls;

@@ -728,3 +728,62 @@ impl Drop for DocsServer {
         let _ = self.child.wait();
     }
 }
+
+/// tests/python/tool_server.py, killed on drop.
+pub struct ToolServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for ToolServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ToolServer {
+    /// Starts the server; `json`: Streamable HTTP answers in JSON instead of SSE.
+    pub async fn start(dir: &Path, json: bool) -> Self {
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/tool_server.py");
+        let mut cmd = Command::new(python());
+        cmd.arg(script).args(["--port", &port.to_string()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("tools-{port}.log"))).unwrap())
+            .spawn()
+            .expect("start the tool server");
+        wait_for(Duration::from_secs(30), "tool server", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Self { child, port }
+    }
+}
+
+/// Runs tests/python/mcp_tools_call.py against `url`.
+pub async fn call_tools(url: &str, transport: &str, extra_tools: usize) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/mcp_tools_call.py");
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .args([url, transport, "--extra-tools", &extra_tools.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        v.get("error").is_none(),
+        "{v}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
+}

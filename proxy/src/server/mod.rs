@@ -183,6 +183,8 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         "mcp-edge admin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(Admin {
             listen: listen.clone(),
+            live: parts.live.clone(),
+            window: Default::default(),
         }),
     );
     admin.add_tcp(&listen.metrics.to_string());
