@@ -77,3 +77,13 @@ COPY config/acme-demo/pebble-start.sh /usr/local/bin/pebble-start
 RUN mkdir /pebble-ca && chown mcp:mcp /pebble-ca
 USER mcp
 ENTRYPOINT ["/usr/local/bin/pebble-start"]
+
+# ---- prometheus: scrapes mcp-edge with the shipped alert rules, `--profile monitoring` --------
+FROM ${BASE_IMAGE} AS prometheus
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends prometheus \
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
+USER 10001:10001
+EXPOSE 9090
+ENTRYPOINT ["/usr/bin/prometheus", "--config.file=/etc/prometheus/prometheus.yml", \
+            "--storage.tsdb.path=/tmp/prometheus", "--web.listen-address=:9090"]

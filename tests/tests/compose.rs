@@ -85,7 +85,8 @@ impl Stack {
         let c = compose_cmd();
         let mut cmd = Command::new(&c[0]);
         cmd.args(&c[1..]).current_dir(root());
-        cmd.args(["--profile", "acme-demo", "-p", &self.project]);
+        cmd.args(["--profile", "acme-demo", "--profile", "monitoring"]);
+        cmd.args(["-p", &self.project]);
         for f in &self.files {
             cmd.arg("-f").arg(f);
         }
@@ -144,7 +145,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     let project = format!("mcpedgetest{}", std::process::id());
     let docker = buildkit_docker();
     let mut images = Vec::new();
-    for target in ["proxy", "backend", "pebble"] {
+    for target in ["proxy", "backend", "pebble", "prometheus"] {
         let tag = format!("{project}-{target}:test");
         run(Command::new(&docker)
             .current_dir(&root)
@@ -167,15 +168,21 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     std::fs::write(
         &override_file,
         format!(
-            "services:\n  proxy: {{ image: \"{p}\" }}\n  proxy-acme: {{ image: \"{p}\" }}\n  backend: {{ image: \"{b}\" }}\n  pebble: {{ image: \"{e}\" }}\n  challtestsrv: {{ image: \"{e}\" }}\n",
+            "services:\n  proxy: {{ image: \"{p}\" }}\n  proxy-acme: {{ image: \"{p}\" }}\n  backend: {{ image: \"{b}\" }}\n  pebble: {{ image: \"{e}\" }}\n  challtestsrv: {{ image: \"{e}\" }}\n  prometheus: {{ image: \"{m}\" }}\n",
             p = images[0],
             b = images[1],
-            e = images[2]
+            e = images[2],
+            m = images[3]
         ),
     )
     .unwrap();
-    let (http, https, acme_https, pebble_mgmt) =
-        (free_port(), free_port(), free_port(), free_port());
+    let (http, https, acme_https, pebble_mgmt, prometheus) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let stack = Stack {
         project,
         files: vec![root.join("compose.yaml"), override_file],
@@ -184,6 +191,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
             ("MCP_EDGE_HTTPS_PORT".into(), https.to_string()),
             ("MCP_EDGE_ACME_HTTPS_PORT".into(), acme_https.to_string()),
             ("PEBBLE_MGMT_PORT".into(), pebble_mgmt.to_string()),
+            ("PROMETHEUS_PORT".into(), prometheus.to_string()),
         ],
         images,
     };
@@ -281,6 +289,40 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(!acme_leaf.is_empty());
+
+    // The monitoring profile: Prometheus scrapes the proxy and has the shipped rules loaded.
+    let api = |path: &str| format!("http://127.0.0.1:{prometheus}/api/v1/{path}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let q = api("query?query=sum(mcp_edge_requests_total%7Bjob%3D%22mcp-edge%22%7D)");
+        let scraped = match reqwest::get(&q).await {
+            Ok(r) => r.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        let value = scraped
+            .as_ref()
+            .and_then(|v| v["data"]["result"][0]["value"][1].as_str())
+            .and_then(|s| s.parse::<f64>().ok());
+        if value.is_some_and(|n| n > 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the proxy: {scraped:?}\n{}",
+            run(&mut stack.compose(&["logs", "--no-color", "--tail", "30", "prometheus"]))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rules: serde_json::Value = reqwest::get(api("rules"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names = rules.to_string();
+    for alert in ["McpEdgeCertificateExpiresSoon", "McpEdgeToolErrorRatio"] {
+        assert!(names.contains(alert), "{alert} not loaded: {names}");
+    }
 
     // down (volumes kept) and up: the same certificate is served.
     run(&mut stack.compose(&["down", "--timeout", "5"]));
