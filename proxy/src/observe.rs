@@ -128,6 +128,11 @@ impl Exchange {
 
     /// A chunk of the request body (a copy is kept, up to `MAX_PARSED`).
     pub fn request_chunk(&mut self, chunk: &[u8], end: bool) {
+        if end && self.body.is_empty() && !self.body_too_large && chunk.len() <= mcp::MAX_PARSED {
+            // The whole body in one chunk (the common case): read in place.
+            self.parse_calls(chunk);
+            return;
+        }
         if !self.body_too_large {
             if self.body.len() + chunk.len() > mcp::MAX_PARSED {
                 self.body_too_large = true;
@@ -143,10 +148,14 @@ impl Exchange {
 
     fn parse_request(&mut self) {
         let body = std::mem::take(&mut self.body);
+        self.parse_calls(&body);
+    }
+
+    fn parse_calls(&mut self, body: &[u8]) {
         let mut calls = if self.body_too_large {
             Vec::new()
         } else {
-            mcp::parse_request(&body)
+            mcp::parse_request(body)
         };
         if calls.is_empty() {
             let reason = if self.body_too_large {

@@ -221,9 +221,14 @@ pub fn render(live: &Live, window: &Window) -> String {
         let delta: Vec<(f64, u64)> = buckets
             .iter()
             .enumerate()
-            .map(|(i, (ub, c))| (*ub, c - base_buckets.get(i).map_or(0, |b| b.1)))
+            .map(|(i, (ub, c))| {
+                (
+                    *ub,
+                    c.saturating_sub(base_buckets.get(i).map_or(0, |b| b.1)),
+                )
+            })
             .collect();
-        let n = count - base_count;
+        let n = count.saturating_sub(base_count);
         if n == 0 {
             continue;
         }

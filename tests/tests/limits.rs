@@ -242,7 +242,7 @@ async fn a_replica_failing_its_health_check_leaves_the_round_robin_until_it_pass
         tmp.path(),
         "",
         &format!(
-            "    upstream:\n      urls: [\"{}\", \"{}\"]\n      health_check: {{ path: /healthz, interval: 200ms, timeout: 500ms }}\n",
+            "    upstream:\n      urls: [\"{}\", \"{}\"]\n      health_check: {{ path: /healthz, interval: 300ms, timeout: 300ms }}\n",
             a.url(),
             b.url()
         ),
@@ -313,6 +313,7 @@ fn check_names_the_key_of_a_bad_limit_proxy_or_health_check() {
         "upstream.response_header_timeout",
         "upstream.health_check.path",
         "upstream.health_check.interval",
+        "upstream.health_check.timeout",
     ] {
         assert!(text.contains(key), "{key} not named:\n{text}");
     }

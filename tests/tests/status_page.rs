@@ -47,7 +47,7 @@ async fn the_status_page_shows_hosts_certificates_replicas_and_tools() {
     let tools = ToolServer::start(tmp.path(), false).await;
     let ports = Ports::new();
     let cfg = format!(
-        "{}storage: {}\nhosts:\n  127.0.0.1:\n    tls: none\n    upstream: \"http://127.0.0.1:{}\"\n  docs.example.test:\n    tls: self-signed\n    upstream:\n      urls: [\"http://127.0.0.1:9\"]\n      health_check: {{ path: /mcp, interval: 200ms, timeout: 500ms }}\n",
+        "{}storage: {}\nhosts:\n  127.0.0.1:\n    tls: none\n    upstream: \"http://127.0.0.1:{}\"\n  docs.example.test:\n    tls: self-signed\n    upstream:\n      urls: [\"http://127.0.0.1:9\"]\n      health_check: {{ path: /mcp, interval: 300ms, timeout: 300ms }}\n",
         ports.yaml(),
         tmp.path().join("certs").display(),
         tools.port,

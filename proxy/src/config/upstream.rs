@@ -414,6 +414,10 @@ pub(super) fn build_upstream(
                 c.err(&hp.key(k), "must be at least 100ms");
             }
         }
+        if timeout > interval {
+            // Probes would pile up, one more every interval.
+            c.err(&hp.key("timeout"), "must not be longer than the interval");
+        }
         HealthCheck {
             path: h.path.clone(),
             interval,
