@@ -7,16 +7,17 @@
 //!
 //! ```text
 //! cli, server                commands; assembly and reload
-//! proxy, admin, connections, the request path; metrics and health; connection caps;
-//! health                     active health checks
+//! proxy, admin               the request path; metrics, health and the status page
+//! access, observe, status,   credentials and rate limits; MCP calls observed; the status page;
+//! connections, health        connection caps; active health checks
 //! live                       the snapshot in force: config, routes, certificates
 //! routing                    the route table built from a Config
-//! upstream                   replicas, DNS, HTTPS trust and connector, session sealing
+//! upstream, auth             replicas, DNS, HTTPS trust, sealing; API keys, JWT, introspection
 //! acme, certs, tls, http01   certificate sources and manager; certificate set; challenges
-//! storage                    every byte the proxy persists, and where
+//! storage, outbound, reply   every byte persisted; the edge's own HTTPS requests and answers
 //! config                     the YAML's data model: parsed, validated, typed; builds nothing live
-//! names, time, pem, path,   leaves
-//! metrics, logs
+//! names, time, pem, path,    leaves
+//! metrics, logs, mcp
 //! ```
 #![forbid(unsafe_code)]
 
