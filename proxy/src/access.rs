@@ -208,6 +208,18 @@ pub async fn check(
                 m.auth_results
                     .with_label_values(&[labels.0, labels.1, denied.label()])
                     .inc();
+                // Refusals spend the client address's budget too, so guessing keys or
+                // tokens (each one a signature check) is throttled like any other traffic.
+                if let Some(limit) = &route.rate_limit {
+                    let budget = Budget {
+                        labels: (labels.0.to_string(), labels.1.to_string()),
+                        caller: client.map_or_else(|| "ip:-".into(), |ip| format!("ip:{ip}")),
+                        limit: limit.clone(),
+                    };
+                    if let Err(refusal) = budget.spend(authn, None, true) {
+                        return refusal.send(session, origin).await.map(Err);
+                    }
+                }
                 let oauth = auth.oauth.as_ref();
                 let metadata = oauth.map(|_| public.metadata_url(route));
                 let scopes = oauth.map_or(&[][..], |o| &o.scopes[..]);

@@ -169,6 +169,17 @@ async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
     let retry: u64 = raw_header(&raw, "retry-after").unwrap().parse().unwrap();
     assert!((1..=20).contains(&retry), "{retry}");
     assert!(raw_header(&raw, "ratelimit").unwrap().contains("r=0"));
+    // Guessing keys is throttled per address: refusals spend that address's budget.
+    for _ in 0..3 {
+        let raw = edge
+            .get_from("127.0.0.3", "/x", &bearer("mcpe_guess"))
+            .await;
+        assert_eq!(raw_status(&raw), 401);
+    }
+    let raw = edge
+        .get_from("127.0.0.3", "/x", &bearer("mcpe_guess"))
+        .await;
+    assert_eq!(raw_status(&raw), 429, "{raw}");
     // Another caller, from the same address, has its own budget.
     let raw = edge.get_from("127.0.0.1", "/x", &bearer(&b)).await;
     assert_eq!(raw_status(&raw), 200);
@@ -225,7 +236,8 @@ async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
     assert_eq!(
         edge.metric("mcp_edge_rate_limited_total{host=\"h.test\",limit=\"default\",route=\"/\"}")
             .await,
-        1.0
+        2.0,
+        "caller a once, the guessing address once"
     );
     assert_eq!(
         edge.metric(
