@@ -255,19 +255,21 @@ async fn the_sdk_oauth_clients_find_their_way_from_a_401_to_a_tool_call_on_both_
         assert!(flow.contains(&format!("{}/token", auth.issuer())), "{flow}");
     }
     // A person's client: registration, authorization code with PKCE, then the tool call.
-    let v = sdk(
-        &auth,
-        &format!("{base}/mcp"),
-        "streamable",
-        "authorization_code",
-        &ca_pem,
-        &["--scope", "mcp:tools"],
-    )
-    .await;
-    assert_eq!(v["search_hits"], 1, "{v}");
-    assert!(v["flow"].to_string().contains("/register"), "{v}");
+    for (path, transport) in [("/mcp", "streamable"), ("/sse", "sse")] {
+        let v = sdk(
+            &auth,
+            &format!("{base}{path}"),
+            transport,
+            "authorization_code",
+            &ca_pem,
+            &["--scope", "mcp:tools"],
+        )
+        .await;
+        assert_eq!(v["search_hits"], 1, "{transport}: {v}");
+        assert!(v["flow"].to_string().contains("/register"), "{v}");
+    }
     let ok = "mcp_edge_auth_results_total{host=\"localhost\",result=\"ok\",route=\"/\"}";
-    assert!(edge.metric(ok).await >= 6.0);
+    assert!(edge.metric(ok).await >= 8.0);
     assert!(
         edge.metric(
             "mcp_edge_auth_results_total{host=\"localhost\",result=\"missing\",route=\"/\"}"
