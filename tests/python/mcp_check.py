@@ -8,16 +8,11 @@ reported as {"error": ...} with exit status 1.
 """
 
 import argparse
-import asyncio
 import json
 import ssl
-import sys
 
-import httpx2
-from mcp import ClientSession
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from sdk_session import client_factory, run, session
 
 
 def text_of(result):
@@ -77,32 +72,10 @@ async def main():
     p.add_argument("--ca")
     a = p.parse_args()
     verify = ssl.create_default_context(cafile=a.ca) if a.ca else True
-
-    if a.transport == "streamable":
-        client = httpx2.AsyncClient(verify=verify, timeout=httpx2.Timeout(30, read=300))
-        async with client, streamable_http_client(a.url, http_client=client) as streams:
-            read, write = streams[0], streams[1]
-            async with ClientSession(read, write) as s:
-                out = await session_checks(s, a.query, a.doc)
-    else:
-        def factory(headers=None, timeout=None, auth=None):
-            return httpx2.AsyncClient(
-                verify=verify, headers=headers, auth=auth,
-                timeout=timeout or httpx2.Timeout(30, read=300),
-            )
-
-        async with sse_client(a.url, httpx_client_factory=factory) as streams:
-            read, write = streams[0], streams[1]
-            async with ClientSession(read, write) as s:
-                out = await session_checks(s, a.query, a.doc)
+    async with session(a.url, a.transport, client_factory(verify=verify)) as s:
+        out = await session_checks(s, a.query, a.doc)
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except BaseException as e:  # report, do not hide, what the SDK raised
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        print(json.dumps({"error": repr(e)}))
-        sys.exit(1)
+    run(main)

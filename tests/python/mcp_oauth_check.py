@@ -11,19 +11,15 @@ Prints {"tools": [...], "search_hits": N, "flow": [...requests the SDK made...]}
 """
 
 import argparse
-import asyncio
 import json
 import ssl
-import sys
 from urllib.parse import parse_qs, urlparse
 
 import httpx2
-from mcp import ClientSession
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientMetadata
+from sdk_session import client_factory, run, session
 
 
 class Memory:
@@ -80,34 +76,17 @@ async def main():
             client_name="mcp-edge test")
         auth = OAuthClientProvider(a.url, meta, Memory(), redirect_handler, callback_handler)
 
-    def client(headers=None, timeout=None, auth=auth):
-        return httpx2.AsyncClient(verify=verify, headers=headers, auth=auth,
-                                  timeout=timeout or httpx2.Timeout(30, read=300),
-                                  event_hooks={"request": [log_request]})
+    factory = client_factory(verify=verify, auth=auth, event_hooks={"request": [log_request]})
 
-    async def session(read, write):
-        async with ClientSession(read, write) as s:
-            await s.initialize()
-            tools = await s.list_tools()
-            found = await s.call_tool("search_docs", {"query": "tls", "limit": 3})
-            hits = (found.structured_content or {}).get("hits", [])
-            return {"tools": sorted(t.name for t in tools.tools), "search_hits": len(hits)}
-
-    if a.transport == "streamable":
-        async with client() as c, streamable_http_client(a.url, http_client=c) as streams:
-            out = await session(streams[0], streams[1])
-    else:
-        async with sse_client(a.url, httpx_client_factory=client, auth=auth) as streams:
-            out = await session(streams[0], streams[1])
+    async with session(a.url, a.transport, factory, auth=auth) as s:
+        await s.initialize()
+        tools = await s.list_tools()
+        found = await s.call_tool("search_docs", {"query": "tls", "limit": 3})
+        hits = (found.structured_content or {}).get("hits", [])
+        out = {"tools": sorted(t.name for t in tools.tools), "search_hits": len(hits)}
     out["flow"] = seen
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except BaseException as e:  # report, do not hide, what the SDK raised
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        print(json.dumps({"error": repr(e)}))
-        sys.exit(1)
+    run(main)

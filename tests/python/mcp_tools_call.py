@@ -7,15 +7,10 @@ Prints {"fast": ..., "slow": ..., "fail_is_error": ..., "unknown": ...} or {"err
 """
 
 import argparse
-import asyncio
 import json
-import sys
 
-import httpx2
-from mcp import ClientSession
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from sdk_session import client_factory, run, session
 
 
 def text(result):
@@ -48,22 +43,10 @@ async def main():
     p.add_argument("transport", choices=["streamable", "sse"])
     p.add_argument("--extra-tools", type=int, default=0)
     a = p.parse_args()
-    if a.transport == "streamable":
-        async with httpx2.AsyncClient(timeout=30) as c, streamable_http_client(a.url, http_client=c) as st:
-            async with ClientSession(st[0], st[1]) as s:
-                out = await calls(s, a.extra_tools)
-    else:
-        async with sse_client(a.url) as st:
-            async with ClientSession(st[0], st[1]) as s:
-                out = await calls(s, a.extra_tools)
+    async with session(a.url, a.transport, client_factory(default_timeout=30)) as s:
+        out = await calls(s, a.extra_tools)
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except BaseException as e:  # report, do not hide, what the SDK raised
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        print(json.dumps({"error": repr(e)}))
-        sys.exit(1)
+    run(main)

@@ -322,26 +322,16 @@ async fn every_wrong_token_is_refused_with_its_reason_and_rotation_needs_no_rest
         challenge,
         format!("Bearer resource_metadata=\"{metadata_url}\", scope=\"mcp:tools\"")
     );
-    let doc: serde_json::Value = client
-        .get(&metadata_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get_json = |url: String| {
+        let r = client.get(url).send();
+        async move { r.await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let doc = get_json(metadata_url.clone()).await;
     assert_eq!(doc["resource"], resource.as_str());
     assert_eq!(doc["authorization_servers"], json!([auth.issuer()]));
     // The bare well-known URL describes the host's only protected route; a browser's preflight
     // is answered.
-    let bare: serde_json::Value = client
-        .get(format!("{base}/.well-known/oauth-protected-resource"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bare = get_json(format!("{base}/.well-known/oauth-protected-resource")).await;
     assert_eq!(bare["resource"], resource.as_str());
     let pre = client
         .request(reqwest::Method::OPTIONS, &metadata_url)
