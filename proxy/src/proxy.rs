@@ -565,11 +565,12 @@ impl ProxyHttp for EdgeProxy {
         }
         let mcp_options = &entry.host.routes[i].mcp;
         let method = &session.req_header().method;
+        let h = |n: &str| header_str(session, n).and_then(crate::mcp::header_text);
+        let (mcp_method, mcp_name) = (h("mcp-method"), h("mcp-name"));
         if mcp_options.validate && method == http::Method::POST {
-            let h = |n: &str| header_str(session, n).and_then(crate::mcp::header_text);
             let declared = crate::mcp::Declared {
-                method: h("mcp-method"),
-                name: h("mcp-name"),
+                method: mcp_method.clone(),
+                name: mcp_name.clone(),
                 version: h("mcp-protocol-version"),
                 strict: mcp_options.strict,
             };
@@ -589,13 +590,12 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.hold_body |= ctx.tool_in_body;
         if mcp_options.observe && (method == http::Method::POST || method == http::Method::GET) {
-            let h = |n: &str| header_str(session, n).and_then(crate::mcp::header_text);
             ctx.mcp = Some(Exchange::new(
                 &labels.0,
                 &labels.1,
                 session.req_header().uri.query(),
-                h("mcp-method"),
-                h("mcp-name"),
+                mcp_method,
+                mcp_name,
             ));
         }
 
