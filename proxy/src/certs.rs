@@ -1,6 +1,6 @@
 //! Certificate sources per host (`tls:`): operator files (watched for changes), self-signed
-//! certificates generated once and persisted, and ACME certificates on disk (the ACME manager
-//! obtains and renews them).
+//! certificates generated once and persisted, and ACME certificates in storage (the ACME
+//! manager obtains and renews them).
 //!
 //! A configuration's certificates are prepared completely before anything is installed, so a
 //! reload whose key material is bad changes nothing; the prepared set then becomes part of the
@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::{Config, Host, TlsSource};
 use crate::names::HostName;
 use crate::pem::{self, LoadedCert};
-use crate::storage::{self, Layout};
+use crate::storage::{Key, Storage, StorageError};
 use crate::time::unix_now;
 use crate::tls::{CertSet, CertStore};
 
@@ -35,7 +35,7 @@ pub enum CertError {
     #[error("host {host}: {source}")]
     Storage {
         host: HostName,
-        source: storage::StorageError,
+        source: StorageError,
     },
 }
 
@@ -43,13 +43,30 @@ pub fn names_of(host: &Host) -> Vec<String> {
     host.names().map(|n| n.as_str().to_string()).collect()
 }
 
-/// Loads the persisted self-signed certificate of `host` if it still fits, else makes one.
-pub fn ensure_self_signed(layout: &Layout, host: &Host) -> Result<LoadedCert, CertError> {
-    let storage::PairPaths {
-        cert: cert_path,
-        key: key_path,
-    } = layout.self_signed(&host.name);
-    if let Ok(existing) = pem::load_key_pair(&cert_path, &key_path) {
+/// A chain and key from storage, checked: None when either is absent.
+pub async fn read_pair(
+    storage: &Storage,
+    cert: &Key,
+    key: &Key,
+) -> Result<Option<LoadedCert>, String> {
+    let c = storage.get(cert).await.map_err(|e| e.to_string())?;
+    let k = storage.get(key).await.map_err(|e| e.to_string())?;
+    let (Some(c), Some(k)) = (c, k) else {
+        return Ok(None);
+    };
+    pem::key_pair_from_pem(&c, Path::new(cert.as_str()), &k, Path::new(key.as_str()))
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Loads the persisted self-signed certificate of `host` if it still fits, else makes one and
+/// stores it. A store that cannot take it is logged: the certificate serves all the same.
+pub async fn ensure_self_signed(storage: &Storage, host: &Host) -> Result<LoadedCert, CertError> {
+    let (cert_key, key_key) = (
+        Key::self_signed_cert(&host.name),
+        Key::self_signed_key(&host.name),
+    );
+    if let Ok(Some(existing)) = read_pair(storage, &cert_key, &key_key).await {
         let now = unix_now();
         let fresh = existing.info.not_after - now > SELF_SIGNED_MIN_REMAINING.as_secs() as i64;
         if fresh && existing.covers(host.names()) {
@@ -72,39 +89,57 @@ pub fn ensure_self_signed(layout: &Layout, host: &Host) -> Result<LoadedCert, Ce
     params.not_before = (now - Duration::from_secs(3600)).into();
     params.not_after = (now + SELF_SIGNED_LIFETIME).into();
     let cert = params.self_signed(&key).map_err(gen_err)?;
-    let store_err = |source| CertError::Storage {
+    let (key_pem, cert_pem) = (key.serialize_pem(), cert.pem());
+    let loaded = pem::key_pair_from_pem(
+        cert_pem.as_bytes(),
+        Path::new(cert_key.as_str()),
+        key_pem.as_bytes(),
+        Path::new(key_key.as_str()),
+    )
+    .map_err(|source| CertError::KeyPair {
         host: host.name.clone(),
         source,
-    };
-    // Key first: a certificate on disk always has its key beside it.
-    storage::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(store_err)?;
-    storage::write_atomic(&cert_path, cert.pem().as_bytes(), 0o644).map_err(store_err)?;
-    tracing::info!(host = %host.name, path = %cert_path.display(), "generated self-signed certificate");
-    pem::load_key_pair(&cert_path, &key_path).map_err(|source| CertError::KeyPair {
-        host: host.name.clone(),
-        source,
-    })
+    })?;
+    let stored = storage
+        .put(&[
+            (&key_key, key_pem.as_bytes()),
+            (&cert_key, cert_pem.as_bytes()),
+        ])
+        .await;
+    match stored {
+        Ok(()) => {
+            tracing::info!(host = %host.name, key = %cert_key, "generated self-signed certificate")
+        }
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!(host = %host.name, error = %e, "generated a self-signed certificate that could not be stored; it serves until a restart")
+        }
+        Err(source) => {
+            return Err(CertError::Storage {
+                host: host.name.clone(),
+                source,
+            })
+        }
+    }
+    Ok(loaded)
 }
 
 /// Loads an ACME host's certificate from storage if it can serve: it loads, its key matches, it
 /// has not expired and it names the host. Logs why not otherwise.
-pub fn load_acme(layout: &Layout, host: &Host) -> Option<LoadedCert> {
-    let paths = layout.acme_cert(&host.name);
-    if !paths.cert.exists() {
-        return None;
-    }
-    match pem::load_key_pair(&paths.cert, &paths.key) {
-        Ok(c) if c.info.not_after <= unix_now() => {
-            tracing::warn!(host = %host.name, not_after = c.info.not_after, "certificate on disk has expired; ordering a new one");
+pub async fn load_acme(storage: &Storage, host: &HostName) -> Option<LoadedCert> {
+    let c = read_pair(storage, &Key::acme_cert(host), &Key::acme_key(host)).await;
+    match c {
+        Ok(None) => None,
+        Ok(Some(c)) if c.info.not_after <= unix_now() => {
+            tracing::warn!(host = %host, not_after = c.info.not_after, "stored certificate has expired; ordering a new one");
             None
         }
-        Ok(c) if !c.covers(std::iter::once(&host.name)) => {
-            tracing::warn!(host = %host.name, cert_names = ?c.info.names, "certificate on disk does not name this host; ordering a new one");
+        Ok(Some(c)) if !c.covers(std::iter::once(host)) => {
+            tracing::warn!(host = %host, cert_names = ?c.info.names, "stored certificate does not name this host; ordering a new one");
             None
         }
-        Ok(c) => Some(c),
+        Ok(Some(c)) => Some(c),
         Err(e) => {
-            tracing::warn!(host = %host.name, error = %e, "certificate on disk cannot be used; ordering a new one");
+            tracing::warn!(host = %host, error = %e, "stored certificate cannot be used; ordering a new one");
             None
         }
     }
@@ -143,8 +178,11 @@ pub struct Prepared {
 }
 
 /// Loads or generates every certificate `config` needs, installing nothing.
-pub fn prepare(config: &Config) -> Result<Prepared, Vec<CertError>> {
-    let layout = Layout::new(&config.storage);
+pub fn prepare(config: &Config, storage: &Storage) -> Result<Prepared, Vec<CertError>> {
+    Storage::block_on(prepare_async(config, storage))
+}
+
+async fn prepare_async(config: &Config, storage: &Storage) -> Result<Prepared, Vec<CertError>> {
     let mut errors = Vec::new();
     let mut p = Prepared {
         certs: Vec::new(),
@@ -156,13 +194,13 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<CertError>> {
         let names = names_of(host);
         match &host.tls {
             TlsSource::None => continue,
-            TlsSource::Acme => match load_acme(&layout, host) {
+            TlsSource::Acme => match load_acme(storage, &host.name).await {
                 Some(c) => p.certs.push((host.name.clone(), names.clone(), c)),
                 // Never a stale or foreign certificate (say the self-signed one of before a
                 // reload) for a host whose order is pending.
                 None => p.pending.push(host.name.clone()),
             },
-            TlsSource::SelfSigned => match ensure_self_signed(&layout, host) {
+            TlsSource::SelfSigned => match ensure_self_signed(storage, host).await {
                 Ok(c) => p.certs.push((host.name.clone(), names.clone(), c)),
                 Err(e) => errors.push(e),
             },

@@ -59,6 +59,27 @@ enum Command {
         /// The key's name (shown in logs and sent upstream as the caller).
         name: String,
     },
+    /// Copy everything stored (certificates, keys, ACME accounts, the session key) from one
+    /// store to another: a directory or a redis:// / rediss:// URL, either way. Items the
+    /// destination holds with other content are kept unless --overwrite.
+    StorageCopy {
+        /// A storage directory or a Redis URL.
+        from: String,
+        /// A storage directory or a Redis URL.
+        to: String,
+        /// Prefix of the Redis keys.
+        #[arg(long, default_value = mcp_edge::config::DEFAULT_PREFIX)]
+        prefix: String,
+        /// Environment variable holding the Redis password (keeps it out of the command line).
+        #[arg(long)]
+        password_env: Option<String>,
+        /// PEM file of the CA of Redis's TLS certificate (rediss://).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Replace items the destination holds with other content.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Validate a configuration file without binding any port; exits non-zero on errors.
     Check {
         /// The YAML configuration file.
@@ -87,6 +108,20 @@ fn init_logging(format: LogFormat) {
         .init();
 }
 
+/// Prints a command's report and succeeds, or prints its error and fails with 1.
+fn finish(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mcp-edge: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // pingora installs ring as the process default too; doing it first means no other provider
@@ -113,9 +148,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Certs { config } => match mcp_edge::config::load(&config) {
-            Ok(c) => {
-                print!("{}", mcp_edge::cli::certs::report(&c));
+        Command::Certs { config } => match mcp_edge::config::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| mcp_edge::cli::certs::report(&c))
+        {
+            Ok(report) => {
+                print!("{report}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -123,6 +161,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::StorageCopy {
+            from,
+            to,
+            prefix,
+            password_env,
+            ca,
+            overwrite,
+        } => {
+            let options = mcp_edge::cli::storage_copy::CopyOptions {
+                prefix,
+                password_env,
+                ca,
+                overwrite,
+            };
+            finish(mcp_edge::cli::storage_copy::copy(&from, &to, &options))
+        }
         Command::UpstreamCert { url, server_name } => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -134,19 +188,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(mcp_edge::cli::upstream_cert::inspect(
-                &url,
-                server_name.as_deref(),
-            )) {
-                Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("mcp-edge: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            finish(
+                rt.block_on(mcp_edge::cli::upstream_cert::inspect(
+                    &url,
+                    server_name.as_deref(),
+                ))
+                .map_err(|e| e.to_string()),
+            )
         }
         Command::Run { config } => {
             init_logging(cli.log_format);

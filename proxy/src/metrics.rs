@@ -38,6 +38,10 @@ pub struct Metrics {
     pub session_rejected: IntCounterVec,
     /// ACME orders by host and result (`ok`, `error`).
     pub acme_orders: IntCounterVec,
+    /// Certificates another replica ordered, installed from shared storage, by host.
+    pub acme_adopted: IntCounterVec,
+    /// 1 while the storage answers, 0 after an operation found it unreachable (Redis).
+    pub storage_available: IntGauge,
     /// When the certificate of an ACME host is next renewed (Unix seconds).
     pub cert_next_renewal: GaugeVec,
     /// Failed ACME orders in a row, by host (0 after a success).
@@ -195,6 +199,22 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "ACME orders by host and result (ok, error)",
             &["host", "result"],
         ),
+        acme_adopted: counter(
+            &r,
+            "acme_certificates_adopted_total",
+            "Certificates another replica ordered, installed from shared storage, by host",
+            &["host"],
+        ),
+        storage_available: {
+            let g = IntGauge::with_opts(Opts::new(
+                "storage_available",
+                "1 while the storage answers, 0 after an operation found it unreachable",
+            ))
+            .expect("static metric definition");
+            r.register(Box::new(g.clone())).expect("metric registered once");
+            g.set(1);
+            g
+        },
         cert_next_renewal: gauge(
             &r,
             "certificate_next_renewal_seconds",

@@ -322,7 +322,8 @@ impl EdgeProxy {
     ) -> Result<bool> {
         let path = session.req_header().uri.path();
         if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
-            return match self.challenges.get(token) {
+            let token = token.to_string();
+            return match self.challenges.lookup(&token).await {
                 Some(key_auth) => {
                     respond(
                         session,

@@ -2,7 +2,9 @@
 fast x3, slow(0.3 s) x1, fail x1, a tool that does not exist x1, then extra tools named
 --extra-tools (each called with no arguments, whatever the answer).
 
-usage: mcp_tools_call.py URL {streamable,sse} [--extra-tools N]
+usage: mcp_tools_call.py URL {streamable,sse} [--extra-tools N] [--fresh-connections]
+(--fresh-connections: no keep-alive, a new connection per request, so that an L4 balancer in
+front of several proxies spreads the session's requests over them)
 Prints {"fast": ..., "slow": ..., "fail_is_error": ..., "unknown": ...} or {"error": ...}.
 """
 
@@ -42,8 +44,10 @@ async def main():
     p.add_argument("url")
     p.add_argument("transport", choices=["streamable", "sse"])
     p.add_argument("--extra-tools", type=int, default=0)
+    p.add_argument("--fresh-connections", action="store_true")
     a = p.parse_args()
-    async with session(a.url, a.transport, client_factory(default_timeout=30)) as s:
+    factory = client_factory(default_timeout=30, keepalive=not a.fresh_connections)
+    async with session(a.url, a.transport, factory) as s:
         out = await calls(s, a.extra_tools)
     print(json.dumps(out))
 

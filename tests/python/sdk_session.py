@@ -13,14 +13,16 @@ from mcp.client.streamable_http import streamable_http_client
 
 
 def client_factory(verify=True, auth=None, event_hooks=None,
-                   default_timeout=httpx2.Timeout(30, read=300)):
+                   default_timeout=httpx2.Timeout(30, read=300), keepalive=True):
     """An httpx client factory in the shape the SDK's SSE transport calls (it passes its own
-    timeout); the Streamable HTTP session calls it with no arguments."""
+    timeout); the Streamable HTTP session calls it with no arguments. Without `keepalive`
+    every request opens a new connection."""
+    limits = httpx2.Limits() if keepalive else httpx2.Limits(max_keepalive_connections=0)
 
     def factory(headers=None, timeout=None, auth=auth):
         return httpx2.AsyncClient(verify=verify, headers=headers, auth=auth,
                                   timeout=timeout or default_timeout,
-                                  event_hooks=event_hooks or {})
+                                  event_hooks=event_hooks or {}, limits=limits)
 
     return factory
 

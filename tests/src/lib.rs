@@ -3,7 +3,9 @@
 //! every test has its own directory.
 #![forbid(unsafe_code)]
 
+pub mod balancer;
 pub mod pebble;
+pub mod redis;
 pub mod tls_front;
 pub mod upstream;
 
@@ -303,6 +305,10 @@ impl Edge {
 
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `/metrics` text.
@@ -610,6 +616,17 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// What `mcp-edge certs --config CONFIG` prints (it must succeed).
+pub fn certs_report(config: &Path) -> String {
+    let out = Command::new(edge_bin())
+        .args(["certs", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Runs `tests/python/mcp_check.py` (one full MCP session with the official Python SDK) and
 /// returns what it printed.
 pub async fn mcp_check(
@@ -770,10 +787,17 @@ impl ToolServer {
 
 /// Runs tests/python/mcp_tools_call.py against `url`.
 pub async fn call_tools(url: &str, transport: &str, extra_tools: usize) -> serde_json::Value {
+    call_tools_with(url, transport, &["--extra-tools", &extra_tools.to_string()]).await
+}
+
+/// Runs tests/python/mcp_tools_call.py against `url` with more arguments
+/// (`--fresh-connections`: no keep-alive, so a balancer spreads every request).
+pub async fn call_tools_with(url: &str, transport: &str, args: &[&str]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/mcp_tools_call.py");
     let out = tokio::process::Command::new(python())
         .arg(script)
-        .args([url, transport, "--extra-tools", &extra_tools.to_string()])
+        .args([url, transport])
+        .args(args)
         .output()
         .await
         .unwrap();

@@ -106,16 +106,6 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-fn certs_command(config: &Path) -> String {
-    let out = std::process::Command::new(edge_bin())
-        .args(["certs", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn issues_per_host_serves_by_sni_and_a_restart_reuses_the_certificates() {
     let mut s = Setup::new().await;
@@ -195,7 +185,7 @@ async fn issues_per_host_serves_by_sni_and_a_restart_reuses_the_certificates() {
     );
 
     // `mcp-edge certs` lists names, issuer, expiry, next renewal and the last error.
-    let report = certs_command(&edge.config_path);
+    let report = certs_report(&edge.config_path);
     assert!(report.contains("a.test (tls: acme)"), "{report}");
     assert!(report.contains("www.a.test"), "{report}");
     assert!(report.contains("Pebble"), "{report}");
@@ -382,7 +372,7 @@ async fn ca_outage_keeps_the_old_certificate_backs_off_and_recovers_without_rest
         log.contains("the current certificate keeps serving"),
         "{log}"
     );
-    let report = certs_command(&edge.config_path);
+    let report = certs_report(&edge.config_path);
     assert!(report.contains("last error:"), "{report}");
     assert!(report.contains("in a row, next attempt"), "{report}");
 

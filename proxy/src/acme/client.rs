@@ -4,7 +4,6 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +17,7 @@ use instant_acme::{
 };
 
 use crate::config::AcmeConfig;
-use crate::storage::{self, Layout};
+use crate::storage::{Key, Storage};
 
 /// Limit on one request to the CA, from connect to response headers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -187,16 +186,18 @@ fn http_client(config: &AcmeConfig) -> Result<Box<dyn HttpClient>, Failure> {
 /// and saved (0600) on first use.
 pub(super) struct Accounts {
     config: AcmeConfig,
-    path: PathBuf,
+    storage: Storage,
+    key: Key,
     cached: tokio::sync::Mutex<Option<Account>>,
     /// Set when the CA said the saved account does not exist: register a new one.
     stale_file: std::sync::atomic::AtomicBool,
 }
 
 impl Accounts {
-    pub(super) fn new(config: AcmeConfig, layout: &Layout) -> Self {
+    pub(super) fn new(config: AcmeConfig, storage: Storage) -> Self {
         Self {
-            path: layout.acme_account(&config.directory),
+            key: Key::acme_account(&config.directory),
+            storage,
             config,
             cached: tokio::sync::Mutex::new(None),
             stale_file: Default::default(),
@@ -213,12 +214,10 @@ impl Accounts {
         if let Some(a) = &*cached {
             return Ok(a.clone());
         }
-        if !self.stale_file.load(Ordering::Relaxed) {
-            if let Some(creds) = self.read_credentials() {
-                let account = Account::builder_with_http(http_client(&self.config)?)
-                    .from_credentials(creds)
-                    .await
-                    .map_err(|e| Failure::from(e).context("ACME directory"))?;
+        let stale = self.stale_file.load(Ordering::Relaxed);
+        if !stale {
+            if let Some(creds) = self.read_credentials().await? {
+                let account = self.restore(creds).await?;
                 *cached = Some(account.clone());
                 return Ok(account);
             }
@@ -242,20 +241,60 @@ impl Accounts {
             .await
             .map_err(|e| Failure::from(e).context("registering the ACME account"))?;
         let json = serde_json::to_vec(&creds).expect("credentials serialize");
-        storage::write_atomic(&self.path, &json, 0o600).map_err(|e| Failure::new(e.to_string()))?;
-        tracing::info!(directory = %self.config.directory, id = account.id(), file = %self.path.display(), "registered ACME account");
+        let store_err = |e: crate::storage::StorageError| {
+            Failure::new(format!("cannot store the ACME account: {e}"))
+        };
+        let first = if stale {
+            self.storage
+                .put(&[(&self.key, &json)])
+                .await
+                .map_err(store_err)?;
+            true
+        } else {
+            self.storage
+                .put_new(&self.key, &json)
+                .await
+                .map_err(store_err)?
+        };
+        if !first {
+            // Another replica registered one meanwhile: use that one, so all share one account.
+            if let Some(creds) = self.read_credentials().await? {
+                let account = self.restore(creds).await?;
+                *cached = Some(account.clone());
+                return Ok(account);
+            }
+            // What is stored does not parse: replace it.
+            self.storage
+                .put(&[(&self.key, &json)])
+                .await
+                .map_err(store_err)?;
+        }
+        tracing::info!(directory = %self.config.directory, id = account.id(), key = %self.key, "registered ACME account");
         self.stale_file.store(false, Ordering::Relaxed);
         *cached = Some(account.clone());
         Ok(account)
     }
 
-    fn read_credentials(&self) -> Option<AccountCredentials> {
-        let bytes = std::fs::read(&self.path).ok()?;
+    async fn restore(&self, creds: AccountCredentials) -> Result<Account, Failure> {
+        Account::builder_with_http(http_client(&self.config)?)
+            .from_credentials(creds)
+            .await
+            .map_err(|e| Failure::from(e).context("ACME directory"))
+    }
+
+    /// The stored credentials; None when there are none or they do not parse. A store that
+    /// cannot be read is a failure: registering anew then would orphan the stored account.
+    async fn read_credentials(&self) -> Result<Option<AccountCredentials>, Failure> {
+        let bytes = match self.storage.get(&self.key).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Failure::new(format!("cannot read the ACME account: {e}"))),
+        };
         match serde_json::from_slice(&bytes) {
-            Ok(c) => Some(c),
+            Ok(c) => Ok(Some(c)),
             Err(e) => {
-                tracing::warn!(file = %self.path.display(), error = %e, "unreadable ACME account file; registering a new account");
-                None
+                tracing::warn!(key = %self.key, error = %e, "unreadable ACME account; registering a new account");
+                Ok(None)
             }
         }
     }

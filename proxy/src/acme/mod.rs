@@ -4,8 +4,13 @@
 //! to look at it next, and its failures. When a slot is due it runs a job, concurrently with
 //! other hosts' jobs up to `acme.concurrency`. A job first asks whether renewal is really due
 //! (the CA's ARI window when the directory offers one, else the configured threshold), then
-//! orders. A new certificate is written to disk, then swapped into the live store; a failure
-//! leaves the old certificate serving and schedules a retry with backoff.
+//! takes the host's lock in storage, so that of replicas sharing it one orders and the others
+//! wait; re-reads storage and stops if another replica renewed meanwhile; and orders. A new
+//! certificate is written to storage, then swapped into the live store; a failure (the CA's, or
+//! the store's) leaves the old certificate serving and schedules a retry with backoff.
+//!
+//! Certificates other replicas write are installed when storage announces them, and on a
+//! periodic re-read of every host in case an announcement was lost.
 
 mod client;
 mod order;
@@ -25,13 +30,13 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use client::{capturing_retry_after, Accounts, Failure, FailureKind};
 use schedule::{HostStatus, StatusFile};
 
-use crate::certs::names_of;
+use crate::certs::{self, names_of};
 use crate::config::{Config, Host, TlsSource};
 use crate::http01::ChallengeStore;
 use crate::metrics;
 use crate::names::HostName;
 use crate::pem::LoadedCert;
-use crate::storage::Layout;
+use crate::storage::{Change, Storage};
 use crate::time::{from_unix, unix, unix_now};
 use crate::tls::CertStore;
 
@@ -41,6 +46,13 @@ const ARI_RECHECK: Duration = Duration::from_secs(6 * 3600);
 const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 /// When the CA cannot be asked about a certificate that is not due, ask again after this.
 const PROBE_RETRY: Duration = Duration::from_secs(900);
+/// Longest wait before looking again at a host whose lock another replica holds.
+const BUSY_RETRY: Duration = Duration::from_secs(10);
+
+/// The storage lock one replica holds while it orders `host`'s certificate.
+pub fn lock_name(host: &str) -> String {
+    format!("issue_cert_{host}")
+}
 
 fn acme_hosts(config: &Config) -> impl Iterator<Item = &Arc<Host>> {
     config.hosts.iter().filter(|h| h.tls == TlsSource::Acme)
@@ -75,6 +87,12 @@ impl Current {
     }
 }
 
+/// Whether `stored` should replace `current` (what another replica wrote is newer).
+fn newer(stored: &LoadedCert, current: Option<&Current>, names: &[String]) -> bool {
+    let covers = names.iter().all(|n| stored.info.names.contains(n));
+    covers && current.is_none_or(|c| stored.info.not_before > c.not_before)
+}
+
 struct Slot {
     names: Vec<String>,
     current: Option<Current>,
@@ -92,6 +110,8 @@ struct Slot {
     failures: u32,
     last_error: Option<(String, i64)>,
     last_issued: Option<i64>,
+    /// A certificate read back from storage while a job ran, considered after its outcome.
+    stored: Option<LoadedCert>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -116,6 +136,7 @@ impl Slot {
             failures: 0,
             last_error: None,
             last_issued: None,
+            stored: None,
         };
         s.recompute_threshold(config, now);
         s
@@ -140,6 +161,22 @@ impl Slot {
             None => true,
             Some(c) => !c.covers(&self.names) || from_unix(c.not_after) <= now,
         }
+    }
+
+    /// A new certificate is in force: failures forgotten, renewal planned from its dates.
+    fn took(&mut self, cert: &LoadedCert, config: &Config, now: SystemTime) {
+        self.current = Some(Current::of(cert));
+        self.failures = 0;
+        self.last_error = None;
+        self.no_replaces = false;
+        self.ari_pick = None;
+        self.recompute_threshold(config, now);
+        if self.threshold_due <= now {
+            tracing::warn!("acme.renew_when_remaining is longer than the new certificate's whole lifetime; renewing again in 1h, not at once");
+            self.threshold_due = now + schedule::MIN_RENEW_SPACING;
+        }
+        self.renewal = Some((self.threshold_due, "threshold"));
+        self.next = self.threshold_due.min(now + ARI_RECHECK);
     }
 
     fn status(&self) -> HostStatus {
@@ -178,6 +215,12 @@ enum Outcome {
         cert: LoadedCert,
         took: Duration,
     },
+    /// Another replica renewed while this one waited for the lock: its certificate.
+    Adopted {
+        cert: LoadedCert,
+    },
+    /// Another replica holds the host's lock (it is ordering).
+    Busy,
     Failed {
         failure: Failure,
         /// An order was attempted (as opposed to a look at a certificate that is not due).
@@ -189,16 +232,17 @@ enum Outcome {
 struct Ctx {
     accounts: Arc<Accounts>,
     permits: Arc<Semaphore>,
-    layout: Layout,
+    storage: Storage,
 }
 
-/// The background service that keeps every ACME host's certificate current. It gets the three
+/// The background service that keeps every ACME host's certificate current. It gets the
 /// things it uses: the certificate store it installs into, the challenge store port 80 answers
-/// from, and the configuration in force (whose every change wakes it).
+/// from, the configuration in force (whose every change wakes it) and the storage.
 pub struct AcmeManager {
     pub certs: Arc<dyn CertStore>,
     pub challenges: Arc<ChallengeStore>,
     pub config: watch::Receiver<Arc<Config>>,
+    pub storage: Storage,
 }
 
 struct State {
@@ -209,12 +253,16 @@ struct State {
     /// What the status file holds, to write it only when something changed.
     written: Option<BTreeMap<String, HostStatus>>,
     tx: mpsc::UnboundedSender<(HostName, Vec<String>, Outcome)>,
+    storage: Storage,
+    /// Certificates read back from storage (written by another replica, or re-read).
+    stored_tx: mpsc::UnboundedSender<(HostName, LoadedCert)>,
 }
 
 #[async_trait]
 impl BackgroundService for AcmeManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let (stored_tx, mut stored_rx) = mpsc::unbounded_channel();
         let mut config = self.config.clone();
         let mut st = State {
             certs: self.certs.clone(),
@@ -223,7 +271,12 @@ impl BackgroundService for AcmeManager {
             slots: BTreeMap::new(),
             written: None,
             tx,
+            storage: self.storage.clone(),
+            stored_tx,
         };
+        let mut changes = self.storage.changes();
+        let poll = config.borrow().storage.poll;
+        let mut reread = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
         // The CA validates on port 80 at once: be sure it accepts connections first.
         let http = config.borrow().listen.http;
         wait_listening(http, Duration::from_secs(10)).await;
@@ -244,6 +297,9 @@ impl BackgroundService for AcmeManager {
                 _ = shutdown.changed() => return,
                 Ok(()) = config.changed() => {}
                 Some((host, names, outcome)) = rx.recv() => st.apply(host, names, outcome, &current),
+                Some((host, cert)) = stored_rx.recv() => st.stored(host, cert, &current),
+                change = next_change(&mut changes) => st.changed(change, &current),
+                _ = reread.tick() => st.reread(&current, None),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -256,9 +312,7 @@ impl State {
     fn sync(&mut self, config: &Config) {
         let now = SystemTime::now();
         let changed = match (&config.acme, &self.ctx) {
-            (Some(a), Some(ctx)) => {
-                ctx.accounts.config() != a || ctx.layout.dir() != config.storage
-            }
+            (Some(a), Some(ctx)) => ctx.accounts.config() != a,
             (Some(_), None) => true,
             (None, _) => {
                 self.ctx = None;
@@ -267,11 +321,10 @@ impl State {
         };
         if let (true, Some(a)) = (changed, &config.acme) {
             self.written = None;
-            let layout = Layout::new(&config.storage);
             self.ctx = Some(Arc::new(Ctx {
-                accounts: Arc::new(Accounts::new(a.clone(), &layout)),
+                accounts: Arc::new(Accounts::new(a.clone(), self.storage.clone())),
                 permits: Arc::new(Semaphore::new(a.concurrency)),
-                layout,
+                storage: self.storage.clone(),
             }));
             for slot in self.slots.values_mut() {
                 slot.recompute_threshold(config, now);
@@ -382,23 +435,23 @@ impl State {
                 m.acme_orders
                     .with_label_values(&[host.as_str(), "ok"])
                     .inc();
-                let cur = Current::of(&cert);
-                let not_after = cert.info.not_after;
-                self.certs.install(&host, names, cert);
-                slot.current = Some(cur);
-                slot.failures = 0;
-                slot.last_error = None;
-                slot.no_replaces = false;
-                slot.ari_pick = None;
+                slot.took(&cert, config, now);
                 slot.last_issued = Some(unix(now));
-                slot.recompute_threshold(config, now);
-                if slot.threshold_due <= now {
-                    tracing::warn!(host = %host, "acme.renew_when_remaining is longer than the new certificate's whole lifetime; renewing again in 1h, not at once");
-                    slot.threshold_due = now + schedule::MIN_RENEW_SPACING;
+                let (not_after, next) = (cert.info.not_after, slot.threshold_due);
+                self.certs.install(&host, names, cert);
+                tracing::info!(host = %host, not_after, took_ms = took.as_millis() as u64, next_renewal = %humantime::format_rfc3339_seconds(next), "certificate issued and serving");
+            }
+            // Unless the announcement of the same certificate came first.
+            Outcome::Adopted { cert } => {
+                // Unless the announcement of the same certificate came first.
+                if !adopt(slot, &*self.certs, &host, cert, config) {
+                    slot.next = slot.threshold_due.min(now + ARI_RECHECK);
                 }
-                slot.renewal = Some((slot.threshold_due, "threshold"));
-                slot.next = slot.threshold_due.min(now + ARI_RECHECK);
-                tracing::info!(host = %host, not_after, took_ms = took.as_millis() as u64, next_renewal = %humantime::format_rfc3339_seconds(slot.threshold_due), "certificate issued and serving");
+            }
+            Outcome::Busy => {
+                let lease = config.storage.lock_lease;
+                slot.next = now + lease.clamp(Duration::from_secs(1), BUSY_RETRY);
+                tracing::info!(host = %host, "another replica is ordering this certificate; waiting for it");
             }
             Outcome::Failed {
                 failure,
@@ -440,6 +493,9 @@ impl State {
                 );
             }
         }
+        if let Some(cert) = slot.stored.take() {
+            adopt(slot, &*self.certs, &host, cert, config);
+        }
     }
 
     /// Metrics and the status file for `mcp-edge certs`.
@@ -447,6 +503,7 @@ impl State {
         let m = metrics::get();
         let mut file = StatusFile {
             written: unix_now(),
+            replica: String::new(),
             hosts: BTreeMap::new(),
         };
         for (host, slot) in &self.slots {
@@ -459,83 +516,218 @@ impl State {
                 .set(slot.failures as i64);
             file.hosts.insert(host.to_string(), slot.status());
         }
-        let Some(ctx) = &self.ctx else { return };
-        if self.written.as_ref() == Some(&file.hosts) {
+        if self.ctx.is_none() || self.written.as_ref() == Some(&file.hosts) {
             return;
         }
-        match file.write(&ctx.layout) {
-            Ok(()) => self.written = Some(file.hosts),
-            Err(e) => tracing::warn!(error = %e, "cannot write the ACME status file"),
+        self.written = Some(file.hosts.clone());
+        file.replica = self.storage.replica().to_string();
+        let storage = self.storage.clone();
+        // Written in the background: a store that does not answer must not hold up renewals.
+        tokio::spawn(async move {
+            if let Err(e) = file.write(&storage).await {
+                tracing::warn!(error = %e, "cannot write the ACME status");
+            }
+        });
+    }
+
+    /// Re-reads from storage the certificate of `only`, or of every ACME host.
+    fn reread(&self, config: &Config, only: Option<&str>) {
+        for host in acme_hosts(config).filter(|h| only.is_none_or(|o| o == h.name.as_str())) {
+            let (storage, host, tx) = (self.storage.clone(), host.clone(), self.stored_tx.clone());
+            tokio::spawn(async move {
+                if let Some(cert) = certs::load_acme(&storage, &host.name).await {
+                    let _ = tx.send((host.name.clone(), cert));
+                }
+            });
+        }
+    }
+
+    fn changed(&self, change: Option<Change>, config: &Config) {
+        match change {
+            Some(Change::Put(key)) => {
+                if let Some(host) = key.acme_cert_host() {
+                    self.reread(config, Some(host));
+                }
+            }
+            Some(Change::Resync) => self.reread(config, None),
+            None => {}
+        }
+    }
+
+    /// A certificate read back from storage: installed if another replica made a newer one.
+    /// While a job of this replica runs for the host (it may be this job's own certificate,
+    /// announced before the job reports), it waits for the job's outcome.
+    fn stored(&mut self, host: HostName, cert: LoadedCert, config: &Config) {
+        let Some(slot) = self.slots.get_mut(&host) else {
+            return;
+        };
+        if slot.running {
+            if slot
+                .stored
+                .as_ref()
+                .is_none_or(|s| newer(&cert, Some(&Current::of(s)), &[]))
+            {
+                slot.stored = Some(cert);
+            }
+            return;
+        }
+        adopt(slot, &*self.certs, &host, cert, config);
+    }
+}
+
+/// Installs a certificate another replica stored if it is newer than the slot's; whether it was.
+fn adopt(
+    slot: &mut Slot,
+    certs: &dyn CertStore,
+    host: &HostName,
+    cert: LoadedCert,
+    config: &Config,
+) -> bool {
+    if !newer(&cert, slot.current.as_ref(), &slot.names) {
+        return false;
+    }
+    metrics::get()
+        .acme_adopted
+        .with_label_values(&[host.as_str()])
+        .inc();
+    slot.took(&cert, config, SystemTime::now());
+    tracing::info!(host = %host, not_after = cert.info.not_after, "installed the certificate another replica stored");
+    certs.install(host, slot.names.clone(), cert);
+    true
+}
+
+/// The next change announced by shared storage; never, without one.
+async fn next_change(
+    changes: &mut Option<tokio::sync::broadcast::Receiver<Change>>,
+) -> Option<Change> {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(rx) = changes else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Ok(c) => Some(c),
+        Err(RecvError::Lagged(_)) => Some(Change::Resync),
+        Err(RecvError::Closed) => {
+            *changes = None;
+            None
         }
     }
 }
 
 async fn run_job(ctx: &Ctx, challenges: &ChallengeStore, job: &Job) -> Outcome {
+    let mut replaces = None;
+    if let (false, Some(cur)) = (job.must_order, &job.current) {
+        match due(ctx, job, cur).await {
+            Ok(r) => replaces = r,
+            Err(outcome) => return outcome,
+        }
+    }
+    // Due. Of replicas sharing storage one orders; the others wait for its certificate.
+    let lock = match ctx.storage.lock(&lock_name(job.host.as_str())).await {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return Outcome::Busy,
+        Err(e) => {
+            return Outcome::Failed {
+                failure: Failure::new(format!("cannot take the ACME lock in storage: {e}")),
+                ordered: true,
+            }
+        }
+    };
+    let outcome = match certs::load_acme(&ctx.storage, &job.host).await {
+        Some(cert) if newer(&cert, job.current.as_ref(), &job.names) => Outcome::Adopted { cert },
+        _ => order_now(ctx, challenges, job, replaces).await,
+    };
+    if lock.lost() {
+        tracing::warn!(host = %job.host, "the ACME lock's lease ran out during the order (storage unreachable?); another replica may have ordered too");
+    }
+    lock.release().await;
+    outcome
+}
+
+/// Whether a certificate that could serve on is due: Ok with the ARI identity to replace when
+/// it is, else the outcome that says when to look again.
+async fn due(
+    ctx: &Ctx,
+    job: &Job,
+    cur: &Current,
+) -> Result<Option<CertificateIdentifier<'static>>, Outcome> {
+    let now = SystemTime::now();
+    let by_threshold = Outcome::NotDue {
+        at: job.threshold_due,
+        renewal: job.threshold_due,
+        source: "threshold",
+        ari_pick: None,
+    };
+    let Some(id) = &cur.ari_id else {
+        return if job.threshold_due > now {
+            Err(by_threshold)
+        } else {
+            Ok(None)
+        };
+    };
+    let account = ctx
+        .accounts
+        .get()
+        .await
+        .map_err(|failure| Outcome::Failed {
+            failure,
+            ordered: job.threshold_due <= now,
+        })?;
+    match account.renewal_info(id).await {
+        Ok((info, recheck)) => {
+            let start = info.suggested_window.start.unix_timestamp();
+            let end = info.suggested_window.end.unix_timestamp();
+            let pick = match job.ari_pick {
+                Some(p) if p.start == start && p.end == end => p,
+                _ => AriPick {
+                    start,
+                    end,
+                    pick: schedule::in_window(from_unix(start), from_unix(end), now),
+                },
+            };
+            if pick.pick > now {
+                return Err(Outcome::NotDue {
+                    at: pick
+                        .pick
+                        .min(now + recheck.clamp(Duration::from_secs(60), ARI_RECHECK)),
+                    renewal: pick.pick,
+                    source: "ari",
+                    ari_pick: Some(pick),
+                });
+            }
+            Ok((!job.no_replaces).then(|| id.clone()))
+        }
+        Err(instant_acme::Error::Unsupported(_)) if job.threshold_due > now => Err(by_threshold),
+        Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+        Err(e) if job.threshold_due > now => {
+            tracing::warn!(host = %job.host, error = %Failure::from(e).message, "cannot fetch the CA's renewal window; using the threshold");
+            Err(Outcome::NotDue {
+                at: job.threshold_due.min(now + PROBE_RETRY),
+                renewal: job.threshold_due,
+                source: "threshold",
+                ari_pick: None,
+            })
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Orders the certificate (holding the host's lock).
+async fn order_now(
+    ctx: &Ctx,
+    challenges: &ChallengeStore,
+    job: &Job,
+    replaces: Option<CertificateIdentifier<'static>>,
+) -> Outcome {
     let account = match ctx.accounts.get().await {
         Ok(a) => a,
         Err(failure) => {
             return Outcome::Failed {
                 failure,
-                ordered: job.must_order || job.threshold_due <= SystemTime::now(),
+                ordered: true,
             }
         }
     };
-    let mut replaces = None;
-    if let (false, Some(cur)) = (job.must_order, &job.current) {
-        let now = SystemTime::now();
-        let by_threshold = Outcome::NotDue {
-            at: job.threshold_due,
-            renewal: job.threshold_due,
-            source: "threshold",
-            ari_pick: None,
-        };
-        match &cur.ari_id {
-            Some(id) => match account.renewal_info(id).await {
-                Ok((info, recheck)) => {
-                    let start = info.suggested_window.start.unix_timestamp();
-                    let end = info.suggested_window.end.unix_timestamp();
-                    let pick = match job.ari_pick {
-                        Some(p) if p.start == start && p.end == end => p,
-                        _ => AriPick {
-                            start,
-                            end,
-                            pick: schedule::in_window(from_unix(start), from_unix(end), now),
-                        },
-                    };
-                    if pick.pick > now {
-                        return Outcome::NotDue {
-                            at: pick
-                                .pick
-                                .min(now + recheck.clamp(Duration::from_secs(60), ARI_RECHECK)),
-                            renewal: pick.pick,
-                            source: "ari",
-                            ari_pick: Some(pick),
-                        };
-                    }
-                    if !job.no_replaces {
-                        replaces = Some(id.clone());
-                    }
-                }
-                Err(instant_acme::Error::Unsupported(_)) if job.threshold_due > now => {
-                    return by_threshold;
-                }
-                Err(instant_acme::Error::Unsupported(_)) => {}
-                Err(e) if job.threshold_due > now => {
-                    tracing::warn!(host = %job.host, error = %Failure::from(e).message, "cannot fetch the CA's renewal window; using the threshold");
-                    return Outcome::NotDue {
-                        at: job.threshold_due.min(now + PROBE_RETRY),
-                        renewal: job.threshold_due,
-                        source: "threshold",
-                        ari_pick: None,
-                    };
-                }
-                Err(_) => {}
-            },
-            None if job.threshold_due > now => return by_threshold,
-            None => {}
-        }
-    }
-
     let started = Instant::now();
     tracing::info!(host = %job.host, names = ?job.names, replaces = replaces.is_some(), "ordering certificate");
     let a = ctx.accounts.config();
@@ -545,7 +737,7 @@ async fn run_job(ctx: &Ctx, challenges: &ChallengeStore, job: &Job) -> Outcome {
         key_type: a.key_type,
         profile: a.profile.as_deref(),
         replaces,
-        layout: &ctx.layout,
+        storage: &ctx.storage,
     };
     let mut result = order::order(&account, challenges, &req).await;
     if let Err(f) = &result {

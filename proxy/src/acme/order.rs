@@ -1,6 +1,7 @@
 //! One ACME order for one host: HTTP-01 for every name, a fresh key, the chain checked against
 //! the key and the names, then written (key 0600) before anyone serves it.
 
+use std::path::Path;
 use std::time::Duration;
 
 use instant_acme::{
@@ -13,7 +14,7 @@ use crate::config::KeyType;
 use crate::http01::ChallengeStore;
 use crate::names::HostName;
 use crate::pem::{self, LoadedCert};
-use crate::storage::{self, Layout, PairPaths};
+use crate::storage::{Key, Storage};
 
 /// Polling of the order while the CA validates and issues. It starts fast (a CA such as pebble
 /// answers within milliseconds) and slows down; the CA's Retry-After wins when it sends one.
@@ -31,16 +32,19 @@ struct Published<'a> {
 }
 
 impl Published<'_> {
-    fn add(&mut self, token: &str, key_authorization: &str) {
-        self.store.insert(token, key_authorization);
+    async fn add(&mut self, token: &str, key_authorization: &str) -> Result<(), Failure> {
         self.tokens.push(token.to_string());
+        self.store
+            .publish(token, key_authorization)
+            .await
+            .map_err(|e| Failure::new(format!("cannot publish the challenge response: {e}")))
     }
 }
 
 impl Drop for Published<'_> {
     fn drop(&mut self) {
         for t in &self.tokens {
-            self.store.remove(t);
+            self.store.withdraw(t);
         }
     }
 }
@@ -51,10 +55,10 @@ pub(super) struct OrderRequest<'a> {
     pub key_type: KeyType,
     pub profile: Option<&'a str>,
     pub replaces: Option<CertificateIdentifier<'static>>,
-    pub layout: &'a Layout,
+    pub storage: &'a Storage,
 }
 
-/// Places the order and returns the certificate, already written to disk.
+/// Places the order and returns the certificate, already written to storage.
 pub(super) async fn order(
     account: &Account,
     challenges: &ChallengeStore,
@@ -98,7 +102,9 @@ pub(super) async fn order(
         let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
             Failure::new(format!("the CA offers no http-01 challenge for {name}"))
         })?;
-        published.add(&challenge.token, challenge.key_authorization().as_str());
+        published
+            .add(&challenge.token, challenge.key_authorization().as_str())
+            .await?;
         challenge
             .set_ready()
             .await
@@ -135,14 +141,15 @@ pub(super) async fn order(
         .await
         .map_err(|e| Failure::from(e).context("certificate download"))?;
 
-    let PairPaths {
-        cert: cert_path,
-        key: key_path,
-    } = req.layout.acme_cert(req.host);
+    let (cert_key, key_key) = (Key::acme_cert(req.host), Key::acme_key(req.host));
     let key_pem = key.serialize_pem();
-    let loaded =
-        pem::key_pair_from_pem(chain.as_bytes(), &cert_path, key_pem.as_bytes(), &key_path)
-            .map_err(|e| Failure::new(format!("the CA's certificate is unusable: {e}")))?;
+    let loaded = pem::key_pair_from_pem(
+        chain.as_bytes(),
+        Path::new(cert_key.as_str()),
+        key_pem.as_bytes(),
+        Path::new(key_key.as_str()),
+    )
+    .map_err(|e| Failure::new(format!("the CA's certificate is unusable: {e}")))?;
     let missing: Vec<&String> = req
         .names
         .iter()
@@ -154,11 +161,13 @@ pub(super) async fn order(
         )));
     }
     // Key and chain land together; the key is never readable by others, not even briefly.
-    storage::write_all_atomic(&[
-        (&key_path, key_pem.as_bytes(), 0o600),
-        (&cert_path, chain.as_bytes(), 0o644),
-    ])
-    .map_err(|e| Failure::new(e.to_string()))?;
+    req.storage
+        .put(&[
+            (&key_key, key_pem.as_bytes()),
+            (&cert_key, chain.as_bytes()),
+        ])
+        .await
+        .map_err(|e| Failure::new(format!("cannot store the new certificate: {e}")))?;
     Ok(loaded)
 }
 

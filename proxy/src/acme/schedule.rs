@@ -8,7 +8,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RenewThreshold;
-use crate::storage::{self, Layout};
+use crate::storage::{Key, Storage, StorageError};
 use crate::time::from_unix;
 
 /// Longest jitter before a renewal computed from the threshold.
@@ -82,24 +82,28 @@ pub struct HostStatus {
     pub last_issued: Option<i64>,
 }
 
-/// `acme-status.json` in the storage directory.
+/// `acme-status.json` in storage. With replicas sharing storage, the last one whose view
+/// changed wrote it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct StatusFile {
     /// Unix seconds when the proxy wrote this file.
     pub written: i64,
+    /// The replica that wrote it (`HOSTNAME:PID`).
+    #[serde(default)]
+    pub replica: String,
     pub hosts: BTreeMap<String, HostStatus>,
 }
 
 impl StatusFile {
-    pub fn read(layout: &Layout) -> Option<Self> {
-        let bytes = std::fs::read(layout.acme_status()).ok()?;
+    pub async fn read(storage: &Storage) -> Option<Self> {
+        let bytes = storage.get(&Key::acme_status()).await.ok()??;
         serde_json::from_slice(&bytes).ok()
     }
 
-    pub fn write(&self, layout: &Layout) -> Result<(), storage::StorageError> {
+    pub async fn write(&self, storage: &Storage) -> Result<(), StorageError> {
         // Serializing plain integers, strings and maps cannot fail.
         let json = serde_json::to_vec_pretty(self).unwrap_or_default();
-        storage::write_atomic(&layout.acme_status(), &json, 0o644)
+        storage.put(&[(&Key::acme_status(), &json)]).await
     }
 }
 

@@ -1,40 +1,68 @@
-//! `mcp-edge certs`: each host's certificate on disk and, for ACME hosts, what the running proxy
-//! last recorded (next renewal, failures, last error).
+//! `mcp-edge certs`: each host's certificate (from its files, or from storage: the directory
+//! or Redis) and, for ACME hosts, what the running proxies last recorded (next renewal,
+//! failures, last error) and which replica holds the host's ordering lock.
 
 use std::fmt::Write;
 
+use crate::acme::lock_name;
 use crate::acme::schedule::StatusFile;
 use crate::certs::names_of;
 use crate::config::{Config, TlsSource};
 use crate::pem;
-use crate::storage::{Layout, PairPaths};
+use crate::storage::{Key, Storage};
 use crate::time::{rfc3339, unix_now};
 
 /// What `mcp-edge certs` prints.
-pub fn report(config: &Config) -> String {
-    let layout = Layout::new(&config.storage);
-    let status = StatusFile::read(&layout);
+pub fn report(config: &Config) -> Result<String, String> {
+    let storage = Storage::open_for_reading(&config.storage).map_err(|e| e.to_string())?;
+    Ok(Storage::block_on(report_from(config, &storage)))
+}
+
+/// Where a host's certificate comes from, and its bytes.
+enum Source {
+    Files(std::path::PathBuf, std::path::PathBuf),
+    Stored(Key, Key),
+}
+
+async fn report_from(config: &Config, storage: &Storage) -> String {
+    let status = StatusFile::read(storage).await;
     let now = unix_now();
     let mut out = String::new();
     for host in &config.hosts {
         let _ = writeln!(out, "{} (tls: {})", host.name, host.tls.kind());
         let _ = writeln!(out, "  names:        {}", names_of(host).join(", "));
-        let paths = match &host.tls {
+        let source = match &host.tls {
             TlsSource::None => None,
-            TlsSource::Acme => Some(layout.acme_cert(&host.name)),
-            TlsSource::SelfSigned => Some(layout.self_signed(&host.name)),
-            TlsSource::Files { cert, key } => Some(PairPaths {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
+            TlsSource::Acme => Some(Source::Stored(
+                Key::acme_cert(&host.name),
+                Key::acme_key(&host.name),
+            )),
+            TlsSource::SelfSigned => Some(Source::Stored(
+                Key::self_signed_cert(&host.name),
+                Key::self_signed_key(&host.name),
+            )),
+            TlsSource::Files { cert, key } => Some(Source::Files(cert.clone(), key.clone())),
         };
-        let Some(PairPaths { cert, key }) = paths else {
-            let _ = writeln!(out, "  certificate:  none (plain HTTP)");
-            continue;
+        let loaded = match &source {
+            None => {
+                let _ = writeln!(out, "  certificate:  none (plain HTTP)");
+                continue;
+            }
+            Some(Source::Files(cert, key)) => {
+                let _ = writeln!(out, "  certificate:  {}", cert.display());
+                match pem::load_key_pair(cert, key) {
+                    Ok(c) => Ok(Some(c)),
+                    Err(_) if !cert.exists() => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Some(Source::Stored(cert, key)) => {
+                let _ = writeln!(out, "  certificate:  {cert} in {}", storage.describe());
+                crate::certs::read_pair(storage, cert, key).await
+            }
         };
-        let _ = writeln!(out, "  certificate:  {}", cert.display());
-        match pem::load_key_pair(&cert, &key) {
-            Ok(c) => {
+        match loaded {
+            Ok(Some(c)) => {
                 let i = &c.info;
                 let left = (i.not_after - now) / 86_400;
                 let _ = writeln!(out, "  cert names:   {}", i.names.join(", "));
@@ -53,8 +81,8 @@ pub fn report(config: &Config) -> String {
                     let _ = writeln!(out, "  warning:      does not name every name of the host");
                 }
             }
-            Err(_) if !cert.exists() => {
-                let _ = writeln!(out, "  not on disk yet");
+            Ok(None) => {
+                let _ = writeln!(out, "  not stored yet");
             }
             Err(e) => {
                 let _ = writeln!(out, "  unusable:     {e}");
@@ -63,6 +91,16 @@ pub fn report(config: &Config) -> String {
         if host.tls != TlsSource::Acme {
             continue;
         }
+        let _ = match storage.lock_holder(&lock_name(host.name.as_str())).await {
+            Ok(Some(h)) => writeln!(
+                out,
+                "  lock:         held by {} (lease {}s left): ordering",
+                h.replica,
+                h.expires_in.as_secs()
+            ),
+            Ok(None) => writeln!(out, "  lock:         free"),
+            Err(e) => writeln!(out, "  lock:         unknown ({e})"),
+        };
         match status
             .as_ref()
             .and_then(|s| s.hosts.get(host.name.as_str()))
@@ -96,7 +134,16 @@ pub fn report(config: &Config) -> String {
         }
     }
     if let Some(s) = status {
-        let _ = writeln!(out, "(ACME status as recorded at {})", rfc3339(s.written));
+        let by = if s.replica.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", s.replica)
+        };
+        let _ = writeln!(
+            out,
+            "(ACME status as recorded{by} at {})",
+            rfc3339(s.written)
+        );
     }
     out
 }

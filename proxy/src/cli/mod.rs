@@ -1,7 +1,8 @@
-//! The reports of the command line: `check`, `certs`, `upstream-cert`. Nothing on the request
-//! path uses this module.
+//! The reports of the command line: `check`, `certs`, `upstream-cert`, `storage-copy`. Nothing
+//! on the request path uses this module.
 
 pub mod certs;
+pub mod storage_copy;
 pub mod upstream_cert;
 
 use crate::config::{self, Config, TlsSource};

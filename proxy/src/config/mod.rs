@@ -8,6 +8,7 @@ mod auth;
 mod lines;
 mod model;
 mod raw;
+mod storage;
 mod upstream;
 
 use std::fmt;
@@ -19,6 +20,7 @@ use serde_yaml_ng::Value;
 pub use acme::*;
 pub use auth::*;
 pub use model::*;
+pub use storage::*;
 pub use upstream::*;
 
 /// One segment of a key path: a mapping key or a sequence index.

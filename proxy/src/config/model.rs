@@ -10,6 +10,7 @@ use serde_yaml_ng::Value;
 use super::acme::{build_acme, AcmeConfig};
 use super::auth::{build_auth, build_rate_limit, AuthConfig, RateLimit};
 use super::raw::{RawConfig, RawHost, RawLimits, RawMcp, RawTlsFiles};
+use super::storage::StorageConfig;
 use super::upstream::{build_upstream, parse_size, Upstream};
 use super::{Collector, KeyPath};
 use crate::names::{is_public_name, HostName};
@@ -20,8 +21,8 @@ pub struct Config {
     /// The file it was read from.
     pub file: PathBuf,
     pub listen: Listen,
-    /// Certificates, keys and ACME accounts.
-    pub storage: PathBuf,
+    /// Certificates, keys and ACME accounts: a directory, or Redis.
+    pub storage: StorageConfig,
     pub acme: Option<AcmeConfig>,
     pub threads: usize,
     pub shutdown_grace: Duration,
@@ -339,7 +340,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         }
     }
 
-    let storage = resolve_path(base, raw.storage.as_deref().unwrap_or("certs"));
+    let storage = super::storage::build_storage(raw.storage.clone(), base, c);
     let threads = match raw.threads {
         Some(0) => {
             c.err(&root.key("threads"), "must be at least 1");

@@ -14,8 +14,9 @@ pub(super) struct RawConfig {
     /// Listen addresses of the three listeners.
     #[serde(default)]
     pub listen: RawListen,
-    /// Directory for certificates, keys and ACME accounts (relative to the config file).
-    pub storage: Option<String>,
+    /// Where certificates, keys and ACME accounts are kept: a directory (relative to the config
+    /// file), or `{ dir, redis, … }` for replicas sharing Redis.
+    pub storage: Option<Value>,
     /// ACME account and CA settings, needed when a host has `tls: acme`.
     pub acme: Option<RawAcme>,
     /// Worker threads of the proxy (default: one per CPU).

@@ -25,7 +25,8 @@ fn shorthand_and_routes_build_the_model() {
     )
     .unwrap();
     assert_eq!(c.listen.https.port(), 443);
-    assert_eq!(c.storage, Path::new("/etc/mcp-edge/certs"));
+    assert_eq!(c.storage.dir, Path::new("/etc/mcp-edge/certs"));
+    assert_eq!(c.storage.redis, None);
     let d = c.host("docs.example.com").unwrap();
     assert_eq!(d.routes[0].upstream.urls[0].authority, "backend:8080");
     let t = c.host("t.example.com").unwrap();

@@ -14,8 +14,8 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TlsAccept};
 use pingora::protocols::tls::TlsRef;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
-use pingora::services::background::background_service;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use tokio::sync::watch;
@@ -29,9 +29,9 @@ use crate::http01::ChallengeStore;
 use crate::live::{Live, Snapshot};
 use crate::proxy::{EdgeProxy, TlsInfo};
 use crate::routing::{RouteError, Table};
-use crate::storage::{self, Layout};
+use crate::storage::{self, Storage};
 use crate::tls::CertStore;
-use crate::upstream::affinity::{SealError, Sealer};
+use crate::upstream::affinity::{self, SealError, Sealer};
 use crate::{acme, metrics};
 use reload::{join, ReloadService};
 
@@ -78,15 +78,27 @@ pub struct Parts {
     pub files: Arc<FileWatch>,
     pub challenges: Arc<ChallengeStore>,
     pub sealer: Arc<Sealer>,
+    pub storage: Storage,
+    /// The sealer uses a key of its own until the shared one can be read.
+    pub sealer_temporary: bool,
 }
 
-/// Builds everything `config` needs before a port is bound: storage checked, sealing key
+/// Builds everything `config` needs before a port is bound: storage opened, sealing key
 /// loaded, certificates prepared, route table with its upstream connectors.
+///
+/// Shared storage that cannot be reached does not stop the start: what the local copy holds
+/// serves, and the rest follows when it is back. Storage that refuses (credentials) does.
 pub fn build(config: Config) -> Result<Parts, StartError> {
-    let layout = Layout::new(&config.storage);
-    storage::ensure_writable(layout.dir())?;
-    let sealer = Sealer::load_or_create(&layout)?;
-    let prepared = certs::prepare(&config).map_err(StartError::Certs)?;
+    let storage = Storage::open(&config.storage)?;
+    match Storage::block_on(storage.ping()) {
+        Ok(()) => {}
+        Err(e) if e.is_unavailable() => {
+            tracing::error!(error = %e, "shared storage unreachable at start: serving the certificates and session key of the local copy; orders wait, and certificates other replicas renew arrive, once it is back")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let (sealer, sealer_temporary) = open_sealer(&storage)?;
+    let prepared = certs::prepare(&config, &storage).map_err(StartError::Certs)?;
     let table = Table::build(&config).map_err(StartError::Routes)?;
     let files = Arc::new(FileWatch::default());
     files.follow(&prepared);
@@ -98,9 +110,59 @@ pub fn build(config: Config) -> Result<Parts, StartError> {
     Ok(Parts {
         live,
         files,
-        challenges: Arc::new(ChallengeStore::default()),
+        challenges: Arc::new(ChallengeStore::new(storage.clone())),
         sealer: Arc::new(sealer),
+        storage,
+        sealer_temporary,
     })
+}
+
+/// The sealer on the shared key; on a key of its own (and `true`) when storage cannot be
+/// reached and holds no local copy of it.
+fn open_sealer(storage: &Storage) -> Result<(Sealer, bool), StartError> {
+    match Storage::block_on(affinity::shared_key(storage)) {
+        Ok(key) => Ok((
+            Sealer::from_key(&key).ok_or(SealError::BadKey { len: key.len() })?,
+            false,
+        )),
+        Err(SealError::Storage(e)) if e.is_unavailable() => {
+            tracing::error!(error = %e, "the shared session key cannot be read: sealing with a temporary key until it can; sessions created meanwhile work on this replica only");
+            let key = affinity::random_key()?;
+            Ok((
+                Sealer::from_key(&key).ok_or(SealError::BadKey { len: 32 })?,
+                true,
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads the shared session key once storage answers, and seals with it from then on (ids
+/// sealed with the temporary key keep opening here).
+struct SealKeyFollow {
+    storage: Storage,
+    sealer: Arc<Sealer>,
+}
+
+#[async_trait]
+impl BackgroundService for SealKeyFollow {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut wait = std::time::Duration::from_millis(500);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match affinity::shared_key(&self.storage).await {
+                Ok(key) if self.sealer.adopt(&key) => {
+                    tracing::info!("storage is back: sealing session ids with the shared key");
+                    return;
+                }
+                Ok(_) => return,
+                Err(_) => wait = (wait * 2).min(std::time::Duration::from_secs(10)),
+            }
+        }
+    }
 }
 
 /// Loads `path`, binds every listener and serves until SIGTERM/SIGINT. Returns only on a
@@ -197,6 +259,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             files: parts.files.clone(),
             config_tx,
             path: path.to_path_buf(),
+            storage: parts.storage.clone(),
         })),
     );
 
@@ -206,6 +269,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             certs: parts.live.clone() as Arc<dyn CertStore>,
             challenges: parts.challenges.clone(),
             config: config_rx,
+            storage: parts.storage.clone(),
         },
     );
 
@@ -221,7 +285,16 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     server.add_service(reloader);
     server.add_service(acme);
     server.add_service(health);
-    tracing::info!(http = %listen.http, https = %listen.https, metrics = %listen.metrics, "mcp-edge started");
+    if parts.sealer_temporary {
+        server.add_service(background_service(
+            "mcp-edge seal key",
+            SealKeyFollow {
+                storage: parts.storage.clone(),
+                sealer: parts.sealer.clone(),
+            },
+        ));
+    }
+    tracing::info!(http = %listen.http, https = %listen.https, metrics = %listen.metrics, storage = %parts.storage.describe(), "mcp-edge started");
     server.run_forever()
 }
 

@@ -16,6 +16,7 @@ use crate::config::{self, Config, ConfigErrors};
 use crate::live::Live;
 use crate::metrics;
 use crate::routing::{RouteError, Table};
+use crate::storage::Storage;
 
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,8 @@ pub struct Reloader {
     /// Tells the ACME manager about the configuration in force.
     pub config_tx: watch::Sender<Arc<Config>>,
     pub path: PathBuf,
+    /// Opened at start; a changed `storage:` takes effect after a restart.
+    pub storage: Storage,
 }
 
 impl Reloader {
@@ -83,7 +86,11 @@ impl Reloader {
                 "limits.header_size, header_count and h2_streams changed: they take effect only after a restart"
             );
         }
-        let prepared = certs::prepare(&new).map_err(ReloadError::Certs)?;
+        if new.storage != old.config.storage {
+            tracing::warn!("storage changed: it takes effect only after a restart");
+            new.storage = old.config.storage.clone();
+        }
+        let prepared = certs::prepare(&new, &self.storage).map_err(ReloadError::Certs)?;
         let table = Table::build(&new).map_err(ReloadError::Routes)?;
         let new = Arc::new(new);
         self.live

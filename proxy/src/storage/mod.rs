@@ -1,14 +1,29 @@
-//! Files in the storage directory: written atomically (temp file, fsync, rename, fsync of the
-//! directory), private material with mode 0600. [`Layout`] names every one of them.
+//! Everything the proxy persists, behind one interface ([`Backend`]) with two implementations:
+//! a directory (the default) and Redis (shared by replicas; the directory then keeps a local
+//! copy that is read while Redis is unreachable). Certificates and keys, ACME accounts and
+//! status, the session-seal key, HTTP-01 challenge responses and the per-host ACME locks all go
+//! through [`Storage`]; [`Key`] names each of them.
+//!
+//! The interface is async; [`Storage::block_on`] runs an operation from synchronous code (start,
+//! reload, commands). The Redis backend runs its I/O on a runtime of its own, so an operation
+//! can be awaited from any runtime or none, and nothing on the request path waits for Redis.
 
-mod layout;
+mod dir;
+mod key;
+mod redis;
 
-pub use layout::{Layout, PairPaths};
+pub use key::Key;
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::config::StorageConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -22,159 +37,366 @@ pub enum StorageError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Redis did not answer (down, unreachable, timed out); what it said, never the password.
+    #[error("Redis at {at} is unavailable: {reason}")]
+    Unavailable { at: String, reason: String },
+    /// Redis answered but refused: credentials, ACL, a read-only replica.
+    #[error("Redis at {at} refused: {reason}")]
+    Refused { at: String, reason: String },
+    #[error("storage.redis: {0}")]
+    Setup(String),
 }
 
-/// Creates the directory if needed and proves it writable by writing and removing a file.
-pub fn ensure_writable(dir: &Path) -> Result<(), StorageError> {
-    let err = |source| StorageError::NotWritable {
-        path: dir.to_path_buf(),
-        source,
-    };
-    fs::create_dir_all(dir).map_err(err)?;
-    let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    fs::write(&probe, b"").map_err(err)?;
-    fs::remove_file(&probe).map_err(err)?;
-    sweep_temp_files(dir);
-    Ok(())
+impl StorageError {
+    /// Whether the store could not be reached at all (as opposed to refusing).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
 }
 
-/// How old a temp file of a live process must be before it counts as abandoned.
-const TEMP_FILE_ABANDONED: std::time::Duration = std::time::Duration::from_secs(600);
+/// Who holds a lock and for how much longer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The replica: `HOSTNAME:PID`.
+    pub replica: String,
+    pub expires_in: Duration,
+}
 
-/// Removes temp files that an interrupted write (a crash, `kill -9`) left behind: those of
-/// processes that no longer run here, and any older than a write could take. Returns how many.
-pub fn sweep_temp_files(dir: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = temp_file_pid(&name) else {
-            continue;
-        };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > TEMP_FILE_ABANDONED);
-        if (!alive || old) && fs::remove_file(entry.path()).is_ok() {
-            tracing::info!(file = %entry.path().display(), "removed a temp file left by an interrupted write");
-            removed += 1;
+impl Holder {
+    /// A lock's value is `REPLICA TOKEN`.
+    fn from_value(value: &str, expires_in: Duration) -> Self {
+        Self {
+            replica: value.split(' ').next().unwrap_or_default().to_string(),
+            expires_in,
         }
     }
-    removed
 }
 
-/// The pid in a temp file name made by [`temp_path`] (`.NAME.tmp-PID`).
-fn temp_file_pid(name: &str) -> Option<u32> {
-    let (head, pid) = name.rsplit_once(".tmp-")?;
-    if !head.starts_with('.') || head.len() < 2 {
-        return None;
+/// What another replica changed in a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// This item was written.
+    Put(Key),
+    /// Notifications may have been missed (the store was unreachable): re-read everything.
+    Resync,
+}
+
+/// One storage backend.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Where it is, for log lines: never a password.
+    fn describe(&self) -> String;
+    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Writes items that belong together (a chain and its key) so that readers see all or none
+    /// of the new ones as far as the backend allows.
+    async fn put(&self, items: &[(&Key, &[u8])]) -> Result<(), StorageError>;
+    /// Writes `key` unless it exists; whether it was written.
+    async fn put_new(&self, key: &Key, value: &[u8]) -> Result<bool, StorageError>;
+    async fn delete(&self, key: &Key) -> Result<(), StorageError>;
+    /// Every persisted item (no challenge responses, no locks).
+    async fn list(&self) -> Result<Vec<Key>, StorageError>;
+    /// Takes the lock `name` for `lease` unless someone holds it; whether it was taken.
+    async fn try_lock(
+        &self,
+        name: &str,
+        value: &str,
+        lease: Duration,
+    ) -> Result<bool, StorageError>;
+    /// Extends the lease if `value` still holds the lock; whether it did.
+    async fn renew(&self, name: &str, value: &str, lease: Duration) -> Result<bool, StorageError>;
+    /// Releases the lock if `value` still holds it.
+    async fn unlock(&self, name: &str, value: &str) -> Result<(), StorageError>;
+    async fn lock_holder(&self, name: &str) -> Result<Option<Holder>, StorageError>;
+    /// Changes made by other replicas, for a shared store.
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        None
     }
-    pid.parse().ok()
-}
-
-/// Writes `data` to `path` so that readers see the old file or the new one, never a part.
-/// `mode` applies from creation (0o600 for keys), so the secret is never readable by others.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StorageError> {
-    write_all_atomic(&[(path, data, mode)])
-}
-
-/// Writes several files that belong together (a certificate and its key): every temp file is
-/// written and synced first, then all are renamed in a row, so the window in which a reader
-/// could see one new file beside one old one is a few renames, not a disk sync.
-pub fn write_all_atomic(files: &[(&Path, &[u8], u32)]) -> Result<(), StorageError> {
-    let mut staged: Vec<(PathBuf, &Path)> = Vec::new();
-    let result = (|| {
-        for &(path, data, mode) in files {
-            let tmp = temp_path(path);
-            staged.push((tmp.clone(), path));
-            write_synced(&tmp, data, mode).map_err(|source| StorageError::Write {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
-        for (tmp, path) in &staged {
-            fs::rename(tmp, path).map_err(|source| StorageError::Write {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
-        let mut dirs: Vec<&Path> = files.iter().map(|f| parent(f.0)).collect();
-        dirs.dedup();
-        for dir in dirs {
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| StorageError::Write {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-        }
+    /// Checks that the store answers (and accepts the credentials).
+    async fn ping(&self) -> Result<(), StorageError> {
         Ok(())
-    })();
-    if result.is_err() {
-        for (tmp, _) in &staged {
-            let _ = fs::remove_file(tmp);
+    }
+}
+
+/// The store in use and this replica's name in its locks.
+#[derive(Clone)]
+pub struct Storage {
+    backend: Arc<dyn Backend>,
+    replica: Arc<str>,
+    lease: Duration,
+    shared: bool,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.backend.describe())
+    }
+}
+
+/// This replica's name in locks and status: `HOSTNAME:PID`.
+pub fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+impl Storage {
+    /// Opens the configured store: the directory (created and proved writable) and, with
+    /// `redis`, a client that connects on first use. Nothing here waits for Redis.
+    pub fn open(config: &StorageConfig) -> Result<Self, StorageError> {
+        Self::open_dir(config, dir::Dir::open(&config.dir)?)
+    }
+
+    /// Opens the configured store to look at it: the directory is neither created nor tidied.
+    pub fn open_for_reading(config: &StorageConfig) -> Result<Self, StorageError> {
+        Self::open_dir(config, dir::Dir::at(&config.dir))
+    }
+
+    fn open_dir(config: &StorageConfig, dir: dir::Dir) -> Result<Self, StorageError> {
+        let (backend, shared): (Arc<dyn Backend>, bool) = match &config.redis {
+            None => (Arc::new(dir), false),
+            Some(r) => (Arc::new(redis::Redis::open(r, dir)?), true),
+        };
+        Ok(Self {
+            backend,
+            replica: replica_name().into(),
+            lease: config.lock_lease,
+            shared,
+        })
+    }
+
+    /// A store on `backend` (tests, the copy command).
+    pub fn with_backend(backend: Arc<dyn Backend>, lease: Duration) -> Self {
+        Self {
+            backend,
+            replica: replica_name().into(),
+            lease,
+            shared: false,
         }
     }
-    result
-}
 
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+    /// Opens a store named on the command line: a directory path or a `redis://`/`rediss://`
+    /// URL (the password from the URL or `password_env`), with no local copy.
+    pub fn open_location(
+        location: &str,
+        prefix: &str,
+        password_env: Option<&str>,
+        ca: Option<PathBuf>,
+    ) -> Result<Self, StorageError> {
+        if location.starts_with("redis://") || location.starts_with("rediss://") {
+            let config = crate::config::RedisConfig::from_parts(location, prefix, password_env, ca)
+                .map_err(StorageError::Setup)?;
+            let backend = redis::Redis::open_without_copy(&config)?;
+            return Ok(Self::with_backend(
+                Arc::new(backend),
+                Duration::from_secs(30),
+            ));
+        }
+        let dir = dir::Dir::open(std::path::Path::new(location))?;
+        Ok(Self::with_backend(Arc::new(dir), Duration::from_secs(30)))
+    }
+
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// Whether other replicas may share this store (Redis).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Runs a storage operation to completion from synchronous code.
+    pub fn block_on<F: Future>(f: F) -> F::Output {
+        futures::executor::block_on(f)
+    }
+
+    pub async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StorageError> {
+        self.backend.get(key).await
+    }
+
+    pub async fn put(&self, items: &[(&Key, &[u8])]) -> Result<(), StorageError> {
+        self.backend.put(items).await
+    }
+
+    pub async fn put_new(&self, key: &Key, value: &[u8]) -> Result<bool, StorageError> {
+        self.backend.put_new(key, value).await
+    }
+
+    pub async fn delete(&self, key: &Key) -> Result<(), StorageError> {
+        self.backend.delete(key).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<Key>, StorageError> {
+        self.backend.list().await
+    }
+
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.backend.ping().await
+    }
+
+    pub fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        self.backend.changes()
+    }
+
+    pub async fn lock_holder(&self, name: &str) -> Result<Option<Holder>, StorageError> {
+        self.backend.lock_holder(name).await
+    }
+
+    /// Takes the lock `name` for this replica, or None while another holder's lease runs. The
+    /// lease is renewed in the background until [`Lock::release`] (or drop, after which it
+    /// runs out); renewal and release act only while the lock is still this one's.
+    pub async fn lock(&self, name: &str) -> Result<Option<Lock>, StorageError> {
+        let token: u64 = rand::random();
+        let value = format!("{} {token:016x}", self.replica);
+        if !self.backend.try_lock(name, &value, self.lease).await? {
+            return Ok(None);
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let keeper = {
+            let (backend, name, value, lease, lost) = (
+                self.backend.clone(),
+                name.to_string(),
+                value.clone(),
+                self.lease,
+                lost.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match backend.renew(&name, &value, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            lost.store(true, Ordering::Relaxed);
+                            tracing::warn!(lock = %name, "the lock's lease ran out and another replica may have taken it");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(lock = %name, error = %e, "cannot renew the lock's lease; retrying");
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Some(Lock {
+            backend: self.backend.clone(),
+            name: name.to_string(),
+            value,
+            keeper,
+            lost,
+        }))
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    parent(path).join(format!(
-        ".{}.tmp-{}",
-        name.unwrap_or_default(),
-        std::process::id()
-    ))
+/// A held lock (see [`Storage::lock`]).
+pub struct Lock {
+    backend: Arc<dyn Backend>,
+    name: String,
+    value: String,
+    keeper: tokio::task::JoinHandle<()>,
+    lost: Arc<AtomicBool>,
 }
 
-fn write_synced(tmp: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    // A leftover from a crash could carry looser permissions: start from nothing.
-    let _ = fs::remove_file(tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(tmp)?;
-    f.write_all(data)?;
-    f.sync_all()
+impl Lock {
+    /// Whether the lease ran out while held (another replica may have taken the lock).
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    pub async fn release(self) {
+        self.keeper.abort();
+        if let Err(e) = self.backend.unlock(&self.name, &self.value).await {
+            tracing::warn!(lock = %self.name, error = %e, "cannot release the lock; its lease will run out");
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn temp_files_of_dead_processes_are_swept_and_nothing_else() {
-        let dir = std::env::temp_dir().join(format!("mcp-edge-sweep-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let keep = [
-            "a.test.cert.pem".to_string(),
-            format!(".a.test.key.pem.tmp-{}", std::process::id()),
-            ".tmp-1".to_string(),
-        ];
-        // pid_max on Linux is at most 2^22: this pid cannot be running.
-        let dead = ".a.test.key.pem.tmp-4294967295";
-        for f in keep.iter().map(String::as_str).chain([dead]) {
-            fs::write(dir.join(f), b"x").unwrap();
-        }
-        assert_eq!(sweep_temp_files(&dir), 1);
-        assert!(!dir.join(dead).exists());
-        for f in &keep {
-            assert!(dir.join(f).exists(), "{f}");
-        }
-        fs::remove_dir_all(&dir).unwrap();
+    fn temp_storage(name: &str, lease: Duration) -> (Storage, PathBuf) {
+        let path = std::env::temp_dir().join(format!("mcp-edge-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let dir = dir::Dir::open(&path).unwrap();
+        (Storage::with_backend(Arc::new(dir), lease), path)
+    }
+
+    #[tokio::test]
+    async fn directory_lock_is_exclusive_until_released_or_expired() {
+        let (a, path) = temp_storage("lock", Duration::from_millis(300));
+        let mut b = a.clone();
+        b.replica = "other:1".into();
+        let held = a.lock("issue_cert_a.test").await.unwrap().unwrap();
+        assert!(b.lock("issue_cert_a.test").await.unwrap().is_none());
+        let holder = a.lock_holder("issue_cert_a.test").await.unwrap().unwrap();
+        assert_eq!(holder.replica, a.replica());
+        held.release().await;
+        assert_eq!(a.lock_holder("issue_cert_a.test").await.unwrap(), None);
+        // A holder that stops renewing (it died) loses the lock when the lease runs out.
+        let dead = b.lock("issue_cert_a.test").await.unwrap().unwrap();
+        dead.keeper.abort();
+        std::mem::forget(dead);
+        assert!(a.lock("issue_cert_a.test").await.unwrap().is_none());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let taken = a.lock("issue_cert_a.test").await.unwrap().unwrap();
+        // A live holder's lease is renewed past its first term.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(b.lock("issue_cert_a.test").await.unwrap().is_none());
+        assert!(!taken.lost());
+        taken.release().await;
+        std::fs::remove_dir_all(path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn directory_keeps_file_names_and_modes_and_put_new_does_not_overwrite() {
+        use std::os::unix::fs::PermissionsExt;
+        let (s, path) = temp_storage("files", Duration::from_secs(5));
+        let host = crate::names::HostName::parse("a.test").unwrap();
+        let (c, k) = (Key::acme_cert(&host), Key::acme_key(&host));
+        s.put(&[(&k, b"key"), (&c, b"chain")]).await.unwrap();
+        let mode = |f: &str| {
+            std::fs::metadata(path.join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("a.test.key.pem"), 0o600);
+        assert_eq!(mode("a.test.cert.pem"), 0o644);
+        assert!(s.put_new(&Key::seal_key(), b"one").await.unwrap());
+        assert!(!s.put_new(&Key::seal_key(), b"two").await.unwrap());
+        assert_eq!(s.get(&Key::seal_key()).await.unwrap().unwrap(), b"one");
+        assert_eq!(mode("session-seal.key"), 0o600);
+        let t = Key::challenge("tok").unwrap();
+        s.put(&[(&t, b"ka")]).await.unwrap();
+        let listed: Vec<String> = s
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            listed,
+            ["a.test.cert.pem", "a.test.key.pem", "session-seal.key"]
+        );
+        s.delete(&t).await.unwrap();
+        assert_eq!(s.get(&t).await.unwrap(), None);
+        std::fs::remove_dir_all(path).unwrap();
     }
 }

@@ -10,13 +10,15 @@ use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::storage::{self, Layout, StorageError};
+use crate::storage::{Key, Storage, StorageError};
 
 const PREFIX: &str = "s1";
 const AAD: &[u8] = b"mcp-edge session v1";
 
+/// Seals with one key and opens with it or with a key it replaced (a temporary key used while
+/// the shared one could not be read), so no session breaks when the shared key arrives.
 pub struct Sealer {
-    key: LessSafeKey,
+    keys: arc_swap::ArcSwap<Vec<LessSafeKey>>,
     rng: SystemRandom,
 }
 
@@ -24,49 +26,65 @@ pub struct Sealer {
 pub enum SealError {
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{path}: expected 32 bytes of key material, found {len}")]
-    BadKey { path: String, len: usize },
-    #[error("cannot read the session seal key {}: {source}", path.display())]
-    Read {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error("the session seal key in storage has {len} bytes, not 32")]
+    BadKey { len: usize },
     #[error("no system randomness: {0}")]
     Random(String),
 }
 
-impl Sealer {
-    /// Reads the sealing key from storage, creating it (0600) on first start, so sessions survive
-    /// a restart and several proxies sharing the storage accept each other's ids.
-    pub fn load_or_create(layout: &Layout) -> Result<Self, SealError> {
-        let path = layout.seal_key();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            // Created only when there is none: any other failure (a file owned by someone else,
-            // a directory in its place) would otherwise replace the key every proxy sharing the
-            // storage seals with, and break every session.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut k = [0u8; 32];
-                SystemRandom::new()
-                    .fill(&mut k)
-                    .map_err(|e| SealError::Random(e.to_string()))?;
-                storage::write_atomic(&path, &k, 0o600)?;
+/// The key every replica sharing `storage` seals with: read, or made and stored on first start
+/// (created only if absent, so replicas starting together agree on one). A read that fails
+/// for any reason but absence is an error: replacing the key would break every session.
+pub async fn shared_key(storage: &Storage) -> Result<Vec<u8>, SealError> {
+    let key = Key::seal_key();
+    let bytes = match storage.get(&key).await? {
+        Some(b) => b,
+        None => {
+            let k = random_key()?;
+            if storage.put_new(&key, &k).await? {
                 k.to_vec()
+            } else {
+                // Another replica was first: use its key.
+                storage.get(&key).await?.unwrap_or_default()
             }
-            Err(source) => return Err(SealError::Read { path, source }),
-        };
-        Self::from_key(&bytes).ok_or(SealError::BadKey {
-            path: path.display().to_string(),
-            len: bytes.len(),
-        })
+        }
+    };
+    if bytes.len() != 32 {
+        return Err(SealError::BadKey { len: bytes.len() });
     }
+    Ok(bytes)
+}
 
+/// 32 random bytes.
+pub fn random_key() -> Result<[u8; 32], SealError> {
+    let mut k = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut k)
+        .map_err(|e| SealError::Random(e.to_string()))?;
+    Ok(k)
+}
+
+impl Sealer {
     pub fn from_key(key: &[u8]) -> Option<Self> {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, key).ok()?;
         Some(Self {
-            key: LessSafeKey::new(unbound),
+            keys: arc_swap::ArcSwap::from_pointee(vec![LessSafeKey::new(unbound)]),
             rng: SystemRandom::new(),
         })
+    }
+
+    /// Seals with `key` from now on; ids sealed before still open.
+    pub fn adopt(&self, key: &[u8]) -> bool {
+        let Ok(unbound) = UnboundKey::new(&CHACHA20_POLY1305, key) else {
+            return false;
+        };
+        let new = LessSafeKey::new(unbound);
+        self.keys.rcu(|old| {
+            let mut keys = vec![new.clone()];
+            keys.extend(old.iter().take(3).cloned());
+            keys
+        });
+        true
     }
 
     /// The client-facing id for `session` created by `replica`.
@@ -77,7 +95,7 @@ impl Sealer {
         buf.extend_from_slice(replica.as_bytes());
         buf.push(0);
         buf.extend_from_slice(session.as_bytes());
-        self.key
+        self.keys.load()[0]
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(AAD),
@@ -96,12 +114,19 @@ impl Sealer {
             return None;
         }
         let (nonce, rest) = raw.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut buf = rest.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(AAD), &mut buf)
-            .ok()?;
+        let keys = self.keys.load();
+        let mut buf = Vec::new();
+        let plain = keys.iter().find_map(|key| {
+            let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+            buf.clear();
+            buf.extend_from_slice(rest);
+            let len = key
+                .open_in_place(nonce, Aad::from(AAD), &mut buf)
+                .ok()?
+                .len();
+            Some(len)
+        })?;
+        let plain = &buf[..plain];
         let sep = plain.iter().position(|b| *b == 0)?;
         let replica = std::str::from_utf8(&plain[..sep]).ok()?.to_string();
         let session = std::str::from_utf8(&plain[sep + 1..]).ok()?.to_string();
@@ -252,6 +277,23 @@ mod tests {
         assert_eq!(s.open("s1"), None);
         let other = Sealer::from_key(&[8u8; 32]).unwrap();
         assert_eq!(other.open(&s.seal("http://a:1", "x").unwrap()), None);
+    }
+
+    #[test]
+    fn ids_sealed_before_adopting_the_shared_key_still_open() {
+        let s = sealer();
+        let before = s.seal("http://a:1", "old").unwrap();
+        assert!(s.adopt(&[9u8; 32]));
+        let after = s.seal("http://a:1", "new").unwrap();
+        assert_eq!(s.open(&before), Some(("http://a:1".into(), "old".into())));
+        // Sealed with the adopted key: other replicas on that key open it.
+        let shared = Sealer::from_key(&[9u8; 32]).unwrap();
+        assert_eq!(
+            shared.open(&after),
+            Some(("http://a:1".into(), "new".into()))
+        );
+        assert_eq!(shared.open(&before), None);
+        assert!(!s.adopt(&[1u8; 5]));
     }
 
     #[test]

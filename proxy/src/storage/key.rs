@@ -1,0 +1,156 @@
+//! The name of everything the proxy persists, in one place. A key is also a file name in the
+//! storage directory and, after the prefix, a Redis key; the directory's files are unchanged
+//! from the releases that knew only a directory.
+
+use crate::names::HostName;
+
+/// A stored item's name: `[A-Za-z0-9._-]`, not starting with a dot; challenge responses live
+/// under `acme-challenge/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+const CERT_SUFFIX: &str = ".cert.pem";
+const SELF_SIGNED_SUFFIX: &str = ".self-signed.cert.pem";
+const CHALLENGE_DIR: &str = "acme-challenge/";
+/// Longest HTTP-01 token looked up (RFC 8555 tokens are 43 characters).
+const MAX_TOKEN: usize = 128;
+
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+}
+
+impl Key {
+    /// An ACME host's chain: `HOST.cert.pem`.
+    pub fn acme_cert(host: &HostName) -> Self {
+        Self(format!("{host}{CERT_SUFFIX}"))
+    }
+
+    /// An ACME host's private key: `HOST.key.pem` (private).
+    pub fn acme_key(host: &HostName) -> Self {
+        Self(format!("{host}.key.pem"))
+    }
+
+    /// A generated self-signed certificate: `HOST.self-signed.cert.pem`.
+    pub fn self_signed_cert(host: &HostName) -> Self {
+        Self(format!("{host}{SELF_SIGNED_SUFFIX}"))
+    }
+
+    /// Its key: `HOST.self-signed.key.pem` (private).
+    pub fn self_signed_key(host: &HostName) -> Self {
+        Self(format!("{host}.self-signed.key.pem"))
+    }
+
+    /// The ACME account credentials for one directory URL: `acme-account-SLUG.json` (private).
+    pub fn acme_account(directory: &str) -> Self {
+        let slug: String = directory
+            .trim_start_matches("https://")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        Self(format!("acme-account-{}.json", slug.trim_matches('-')))
+    }
+
+    /// What the running proxies record of each ACME host, for `mcp-edge certs`.
+    pub fn acme_status() -> Self {
+        Self("acme-status.json".into())
+    }
+
+    /// The key that seals session ids (private).
+    pub fn seal_key() -> Self {
+        Self("session-seal.key".into())
+    }
+
+    /// The response to the HTTP-01 challenge `token`, if `token` could be one.
+    pub fn challenge(token: &str) -> Option<Self> {
+        let ok = !token.is_empty()
+            && token.len() <= MAX_TOKEN
+            && token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        ok.then(|| Self(format!("{CHALLENGE_DIR}{token}")))
+    }
+
+    /// A key found by listing a store (a file name, a Redis key after the prefix), if it is one
+    /// of the persisted kinds: challenge responses, locks and temp files are not.
+    pub fn parse(name: &str) -> Option<Self> {
+        let ok = !name.is_empty() && !name.starts_with('.') && name.chars().all(name_char);
+        ok.then(|| Self(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether only the proxy may read it (mode 0600 on disk).
+    pub fn is_private(&self) -> bool {
+        self.0.ends_with(".key.pem")
+            || self.0 == "session-seal.key"
+            || (self.0.starts_with("acme-account-") && self.0.ends_with(".json"))
+    }
+
+    /// A challenge response: short-lived, never copied or cached.
+    pub fn is_challenge(&self) -> bool {
+        self.0.starts_with(CHALLENGE_DIR)
+    }
+
+    /// The host whose ACME chain this is.
+    pub fn acme_cert_host(&self) -> Option<&str> {
+        let host = self.0.strip_suffix(CERT_SUFFIX)?;
+        (!host.ends_with(".self-signed")).then_some(host)
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_directory_layout() {
+        let h = HostName::parse("a.example").unwrap();
+        assert_eq!(Key::acme_cert(&h).as_str(), "a.example.cert.pem");
+        assert_eq!(Key::acme_key(&h).as_str(), "a.example.key.pem");
+        assert_eq!(
+            Key::self_signed_key(&h).as_str(),
+            "a.example.self-signed.key.pem"
+        );
+        assert_eq!(
+            Key::acme_account("https://127.0.0.1:14000/dir").as_str(),
+            "acme-account-127.0.0.1-14000-dir.json"
+        );
+        assert_eq!(Key::acme_cert(&h).acme_cert_host(), Some("a.example"));
+        assert_eq!(Key::self_signed_cert(&h).acme_cert_host(), None);
+        assert!(Key::acme_key(&h).is_private() && Key::seal_key().is_private());
+        assert!(Key::acme_account("https://x/d").is_private());
+        assert!(!Key::acme_cert(&h).is_private() && !Key::acme_status().is_private());
+    }
+
+    #[test]
+    fn only_plain_names_and_tokens_are_keys() {
+        assert!(Key::challenge("abc_DEF-123").is_some_and(|k| k.is_challenge()));
+        for bad in ["", "../x", "a/b", "a.b", &"x".repeat(129)] {
+            assert_eq!(Key::challenge(bad), None, "{bad}");
+        }
+        assert!(Key::parse("a.test.cert.pem").is_some());
+        for bad in [
+            "",
+            ".a.test.key.pem.tmp-1",
+            "locks/x",
+            "acme-challenge/t",
+            "a b",
+        ] {
+            assert_eq!(Key::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! Several replicas on one Redis: real `redis-server`, pebble with real HTTP-01 validation, three
+//! `mcp-edge` processes and HAProxy round-robining connections over their listeners, so the CA's
+//! validation requests and a client's requests land on arbitrary replicas.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use mcp_edge_tests::balancer::Balancer;
+use mcp_edge_tests::pebble::Pebble;
+use mcp_edge_tests::redis::RedisServer;
+use mcp_edge_tests::*;
+
+const HOSTS: [&str; 2] = ["a.test", "b.test"];
+
+/// One replica's configuration: its own listeners and local copy, the shared Redis, pebble.
+fn replica_yaml(ports: &Ports, dir: &Path, redis_url: &str, acme: &str, upstream: &str) -> String {
+    let mut s = format!(
+        "{}storage:\n  dir: {}\n  redis: \"{redis_url}\"\n  lock_lease: 3s\n  poll: 2s\n{acme}hosts:\n",
+        ports.yaml(),
+        dir.join("certs").display(),
+    );
+    for h in HOSTS {
+        s.push_str(&format!(
+            "  {h}:\n    tls: acme\n    upstream: {upstream}\n"
+        ));
+    }
+    // Plain HTTP through the balancer, for the MCP session spread over the replicas.
+    s.push_str(&format!(
+        "  127.0.0.1:\n    tls: none\n    upstream: {upstream}\n"
+    ));
+    s
+}
+
+async fn served(edge: &Edge, sni: &str, roots: rustls::RootCertStore) -> Option<Vec<u8>> {
+    edge.handshake(Some(sni), roots, &[])
+        .await
+        .ok()
+        .map(|(leaf, _, _)| leaf)
+}
+
+/// Waits until every replica serves one and the same leaf for `sni`, other than `not`.
+async fn same_leaf_everywhere(
+    edges: &[&Edge],
+    pebble: &Pebble,
+    sni: &str,
+    not: Option<&[u8]>,
+    what: &str,
+) -> Vec<u8> {
+    wait_for(Duration::from_secs(60), what, || async {
+        let roots = pebble.issuing_root().await;
+        let mut leaves = Vec::new();
+        for e in edges {
+            leaves.push(served(e, sni, roots.clone()).await?);
+        }
+        let first = leaves[0].clone();
+        let same = leaves.iter().all(|l| *l == first);
+        (same && not != Some(first.as_slice())).then_some(first)
+    })
+    .await
+}
+
+/// A metric summed over replicas (absent counts as 0).
+async fn total(edges: &[&Edge], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for e in edges {
+        sum += e.try_metric(name).await.unwrap_or(0.0);
+    }
+    sum
+}
+
+fn orders(host: &str, result: &str) -> String {
+    format!("mcp_edge_acme_orders_total{{host=\"{host}\",result=\"{result}\"}}")
+}
+
+/// Rewrites a replica's configuration with `acme` and waits until it reloaded.
+async fn reload_with(edge: &Edge, yaml: &str) {
+    let before = edge
+        .try_metric("mcp_edge_config_reloads_total{result=\"ok\"}")
+        .await
+        .unwrap_or(0.0);
+    std::fs::write(&edge.config_path, yaml).unwrap();
+    wait_for(Duration::from_secs(10), "the reload", || async {
+        let now = edge
+            .try_metric("mcp_edge_config_reloads_total{result=\"ok\"}")
+            .await
+            .unwrap_or(0.0);
+        (now > before).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn three_replicas_share_one_order_per_host_the_session_key_and_renewals_and_ride_out_redis_down(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path(), None).await;
+    let ports: Vec<Ports> = (0..3).map(|_| Ports::new()).collect();
+    let lb = Balancer::start(dir.path(), &ports.iter().collect::<Vec<_>>()).await;
+    let mut pebble = Pebble::new(dir.path(), lb.http);
+    pebble.start().await;
+    let tools = ToolServer::start(dir.path(), false).await;
+    let upstream = format!("http://127.0.0.1:{}", tools.port);
+    let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
+    let redis_url = redis.url();
+    let yaml = |i: usize, extra: &str| {
+        replica_yaml(
+            &ports[i],
+            &dirs[i],
+            &redis_url,
+            &pebble.acme_yaml(extra),
+            &upstream,
+        )
+    };
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+
+    // Three replicas starting together, every one finding both hosts without a certificate.
+    let configs: Vec<String> = (0..3).map(|i| yaml(i, "")).collect();
+    let (r0, r1, r2) = tokio::join!(
+        Edge::start(&dirs[0], &ports[0], &configs[0]),
+        Edge::start(&dirs[1], &ports[1], &configs[1]),
+        Edge::start(&dirs[2], &ports[2], &configs[2]),
+    );
+    let edges = [&r0, &r1, &r2];
+    let mut first = Vec::new();
+    for h in HOSTS {
+        first.push(
+            same_leaf_everywhere(&edges, &pebble, h, None, "one certificate on all three").await,
+        );
+    }
+    // Exactly one order per host, by whichever replica took the host's lock.
+    for h in HOSTS {
+        assert_eq!(total(&edges, &orders(h, "ok")).await, 1.0, "{h}");
+        assert_eq!(total(&edges, &orders(h, "error")).await, 0.0, "{h}");
+        let adopted = format!("mcp_edge_acme_certificates_adopted_total{{host=\"{h}\"}}");
+        assert_eq!(
+            total(&edges, &adopted).await,
+            2.0,
+            "{h}: the other two installed it"
+        );
+    }
+    let report = certs_report(&r0.config_path);
+    assert!(
+        report.contains("a.test.cert.pem in Redis at 127.0.0.1:"),
+        "{report}"
+    );
+    assert!(report.contains("lock:         free"), "{report}");
+    assert!(report.contains("Pebble"), "{report}");
+
+    // An MCP session whose every request opens a new connection through the balancer, so its
+    // requests land on all three replicas: the session id sealed by one opens on the others.
+    for transport in ["streamable", "sse"] {
+        let path = if transport == "sse" {
+            "/legacy/sse"
+        } else {
+            "/mcp"
+        };
+        let url = format!("http://127.0.0.1:{}{path}", lb.http);
+        let v = call_tools_with(&url, transport, &["--fresh-connections"]).await;
+        assert_eq!(v["fast"], "hello 2", "{v}");
+    }
+    for e in edges {
+        let requests = e.metric("mcp_edge_requests_total{host=\"127.0.0.1\"").await;
+        assert!(
+            requests >= 3.0,
+            "every replica served part of the sessions: {requests}"
+        );
+        assert_eq!(
+            e.try_metric("mcp_edge_session_rejected_total")
+                .await
+                .unwrap_or(0.0),
+            0.0
+        );
+    }
+
+    // A renewal forced on one replica reaches the other two without a restart.
+    reload_with(&r0, &yaml(0, "  renew_when_remaining: 3650d\n")).await;
+    let renewed = same_leaf_everywhere(
+        &edges,
+        &pebble,
+        "a.test",
+        Some(&first[0]),
+        "the renewed certificate on all three",
+    )
+    .await;
+    assert_eq!(total(&edges, &orders("a.test", "ok")).await, 2.0);
+
+    // Redis gone: every replica keeps serving its certificates and sessions...
+    redis.kill();
+    for e in edges {
+        let roots = pebble.issuing_root().await;
+        assert_eq!(
+            served(e, "a.test", roots).await.as_deref(),
+            Some(renewed.as_slice())
+        );
+    }
+    let url = format!("http://127.0.0.1:{}/mcp", lb.http);
+    let v = call_tools_with(&url, "streamable", &["--fresh-connections"]).await;
+    assert_eq!(v["fast"], "hello 2", "{v}");
+    // ...and a renewal due meanwhile backs off and retries, the old certificate serving.
+    reload_with(&r1, &yaml(1, "  renew_when_remaining: 3650d\n")).await;
+    wait_for(
+        Duration::from_secs(30),
+        "failed renewals while Redis is down",
+        || async {
+            let failures = r1
+                .try_metric("mcp_edge_acme_consecutive_failures{host=\"a.test\"}")
+                .await?;
+            (failures >= 2.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(r1.metric("mcp_edge_storage_available").await, 0.0);
+    let log = r1.log();
+    assert!(
+        log.contains("certificate order failed; the current certificate keeps serving host=a.test")
+            && log.contains("is unavailable"),
+        "{log}"
+    );
+    let roots = pebble.issuing_root().await;
+    assert_eq!(
+        served(&r1, "a.test", roots).await.as_deref(),
+        Some(renewed.as_slice())
+    );
+
+    // Redis back: the renewal goes through and reaches the other replicas.
+    redis.restart().await;
+    same_leaf_everywhere(
+        &edges,
+        &pebble,
+        "a.test",
+        Some(&renewed),
+        "the renewal after Redis came back",
+    )
+    .await;
+    assert_eq!(r1.metric("mcp_edge_storage_available").await, 1.0);
+    wait_for(Duration::from_secs(10), "failures reset", || async {
+        let f = r1
+            .try_metric("mcp_edge_acme_consecutive_failures{host=\"a.test\"}")
+            .await?;
+        (f == 0.0).then_some(())
+    })
+    .await;
+}
+
+/// Accepts connections and never answers: an ACME directory that hangs.
+async fn tarpit() -> (u16, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn a_replica_killed_holding_the_lock_is_replaced_once_its_lease_runs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path(), None).await;
+    let ports: Vec<Ports> = (0..2).map(|_| Ports::new()).collect();
+    let lb = Balancer::start(dir.path(), &ports.iter().collect::<Vec<_>>()).await;
+    let mut pebble = Pebble::new(dir.path(), lb.http);
+    pebble.start().await;
+    let (hang, _tarpit) = tarpit().await;
+    let dirs: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("r{i}"))).collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // Replica A's CA never answers: it takes the lock for each host, then hangs mid-order.
+    let stuck = pebble.acme_yaml("").replace(
+        &pebble.directory(),
+        &format!("https://127.0.0.1:{hang}/dir"),
+    );
+    let a = Edge::start(
+        &dirs[0],
+        &ports[0],
+        &replica_yaml(
+            &ports[0],
+            &dirs[0],
+            &redis.url(),
+            &stuck,
+            "http://127.0.0.1:9",
+        ),
+    )
+    .await;
+    let holder = "held by ";
+    wait_for(Duration::from_secs(20), "A holding the lock", || async {
+        let report = certs_report(&a.config_path);
+        report
+            .contains(&format!(":{} (lease", a.pid()))
+            .then_some(())
+    })
+    .await;
+    let b_yaml = replica_yaml(
+        &ports[1],
+        &dirs[1],
+        &redis.url(),
+        &pebble.acme_yaml(""),
+        "http://127.0.0.1:9",
+    );
+    let b = Edge::start(&dirs[1], &ports[1], &b_yaml).await;
+    // While A's lease runs, B does not order: it waits (twice at least, a lease apart).
+    wait_for(Duration::from_secs(20), "B waiting for A", || async {
+        let waits = b
+            .log()
+            .matches("another replica is ordering this certificate")
+            .count();
+        (waits >= 4).then_some(())
+    })
+    .await;
+    assert_eq!(
+        b.try_metric("mcp_edge_acme_orders_total")
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+    let report = certs_report(&b.config_path);
+    assert!(report.contains(holder), "{report}");
+
+    // A dies without releasing anything; once its lease runs out B takes over and orders.
+    a.signal("-KILL");
+    let edges = [&b];
+    for h in HOSTS {
+        same_leaf_everywhere(&edges, &pebble, h, None, "B's certificate after A died").await;
+        assert_eq!(b.metric(&orders(h, "ok")).await, 1.0);
+    }
+    let report = certs_report(&b.config_path);
+    assert!(report.contains("lock:         free"), "{report}");
+    assert!(
+        !redis.cli(&["KEYS", "*"]).contains("locks/"),
+        "no lock left behind"
+    );
+}
+
+fn copy_command(from: &str, to: &str, password: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(edge_bin())
+        .args([
+            "storage-copy",
+            from,
+            to,
+            "--password-env",
+            "TEST_REDIS_PASSWORD",
+        ])
+        .args(extra)
+        .env("TEST_REDIS_PASSWORD", password)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn storage_copy_moves_a_single_node_into_password_protected_redis_and_back_without_new_orders(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let mut pebble = Pebble::new(dir.path(), ports.http);
+    pebble.start().await;
+    let files = dir.path().join("single");
+    std::fs::create_dir_all(&files).unwrap();
+    let single = format!(
+        "{}storage: {}\n{}hosts:\n  a.test:\n    tls: acme\n    upstream: http://127.0.0.1:9\n",
+        ports.yaml(),
+        files.join("certs").display(),
+        pebble.acme_yaml("")
+    );
+    let edge = Edge::start(&files, &ports, &single).await;
+    let roots = pebble.issuing_root().await;
+    let leaf = wait_for(
+        Duration::from_secs(30),
+        "the single node's certificate",
+        || async { served(&edge, "a.test", roots.clone()).await },
+    )
+    .await;
+    drop(edge);
+
+    let password = "s3cret-redis-pw";
+    let redis = RedisServer::start(dir.path(), Some(password)).await;
+    let certs_dir = files.join("certs");
+    let src = certs_dir.to_str().unwrap();
+    // The wrong password: refused, said so, and the password is not echoed.
+    let out = copy_command(src, &redis.url(), "wrong-pw-123", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("refused"), "{err}");
+    assert!(!err.contains("wrong-pw-123"), "{err}");
+    let out = copy_command(src, &redis.url(), password, &[]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for item in [
+        "a.test.cert.pem",
+        "a.test.key.pem",
+        "session-seal.key",
+        "acme-account-",
+    ] {
+        assert!(report.contains(&format!("copied  {item}")), "{report}");
+    }
+
+    // A replica on Redis with an empty local copy: the same certificate, no new order.
+    let ports2 = Ports::new();
+    let clustered = dir.path().join("clustered");
+    std::fs::create_dir_all(&clustered).unwrap();
+    let url = format!("redis://:{password}@127.0.0.1:{}/0", redis.port);
+    let yaml = replica_yaml(
+        &ports2,
+        &clustered,
+        &url,
+        &pebble.acme_yaml(""),
+        "http://127.0.0.1:9",
+    )
+    .replace(
+        "  127.0.0.1:\n    tls: none\n    upstream: http://127.0.0.1:9\n",
+        "",
+    )
+    .replace(
+        "  b.test:\n    tls: acme\n    upstream: http://127.0.0.1:9\n",
+        "",
+    );
+    let edge = Edge::start(&clustered, &ports2, &yaml).await;
+    assert_eq!(
+        served(&edge, "a.test", roots.clone()).await,
+        Some(leaf.clone())
+    );
+    assert!(edge
+        .try_metric("mcp_edge_acme_orders_total")
+        .await
+        .is_none());
+    assert!(
+        !edge.log().contains(password),
+        "the password stays out of the log"
+    );
+    // What it read from Redis is kept locally, private material 0600.
+    let local = clustered.join("certs");
+    wait_for(Duration::from_secs(5), "the local copy", || async {
+        local.join("a.test.key.pem").exists().then_some(())
+    })
+    .await;
+    drop(edge);
+
+    // The same replica with a wrong password does not start, and says why without echoing it.
+    let bad = yaml.replace(password, "not-the-password");
+    std::fs::write(clustered.join("bad.yaml"), &bad).unwrap();
+    let out = Command::new(edge_bin())
+        .args(["run", "--config"])
+        .arg(clustered.join("bad.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Redis at 127.0.0.1:"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"), "{err}");
+
+    // And back to a directory: the same files, the same modes.
+    let back = dir.path().join("back");
+    let out = copy_command(&redis.url(), back.to_str().unwrap(), password, &[]);
+    assert!(out.status.success(), "{out:?}");
+    for f in ["a.test.cert.pem", "a.test.key.pem", "session-seal.key"] {
+        assert_eq!(
+            std::fs::read(back.join(f)).unwrap(),
+            std::fs::read(certs_dir.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |f: &str| {
+        std::fs::metadata(back.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("a.test.key.pem"), 0o600);
+    assert_eq!(mode("session-seal.key"), 0o600);
+    assert_eq!(mode("a.test.cert.pem"), 0o644);
+    // An item the destination holds with other content is kept unless --overwrite.
+    std::fs::write(back.join("a.test.cert.pem"), "changed").unwrap();
+    let out = copy_command(&redis.url(), back.to_str().unwrap(), password, &[]);
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(back.join("a.test.cert.pem")).unwrap(),
+        b"changed"
+    );
+    let out = copy_command(
+        &redis.url(),
+        back.to_str().unwrap(),
+        password,
+        &["--overwrite"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(back.join("a.test.cert.pem")).unwrap(),
+        std::fs::read(certs_dir.join("a.test.cert.pem")).unwrap()
+    );
+}
