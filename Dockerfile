@@ -78,6 +78,14 @@ RUN mkdir /pebble-ca && chown mcp:mcp /pebble-ca
 USER mcp
 ENTRYPOINT ["/usr/local/bin/pebble-start"]
 
+# ---- ha-tools: Redis and HAProxy from Debian, for `docker compose --profile ha up` -----------
+FROM ${BASE_IMAGE} AS ha-tools
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends redis-server haproxy \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \
+ && mkdir /data && chown 10001:10001 /data
+USER 10001:10001
+
 # ---- prometheus: scrapes mcp-edge with the shipped alert rules, `--profile monitoring` --------
 FROM ${BASE_IMAGE} AS prometheus
 RUN apt-get update \

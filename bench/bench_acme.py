@@ -1,5 +1,6 @@
 """Time from process start to the first ACME certificate served: mcp-edge vs Caddy, against the
-same pebble (real HTTP-01 validation; pebble's nonce rejection left on)."""
+same pebble (real HTTP-01 validation; pebble's nonce rejection left on); and three mcp-edge
+replicas on one Redis behind HAProxy (until all three serve it) against one replica on files."""
 
 import json
 import os
@@ -111,3 +112,61 @@ hosts:
             results.setdefault(proxy, {}).setdefault("acme", []).append(r)
             log(f"  acme {proxy} run {i + 1}: {r}")
             time.sleep(0.3)
+
+    measure_replicas(results, work, runs, log, http_port, directory, d, root)
+
+
+def _orders(metrics_port):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith("mcp_edge_acme_orders_total{") and 'result="ok"' in l)
+
+
+def measure_replicas(results, work, runs, log, http_port, directory, d, root):
+    """Three replicas on one Redis (a fresh key prefix per run) behind HAProxy on the port
+    pebble validates: ms from their start until all three serve the certificate, and the
+    orders they placed between them."""
+    redis_port = bench.free_port()
+    (work / "redis").mkdir(exist_ok=True)
+    bench.spawn(["redis-server", "--port", redis_port, "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", work / "redis"], bench.LOAD_CPU, "redis")
+    bench.wait_port(redis_port)
+    for i in range(runs):
+        run_dir = work / f"acme-replicas-{i}"
+        run_dir.mkdir()
+        ports = [(bench.free_port(), bench.free_port(), bench.free_port()) for _ in range(3)]
+        servers = "".join(f"  server r{n} 127.0.0.1:{h}\n" for n, (h, _, _) in enumerate(ports))
+        (run_dir / "haproxy.cfg").write_text(
+            "defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n"
+            f"frontend http\n  bind 127.0.0.1:{http_port}\n  default_backend r\n"
+            f"backend r\n  balance roundrobin\n{servers}")
+        lb = bench.spawn(["haproxy", "-db", "-f", run_dir / "haproxy.cfg"], bench.LOAD_CPU, "haproxy")
+        bench.wait_port(http_port)
+        procs = []
+        t0 = time.monotonic()
+        for n, (h, s, m) in enumerate(ports):
+            (run_dir / f"r{n}.yaml").write_text(f"""
+listen: {{ http: "127.0.0.1:{h}", https: "127.0.0.1:{s}", metrics: "127.0.0.1:{m}" }}
+storage: {{ dir: {run_dir / f'r{n}'}, redis: "redis://127.0.0.1:{redis_port}/0", prefix: "bench{i}:" }}
+threads: 1
+acme: {{ directory: "{directory}", directory_root: {d / 'ca.pem'}, contact: [bench@acme.test], accept_terms: true, retry_initial: 1s, retry_max: 2s }}
+hosts:
+  {NAME}:
+    tls: acme
+    upstream: http://127.0.0.1:{results['_upstream']}
+""")
+            procs.append(bench.spawn([bench.REL / "mcp-edge", "run", "-c", run_dir / f"r{n}.yaml"],
+                                     bench.PROXY_CPU, f"acme-replica-{n}"))
+        ms = None
+        while time.monotonic() - t0 < 30:
+            if all(_served(s, root) for _, s, _ in ports):
+                ms = (time.monotonic() - t0) * 1000
+                break
+            time.sleep(0.002)
+        r = {"ms": ms, "orders": sum(_orders(m) for _, _, m in ports)} if ms is not None \
+            else {"error": "not all three served a certificate within 30 s"}
+        for p in procs + [lb]:
+            bench.stop(p)
+        results.setdefault("acme_replicas", []).append(r)
+        log(f"  acme three replicas on Redis, run {i + 1}: {r}")
+        time.sleep(0.3)

@@ -644,6 +644,15 @@ def report(results):
     if on and off:
         extra.append(f"MCP parsing, mcp-edge, HTTP/1.1 requests/s: on {fmt(on['median'])} vs off "
                      f"{fmt(off['median'])} ({on['median'] / off['median']:.2f}×).")
+    replicas = results.get("acme_replicas", [])
+    three = median_spread([r.get("ms") for r in replicas])
+    one = median_spread([r.get("ms") for r in results.get("mcp-edge", {}).get("acme", [])])
+    if three and one:
+        orders = sorted({r.get("orders") for r in replicas if "orders" in r})
+        extra.append(f"First ACME certificate, mcp-edge: three replicas on one Redis behind HAProxy, "
+                     f"until all three serve it, {fmt(three['median'])} ms ({fmt(three['min'])}–"
+                     f"{fmt(three['max'])}) vs one replica on files {fmt(one['median'])} ms; orders "
+                     f"placed by the three together per run: {orders}.")
     swap = results.get("mcp-edge", {}).get("swap", [{}])[0]
     if "requests" in swap:
         extra.append(f"Certificate swaps: {swap.get('swaps')} swaps during {swap.get('requests')} "

@@ -60,24 +60,59 @@ pub async fn read_pair(
 }
 
 /// Loads the persisted self-signed certificate of `host` if it still fits, else makes one and
-/// stores it. A store that cannot take it is logged: the certificate serves all the same.
+/// stores it. Replicas sharing storage that start together agree on one: the first to store a
+/// key wins and the others serve its pair. A store that cannot take it is logged: the
+/// certificate serves all the same.
+///
+/// Runs under [`Storage::block_on`] (start, reload), where a short blocking wait is fine.
 pub async fn ensure_self_signed(storage: &Storage, host: &Host) -> Result<LoadedCert, CertError> {
     let (cert_key, key_key) = (
         Key::self_signed_cert(&host.name),
         Key::self_signed_key(&host.name),
     );
-    if let Ok(Some(existing)) = read_pair(storage, &cert_key, &key_key).await {
+    let existing = read_pair(storage, &cert_key, &key_key).await;
+    if let Ok(Some(existing)) = &existing {
         let now = unix_now();
         let fresh = existing.info.not_after - now > SELF_SIGNED_MIN_REMAINING.as_secs() as i64;
         if fresh && existing.covers(host.names()) {
-            return Ok(existing);
+            return Ok(existing.clone());
         }
     }
     let gen_err = |e: rcgen::Error| CertError::Generate {
         host: host.name.clone(),
         reason: e.to_string(),
     };
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+    let store_err = |source| CertError::Storage {
+        host: host.name.clone(),
+        source,
+    };
+    let mut key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+    let mut store_key = true;
+    if matches!(existing, Ok(None)) {
+        match storage
+            .put_new(&key_key, key.serialize_pem().as_bytes())
+            .await
+        {
+            Ok(true) => store_key = false,
+            Ok(false) => {
+                // Another replica stored its key first: its certificate follows at once.
+                for _ in 0..20 {
+                    if let Ok(Some(theirs)) = read_pair(storage, &cert_key, &key_key).await {
+                        return Ok(theirs);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                // It did not (it died between the two): certify its key here.
+                if let Ok(Some(pem)) = storage.get(&key_key).await {
+                    let pem = String::from_utf8_lossy(&pem).into_owned();
+                    key = rcgen::KeyPair::from_pem(&pem).map_err(gen_err)?;
+                    store_key = false;
+                }
+            }
+            Err(e) if e.is_unavailable() => {}
+            Err(e) => return Err(store_err(e)),
+        }
+    }
     let mut params = rcgen::CertificateParams::new(names_of(host)).map_err(gen_err)?;
     params
         .distinguished_name
@@ -100,25 +135,19 @@ pub async fn ensure_self_signed(storage: &Storage, host: &Host) -> Result<Loaded
         host: host.name.clone(),
         source,
     })?;
-    let stored = storage
-        .put(&[
-            (&key_key, key_pem.as_bytes()),
-            (&cert_key, cert_pem.as_bytes()),
-        ])
-        .await;
-    match stored {
+    let mut items = vec![(&cert_key, cert_pem.as_bytes())];
+    if store_key {
+        // Key first: a stored certificate always has its key beside it.
+        items.insert(0, (&key_key, key_pem.as_bytes()));
+    }
+    match storage.put(&items).await {
         Ok(()) => {
             tracing::info!(host = %host.name, key = %cert_key, "generated self-signed certificate")
         }
         Err(e) if e.is_unavailable() => {
             tracing::warn!(host = %host.name, error = %e, "generated a self-signed certificate that could not be stored; it serves until a restart")
         }
-        Err(source) => {
-            return Err(CertError::Storage {
-                host: host.name.clone(),
-                source,
-            })
-        }
+        Err(e) => return Err(store_err(e)),
     }
     Ok(loaded)
 }

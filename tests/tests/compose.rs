@@ -85,7 +85,14 @@ impl Stack {
         let c = compose_cmd();
         let mut cmd = Command::new(&c[0]);
         cmd.args(&c[1..]).current_dir(root());
-        cmd.args(["--profile", "acme-demo", "--profile", "monitoring"]);
+        cmd.args([
+            "--profile",
+            "acme-demo",
+            "--profile",
+            "monitoring",
+            "--profile",
+            "ha",
+        ]);
         cmd.args(["-p", &self.project]);
         for f in &self.files {
             cmd.arg("-f").arg(f);
@@ -145,7 +152,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     let project = format!("mcpedgetest{}", std::process::id());
     let docker = buildkit_docker();
     let mut images = Vec::new();
-    for target in ["proxy", "backend", "pebble", "prometheus"] {
+    for target in ["proxy", "backend", "pebble", "prometheus", "ha-tools"] {
         let tag = format!("{project}-{target}:test");
         run(Command::new(&docker)
             .current_dir(&root)
@@ -168,15 +175,18 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     std::fs::write(
         &override_file,
         format!(
-            "services:\n  proxy: {{ image: \"{p}\" }}\n  proxy-acme: {{ image: \"{p}\" }}\n  backend: {{ image: \"{b}\" }}\n  pebble: {{ image: \"{e}\" }}\n  challtestsrv: {{ image: \"{e}\" }}\n  prometheus: {{ image: \"{m}\" }}\n",
+            "services:\n  proxy: {{ image: \"{p}\" }}\n  proxy-acme: {{ image: \"{p}\" }}\n  backend: {{ image: \"{b}\" }}\n  pebble: {{ image: \"{e}\" }}\n  challtestsrv: {{ image: \"{e}\" }}\n  prometheus: {{ image: \"{m}\" }}\n  proxy-ha-1: {{ image: \"{p}\" }}\n  proxy-ha-2: {{ image: \"{p}\" }}\n  redis: {{ image: \"{h}\" }}\n  balancer: {{ image: \"{h}\" }}\n",
             p = images[0],
             b = images[1],
             e = images[2],
-            m = images[3]
+            m = images[3],
+            h = images[4]
         ),
     )
     .unwrap();
-    let (http, https, acme_https, pebble_mgmt, prometheus) = (
+    let (http, https, acme_https, pebble_mgmt, prometheus, ha_http, ha_https) = (
+        free_port(),
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -192,6 +202,9 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
             ("MCP_EDGE_ACME_HTTPS_PORT".into(), acme_https.to_string()),
             ("PEBBLE_MGMT_PORT".into(), pebble_mgmt.to_string()),
             ("PROMETHEUS_PORT".into(), prometheus.to_string()),
+            ("MCP_EDGE_HA_HTTP_PORT".into(), ha_http.to_string()),
+            ("MCP_EDGE_HA_HTTPS_PORT".into(), ha_https.to_string()),
+            ("MCP_EDGE_REDIS_PASSWORD".into(), "compose-test-pw".into()),
         ],
         images,
     };
@@ -323,6 +336,58 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     for alert in ["McpEdgeCertificateExpiresSoon", "McpEdgeToolErrorRatio"] {
         assert!(names.contains(alert), "{alert} not loaded: {names}");
     }
+
+    // The ha profile: two replicas on one Redis behind HAProxy serve one certificate (generated
+    // by whichever started first) on every connection, and the docs over MCP.
+    let ha_cert = "/var/lib/mcp-edge/certs/localhost.self-signed.cert.pem";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ha_pem = loop {
+        if let (Some(one), Some(two)) = (
+            stack.exec_cat("proxy-ha-1", ha_cert),
+            stack.exec_cat("proxy-ha-2", ha_cert),
+        ) {
+            if one == two
+                && served_leaf(ha_https, "localhost", roots_from_pem(&one))
+                    .await
+                    .is_some()
+            {
+                break one;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ha profile did not come up:\n{}",
+            run(&mut stack.compose(&[
+                "logs",
+                "--no-color",
+                "--tail",
+                "40",
+                "proxy-ha-1",
+                "proxy-ha-2",
+                "redis",
+                "balancer"
+            ]))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for _ in 0..4 {
+        let leaf = served_leaf(ha_https, "localhost", roots_from_pem(&ha_pem)).await;
+        assert!(
+            leaf.is_some(),
+            "a connection through the balancer got another certificate"
+        );
+    }
+    let ha_ca = tmp.path().join("ha.pem");
+    std::fs::write(&ha_ca, &ha_pem).unwrap();
+    let v = mcp_check(
+        &format!("https://localhost:{ha_https}/mcp"),
+        "streamable",
+        "replicas redis",
+        "README.md",
+        Some(&ha_ca),
+    )
+    .await;
+    assert_eq!(v["doc_is_error"], false, "{v}");
 
     // down (volumes kept) and up: the same certificate is served.
     run(&mut stack.compose(&["down", "--timeout", "5"]));

@@ -36,7 +36,7 @@ use crate::http01::ChallengeStore;
 use crate::metrics;
 use crate::names::HostName;
 use crate::pem::LoadedCert;
-use crate::storage::{Change, Storage};
+use crate::storage::{Change, Key, Storage};
 use crate::time::{from_unix, unix, unix_now};
 use crate::tls::CertStore;
 
@@ -530,8 +530,13 @@ impl State {
         });
     }
 
-    /// Re-reads from storage the certificate of `only`, or of every ACME host.
+    /// Re-reads from storage the certificate of `only`, or of every ACME host and the account
+    /// (which keeps the local copy of a shared store complete for when it is unreachable).
     fn reread(&self, config: &Config, only: Option<&str>) {
+        if let (None, Some(a)) = (only, &config.acme) {
+            let (storage, key) = (self.storage.clone(), Key::acme_account(&a.directory));
+            tokio::spawn(async move { storage.get(&key).await });
+        }
         for host in acme_hosts(config).filter(|h| only.is_none_or(|o| o == h.name.as_str())) {
             let (storage, host, tx) = (self.storage.clone(), host.clone(), self.stored_tx.clone());
             tokio::spawn(async move {
