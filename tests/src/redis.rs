@@ -6,40 +6,88 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{free_port, wait_for};
+use crate::{free_port, wait_for, TestCa};
 
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     password: Option<String>,
+    /// With TLS only (no plain port): the CA file clients trust.
+    tls_ca: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a server keeping its data in `dir/redis`, requiring `password` if given.
     pub async fn start(dir: &Path, password: Option<&str>) -> Self {
+        Self::start_with(dir, password, None).await
+    }
+
+    /// Starts a server that speaks TLS only, with a certificate for 127.0.0.1 from `ca`.
+    pub async fn start_tls(dir: &Path, ca: &TestCa) -> Self {
+        Self::start_with(dir, None, Some(ca)).await
+    }
+
+    async fn start_with(dir: &Path, password: Option<&str>, ca: Option<&TestCa>) -> Self {
         let dir = dir.join(format!("redis-{}", free_port()));
         std::fs::create_dir_all(&dir).unwrap();
+        let tls_ca = ca.map(|ca| {
+            let (cert, key) = ca.leaf(&["127.0.0.1"]);
+            std::fs::write(dir.join("tls.pem"), cert).unwrap();
+            std::fs::write(dir.join("tls.key"), key).unwrap();
+            std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+            dir.join("ca.pem")
+        });
         let mut r = Self {
             port: free_port(),
             dir,
             password: password.map(str::to_string),
+            tls_ca,
             child: None,
         };
         r.restart().await;
         r
     }
 
-    /// `redis://127.0.0.1:PORT/0` (no password in it).
+    /// `redis://127.0.0.1:PORT/0`, or `rediss://…` with TLS (no password in it).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The CA file of a TLS server.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls_ca.as_deref()
     }
 
     /// Starts the server again (same port, same data) and waits until it answers.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        match &self.tls_ca {
+            None => cmd.args(["--port", &port]),
+            Some(ca) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("tls.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("tls.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(ca),
+        };
+        cmd.args(["--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
@@ -87,6 +135,9 @@ impl RedisServer {
             &self.port.to_string(),
             "--no-auth-warning",
         ]);
+        if let Some(ca) = &self.tls_ca {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
         if let Some(p) = &self.password {
             cmd.args(["-a", p]);
         }

@@ -501,3 +501,67 @@ async fn storage_copy_moves_a_single_node_into_password_protected_redis_and_back
         std::fs::read(certs_dir.join("a.test.cert.pem")).unwrap()
     );
 }
+
+#[tokio::test]
+async fn storage_copy_reaches_redis_over_tls_trusting_only_the_configured_ca() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("redis test CA");
+    let redis = RedisServer::start_tls(dir.path(), &ca).await;
+    let src = dir.path().join("single");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("session-seal.key"), [7u8; 32]).unwrap();
+    let ca_file = redis.ca_file().unwrap().to_str().unwrap().to_string();
+    let copy = |extra: &[&str]| {
+        Command::new(edge_bin())
+            .args(["storage-copy", src.to_str().unwrap(), &redis.url()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // The system's roots do not know the test CA: refused, nothing written.
+    let out = copy(&[]);
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(redis.cli(&["EXISTS", "mcp-edge:session-seal.key"]), "0");
+    // Trusting the CA that signed Redis's certificate: copied over TLS.
+    let out = copy(&["--ca", &ca_file]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(redis.cli(&["EXISTS", "mcp-edge:session-seal.key"]), "1");
+    // A proxy that does not trust the CA does not start (a setting to fix, not an outage).
+    let ports = Ports::new();
+    let untrusting = format!(
+        "{}storage:\n  dir: {}\n  redis: \"{}\"\nhosts:\n  h.test:\n    tls: self-signed\n    upstream: http://127.0.0.1:9\n",
+        ports.yaml(),
+        dir.path().join("local").display(),
+        redis.url()
+    );
+    std::fs::write(dir.path().join("untrusting.yaml"), untrusting).unwrap();
+    let out = Command::new(edge_bin())
+        .args(["run", "--config"])
+        .arg(dir.path().join("untrusting.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("refused: invalid peer certificate"),
+        "{err}"
+    );
+    // A proxy configured with the CA reads it.
+    let yaml = format!(
+        "{}storage:\n  dir: {}\n  redis: \"{}\"\n  ca: {ca_file}\nhosts:\n  h.test:\n    tls: self-signed\n    upstream: http://127.0.0.1:9\n",
+        ports.yaml(),
+        dir.path().join("local").display(),
+        redis.url()
+    );
+    let edge = Edge::start(dir.path(), &ports, &yaml).await;
+    assert_eq!(edge.metric("mcp_edge_storage_available").await, 1.0);
+    assert_eq!(
+        redis.cli(&["EXISTS", "mcp-edge:h.test.self-signed.cert.pem"]),
+        "1"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("local/session-seal.key")).unwrap(),
+        [7u8; 32],
+        "the proxy sealed with the copied key (and kept a local copy)"
+    );
+}

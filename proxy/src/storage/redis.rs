@@ -125,6 +125,14 @@ impl Redis {
     fn error(&self, e: &RedisError) -> StorageError {
         let reason = e.to_string();
         let at = self.at.clone();
+        // A certificate the configured roots do not accept is a setting to fix, not an outage.
+        let tls_refused = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+            || reason.contains("peer certificate");
+        if tls_refused {
+            return StorageError::Refused { at, reason };
+        }
         if e.is_io_error()
             || e.is_timeout()
             || e.is_connection_refusal()
