@@ -110,6 +110,21 @@ impl Dir {
     }
 }
 
+/// Whether a lock's holder was a process on this machine that no longer runs (a restart after
+/// a crash need not wait for the lease).
+fn holder_gone(value: &str) -> bool {
+    let replica = value.split(' ').next().unwrap_or_default();
+    let Some((host, pid)) = replica.rsplit_once(':') else {
+        return false;
+    };
+    let this = super::replica_name();
+    let this_host = this.rsplit_once(':').map_or("", |(h, _)| h);
+    host == this_host
+        && pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        })
+}
+
 fn mode(key: &Key) -> u32 {
     if key.is_private() {
         0o600
@@ -186,7 +201,7 @@ impl Backend for Dir {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let stale = match self.read_lock(name) {
-                        Some((_, until)) => until <= SystemTime::now(),
+                        Some((value, until)) => until <= SystemTime::now() || holder_gone(&value),
                         // Half-written by a holder that died at once: stale once it is old.
                         None => fs::metadata(&path)
                             .and_then(|m| m.modified())
