@@ -41,7 +41,8 @@ CHURN = int(os.environ.get("BENCH_CHURN", "200"))
 IDLE = int(os.environ.get("BENCH_IDLE", "10000"))
 IDLE_HOLD = int(os.environ.get("BENCH_IDLE_SECONDS", "90"))
 # A partial run (while working on one figure): BENCH_ONLY=h1,mem and/or BENCH_PROXIES=mcp-edge,nginx.
-# Figures: h1 h2 handshakes sse leave mem idle swap upstream auth mcp acme churn. A partial run writes
+# Figures: h1 h2 handshakes sse leave mem idle swap upstream auth mcp acme churn, and cost (the
+# per-request cost model, bench/bench_cost.py: only when named). A partial run writes
 # bench/results/partial/ (not committed), never BENCHMARKS.md.
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 ONLY_PROXIES = set(filter(None, os.environ.get("BENCH_PROXIES", "").split(",")))
@@ -563,6 +564,9 @@ def main():
     import bench_churn
     if wanted("acme"):
         bench_acme.measure(results, WORK, RUNS, log)
+    if "cost" in ONLY:  # asked for by name only: it profiles rather than compares
+        import bench_cost
+        bench_cost.measure(results, WORK, pki, upstream, log)
     if wanted("churn"):
         bench_churn.measure(results, WORK, pki, log, CHURN,
                             [p for p in PROXIES if not ONLY_PROXIES or p.name in ONLY_PROXIES])

@@ -22,20 +22,30 @@ const ALLOW_HEADERS: &str =
     "authorization, content-type, accept, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name, last-event-id";
 const EXPOSE_HEADERS: &str = "www-authenticate, mcp-session-id, mcp-protocol-version";
 
-/// The public origin clients reach a host at (`https://name[:port]`).
-pub struct PublicUrl {
-    pub base: String,
+/// The public origin clients reach a host at (`https://name[:port]`), written out only when an
+/// answer needs it (most requests never do).
+pub struct PublicUrl<'a> {
+    scheme: &'static str,
+    host: &'a str,
+    /// None for the scheme's default port.
+    port: Option<u16>,
 }
 
-impl PublicUrl {
-    pub fn new(tls: bool, host: &str, port: u16) -> Self {
+impl<'a> PublicUrl<'a> {
+    pub fn new(tls: bool, host: &'a str, port: u16) -> Self {
         let (scheme, default) = if tls { ("https", 443) } else { ("http", 80) };
-        let base = if port == default {
-            format!("{scheme}://{host}")
-        } else {
-            format!("{scheme}://{host}:{port}")
-        };
-        Self { base }
+        Self {
+            scheme,
+            host,
+            port: (port != default).then_some(port),
+        }
+    }
+
+    pub fn base(&self) -> String {
+        match self.port {
+            None => format!("{}://{}", self.scheme, self.host),
+            Some(p) => format!("{}://{}:{p}", self.scheme, self.host),
+        }
     }
 
     /// The resource identifier of `route` (RFC 8707): its configured one, or its URL.
@@ -45,7 +55,7 @@ impl PublicUrl {
             .as_ref()
             .and_then(|a| a.oauth.as_ref())
             .and_then(|o| o.resource.clone());
-        configured.unwrap_or_else(|| format!("{}{}", self.base, route.path))
+        configured.unwrap_or_else(|| format!("{}{}", self.base(), route.path))
     }
 
     /// Where `route`'s metadata is served.
@@ -55,7 +65,7 @@ impl PublicUrl {
         } else {
             route.path.as_str()
         };
-        format!("{}{METADATA_PATH}{suffix}", self.base)
+        format!("{}{METADATA_PATH}{suffix}", self.base())
     }
 }
 
@@ -128,7 +138,7 @@ fn metadata_route<'a>(host: &'a Host, path: &str) -> Option<&'a Route> {
 pub async fn well_known(
     session: &mut Session,
     host: &Host,
-    public: &PublicUrl,
+    public: &PublicUrl<'_>,
     path: &str,
     origin: Option<&str>,
 ) -> Result<Option<bool>> {
@@ -183,7 +193,7 @@ pub async fn check(
     session: &mut Session,
     labels: (&str, &str),
     route: &Route,
-    public: &PublicUrl,
+    public: &PublicUrl<'_>,
     client: Option<std::net::IpAddr>,
     origin: Option<&str>,
 ) -> Result<std::result::Result<Admitted, bool>> {

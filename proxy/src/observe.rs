@@ -4,7 +4,7 @@
 //! session's long-lived stream). Counted once per call, with bounded labels.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::mcp::{self, Call, Outcome, SseScanner};
@@ -29,8 +29,8 @@ pub struct LogFields {
 /// A legacy-transport call waiting for its answer on the session's stream.
 struct Pending {
     start: Instant,
-    host: String,
-    route: String,
+    host: Arc<str>,
+    route: Arc<str>,
     method: String,
     tool: String,
 }
@@ -90,8 +90,8 @@ pub struct Exchange {
     start: Instant,
     /// The legacy session this request or stream belongs to.
     session: Option<String>,
-    host: String,
-    route: String,
+    host: Arc<str>,
+    route: Arc<str>,
     /// From the `Mcp-Method`/`Mcp-Name` headers, when the client sent them.
     header_call: Option<(String, Option<String>)>,
     body: Vec<u8>,
@@ -105,8 +105,8 @@ pub struct Exchange {
 impl Exchange {
     /// `query`: the request's query string (a legacy `/message` names its session there).
     pub fn new(
-        host: &str,
-        route: &str,
+        host: Arc<str>,
+        route: Arc<str>,
         query: Option<&str>,
         method: Option<String>,
         name: Option<String>,
@@ -114,8 +114,8 @@ impl Exchange {
         Self {
             start: Instant::now(),
             session: query.and_then(legacy_session),
-            host: host.to_string(),
-            route: route.to_string(),
+            host,
+            route,
             header_call: method.map(|m| (m, name)),
             body: Vec::new(),
             body_too_large: false,

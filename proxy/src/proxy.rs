@@ -46,24 +46,31 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// The hop-by-hop headers present in `headers`: the fixed set plus what `Connection` lists.
-fn hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
+/// Allocates nothing when there are none (most requests).
+fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    let mut present: Vec<HeaderName> = HOP_BY_HOP
+        .iter()
+        .filter(|h| headers.contains_key(**h))
+        .map(|h| HeaderName::from_static(h))
+        .collect();
     let listed = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase());
-    HOP_BY_HOP
-        .iter()
-        .map(|h| h.to_string())
-        .chain(listed)
-        .filter(|h| {
-            !h.is_empty()
-                && h != "content-length"
-                && h != "transfer-encoding"
-                && headers.contains_key(h.as_str())
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("content-length")
+                && !t.eq_ignore_ascii_case("transfer-encoding")
         })
-        .collect()
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok());
+    for name in listed {
+        if headers.contains_key(&name) && !present.contains(&name) {
+            present.push(name);
+        }
+    }
+    present
 }
 
 /// Per-request state.
@@ -173,15 +180,14 @@ fn request_host(session: &Session) -> Option<String> {
         .req_header()
         .uri
         .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| header_str(session, "host").map(str::to_string))?;
+        .map(|a| a.as_str())
+        .or_else(|| header_str(session, "host"))?;
     let host = if let Some(rest) = raw.strip_prefix('[') {
-        rest.split(']').next()?.to_string()
+        rest.split(']').next()?
     } else {
         raw.rsplit_once(':')
             .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-            .map_or(raw.as_str(), |(h, _)| h)
-            .to_string()
+            .map_or(raw, |(h, _)| h)
     };
     Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
@@ -537,11 +543,12 @@ impl ProxyHttp for EdgeProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let labels = (ctx.host_label().to_string(), ctx.route_label().to_string());
+        let route_entry = &entry.routes[i];
+        let labels = (&route_entry.host_label, &route_entry.label);
         let admitted = access::check(
             &self.auth,
             session,
-            (&labels.0, &labels.1),
+            (labels.0, labels.1),
             &entry.host.routes[i],
             &public,
             client,
@@ -561,7 +568,7 @@ impl ProxyHttp for EdgeProxy {
         let m = metrics::get();
         if let Some(v) = header_str(session, "mcp-protocol-version") {
             m.mcp_versions
-                .with_label_values(&[&labels.0, crate::mcp::version_label(v.trim())])
+                .with_label_values(&[labels.0, crate::mcp::version_label(v.trim())])
                 .inc();
         }
         let mcp_options = &entry.host.routes[i].mcp;
@@ -592,8 +599,8 @@ impl ProxyHttp for EdgeProxy {
         ctx.hold_body |= ctx.tool_in_body;
         if mcp_options.observe && (method == http::Method::POST || method == http::Method::GET) {
             ctx.mcp = Some(Exchange::new(
-                &labels.0,
-                &labels.1,
+                labels.0.clone(),
+                labels.1.clone(),
                 session.req_header().uri.query(),
                 mcp_method,
                 mcp_name,
@@ -724,7 +731,8 @@ impl ProxyHttp for EdgeProxy {
         let sent = |name: &str| trusted && req.headers.contains_key(name);
         let (keep_proto, keep_host) = (sent("x-forwarded-proto"), sent("x-forwarded-host"));
         if !keep_proto {
-            req.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+            let proto = if ctx.tls { "https" } else { "http" };
+            req.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
         }
         if !keep_host && !ctx.client_host.is_empty() {
             req.insert_header("x-forwarded-host", ctx.client_host.as_str())?;

@@ -32,6 +32,9 @@ pub struct HostEntry {
 
 pub struct RouteEntry {
     pub path: String,
+    /// Metric labels of the host and the route, made once: requests share them.
+    pub host_label: Arc<str>,
+    pub label: Arc<str>,
     pub pool: Arc<Pool>,
     /// The tool (prompt, resource) names this route counts by name.
     pub names: NameLabels,
@@ -83,6 +86,8 @@ impl Table {
                 match Pool::build(&r.upstream) {
                     Ok(pool) => routes.push(RouteEntry {
                         path: r.path.clone(),
+                        host_label: host.name.as_str().into(),
+                        label: r.path.as_str().into(),
                         pool: Arc::new(pool),
                         names: NameLabels::new(r.mcp.max_tools),
                     }),
