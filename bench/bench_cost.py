@@ -97,7 +97,9 @@ def flame(px, out, seconds):
                             text=True).stdout
     (out / "folded.txt").write_text(folded)
     with open(out / "flamegraph.svg", "w") as f:
-        subprocess.run(["inferno-flamegraph", "--title", "mcp-edge, HTTP/1.1 keep-alive under wrk"],
+        # Frames narrower than 2 px left out: the file stays small enough to keep in git.
+        subprocess.run(["inferno-flamegraph", "--minwidth", "2", "--title",
+                        "mcp-edge, HTTP/1.1 keep-alive under wrk"],
                        input=folded, stdout=f, text=True)
     (out / "perf.data").unlink()
     selfs, total = collections.Counter(), 0
@@ -139,23 +141,9 @@ def allocations(pki, upstream, out, log):
     if not binary.exists():
         return {"error": f"{binary} missing (cargo build --release -p mcp-edge --features system-alloc)"}
 
-    class Traced(bench.McpEdge):
-        def command(self):
-            cmd = super().command()
-            i = cmd.index(bench.REL / "mcp-edge")
-            cmd[i:i + 1] = ["heaptrack", "-o", out / "heaptrack", binary]
-            return cmd
-
-    px = Traced(pki, upstream).start()
+    px = traced_edge(pki, upstream, out).start()
     r = bench.wrk(px.url("/mcp"), 64)
-    # heaptrack runs the proxy as its child: stop the proxy itself, then let heaptrack finish.
-    for p in pids(px.proc.pid):
-        try:
-            if Path(f"/proc/{p}/comm").read_text().startswith("mcp-edge"):
-                os.kill(p, signal.SIGTERM)
-        except OSError:
-            pass
-    px.proc.wait(60)
+    stop_traced(px)
     files = sorted(out.glob("heaptrack*.zst")) or sorted(out.glob("heaptrack*.gz"))
     if not files:
         return {"error": "heaptrack wrote nothing"}
@@ -164,7 +152,7 @@ def allocations(pki, upstream, out, log):
                            "--flamegraph-cost-type", "allocations"],
                           capture_output=True, text=True).stdout
     with open(out / "alloc-flamegraph.svg", "w") as f:
-        subprocess.run(["inferno-flamegraph", "--countname", "allocations", "--title",
+        subprocess.run(["inferno-flamegraph", "--minwidth", "2", "--countname", "allocations", "--title",
                         "mcp-edge allocations by call site, HTTP/1.1 under wrk"],
                        stdin=open(out / "alloc-stacks.txt"), stdout=f)
     (out / "heaptrack.txt").write_text(text)
@@ -174,9 +162,74 @@ def allocations(pki, upstream, out, log):
     total_bytes = float(m.group(1)) * scale[m.group(2)] if m else None
     # Requests through the proxy: wrk's, plus the one `start` sends.
     n = r["requests"] + 1
+    top, _ = sites(out / "alloc-stacks.txt", n, 1)
     return {"requests": n, "allocs_per_req": calls / n,
             "bytes_per_req": total_bytes / n if total_bytes else None,
-            "rps_under_heaptrack": r["rps"]}
+            "rps_under_heaptrack": r["rps"], "sites": top}
+
+
+def traced_edge(pki, upstream, out):
+    """mcp-edge built with the system allocator, run under heaptrack."""
+    binary = bench.REL / "mcp-edge-sysalloc"
+
+    class Traced(bench.McpEdge):
+        def command(self):
+            cmd = super().command()
+            i = cmd.index(bench.REL / "mcp-edge")
+            cmd[i:i + 1] = ["heaptrack", "-o", out / "heaptrack", binary]
+            return cmd
+
+    return Traced(pki, upstream)
+
+
+def stop_traced(px):
+    """heaptrack runs the proxy as its child: stop the proxy itself, then let heaptrack finish."""
+    for p in pids(px.proc.pid):
+        try:
+            if Path(f"/proc/{p}/comm").read_text().startswith("mcp-edge"):
+                os.kill(p, signal.SIGTERM)
+        except OSError:
+            pass
+    px.proc.wait(60)
+
+
+def sites(stacks_file, per, unit_div, top=25):
+    """The innermost frames outside std/core/alloc of folded heaptrack stacks, by cost."""
+    demangled = subprocess.run(["rustfilt"], stdin=open(stacks_file), capture_output=True,
+                               text=True).stdout
+    skip = re.compile(r"\((raw_vec|vec|alloc|boxed|string|slice|mod|map|bytes_mut|bytes|rc|sync|arc|"
+                      r"spec_from_iter_nested|spec_from_iter|spec_extend|iterator|function|option|"
+                      r"result|collect|clone|vec_deque|spec_from_elem|maybe_uninit)\.rs\)|^0x|\?\?")
+    c, total = collections.Counter(), 0
+    for line in demangled.splitlines():
+        stack, n = line.rstrip().rsplit(" ", 1)
+        n = int(n)
+        total += n
+        frames = [f.strip() for f in stack.split(";") if f.strip()]
+        site = next((f for f in reversed(frames) if "(" in f and not skip.search(f)), "?")
+        c[site] += n
+    return [(site, n / per / unit_div) for site, n in c.most_common(top)], total / per / unit_div
+
+
+def stream_memory(pki, upstream, out, log, n=1000):
+    """What an idle SSE stream keeps allocated, by call site: heaptrack's peak while `n` are
+    held (the system allocator: what mimalloc adds on top is in the RSS figure)."""
+    out = out / "streams"
+    out.mkdir()
+    px = traced_edge(pki, upstream, out)
+    try:
+        px.start()
+        held = bench.memory(px, n)
+    finally:
+        stop_traced(px)
+    time.sleep(1)
+    data = (sorted(out.glob("heaptrack*.zst")) or sorted(out.glob("heaptrack*.gz")))[-1]
+    subprocess.run(["heaptrack_print", "-f", data, "-p", "0", "-a", "0", "-T", "0", "-l", "0",
+                    "-F", out / "peak-stacks.txt", "--flamegraph-cost-type", "peak"],
+                   capture_output=True)
+    top, total = sites(out / "peak-stacks.txt", held["streams"], 1024)
+    return {"rss_kb_per_stream_sysalloc": held["kb_per_stream"], "heap_kb_per_stream": total,
+            "sites": top}
 
 
 def measure(results, work, pki, upstream, log):
@@ -191,6 +244,8 @@ def measure(results, work, pki, upstream, log):
     top, groups, samples = bench.on_fresh(bench.McpEdge, pki, upstream, lambda px: flame(px, out, seconds))
     alloc = allocations(pki, upstream, out, log)
     log(f"  cost allocations: {alloc}")
+    streams = stream_memory(pki, upstream, out, log)
+    log(f"  cost streams: {streams}")
     lines = [f"Per-request cost model, {stamp}, HTTP/1.1 keep-alive (wrk -c64), proxy on one core.", "",
              "| | requests/s | user µs/req | kernel µs/req | syscalls/req |", "|---|---|---|---|---|"]
     for name, r in rows.items():
@@ -202,7 +257,15 @@ def measure(results, work, pki, upstream, log):
     lines += [f"- {g}: {p:.1f} %" for g, p in groups.items()]
     lines += ["", "Functions with the most self time:", ""]
     lines += [f"- {p:.1f} % `{f[:140]}`" for f, p in top]
-    lines += ["", f"Allocations (system allocator build under heaptrack): {alloc}", ""]
+    lines += ["", "Allocations (system allocator build under heaptrack): "
+              f"{alloc.get('allocs_per_req', 0):.1f} per request, by call site (innermost frame "
+              "outside std):", ""]
+    lines += [f"- {k:.1f} `{site[:150]}`" for site, k in alloc.get("sites", [])]
+    lines += [""]
+    lines += [f"Idle SSE stream (1,000 held, system allocator, heaptrack peak): RSS "
+              f"{streams['rss_kb_per_stream_sysalloc']:.1f} KB per stream, heap "
+              f"{streams['heap_kb_per_stream']:.1f} KB per stream, by call site:", ""]
+    lines += [f"- {kb:.2f} KB `{site[:150]}`" for site, kb in streams["sites"]]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     results["cost"] = {"rows": rows, "groups": groups, "alloc": alloc, "dir": str(out)}
     log(f"cost model written to {out}/report.md")

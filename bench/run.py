@@ -46,12 +46,18 @@ IDLE_HOLD = int(os.environ.get("BENCH_IDLE_SECONDS", "90"))
 # bench/results/partial/ (not committed), never BENCHMARKS.md.
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 ONLY_PROXIES = set(filter(None, os.environ.get("BENCH_PROXIES", "").split(",")))
-PARTIAL = bool(ONLY or ONLY_PROXIES)
+PARTIAL = bool(ONLY or ONLY_PROXIES or os.environ.get("BENCH_CORES"))
 
 
 def wanted(figure):
     return not ONLY or figure in ONLY
-PROXY_CPU, LOAD_CPU = ("0", "1") if os.cpu_count() >= 2 else ("0", "0")
+# BENCH_CORES=2: the scaling run, every proxy on both cores (mcp-edge `threads: 2`, nginx two
+# workers, Caddy unpinned) with the load generator sharing them.
+CORES = int(os.environ.get("BENCH_CORES", "1"))
+if CORES > 1:
+    PROXY_CPU = LOAD_CPU = ",".join(str(c) for c in range(min(CORES, os.cpu_count())))
+else:
+    PROXY_CPU, LOAD_CPU = ("0", "1") if os.cpu_count() >= 2 else ("0", "0")
 WORK = None  # set by entry()
 PROCS = []
 
@@ -197,7 +203,7 @@ class McpEdge(Proxy):
         (self.dir / "edge.yaml").write_text(f"""
 listen: {{ http: "127.0.0.1:{self.http_port}", https: "127.0.0.1:{self.port}", metrics: "127.0.0.1:{metrics}" }}
 storage: {self.dir / 'store'}
-threads: 1
+threads: {CORES}
 watch_interval: 100ms
 # As nginx's worker_connections below: the caps are not what is measured.
 limits: {{ connections: 19000, connections_per_address: 19000 }}
@@ -215,7 +221,7 @@ class Nginx(Proxy):
 
     def command(self):
         (self.dir / "nginx.conf").write_text(f"""
-worker_processes 1;
+worker_processes {CORES};
 worker_rlimit_nofile 20000;
 pid {self.dir}/nginx.pid;
 error_log {self.dir}/error.log warn;

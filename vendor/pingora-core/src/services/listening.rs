@@ -240,7 +240,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
                         let _permit = permit;
-                        match timeout(handshake_timeout, io.handshake()).await {
+                        // mcp-edge patch: the handshake's state (a TLS handshake's is several
+                        // KB) lives in its own allocation, freed when it completes, instead of
+                        // in this task, which lasts as long as the connection.
+                        match timeout(handshake_timeout, Box::pin(io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,

@@ -347,7 +347,12 @@ impl HttpSession {
                             return self.fail_response_header_read(e);
                         }
 
-                        let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
+                        // mcp-edge patch: the header and what was read past it (the start
+                        // of the body) in an exact-size copy when they fill less than half of
+                        // the buffer, which the response would otherwise hold for its life.
+                        let read = std::mem::take(&mut self.response_header_read_buf);
+                        let capacity = read.capacity();
+                        let buf = compact(read, capacity);
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);

@@ -29,6 +29,18 @@ pub(super) const MAX_HEADERS: usize = 256;
 pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
+/// mcp-edge patch: `header` (what a message header was read into, `capacity` bytes of buffer)
+/// as the `Bytes` its parsed values will share for the message's life: when the header fills
+/// less than half the buffer, an exact-size copy, so the rest of the buffer is freed now
+/// rather than when the message ends (an idle SSE stream's header lives for hours).
+pub(super) fn compact(header: bytes::BytesMut, capacity: usize) -> bytes::Bytes {
+    if header.len() * 2 <= capacity {
+        bytes::Bytes::copy_from_slice(&header)
+    } else {
+        header.freeze()
+    }
+}
+
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
 pub const CRLF: &[u8; 2] = b"\r\n";
@@ -440,6 +452,24 @@ mod test {
         StatusCode, Version,
     };
     use rstest::rstest;
+
+    // mcp-edge patch: a small header leaves the buffer it was read into; a large one keeps it.
+    #[test]
+    fn compact_copies_a_small_header_out_of_its_buffer() {
+        let mut buf = bytes::BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let at = buf.as_ptr();
+        let small = compact(buf, INIT_HEADER_BUF_SIZE);
+        assert_eq!(&small[..], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_ne!(small.as_ptr(), at, "copied: the 4 KiB buffer is freed");
+
+        let mut buf = bytes::BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+        buf.extend_from_slice(&[b'x'; 3000]);
+        let at = buf.as_ptr();
+        let large = compact(buf, INIT_HEADER_BUF_SIZE);
+        assert_eq!(large.len(), 3000);
+        assert_eq!(large.as_ptr(), at, "kept: a copy would save little");
+    }
 
     #[test]
     fn test_validate_content_length() {

@@ -427,6 +427,7 @@ impl HttpSession {
                         // Detach bytes beyond the header in O(1). Keeping them as owned BytesMut
                         // allows body parsing and subsequent pipelined sessions to continue
                         // splitting the same allocation instead of copying the shrinking suffix.
+                        let read_capacity = buf.capacity(); // mcp-edge patch
                         let preread_body = if s == buf.len() {
                             // Keep the common no-body/no-overread path on BytesMut's Vec-backed
                             // representation. split_off() would promote it to shared storage.
@@ -442,7 +443,10 @@ impl HttpSession {
                             }
                             rest
                         };
-                        let buf = buf.freeze();
+                        // mcp-edge patch: the parsed header's values share this buffer for
+                        // the request's life (an SSE stream's: hours); a header much smaller than
+                        // the buffer it was read into is kept in an exact-size copy instead.
+                        let buf = compact(buf, read_capacity);
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
