@@ -253,7 +253,8 @@ def measure(results, work, pki, upstream, log):
             lines.append(f"| {name} | error: {r['error']} | | | |")
             continue
         lines.append(f"| {name} | {r['rps']:,.0f} | {r['user_us']:.1f} | {r['kernel_us']:.1f} | {r['syscalls']:.2f} |")
-    lines += ["", f"mcp-edge flame graph: {samples} samples; time by owner (innermost frame that names one):", ""]
+    lines += ["", "mcp-edge flame graph (perf at 499 Hz, DWARF stacks; flamegraph.svg): time by owner "
+              "(innermost frame that names one):", ""]
     lines += [f"- {g}: {p:.1f} %" for g, p in groups.items()]
     lines += ["", "Functions with the most self time:", ""]
     lines += [f"- {p:.1f} % `{f[:140]}`" for f, p in top]
