@@ -91,7 +91,8 @@ impl ChallengeStore {
             Ok(Ok(Some(v))) => String::from_utf8(v).ok(),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot look up a challenge response in storage");
+                // Strangers can ask at will: not a warning each time (storage_available says it).
+                tracing::debug!(error = %e, "cannot look up a challenge response in storage");
                 None
             }
             Err(_) => None,

@@ -414,7 +414,7 @@ where
                             .await;
                     });
                 },
-            ))
+            )) // mcp-edge patch: the end of the box
             .await;
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
