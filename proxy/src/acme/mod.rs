@@ -164,7 +164,7 @@ impl Slot {
     }
 
     /// A new certificate is in force: failures forgotten, renewal planned from its dates.
-    fn took(&mut self, cert: &LoadedCert, config: &Config, now: SystemTime) {
+    fn took(&mut self, host: &HostName, cert: &LoadedCert, config: &Config, now: SystemTime) {
         self.current = Some(Current::of(cert));
         self.failures = 0;
         self.last_error = None;
@@ -172,7 +172,7 @@ impl Slot {
         self.ari_pick = None;
         self.recompute_threshold(config, now);
         if self.threshold_due <= now {
-            tracing::warn!("acme.renew_when_remaining is longer than the new certificate's whole lifetime; renewing again in 1h, not at once");
+            tracing::warn!(host = %host, "acme.renew_when_remaining is longer than the new certificate's whole lifetime; renewing again in 1h, not at once");
             self.threshold_due = now + schedule::MIN_RENEW_SPACING;
         }
         self.renewal = Some((self.threshold_due, "threshold"));
@@ -435,7 +435,7 @@ impl State {
                 m.acme_orders
                     .with_label_values(&[host.as_str(), "ok"])
                     .inc();
-                slot.took(&cert, config, now);
+                slot.took(&host, &cert, config, now);
                 slot.last_issued = Some(unix(now));
                 let (not_after, next) = (cert.info.not_after, slot.threshold_due);
                 self.certs.install(&host, names, cert);
@@ -595,7 +595,7 @@ fn adopt(
         .acme_adopted
         .with_label_values(&[host.as_str()])
         .inc();
-    slot.took(&cert, config, SystemTime::now());
+    slot.took(host, &cert, config, SystemTime::now());
     tracing::info!(host = %host, not_after = cert.info.not_after, "installed the certificate another replica stored");
     certs.install(host, slot.names.clone(), cert);
     true
