@@ -233,6 +233,16 @@ impl Redis {
     }
 }
 
+/// `text` as a SCAN pattern that matches it literally (its glob characters escaped).
+fn glob_literal(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
+            escape.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
 /// What kind of failure, without the text (which could quote the URL).
 fn kind(e: &RedisError) -> String {
     format!("{:?}", e.kind())
@@ -336,7 +346,10 @@ impl Backend for Redis {
     }
 
     async fn list(&self) -> Result<Vec<Key>, StorageError> {
-        let (pattern, prefix) = (format!("{}*", self.prefix), self.prefix.clone());
+        let (pattern, prefix) = (
+            format!("{}*", glob_literal(&self.prefix)),
+            self.prefix.clone(),
+        );
         let names: Vec<String> = self
             .run(move |mut c| async move {
                 let mut names = Vec::new();
@@ -453,5 +466,16 @@ impl Backend for Redis {
                 .map(drop)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_is_scanned_literally() {
+        assert_eq!(glob_literal("mcp-edge:"), "mcp-edge:");
+        assert_eq!(glob_literal("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }
