@@ -309,12 +309,34 @@ pub fn render() -> Vec<u8> {
 
 /// `2xx`, `4xx`...; `0` when no response was sent.
 pub fn status_class(code: u16) -> &'static str {
+    STATUS_CLASSES[status_index(code)]
+}
+
+/// Every value of the `status` label, in [`status_index`] order.
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// The index of `code`'s class in [`STATUS_CLASSES`].
+pub fn status_index(code: u16) -> usize {
     match code {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+        100..=599 => usize::from(code / 100) - 1,
+        _ => 5,
+    }
+}
+
+/// A route's per-request series, resolved once when the route table is built: a request
+/// counts without hashing its labels.
+pub struct RouteSeries {
+    /// `requests_total` by status class, in [`STATUS_CLASSES`] order.
+    pub requests: [prometheus::IntCounter; 6],
+    pub duration: prometheus::Histogram,
+}
+
+impl RouteSeries {
+    pub fn new(host: &str, route: &str) -> Self {
+        let m = get();
+        Self {
+            requests: STATUS_CLASSES.map(|c| m.requests.with_label_values(&[host, route, c])),
+            duration: m.duration.with_label_values(&[host, route]),
+        }
     }
 }

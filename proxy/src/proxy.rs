@@ -881,13 +881,21 @@ impl ProxyHttp for EdgeProxy {
         let m = metrics::get();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let labels = [ctx.host_label(), ctx.route_label()];
-        m.requests
-            .with_label_values(&[labels[0], labels[1], metrics::status_class(status)])
-            .inc();
         let elapsed = ctx.start.elapsed();
-        m.duration
-            .with_label_values(&labels)
-            .observe(elapsed.as_secs_f64());
+        match ctx.route_entry() {
+            Some(route) => {
+                route.series.requests[metrics::status_index(status)].inc();
+                route.series.duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                m.requests
+                    .with_label_values(&[labels[0], labels[1], metrics::status_class(status)])
+                    .inc();
+                m.duration
+                    .with_label_values(&labels)
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         if ctx.stream_open {
             m.open_streams.with_label_values(&[labels[0]]).dec();
             m.stream_duration

@@ -35,6 +35,8 @@ pub struct RouteEntry {
     /// Metric labels of the host and the route, made once: requests share them.
     pub host_label: Arc<str>,
     pub label: Arc<str>,
+    /// This route's request counters and duration histogram.
+    pub series: crate::metrics::RouteSeries,
     pub pool: Arc<Pool>,
     /// The tool (prompt, resource) names this route counts by name.
     pub names: NameLabels,
@@ -88,6 +90,7 @@ impl Table {
                         path: r.path.clone(),
                         host_label: host.name.as_str().into(),
                         label: r.path.as_str().into(),
+                        series: crate::metrics::RouteSeries::new(host.name.as_str(), &r.path),
                         pool: Arc::new(pool),
                         names: NameLabels::new(r.mcp.max_tools),
                     }),
