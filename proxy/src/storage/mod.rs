@@ -128,7 +128,6 @@ pub struct Storage {
     backend: Arc<dyn Backend>,
     replica: Arc<str>,
     lease: Duration,
-    shared: bool,
 }
 
 impl std::fmt::Debug for Storage {
@@ -158,15 +157,14 @@ impl Storage {
     }
 
     fn open_dir(config: &StorageConfig, dir: dir::Dir) -> Result<Self, StorageError> {
-        let (backend, shared): (Arc<dyn Backend>, bool) = match &config.redis {
-            None => (Arc::new(dir), false),
-            Some(r) => (Arc::new(redis::Redis::open(r, dir)?), true),
+        let backend: Arc<dyn Backend> = match &config.redis {
+            None => Arc::new(dir),
+            Some(r) => Arc::new(redis::Redis::open(r, dir)?),
         };
         Ok(Self {
             backend,
             replica: replica_name().into(),
             lease: config.lock_lease,
-            shared,
         })
     }
 
@@ -176,7 +174,6 @@ impl Storage {
             backend,
             replica: replica_name().into(),
             lease,
-            shared: false,
         }
     }
 
@@ -203,11 +200,6 @@ impl Storage {
 
     pub fn describe(&self) -> String {
         self.backend.describe()
-    }
-
-    /// Whether other replicas may share this store (Redis).
-    pub fn is_shared(&self) -> bool {
-        self.shared
     }
 
     pub fn replica(&self) -> &str {
