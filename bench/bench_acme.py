@@ -40,6 +40,21 @@ def _served(port, root_pem):
         return False
 
 
+def _edge_yaml(ports, storage, directory, ca, upstream):
+    """An mcp-edge configuration with the one ACME host, on (http, https, metrics) ports."""
+    http, https, metrics = ports
+    return f"""
+listen: {{ http: "127.0.0.1:{http}", https: "127.0.0.1:{https}", metrics: "127.0.0.1:{metrics}" }}
+storage: {storage}
+threads: 1
+acme: {{ directory: "{directory}", directory_root: {ca}, contact: [bench@acme.test], accept_terms: true, retry_initial: 1s, retry_max: 2s }}
+hosts:
+  {NAME}:
+    tls: acme
+    upstream: http://127.0.0.1:{upstream}
+"""
+
+
 def measure(results, work, runs, log):
     d = _listener_ca(work)
     http_port, https_port = bench.free_port(), bench.free_port()
@@ -67,16 +82,9 @@ def measure(results, work, runs, log):
             run_dir = work / f"acme-{proxy}-{i}"
             run_dir.mkdir()
             if proxy == "mcp-edge":
-                (run_dir / "edge.yaml").write_text(f"""
-listen: {{ http: "127.0.0.1:{http_port}", https: "127.0.0.1:{https_port}", metrics: "127.0.0.1:{bench.free_port()}" }}
-storage: {run_dir / 'store'}
-threads: 1
-acme: {{ directory: "{directory}", directory_root: {d / 'ca.pem'}, contact: [bench@acme.test], accept_terms: true, retry_initial: 1s, retry_max: 2s }}
-hosts:
-  {NAME}:
-    tls: acme
-    upstream: http://127.0.0.1:{results['_upstream']}
-""")
+                (run_dir / "edge.yaml").write_text(_edge_yaml(
+                    (http_port, https_port, bench.free_port()), run_dir / "store", directory,
+                    d / "ca.pem", results["_upstream"]))
                 cmd = [bench.REL / "mcp-edge", "run", "-c", run_dir / "edge.yaml"]
                 penv = None
             else:
@@ -145,16 +153,10 @@ def measure_replicas(results, work, runs, log, http_port, directory, d, root):
         procs = []
         t0 = time.monotonic()
         for n, (h, s, m) in enumerate(ports):
-            (run_dir / f"r{n}.yaml").write_text(f"""
-listen: {{ http: "127.0.0.1:{h}", https: "127.0.0.1:{s}", metrics: "127.0.0.1:{m}" }}
-storage: {{ dir: {run_dir / f'r{n}'}, redis: "redis://127.0.0.1:{redis_port}/0", prefix: "bench{i}:" }}
-threads: 1
-acme: {{ directory: "{directory}", directory_root: {d / 'ca.pem'}, contact: [bench@acme.test], accept_terms: true, retry_initial: 1s, retry_max: 2s }}
-hosts:
-  {NAME}:
-    tls: acme
-    upstream: http://127.0.0.1:{results['_upstream']}
-""")
+            storage = (f'{{ dir: {run_dir / f"r{n}"}, redis: "redis://127.0.0.1:{redis_port}/0", '
+                       f'prefix: "bench{i}:" }}')
+            (run_dir / f"r{n}.yaml").write_text(_edge_yaml(
+                (h, s, m), storage, directory, d / "ca.pem", results["_upstream"]))
             procs.append(bench.spawn([bench.REL / "mcp-edge", "run", "-c", run_dir / f"r{n}.yaml"],
                                      bench.PROXY_CPU, f"acme-replica-{n}"))
         ms = None

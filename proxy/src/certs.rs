@@ -43,6 +43,21 @@ pub fn names_of(host: &Host) -> Vec<String> {
     host.names().map(|n| n.as_str().to_string()).collect()
 }
 
+/// A chain and key, as stored under `cert` and `key`, checked (errors name the keys).
+pub fn pair_from_pem(
+    cert: &Key,
+    cert_pem: &[u8],
+    key: &Key,
+    key_pem: &[u8],
+) -> Result<LoadedCert, pem::KeyPairError> {
+    pem::key_pair_from_pem(
+        cert_pem,
+        Path::new(cert.as_str()),
+        key_pem,
+        Path::new(key.as_str()),
+    )
+}
+
 /// A chain and key from storage, checked: None when either is absent.
 pub async fn read_pair(
     storage: &Storage,
@@ -54,7 +69,7 @@ pub async fn read_pair(
     let (Some(c), Some(k)) = (c, k) else {
         return Ok(None);
     };
-    pem::key_pair_from_pem(&c, Path::new(cert.as_str()), &k, Path::new(key.as_str()))
+    pair_from_pem(cert, &c, key, &k)
         .map(Some)
         .map_err(|e| e.to_string())
 }
@@ -125,16 +140,11 @@ pub async fn ensure_self_signed(storage: &Storage, host: &Host) -> Result<Loaded
     params.not_after = (now + SELF_SIGNED_LIFETIME).into();
     let cert = params.self_signed(&key).map_err(gen_err)?;
     let (key_pem, cert_pem) = (key.serialize_pem(), cert.pem());
-    let loaded = pem::key_pair_from_pem(
-        cert_pem.as_bytes(),
-        Path::new(cert_key.as_str()),
-        key_pem.as_bytes(),
-        Path::new(key_key.as_str()),
-    )
-    .map_err(|source| CertError::KeyPair {
-        host: host.name.clone(),
-        source,
-    })?;
+    let loaded = pair_from_pem(&cert_key, cert_pem.as_bytes(), &key_key, key_pem.as_bytes())
+        .map_err(|source| CertError::KeyPair {
+            host: host.name.clone(),
+            source,
+        })?;
     let mut items = vec![(&cert_key, cert_pem.as_bytes())];
     if store_key {
         // Key first: a stored certificate always has its key beside it.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{free_port, wait_for, Ports};
+use crate::{free_port, wait_listening, Ports};
 
 pub struct Balancer {
     /// The plain-HTTP front (what pebble validates on).
@@ -43,13 +43,7 @@ impl Balancer {
             .stderr(std::fs::File::create(dir.join(format!("haproxy-{http}.log"))).unwrap())
             .spawn()
             .expect("start haproxy (Debian package haproxy)");
-        wait_for(Duration::from_secs(10), "haproxy listening", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", http))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
+        wait_listening(http, Duration::from_secs(10), "haproxy listening").await;
         Self { http, https, child }
     }
 }

@@ -616,6 +616,28 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// Waits until something accepts connections on 127.0.0.1:`port`, at most `limit`.
+pub async fn wait_listening(port: u16, limit: Duration, what: &str) {
+    wait_for(limit, what, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
+
+/// `mcp-edge run --config CONFIG` when it must not start: what it wrote to stderr.
+pub fn start_refused(config: &Path) -> String {
+    let out = Command::new(edge_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "mcp-edge started: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// What `mcp-edge certs --config CONFIG` prints (it must succeed).
 pub fn certs_report(config: &Path) -> String {
     let out = Command::new(edge_bin())
@@ -774,13 +796,7 @@ impl ToolServer {
             .stderr(std::fs::File::create(dir.join(format!("tools-{port}.log"))).unwrap())
             .spawn()
             .expect("start the tool server");
-        wait_for(Duration::from_secs(30), "tool server", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
+        wait_listening(port, Duration::from_secs(30), "tool server").await;
         Self { child, port }
     }
 }

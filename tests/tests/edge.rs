@@ -811,16 +811,9 @@ async fn a_port_that_cannot_be_bound_stops_the_process_with_a_clear_message() {
     );
     let path = dir.path().join("edge.yaml");
     std::fs::write(&path, cfg).unwrap();
-    let bin = edge_bin();
     let start = Instant::now();
-    let out = std::process::Command::new(bin)
-        .args(["run", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let err = start_refused(&path);
     assert!(start.elapsed() < Duration::from_secs(10));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("listen.https") && err.contains(&busy.local_addr().unwrap().to_string()),
         "{err}"

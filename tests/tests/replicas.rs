@@ -447,16 +447,8 @@ async fn storage_copy_moves_a_single_node_into_password_protected_redis_and_back
     // The same replica with a wrong password does not start, and says why without echoing it.
     let bad = yaml.replace(password, "not-the-password");
     std::fs::write(clustered.join("bad.yaml"), &bad).unwrap();
-    let out = Command::new(edge_bin())
-        .args(["run", "--config"])
-        .arg(clustered.join("bad.yaml"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("Redis at 127.0.0.1:"),
-        "{err}"
-    );
+    let err = start_refused(&clustered.join("bad.yaml"));
+    assert!(err.contains("Redis at 127.0.0.1:"), "{err}");
     assert!(!err.contains("not-the-password"), "{err}");
 
     // And back to a directory: the same files, the same modes.
@@ -536,16 +528,8 @@ async fn storage_copy_reaches_redis_over_tls_trusting_only_the_configured_ca() {
         redis.url()
     );
     std::fs::write(dir.path().join("untrusting.yaml"), untrusting).unwrap();
-    let out = Command::new(edge_bin())
-        .args(["run", "--config"])
-        .arg(dir.path().join("untrusting.yaml"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("refused: invalid peer certificate"),
-        "{err}"
-    );
+    let err = start_refused(&dir.path().join("untrusting.yaml"));
+    assert!(err.contains("refused: invalid peer certificate"), "{err}");
     // A proxy configured with the CA reads it.
     let yaml = format!(
         "{}storage:\n  dir: {}\n  redis: \"{}\"\n  ca: {ca_file}\nhosts:\n  h.test:\n    tls: self-signed\n    upstream: http://127.0.0.1:9\n",

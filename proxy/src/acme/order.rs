@@ -1,7 +1,6 @@
 //! One ACME order for one host: HTTP-01 for every name, a fresh key, the chain checked against
 //! the key and the names, then written (key 0600) before anyone serves it.
 
-use std::path::Path;
 use std::time::Duration;
 
 use instant_acme::{
@@ -13,7 +12,7 @@ use super::client::{describe_problem, Failure};
 use crate::config::KeyType;
 use crate::http01::ChallengeStore;
 use crate::names::HostName;
-use crate::pem::{self, LoadedCert};
+use crate::pem::LoadedCert;
 use crate::storage::{Key, Storage};
 
 /// Polling of the order while the CA validates and issues. It starts fast (a CA such as pebble
@@ -143,13 +142,9 @@ pub(super) async fn order(
 
     let (cert_key, key_key) = (Key::acme_cert(req.host), Key::acme_key(req.host));
     let key_pem = key.serialize_pem();
-    let loaded = pem::key_pair_from_pem(
-        chain.as_bytes(),
-        Path::new(cert_key.as_str()),
-        key_pem.as_bytes(),
-        Path::new(key_key.as_str()),
-    )
-    .map_err(|e| Failure::new(format!("the CA's certificate is unusable: {e}")))?;
+    let loaded =
+        crate::certs::pair_from_pem(&cert_key, chain.as_bytes(), &key_key, key_pem.as_bytes())
+            .map_err(|e| Failure::new(format!("the CA's certificate is unusable: {e}")))?;
     let missing: Vec<&String> = req
         .names
         .iter()
