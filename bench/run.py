@@ -31,6 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REL = ROOT / "target" / "release"
+# Another mcp-edge build in place of this tree's, to compare two builds on this machine:
+# BENCH_EDGE_BIN=/tmp/mcp-edge-before BENCH_ONLY=mem BENCH_PROXIES=mcp-edge,nginx bench/run
+EDGE_BIN = Path(os.environ.get("BENCH_EDGE_BIN", REL / "mcp-edge"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 # 10,000 streams would need 20,000+ descriptors in the proxy (client + upstream side); this
@@ -213,7 +216,7 @@ hosts:
     upstream: {up}
 {self.host_yaml}""")
         env_log = "MCP_EDGE_LOG=warn"
-        return ["env", env_log, REL / "mcp-edge", "run", "-c", self.dir / "edge.yaml"]
+        return ["env", env_log, EDGE_BIN, "run", "-c", self.dir / "edge.yaml"]
 
 
 class Nginx(Proxy):

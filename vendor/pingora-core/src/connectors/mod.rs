@@ -241,7 +241,11 @@ impl TransportConnector {
             .await
             .or_err(InternalError, "offload runtime failure")??
         } else {
-            do_connect(peer, bind_to, alpn_override, &self.tls_ctx.ctx, None).await?
+            // mcp-edge patch: the connect future (TCP, TLS handshake) is boxed. Inline, it made
+            // every future that may connect as large as a TLS handshake, and the proxy holds
+            // such a future for a request's whole life, though most requests reuse a pooled
+            // connection.
+            Box::pin(do_connect(peer, bind_to, alpn_override, &self.tls_ctx.ctx, None)).await?
         };
 
         Ok(stream)
