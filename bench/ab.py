@@ -6,11 +6,8 @@ requests/s does; use it to decide whether a change to the request path pays.
 """
 
 import os
-import resource
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -22,13 +19,7 @@ def main():
     builds = [Path(b).resolve() for b in sys.argv[1:]]
     if len(builds) != 2 or not all(b.is_file() for b in builds):
         sys.exit("usage: bench/ab BUILD_A BUILD_B (two mcp-edge binaries)")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 200000), hard))
-    pki = bench.make_certs()
-    upstream = bench.free_port()
-    bench.spawn([bench.REL / "bench-upstream", "--listen", f"127.0.0.1:{upstream}"], bench.LOAD_CPU,
-                "upstream")
-    bench.wait_port(upstream)
+    pki, upstream = bench.prepare()
     rows = {b: [] for b in builds}
     for i in range(int(os.environ.get("BENCH_RUNS", "4"))):
         for b in builds:
@@ -47,10 +38,4 @@ def main():
 
 
 if __name__ == "__main__":
-    bench.WORK = Path(tempfile.mkdtemp(prefix="mcp-edge-ab-"))
-    try:
-        main()
-    finally:
-        for p in bench.PROCS:
-            bench.stop(p)
-        shutil.rmtree(bench.WORK, ignore_errors=True)
+    bench.entry(main)

@@ -175,7 +175,7 @@ def traced_edge(pki, upstream, out):
     class Traced(bench.McpEdge):
         def command(self):
             cmd = super().command()
-            i = cmd.index(bench.REL / "mcp-edge")
+            i = cmd.index(bench.EDGE_BIN)
             cmd[i:i + 1] = ["heaptrack", "-o", out / "heaptrack", binary]
             return cmd
 

@@ -554,13 +554,20 @@ def mcp_parsing(pki, results):
             log(f"  mcp parsing {kind} run {i + 1}: {r}")
 
 
-def main():
+def prepare():
+    """The descriptor limit, the certificates and the upstream every proxy forwards to:
+    (pki, upstream port)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 200000), hard))
     pki = make_certs()
     upstream = free_port()
     spawn([REL / "bench-upstream", "--listen", f"127.0.0.1:{upstream}"], LOAD_CPU, "upstream")
     wait_port(upstream)
+    return pki, upstream
+
+
+def main():
+    pki, upstream = prepare()
     results = {"_upstream": upstream}
     measure_all(pki, upstream, results)
     if wanted("upstream"):
@@ -721,11 +728,12 @@ def tool_version(cmd):
         return "?"
 
 
-def entry():
+def entry(body=None):
+    """Runs `body` (default: every figure) in a scratch directory; stops what it started."""
     global WORK
     WORK = Path(tempfile.mkdtemp(prefix="mcp-edge-bench-"))
     try:
-        main()
+        (body or main)()
     finally:
         for p in PROCS:
             stop(p)
