@@ -36,6 +36,16 @@ struct WireParams<'a> {
 struct WireResult {
     #[serde(rename = "isError", default)]
     is_error: bool,
+    /// The entries of a `tools/list`, `prompts/list` or `resources/list` answer.
+    tools: Option<Vec<WireListed>>,
+    prompts: Option<Vec<WireListed>>,
+    resources: Option<Vec<WireListed>>,
+}
+
+#[derive(Deserialize)]
+struct WireListed {
+    name: Option<String>,
+    uri: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -71,21 +81,57 @@ impl Wire<'_> {
         })
     }
 
-    fn outcome(&self) -> Option<(String, Outcome)> {
+    fn answer(&self) -> Option<Answer> {
         let id = self.id?.get().to_string();
         if let Some(e) = &self.error {
-            return Some((id, Outcome::JsonRpcError(e.code)));
+            return Some(Answer {
+                id,
+                outcome: Outcome::JsonRpcError(e.code),
+                listed: Vec::new(),
+            });
         }
         let r = self.result.as_ref()?;
-        Some((
+        let outcome = if r.is_error {
+            Outcome::ToolError
+        } else {
+            Outcome::Ok
+        };
+        let tools_or_prompts = r.tools.iter().chain(&r.prompts).flatten();
+        let listed = tools_or_prompts
+            .filter_map(|t| t.name.clone())
+            .chain(r.resources.iter().flatten().filter_map(|t| t.uri.clone()))
+            .collect();
+        Some(Answer {
             id,
-            if r.is_error {
-                Outcome::ToolError
-            } else {
-                Outcome::Ok
-            },
-        ))
+            outcome,
+            listed,
+        })
     }
+}
+
+/// A response message: the call it answers (its id as JSON text), how, and for a list
+/// (`tools/list`, `prompts/list`, `resources/list`) the names it lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub id: String,
+    pub outcome: Outcome,
+    pub listed: Vec<String>,
+}
+
+/// The longest tool, prompt or resource name counted under its own metric label (MCP tool
+/// names are 1 to 128 characters); a longer one is `_other`.
+pub const MAX_NAME_LABEL: usize = 128;
+
+/// `name` cut to at most `MAX_NAME_LABEL` bytes (on a character boundary), for a log line.
+pub fn bounded(name: &str) -> &str {
+    if name.len() <= MAX_NAME_LABEL {
+        return name;
+    }
+    let mut end = MAX_NAME_LABEL;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// Bodies larger than this are not parsed (counted as `_unparsed`); MCP messages are small.
@@ -307,11 +353,11 @@ pub fn outcome_of(message: &Value) -> Option<(String, Outcome)> {
     Some((id, outcome))
 }
 
-/// The outcomes in a JSON response body (one message or a batch).
-pub fn parse_response(body: &[u8]) -> Vec<(String, Outcome)> {
+/// The answers in a JSON response body (one message or a batch).
+pub fn parse_response(body: &[u8]) -> Vec<Answer> {
     wire_messages(body)
         .iter()
-        .filter_map(Wire::outcome)
+        .filter_map(Wire::answer)
         .collect()
 }
 
@@ -328,11 +374,11 @@ impl Event {
         serde_json::from_slice(&self.data).ok()
     }
 
-    /// The outcome of the JSON-RPC response it carries, if it carries one.
-    pub fn outcome(&self) -> Option<(String, Outcome)> {
+    /// The JSON-RPC response it carries, if it carries one.
+    pub fn answer(&self) -> Option<Answer> {
         serde_json::from_slice::<Wire<'_>>(&self.data)
             .ok()?
-            .outcome()
+            .answer()
     }
 }
 
@@ -458,11 +504,28 @@ mod tests {
     }
 
     #[test]
+    fn names_for_logs_are_bounded_on_a_character_boundary() {
+        assert_eq!(bounded("search"), "search");
+        let long = "é".repeat(100);
+        assert_eq!(bounded(&long).len(), MAX_NAME_LABEL);
+        assert!(bounded(&format!("a{long}")).len() <= MAX_NAME_LABEL);
+    }
+
+    #[test]
     fn outcomes_in_json_and_in_an_sse_stream_split_anywhere() {
         assert_eq!(
             parse_response(br#"{"jsonrpc":"2.0","id":1,"result":{"isError":true,"content":[]}}"#),
-            [("1".to_string(), Outcome::ToolError)]
+            [Answer {
+                id: "1".into(),
+                outcome: Outcome::ToolError,
+                listed: vec![]
+            }]
         );
+        let list = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"a","inputSchema":{}},{"name":"b"}],"nextCursor":"c"}}"#;
+        assert_eq!(parse_response(list)[0].listed, ["a", "b"]);
+        let resources =
+            br#"{"jsonrpc":"2.0","id":2,"result":{"resources":[{"uri":"docs://x","name":"X"}]}}"#;
+        assert_eq!(parse_response(resources)[0].listed, ["docs://x"]);
         let stream = b"event: message\r\nid: 9\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":4,\"error\":{\"code\":-32602,\"message\":\"x\"}}\n\n";
         for split in 0..stream.len() {
             let mut s = SseScanner::default();

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::mcp::{self, Call, Outcome, SseScanner};
+use crate::mcp::{self, Answer, Call, Outcome, SseScanner};
 use crate::metrics;
 use crate::routing::NameLabels;
 
@@ -32,7 +32,8 @@ struct Pending {
     host: Arc<str>,
     route: Arc<str>,
     method: String,
-    tool: String,
+    /// The name it called (none past `MAX_NAME_LABEL`: such a name is never a label).
+    name: Option<String>,
 }
 
 /// Legacy calls waiting for their answer, by (session, id). Bounded: the oldest are dropped
@@ -76,6 +77,24 @@ fn record(host: &str, route: &str, method: &str, tool: &str, outcome: Outcome, t
     m.mcp_duration
         .with_label_values(&[host, route, method, tool])
         .observe(took.as_secs_f64());
+}
+
+/// The label of `name`, called and answered with `outcome`: a successful result vouches for
+/// the name (an error does not: SDK servers answer an unknown tool with `isError`).
+fn vouched_label(name: &str, outcome: Outcome, names: &NameLabels) -> String {
+    if outcome == Outcome::Ok {
+        names.vouch(name);
+    }
+    names.label(name)
+}
+
+/// The names a list answer (`tools/list`, `prompts/list`, `resources/list`) vouches for.
+fn vouch_listed(method: &str, answer: &Answer, names: &NameLabels) {
+    if matches!(method, "tools/list" | "prompts/list" | "resources/list") {
+        for n in &answer.listed {
+            names.vouch(n);
+        }
+    }
 }
 
 /// The session id in a legacy `endpoint` event's URL or a `/message` request's query.
@@ -180,7 +199,7 @@ impl Exchange {
         }
         if let Some(c) = calls.first() {
             self.log.method = c.method.clone();
-            self.log.tool = c.name.clone().unwrap_or_default();
+            self.log.tool = mcp::bounded(c.name.as_deref().unwrap_or_default()).to_string();
             self.log.id = c.id.clone().unwrap_or_default();
         }
         self.calls = calls.into_iter().map(|c| (c, false)).collect();
@@ -229,51 +248,42 @@ impl Exchange {
                 for event in scanner.events(chunk) {
                     if event.name.as_deref() == Some("endpoint") {
                         self.session = legacy_session(&String::from_utf8_lossy(&event.data));
-                    } else if let Some(found_one) = event.outcome() {
+                    } else if let Some(found_one) = event.answer() {
                         found.push(found_one);
                     }
                 }
             }
             _ => {}
         }
-        for (id, outcome) in found {
-            if self
+        for answer in found {
+            let id = answer.id.as_str();
+            if let Some(i) = self
                 .calls
                 .iter()
-                .any(|(c, done)| !done && c.id.as_deref() == Some(id.as_str()))
+                .position(|(c, done)| !done && c.id.as_deref() == Some(id))
             {
-                self.answer(Some(&id), outcome, names);
+                vouch_listed(&self.calls[i].0.method, &answer, names);
+                self.count(i, answer.outcome, names);
             } else if let Some(session) = &self.session {
                 // An answer on a legacy session's stream to a call POSTed to `/message`.
-                if let Some(p) = legacy.take(&(session.clone(), id)) {
-                    record(
-                        &p.host,
-                        &p.route,
-                        &p.method,
-                        &p.tool,
-                        outcome,
-                        p.start.elapsed(),
-                    );
+                if let Some(p) = legacy.take(&(session.clone(), answer.id.clone())) {
+                    vouch_listed(&p.method, &answer, names);
+                    let tool = match &p.name {
+                        Some(n) => vouched_label(n, answer.outcome, names),
+                        None => String::new(),
+                    };
+                    let method = mcp::method_label(&p.method);
+                    let took = p.start.elapsed();
+                    record(&p.host, &p.route, method, &tool, answer.outcome, took);
                 }
             }
-        }
-    }
-
-    /// Counts the first unanswered call with `id` as ended with `outcome`.
-    fn answer(&mut self, id: Option<&str>, outcome: Outcome, names: &NameLabels) {
-        let found = self
-            .calls
-            .iter()
-            .position(|(c, done)| !done && (id.is_none() || c.id.as_deref() == id));
-        if let Some(i) = found {
-            self.count(i, outcome, names);
         }
     }
 
     /// Counts call `i` as ended with `outcome`.
     fn count(&mut self, i: usize, outcome: Outcome, names: &NameLabels) {
         self.calls[i].1 = true;
-        let (method, tool) = self.labels(i, names);
+        let (method, tool) = self.labels(i, outcome, names);
         record(
             &self.host,
             &self.route,
@@ -291,11 +301,11 @@ impl Exchange {
         }
     }
 
-    /// The method and tool labels of call `i`.
-    fn labels(&self, i: usize, names: &NameLabels) -> (&'static str, String) {
+    /// The method and tool labels of call `i`, answered with `outcome`.
+    fn labels(&self, i: usize, outcome: Outcome, names: &NameLabels) -> (&'static str, String) {
         let call = &self.calls[i].0;
         let tool = match (&call.name, mcp::has_name(&call.method)) {
-            (Some(n), true) => names.label(n),
+            (Some(n), true) => vouched_label(n, outcome, names),
             _ => String::new(),
         };
         (mcp::method_label(&call.method), tool)
@@ -318,13 +328,14 @@ impl Exchange {
             } else if self.status == 202 && request {
                 self.calls[i].1 = true;
                 if let (Some(session), Some(id)) = (&self.session, &self.calls[i].0.id) {
-                    let (method, tool) = self.labels(i, names);
+                    let call = &self.calls[i].0;
+                    let name = call.name.as_ref().filter(|_| mcp::has_name(&call.method));
                     let pending = Pending {
                         start: self.start,
                         host: self.host.clone(),
                         route: self.route.clone(),
-                        method: method.to_string(),
-                        tool,
+                        method: mcp::method_label(&call.method).to_string(),
+                        name: name.filter(|n| n.len() <= mcp::MAX_NAME_LABEL).cloned(),
                     };
                     legacy.insert((session.clone(), id.clone()), pending);
                 }

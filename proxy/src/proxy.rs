@@ -247,6 +247,9 @@ impl EdgeProxy {
             return Ok(());
         }
         if !end_of_stream {
+            // Held: an empty chunk, which pingora skips. `None` would tell it the body ended
+            // (it then closed a chunked body empty, or left a Content-Length one unwritten).
+            *body = Some(Bytes::new());
             return Ok(());
         }
         ctx.hold_body = false;

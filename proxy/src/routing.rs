@@ -42,36 +42,50 @@ pub struct RouteEntry {
     pub names: NameLabels,
 }
 
-/// Metric labels for names clients send: the first `max` seen are themselves, the rest
-/// `_other`, so a client inventing names cannot multiply the series.
+/// Metric labels for the tools, prompts and resources of a route. A name a client sends is
+/// only a claim: it becomes a label once the upstream has vouched for it (listed it, or
+/// answered a call to it with a successful result), up to `max` names of at most
+/// `MAX_NAME_LABEL` bytes; everything else is `_other`. So strangers inventing names, however
+/// many or long, add no series and cannot crowd out the real tools.
 pub struct NameLabels {
     max: usize,
-    seen: std::sync::Mutex<Vec<String>>,
+    known: std::sync::Mutex<Vec<String>>,
 }
+
+pub const OTHER: &str = "_other";
 
 impl NameLabels {
     pub fn new(max: usize) -> Self {
         Self {
             max,
-            seen: std::sync::Mutex::new(Vec::new()),
+            known: std::sync::Mutex::new(Vec::new()),
         }
     }
 
+    /// The label for `name`: itself once vouched for, else `_other`.
     pub fn label(&self, name: &str) -> String {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.iter().any(|s| s == name) {
-            return name.to_string();
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.iter().any(|k| k == name) {
+            name.to_string()
+        } else {
+            OTHER.to_string()
         }
-        if seen.len() < self.max {
-            seen.push(name.to_string());
-            return name.to_string();
+    }
+
+    /// The upstream vouched for `name`: it gets its own label while there is room.
+    pub fn vouch(&self, name: &str) {
+        if name.is_empty() || name.len() > crate::mcp::MAX_NAME_LABEL || name == OTHER {
+            return;
         }
-        "_other".to_string()
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() < self.max && !known.iter().any(|k| k == name) {
+            known.push(name.to_string());
+        }
     }
 
     /// The names counted by name so far.
     pub fn known(&self) -> Vec<String> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -125,5 +139,25 @@ impl Table {
     /// Every host once, in file order.
     pub fn hosts(&self) -> &[Arc<HostEntry>] {
         &self.hosts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_labels_only_when_vouched_for_and_within_bounds() {
+        let names = NameLabels::new(2);
+        assert_eq!(names.label("search"), OTHER, "a name sent is only a claim");
+        names.vouch("search");
+        assert_eq!(names.label("search"), "search");
+        names.vouch(&"x".repeat(crate::mcp::MAX_NAME_LABEL + 1));
+        assert_eq!(names.known(), ["search"], "too long to be a label");
+        names.vouch("fetch");
+        names.vouch("third");
+        assert_eq!(names.label("third"), OTHER, "past max");
+        names.vouch("search");
+        assert_eq!(names.known(), ["search", "fetch"]);
     }
 }

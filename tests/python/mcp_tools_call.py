@@ -1,5 +1,5 @@
 """Calls the tools of tests/python/tool_server.py through a URL with the official MCP Python SDK:
-fast x3, slow(0.3 s) x1, fail x1, a tool that does not exist x1, then extra tools named
+lists the tools, then fast x3, slow(0.3 s) x1, fail x1, a tool that does not exist x1, then extra tools named
 --extra-tools (each called with no arguments, whatever the answer).
 
 usage: mcp_tools_call.py URL {streamable,sse} [--extra-tools N] [--fresh-connections]
@@ -22,6 +22,8 @@ def text(result):
 async def calls(s, extra):
     out = {}
     await s.initialize()
+    # As real clients do: the list is what makes a tool's name a metric label at the edge.
+    out["listed"] = sorted(t.name for t in (await s.list_tools()).tools)
     for i in range(3):
         out["fast"] = text(await s.call_tool("fast", {"text": f"hello {i}"}))
     out["slow"] = text(await s.call_tool("slow", {"seconds": 0.3}))

@@ -44,14 +44,16 @@ async fn tools_are_counted_by_name_outcome_and_latency_on_both_transports() {
     assert_eq!(edge.metric(&calls(h, "fast", "ok")).await, 3.0);
     assert_eq!(edge.metric(&calls(h, "slow", "ok")).await, 1.0);
     assert_eq!(edge.metric(&calls(h, "fail", "tool_error")).await, 1.0);
-    assert_eq!(
-        edge.metric(&calls(h, "no_such_tool", "tool_error")).await,
-        1.0
-    );
+    // A tool the server does not have, and invented names, are answered with errors: none of
+    // them is vouched for, so they share `_other` (a client cannot invent series).
+    assert!(edge
+        .try_metric(&calls(h, "no_such_tool", "tool_error"))
+        .await
+        .is_none());
     assert_eq!(
         edge.metric(&calls(h, "_other", "tool_error")).await,
-        3.0,
-        "invented names share _other"
+        4.0,
+        "unknown and invented names share _other"
     );
     assert!(edge
         .try_metric(&calls(h, "invented_0", "tool_error"))
@@ -162,4 +164,98 @@ async fn headers_that_disagree_with_the_body_get_32020_when_validation_is_on() {
     )
     .await;
     assert_eq!(raw_status(&raw), 200, "{raw}");
+}
+
+/// A JSON-RPC POST to `/mcp` on host 127.0.0.1 in `session` (none for `initialize`).
+fn mcp_post(body: &str, session: Option<&str>) -> String {
+    let session = session.map_or(String::new(), |s| format!("mcp-session-id: {s}\r\n"));
+    format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2025-06-18\r\n{session}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn invented_tool_names_cannot_inflate_the_metrics_or_the_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tools = ToolServer::start(tmp.path(), true).await;
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  127.0.0.1:\n    tls: none\n    upstream: \"http://127.0.0.1:{}\"\n",
+        ports.yaml(),
+        tmp.path().join("certs").display(),
+        tools.port,
+    );
+    let edge = Edge::start(tmp.path(), &ports, &cfg).await;
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"flood","version":"1"}}}"#;
+    let raw = edge
+        .raw_exchange(&mcp_post(init, None), &[], Duration::ZERO)
+        .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    let session = raw_header(&raw, "mcp-session-id").unwrap().to_string();
+    let done = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    edge.raw_exchange(&mcp_post(done, Some(&session)), &[], Duration::ZERO)
+        .await;
+
+    // One call of each shape first, so that the flood is measured against steady state.
+    let flood_call = |i: usize| {
+        let name = format!("t{i}{}", "x".repeat(63 * 1024));
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#,
+            i + 2
+        );
+        mcp_post(&body, Some(&session))
+    };
+    let raw = edge.raw_exchange(&flood_call(0), &[], Duration::ZERO).await;
+    assert_eq!(raw_status(&raw), 200, "{}", &raw[..raw.len().min(300)]);
+    let before = edge.metrics_text().await.len();
+    let rss_before = rss_kb(edge.pid());
+
+    // The flood: 100 calls of tools nobody has, each named by 63 KB.
+    for i in 1..=100 {
+        edge.raw_exchange(&flood_call(i), &[], Duration::ZERO).await;
+    }
+    let text = edge.metrics_text().await;
+    assert!(
+        text.len() < before + 1024,
+        "/metrics grew from {before} to {} bytes",
+        text.len()
+    );
+    assert!(
+        text.lines().all(|l| l.len() < 1024),
+        "a metric line carries an invented name"
+    );
+    assert_eq!(
+        metric_value(&text, &calls("127.0.0.1", "_other", "tool_error")),
+        101.0
+    );
+    let rss_after = rss_kb(edge.pid());
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+    // The access log keeps a bounded prefix of the name.
+    assert!(
+        edge.log().lines().all(|l| l.len() < 4096),
+        "a log line carries the name"
+    );
+
+    // A real client lists the tools and calls them: each keeps its own series.
+    call_tools(
+        &format!("http://127.0.0.1:{}/mcp", edge.http.port()),
+        "streamable",
+        0,
+    )
+    .await;
+    assert_eq!(edge.metric(&calls("127.0.0.1", "fast", "ok")).await, 3.0);
+    assert_eq!(
+        edge.metric(&calls("127.0.0.1", "fail", "tool_error")).await,
+        1.0
+    );
 }
