@@ -464,6 +464,72 @@ async fn every_wrong_token_is_refused_with_its_reason_and_rotation_needs_no_rest
         );
     }
 
+    // Registered claims are checked by type, whatever the JWT library does (CVE-2026-25537: a
+    // claim of the wrong JSON type was taken as absent). Each bad shape is refused as an invalid
+    // token; its twin, the same token with the claim well-formed, passes.
+    let without_exp = {
+        let mut c = claims(json!({}));
+        c.as_object_mut().unwrap().remove("exp");
+        c
+    };
+    let typed: Vec<(&str, serde_json::Value, serde_json::Value)> = vec![
+        (
+            "bad_claim",
+            claims(json!({"exp": "never"})),
+            claims(json!({"exp": now() + 600})),
+        ),
+        (
+            "bad_claim",
+            claims(json!({"nbf": "99999999999"})),
+            claims(json!({"nbf": now() - 5})),
+        ),
+        (
+            "bad_claim",
+            claims(json!({"iat": "yesterday"})),
+            claims(json!({"iat": now() - 5})),
+        ),
+        ("bad_claim", without_exp, claims(json!({"exp": now() + 60}))),
+        (
+            "not_yet_valid",
+            claims(json!({"nbf": now() + 3600})),
+            claims(json!({"nbf": now() + 5})),
+        ),
+        (
+            "bad_audience",
+            claims(json!({"aud": format!("{resource}/")})),
+            claims(json!({"aud": ["api://other", resource.as_str()]})),
+        ),
+        (
+            "bad_issuer",
+            claims(json!({"iss": format!("{iss}/")})),
+            claims(json!({"iss": iss.as_str()})),
+        ),
+    ];
+    for (reason, bad, twin) in &typed {
+        let r = get(Some(mint(&auth.k1, "k1", bad.clone())), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{reason}: {bad}");
+        let www = r.headers()["www-authenticate"].to_str().unwrap();
+        assert!(www.contains("error=\"invalid_token\""), "{reason}: {www}");
+        let r = get(Some(mint(&auth.k1, "k1", twin.clone())), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "twin of {reason}: {twin}");
+    }
+    for (reason, total) in [
+        ("bad_claim", 4.0),
+        ("not_yet_valid", 1.0),
+        ("bad_audience", 2.0),
+        ("bad_issuer", 2.0),
+    ] {
+        assert_eq!(
+            edge.metric(&format!("mcp_edge_auth_results_total{{host=\"localhost\",result=\"{reason}\",route=\"/mcp\"}}")).await,
+            total,
+            "{reason}"
+        );
+    }
+
     // The authorization server rotates its key: a token under the new kid is accepted at once.
     auth.post(&ca, "/test/rotate", &[], "machine").await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // past jwks_min_refresh
