@@ -127,7 +127,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // pingora installs ring as the process default too; doing it first means no other provider
     // can win the race.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = mcp_edge::pem::ring_provider().install_default();
     match cli.command {
         Command::ApiKey { name } => match mcp_edge::cli::api_key(&name) {
             Ok(text) => {

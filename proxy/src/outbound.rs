@@ -34,7 +34,7 @@ pub enum FetchError {
 
 /// An HTTPS connector trusting the system's roots and `extra`.
 pub fn https_connector(extra: &[CertificateDer<'static>]) -> Result<HttpsConnector, FetchError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::pem::ring_provider());
     let verifier =
         rustls_platform_verifier::Verifier::new_with_extra_roots(extra.to_vec(), provider.clone())
             .map_err(|e| FetchError::Tls(format!("certificate verification: {e}")))?;

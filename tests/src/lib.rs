@@ -76,8 +76,15 @@ pub fn send_signal(child: &Child, sig: &str) {
     assert!(ok, "kill {sig} {}", child.id());
 }
 
+/// ring, as the proxy uses it (rustls 0.23.48 deprecates it for want of post-quantum key
+/// exchange; see mcp_edge's `pem::ring_provider`).
+#[allow(deprecated)]
+pub fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = ring_provider().install_default();
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout` with `what`.
@@ -515,7 +522,7 @@ impl rustls::client::danger::ServerCertVerifier for Anything {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
+        ring_provider()
             .signature_verification_algorithms
             .supported_schemes()
     }

@@ -39,7 +39,7 @@ fn server_config(
     };
     // A resolver rather than `with_single_cert`: rustls would refuse to serve the version-1
     // certificates some appliances have, and those are what some tests are about.
-    let signing = rustls::crypto::ring::default_provider()
+    let signing = crate::ring_provider()
         .key_provider
         .load_private_key(key)
         .unwrap();

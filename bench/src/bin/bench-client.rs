@@ -62,7 +62,7 @@ impl Client {
         };
         let tls = arg("--ca").map(|ca| {
             use rustls_pki_types::pem::PemObject;
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            let _ = ring_provider().install_default();
             let mut roots = rustls::RootCertStore::empty();
             for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
                 roots.add(c.unwrap()).unwrap();
@@ -328,4 +328,11 @@ async fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// ring, as the proxy uses it (rustls 0.23.48 deprecates it for want of post-quantum key
+/// exchange; see mcp_edge's `pem::ring_provider`).
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }

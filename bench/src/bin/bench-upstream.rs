@@ -118,7 +118,7 @@ async fn main() {
 async fn serve_tls(listener: tokio::net::TcpListener, app: Router, cert: &str, key: &str) {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = ring_provider().install_default();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .unwrap()
         .map(|c| c.unwrap())
@@ -148,4 +148,11 @@ async fn serve_tls(listener: tokio::net::TcpListener, app: Router, cert: &str, k
                     .await;
         });
     }
+}
+
+/// ring, as the proxy uses it (rustls 0.23.48 deprecates it for want of post-quantum key
+/// exchange; see mcp_edge's `pem::ring_provider`).
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }

@@ -18,7 +18,7 @@ pub fn api_key(name: &str) -> Result<String, String> {
         return Err(format!("{name:?}: a key name is letters, digits, - _ ."));
     }
     let mut raw = [0u8; 32];
-    rand::Rng::fill(&mut rand::rng(), &mut raw);
+    rand::RngExt::fill(&mut rand::rng(), &mut raw);
     let key = format!(
         "mcpe_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)

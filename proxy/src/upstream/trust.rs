@@ -70,7 +70,7 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(crate::pem::ring_provider())
 }
 
 impl UpstreamTls {
