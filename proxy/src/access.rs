@@ -1,18 +1,17 @@
 //! Access control on the request path: the discovery documents a client starts from (RFC 9728),
 //! CORS preflights for protected routes, the credential check of a route's `auth`, and its
-//! `rate_limit`. The proxy calls in once per request, after routing.
-
-use std::time::Instant;
+//! `rate_limit`. The proxy calls in once per request, after routing; every outcome is a
+//! [`Decision`], and every answer data ([`Answer`]) the request path writes.
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use pingora::proxy::Session;
-use pingora::Result;
+use pingora::http::RequestHeader;
 
 use crate::auth::{self, Authenticator, Denied, Identity};
-use crate::config::{Host, Rate, Route};
+use crate::config::{Host, Route};
+use crate::limits::{Budget, Limiter};
 use crate::metrics;
-use crate::reply::respond;
+use crate::reply::Answer;
 
 /// Where RFC 9728 metadata lives; a route's is this plus the route's path.
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
@@ -75,13 +74,22 @@ pub struct Admitted {
     pub identity: Option<Identity>,
     /// `RateLimit-Policy` and `RateLimit` for the response.
     pub rate_headers: Vec<(HeaderName, String)>,
-    /// The caller's budgets on this route, for a decision the body completes.
+    /// The caller's budgets on this route.
     pub budget: Option<Budget>,
-    /// The tool budget waits for the body (a `tools/call` named there, not in headers).
-    pub tool_in_body: bool,
+    /// The budgets are spent once the body's tool calls are known (`Budget::spend`).
+    pub charge_with_body: bool,
 }
 
-fn cors(origin: Option<&str>) -> Vec<(HeaderName, String)> {
+/// What access control decided about a request.
+pub enum Decision {
+    /// It goes on, with what was learned.
+    Allow(Admitted),
+    /// It is answered here: a preflight, a challenge (401/403), or a refusal (429).
+    Answer(Answer),
+}
+
+/// The CORS headers of an answer to a browser client from `origin`.
+pub fn cors_headers(origin: Option<&str>) -> Vec<(HeaderName, String)> {
     vec![
         (
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -92,23 +100,22 @@ fn cors(origin: Option<&str>) -> Vec<(HeaderName, String)> {
     ]
 }
 
-fn is_preflight(session: &Session) -> bool {
-    let req = session.req_header();
+fn is_preflight(req: &RequestHeader) -> bool {
     req.method == http::Method::OPTIONS
         && req
             .headers
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-async fn preflight(session: &mut Session, origin: Option<&str>) -> Result<bool> {
-    let mut h = cors(origin);
+fn preflight(origin: Option<&str>) -> Answer {
+    let mut h = cors_headers(origin);
     h.push((
         header::ACCESS_CONTROL_ALLOW_METHODS,
         "GET, POST, DELETE, OPTIONS".into(),
     ));
     h.push((header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS.into()));
     h.push((header::ACCESS_CONTROL_MAX_AGE, "86400".into()));
-    respond(session, 204, "text/plain", Bytes::new(), &h).await
+    Answer::new(204, "text/plain", Bytes::new()).with_headers(h)
 }
 
 /// The route whose metadata `path` asks for: `/.well-known/oauth-protected-resource/mcp` the
@@ -133,81 +140,65 @@ fn metadata_route<'a>(host: &'a Host, path: &str) -> Option<&'a Route> {
         .find(|r| r.path == rest)
 }
 
-/// Answers a request for protected resource metadata (and its preflight). `None`: the path is
-/// not one; `Some(handled)` otherwise.
-pub async fn well_known(
-    session: &mut Session,
+/// The answer to a request for protected resource metadata (or its preflight); `None`: the path
+/// is not one.
+pub fn well_known(
+    req: &RequestHeader,
     host: &Host,
     public: &PublicUrl<'_>,
     path: &str,
     origin: Option<&str>,
-) -> Result<Option<bool>> {
+) -> Option<Answer> {
     if !path.starts_with(METADATA_PATH) {
-        return Ok(None);
+        return None;
     }
-    let Some(route) = metadata_route(host, path) else {
-        return Ok(None);
-    };
-    let Some(oauth) = route.auth.as_ref().and_then(|a| a.oauth.as_ref()) else {
-        return Ok(None);
-    };
-    if is_preflight(session) {
-        return preflight(session, origin).await.map(Some);
+    let route = metadata_route(host, path)?;
+    let oauth = route.auth.as_ref().and_then(|a| a.oauth.as_ref())?;
+    if is_preflight(req) {
+        return Some(preflight(origin));
     }
     let body = auth::resource_metadata(&public.resource(route), oauth);
-    respond(
-        session,
-        200,
-        "application/json",
-        Bytes::from(body),
-        &cors(origin),
-    )
-    .await
-    .map(Some)
+    Some(Answer::json(200, body).with_headers(cors_headers(origin)))
 }
 
-/// The response headers that describe budget `name` after decision `d`
-/// (draft-ietf-httpapi-ratelimit-headers).
-fn rate_headers(name: &str, rate: Rate, d: auth::rate::Decision) -> Vec<(HeaderName, String)> {
-    let reset = d.reset.as_secs_f64().ceil() as u64;
-    vec![
-        (
-            HeaderName::from_static("ratelimit-policy"),
-            format!(
-                "\"{name}\";q={};w={}",
-                rate.requests,
-                rate.per.as_secs().max(1)
-            ),
-        ),
-        (
-            HeaderName::from_static("ratelimit"),
-            format!("\"{name}\";r={};t={reset}", d.remaining),
-        ),
-    ]
+/// Who asks, as access control sees it.
+pub struct Caller<'a> {
+    pub req: &'a RequestHeader,
+    pub client: Option<std::net::IpAddr>,
+    pub origin: Option<&'a str>,
 }
 
-/// Runs `route`'s access control. `Ok(Err(handled))`: the request was answered (preflight,
-/// refusal); `Ok(Ok(admitted))`: it goes on.
+impl Caller<'_> {
+    fn address(&self) -> String {
+        self.client
+            .map_or_else(|| "ip:-".into(), |ip| format!("ip:{ip}"))
+    }
+}
+
+/// Runs `route`'s access control: its credentials, then its rate limit.
 pub async fn check(
     authn: &Authenticator,
-    session: &mut Session,
+    limiter: &Limiter,
     labels: (&str, &str),
     route: &Route,
     public: &PublicUrl<'_>,
-    client: Option<std::net::IpAddr>,
-    origin: Option<&str>,
-) -> Result<std::result::Result<Admitted, bool>> {
+    caller: &Caller<'_>,
+) -> Decision {
     let m = metrics::get();
     let mut admitted = Admitted::default();
+    let budget = |who: String| {
+        route.rate_limit.as_ref().map(|limit| Budget {
+            labels: (labels.0.to_string(), labels.1.to_string()),
+            caller: who,
+            limit: limit.clone(),
+        })
+    };
     if let Some(auth) = &route.auth {
-        if is_preflight(session) {
-            return preflight(session, origin).await.map(Err);
+        if is_preflight(caller.req) {
+            return Decision::Answer(preflight(caller.origin));
         }
         let resource = public.resource(route);
-        match authn
-            .check(auth, &resource, &session.req_header().headers)
-            .await
-        {
+        match authn.check(auth, &resource, &caller.req.headers).await {
             Ok(id) => {
                 m.auth_results
                     .with_label_values(&[labels.0, labels.1, "ok"])
@@ -220,154 +211,60 @@ pub async fn check(
                     .inc();
                 // Refusals spend the client address's budget too, so guessing keys or
                 // tokens (each one a signature check) is throttled like any other traffic.
-                if let Some(limit) = &route.rate_limit {
-                    let budget = Budget {
-                        labels: (labels.0.to_string(), labels.1.to_string()),
-                        caller: client.map_or_else(|| "ip:-".into(), |ip| format!("ip:{ip}")),
-                        limit: limit.clone(),
-                    };
-                    if let Err(refusal) = budget.spend(authn, None, true) {
-                        return refusal.send(session, origin).await.map(Err);
+                if let Some(b) = budget(caller.address()) {
+                    if let Err(refusal) = b.spend(limiter, &[]) {
+                        return Decision::Answer(refusal.with_headers(cors_headers(caller.origin)));
                     }
                 }
-                let oauth = auth.oauth.as_ref();
-                let metadata = oauth.map(|_| public.metadata_url(route));
-                let scopes = oauth.map_or(&[][..], |o| &o.scopes[..]);
-                let mut h = cors(origin);
-                h.push((
-                    header::WWW_AUTHENTICATE,
-                    denied.challenge(metadata.as_deref(), scopes),
-                ));
-                if denied == Denied::IssuerUnavailable {
-                    h.push((header::RETRY_AFTER, "5".into()));
-                }
-                return respond(
-                    session,
-                    denied.status(),
-                    "application/json",
-                    Bytes::from(denied.body()),
-                    &h,
-                )
-                .await
-                .map(Err);
+                return Decision::Answer(challenge(denied, auth, route, public, caller.origin));
             }
         }
     }
-    if let Some(limit) = &route.rate_limit {
-        let caller = admitted
-            .identity
-            .as_ref()
-            .and_then(Identity::caller)
-            .or_else(|| client.map(|ip| format!("ip:{ip}")))
-            .unwrap_or_else(|| "ip:-".into());
-        let req = session.req_header();
-        let text = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-        let method = text("mcp-method");
-        let tool = (method == Some("tools/call"))
-            .then(|| text("mcp-name"))
-            .flatten();
-        // A client that predates the Mcp-Method/Mcp-Name headers names the tool in the body:
-        // its tool budget is decided there (`tool_in_body`).
-        admitted.tool_in_body =
-            !limit.tools.is_empty() && method.is_none() && req.method == http::Method::POST;
-        let budget = Budget {
-            labels: (labels.0.to_string(), labels.1.to_string()),
-            caller,
-            limit: limit.clone(),
+    let who = admitted
+        .identity
+        .as_ref()
+        .and_then(Identity::caller)
+        .unwrap_or_else(|| caller.address());
+    if let Some(b) = budget(who) {
+        // A POST to a route with tool budgets spends the route's with its tool calls, once the
+        // body says which (a call its tool refuses does not use up the route's); until then the
+        // route's is only checked.
+        let deferred = b.has_tools() && caller.req.method == http::Method::POST;
+        let spent = if deferred {
+            b.peek(limiter).map(|()| Vec::new())
+        } else {
+            b.spend(limiter, &[])
         };
-        match budget.spend(authn, tool, true) {
+        match spent {
             Ok(h) => admitted.rate_headers = h,
-            Err(refusal) => return refusal.send(session, origin).await.map(Err),
-        }
-        admitted.budget = Some(budget);
-    }
-    Ok(Ok(admitted))
-}
-
-/// A caller's budgets on one route.
-pub struct Budget {
-    labels: (String, String),
-    caller: String,
-    limit: crate::config::RateLimit,
-}
-
-/// A request over a budget: the 429 it gets.
-pub struct Refusal {
-    headers: Vec<(HeaderName, String)>,
-}
-
-impl Refusal {
-    pub async fn send(&self, session: &mut Session, origin: Option<&str>) -> Result<bool> {
-        let mut h = cors(origin);
-        h.extend(self.headers.iter().cloned());
-        respond(
-            session,
-            429,
-            "application/json",
-            Bytes::from_static(br#"{"error":"rate_limited","error_description":"too many requests; see Retry-After"}"#),
-            &h,
-        )
-        .await
-    }
-}
-
-impl Budget {
-    /// Spends one request of the route's budget (with `route_too`) and of `tool`'s, if it has
-    /// one. Every budget must allow the request before any is spent: a call refused by its
-    /// tool's budget does not use up the route's.
-    pub fn spend(
-        &self,
-        authn: &Authenticator,
-        tool: Option<&str>,
-        route_too: bool,
-    ) -> std::result::Result<Vec<(HeaderName, String)>, Refusal> {
-        let mut budgets = Vec::new();
-        if route_too {
-            budgets.push(("default", self.limit.default));
-        }
-        if let Some((name, rate)) = tool.and_then(|t| self.limit.tools.iter().find(|(n, _)| n == t))
-        {
-            budgets.push((name.as_str(), *rate));
-        }
-        let (host, route) = (&self.labels.0, &self.labels.1);
-        let key = |name: &str| format!("{host}\u{0}{route}\u{0}{name}\u{0}{}", self.caller);
-        let now = Instant::now();
-        for (name, rate) in &budgets {
-            let d = authn.limiter.peek(&key(name), *rate, now);
-            if !d.allowed {
-                metrics::get()
-                    .rate_limited
-                    .with_label_values(&[host.as_str(), route.as_str(), name])
-                    .inc();
-                let mut headers = rate_headers(name, *rate, d);
-                headers.push((
-                    header::RETRY_AFTER,
-                    d.reset.as_secs_f64().ceil().max(1.0).to_string(),
-                ));
-                return Err(Refusal { headers });
+            Err(refusal) => {
+                return Decision::Answer(refusal.with_headers(cors_headers(caller.origin)))
             }
         }
-        let mut headers = Vec::new();
-        for (name, rate) in budgets {
-            let d = authn.limiter.check(&key(name), rate, now);
-            headers = rate_headers(name, rate, d);
-        }
-        Ok(headers)
+        admitted.charge_with_body = deferred;
+        admitted.budget = Some(b);
     }
+    Decision::Allow(admitted)
 }
 
-/// The tools a JSON-RPC body calls (`tools/call` requests; a batch may hold several).
-pub fn tools_called(body: &[u8]) -> Vec<String> {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return Vec::new();
-    };
-    let messages = match v {
-        serde_json::Value::Array(a) => a,
-        one => vec![one],
-    };
-    messages
-        .iter()
-        .filter(|m| m["method"] == "tools/call")
-        .filter_map(|m| m["params"]["name"].as_str().map(str::to_string))
-        .collect()
+/// The 401/403/503 of a refused credential, with its RFC 6750 challenge.
+fn challenge(
+    denied: Denied,
+    auth: &crate::config::AuthConfig,
+    route: &Route,
+    public: &PublicUrl<'_>,
+    origin: Option<&str>,
+) -> Answer {
+    let oauth = auth.oauth.as_ref();
+    let metadata = oauth.map(|_| public.metadata_url(route));
+    let scopes = oauth.map_or(&[][..], |o| &o.scopes[..]);
+    let mut h = cors_headers(origin);
+    h.push((
+        header::WWW_AUTHENTICATE,
+        denied.challenge(metadata.as_deref(), scopes),
+    ));
+    if denied == Denied::IssuerUnavailable {
+        h.push((header::RETRY_AFTER, "5".into()));
+    }
+    Answer::json(denied.status(), denied.body()).with_headers(h)
 }

@@ -31,6 +31,7 @@ pub mod config;
 pub mod connections;
 pub mod health;
 pub mod http01;
+pub mod limits;
 pub mod live;
 pub mod logs;
 pub mod mcp;

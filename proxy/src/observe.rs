@@ -1,5 +1,6 @@
-//! What the request path observes of one MCP exchange: the calls of a POST (from its headers or
-//! a copy of its body, never held back) and when and how each was answered (a JSON response, the
+//! What the request path observes of one MCP exchange: the calls of a POST (from the one MCP
+//! model of the request, `mcp::request`, or its headers when the body is not JSON-RPC) and when
+//! and how each was answered (a JSON response, the
 //! SSE stream's event with the same id, or for the legacy transport a `message` event of the
 //! session's long-lived stream). Counted once per call, with bounded labels.
 
@@ -7,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::mcp::request::{Body as RequestBody, Request};
 use crate::mcp::{self, Answer, Call, Outcome, SseScanner};
 use crate::metrics;
 use crate::routing::NameLabels;
@@ -113,8 +115,6 @@ pub struct Exchange {
     route: Arc<str>,
     /// From the `Mcp-Method`/`Mcp-Name` headers, when the client sent them.
     header_call: Option<(String, Option<String>)>,
-    body: Vec<u8>,
-    body_too_large: bool,
     calls: Vec<(Call, bool)>,
     response: Option<Body>,
     status: u16,
@@ -136,8 +136,6 @@ impl Exchange {
             host,
             route,
             header_call: method.map(|m| (m, name)),
-            body: Vec::new(),
-            body_too_large: false,
             calls: Vec::new(),
             response: None,
             status: 0,
@@ -145,43 +143,17 @@ impl Exchange {
         }
     }
 
-    /// A chunk of the request body (a copy is kept, up to `MAX_PARSED`).
-    pub fn request_chunk(&mut self, chunk: &[u8], end: bool) {
-        if end && self.body.is_empty() && !self.body_too_large && chunk.len() <= mcp::MAX_PARSED {
-            // The whole body in one chunk (the common case): read in place.
-            self.parse_calls(chunk);
-            return;
-        }
-        if !self.body_too_large {
-            if self.body.len() + chunk.len() > mcp::MAX_PARSED {
-                self.body_too_large = true;
-                self.body = Vec::new();
-            } else {
-                self.body.extend_from_slice(chunk);
-            }
-        }
-        if end {
-            self.parse_request();
-        }
-    }
-
-    fn parse_request(&mut self) {
-        let body = std::mem::take(&mut self.body);
-        self.parse_calls(&body);
-    }
-
-    fn parse_calls(&mut self, body: &[u8]) {
-        let mut calls = if self.body_too_large {
-            Vec::new()
-        } else {
-            mcp::parse_request(body)
+    /// The request body is complete: its calls, read from the request's one model.
+    pub fn request_body(&mut self, request: &Request) {
+        let reason = match request.body() {
+            Some(RequestBody::TooLarge) => "too_large",
+            _ => "not_jsonrpc",
         };
+        self.take_calls(request.calls(), reason);
+    }
+
+    fn take_calls(&mut self, mut calls: Vec<Call>, reason: &str) {
         if calls.is_empty() {
-            let reason = if self.body_too_large {
-                "too_large"
-            } else {
-                "not_jsonrpc"
-            };
             match self.header_call.take() {
                 // The headers still say what was called (the id is not known).
                 Some((method, name)) => calls.push(Call {
@@ -315,8 +287,8 @@ impl Exchange {
     /// (202) waits for its answer on the session's stream.
     pub fn finish(&mut self, failed: bool, names: &NameLabels, legacy: &LegacyCalls) {
         if self.calls.is_empty() && self.header_call.is_some() {
-            // A request whose body hook never ran.
-            self.parse_request();
+            // A request whose body never ended.
+            self.take_calls(Vec::new(), "not_jsonrpc");
         }
         for i in 0..self.calls.len() {
             if self.calls[i].1 {

@@ -1,4 +1,5 @@
-//! Answers the edge gives itself (refusals, redirects, discovery documents), never cached.
+//! Answers the edge gives itself (refusals, challenges, redirects, discovery documents), as data:
+//! components decide an [`Answer`], the request path writes it with [`write`]. Never cached.
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -6,19 +7,61 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
-/// Answers `status` with `body` of `content_type` and `extra` headers; `Ok(true)`: answered.
-pub async fn respond(
-    session: &mut Session,
-    status: u16,
-    content_type: &str,
-    body: Bytes,
-    extra: &[(HeaderName, String)],
-) -> Result<bool> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, content_type)?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+/// One answer the edge makes itself.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+    pub headers: Vec<(HeaderName, String)>,
+    /// Counted in `mcp_edge_requests_refused_total` under this reason.
+    pub refused: Option<&'static str>,
+}
+
+impl Answer {
+    /// `status` with a short plain-text body.
+    pub fn text(status: u16, body: &'static str) -> Self {
+        Self::new(
+            status,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(body.as_bytes()),
+        )
+    }
+
+    /// `status` with a JSON body.
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
+        Self::new(status, "application/json", body.into())
+    }
+
+    pub fn new(status: u16, content_type: &'static str, body: Bytes) -> Self {
+        Self {
+            status,
+            content_type,
+            body,
+            headers: Vec::new(),
+            refused: None,
+        }
+    }
+
+    /// Counted as a refusal for `reason`.
+    pub fn refused(mut self, reason: &'static str) -> Self {
+        self.refused = Some(reason);
+        self
+    }
+
+    pub fn with_headers(mut self, headers: Vec<(HeaderName, String)>) -> Self {
+        self.headers.extend(headers);
+        self
+    }
+}
+
+/// Writes `answer` (headers only for HEAD); `Ok(true)`: answered.
+pub async fn write(session: &mut Session, answer: &Answer) -> Result<bool> {
+    let mut resp = ResponseHeader::build(answer.status, Some(4 + answer.headers.len()))?;
+    resp.insert_header(header::CONTENT_TYPE, answer.content_type)?;
+    resp.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    for (k, v) in extra {
+    for (k, v) in &answer.headers {
         resp.insert_header(k.clone(), v.as_str())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
@@ -26,18 +69,9 @@ pub async fn respond(
         .write_response_header(Box::new(resp), head_only)
         .await?;
     if !head_only {
-        session.write_response_body(Some(body), true).await?;
+        session
+            .write_response_body(Some(answer.body.clone()), true)
+            .await?;
     }
     Ok(true)
-}
-
-pub async fn respond_text(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
-    respond(
-        session,
-        status,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(body.as_bytes()),
-        &[],
-    )
-    .await
 }

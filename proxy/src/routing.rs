@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Config, Host};
+use crate::config::{Config, Host, Route};
 use crate::names::HostName;
 use crate::upstream::{Pool, TrustError};
 
@@ -26,12 +26,16 @@ pub struct Table {
 
 pub struct HostEntry {
     pub host: Arc<Host>,
-    /// In the order of `host.routes`, so `Host::route_index` indexes both.
+    /// In the order of `host.routes`: `Host::route_index` indexes this list, the one place the
+    /// request path reads route data from.
     pub routes: Vec<RouteEntry>,
 }
 
+/// Everything the request path knows about one route.
 pub struct RouteEntry {
     pub path: String,
+    /// The route as configured (auth, limits, MCP options, upstream).
+    pub config: Route,
     /// Metric labels of the host and the route, made once: requests share them.
     pub host_label: Arc<str>,
     pub label: Arc<str>,
@@ -102,6 +106,7 @@ impl Table {
                 match Pool::build(&r.upstream) {
                     Ok(pool) => routes.push(RouteEntry {
                         path: r.path.clone(),
+                        config: r.clone(),
                         host_label: host.name.as_str().into(),
                         label: r.path.as_str().into(),
                         series: crate::metrics::RouteSeries::new(host.name.as_str(), &r.path),

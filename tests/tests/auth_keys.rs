@@ -183,55 +183,43 @@ async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
     // Another caller, from the same address, has its own budget.
     let raw = edge.get_from("127.0.0.1", "/x", &bearer(&b)).await;
     assert_eq!(raw_status(&raw), 200);
-    // A tool with its own budget (named by Mcp-Name): one call, then 429; other tools pass.
-    let call = |tool: &str| {
-        format!(
-            "{}mcp-method: tools/call\r\nmcp-name: {tool}\r\n",
-            bearer(&b)
-        )
-    };
-    assert_eq!(
-        raw_status(&edge.get_from("127.0.0.1", "/x", &call("search_docs")).await),
-        200
-    );
-    assert_eq!(
-        raw_status(&edge.get_from("127.0.0.1", "/x", &call("search_docs")).await),
-        429
-    );
-    assert_eq!(
-        raw_status(&edge.get_from("127.0.0.1", "/x", &call("get_page")).await),
-        200
-    );
-    // A client that predates Mcp-Name names the tool in the JSON-RPC body: the same budget,
-    // and the body reaches the upstream intact when allowed.
-    let post = |caller: &str, tool: &str| {
+    // A tool with its own budget, decided by the call in the body (2026-07-28 clients send the
+    // headers too; clients that predate them only the body): one call, then 429; other tools
+    // pass; the body reaches the upstream intact when allowed.
+    let post = |caller: &str, tool: &str, header: Option<&str>| {
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"query":"tls"}}}}}}"#
         );
+        let named = header.map_or(String::new(), |h| {
+            format!("mcp-method: tools/call\r\nmcp-name: {h}\r\n")
+        });
         let head = format!(
-            "POST /x HTTP/1.1\r\nhost: h.test\r\n{}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            "POST /x HTTP/1.1\r\nhost: h.test\r\n{}{named}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             bearer(caller),
             body.len()
         );
         (head, body)
     };
-    let (head, body) = post(&e, "search_docs");
-    let raw = edge
-        .raw_exchange(&head, &[body.as_bytes()], Duration::ZERO)
-        .await;
-    assert_eq!(raw_status(&raw), 200, "{raw}");
-    assert_eq!(raw_json(&raw)["body_len"], body.len());
-    let (head, body) = post(&e, "search_docs");
-    let raw = edge
-        .raw_exchange(&head, &[body.as_bytes()], Duration::ZERO)
-        .await;
-    assert_eq!(raw_status(&raw), 429, "{raw}");
-    assert!(raw_header(&raw, "retry-after").is_some(), "{raw}");
-    let (head, body) = post(&e, "get_page");
-    let raw = edge
-        .raw_exchange(&head, &[body.as_bytes()], Duration::ZERO)
-        .await;
-    assert_eq!(raw_status(&raw), 200, "{raw}");
+    for (caller, header) in [(&b, Some("search_docs")), (&e, None)] {
+        let (head, body) = post(caller, "search_docs", header);
+        let raw = edge
+            .raw_exchange(&head, &[body.as_bytes()], Duration::ZERO)
+            .await;
+        assert_eq!(raw_status(&raw), 200, "{raw}");
+        assert_eq!(raw_json(&raw)["body_len"], body.len());
+        // The same call again, with headers that name another tool: the body is what runs.
+        let (head, body) = post(caller, "search_docs", header.map(|_| "get_page"));
+        let raw = edge
+            .raw_exchange(&head, &[body.as_bytes()], Duration::ZERO)
+            .await;
+        assert_eq!(raw_status(&raw), 429, "{raw}");
+        assert!(raw_header(&raw, "retry-after").is_some(), "{raw}");
+        let (head, body) = post(caller, "get_page", header.map(|_| "get_page"));
+        let raw = edge
+            .raw_exchange(&head, &[body.as_bytes()], Duration::ZERO)
+            .await;
+        assert_eq!(raw_status(&raw), 200, "{raw}");
+    }
 
     assert_eq!(
         edge.metric("mcp_edge_rate_limited_total{host=\"h.test\",limit=\"default\",route=\"/\"}")
@@ -311,4 +299,88 @@ fn check_refuses_a_plain_key_a_bad_hash_and_a_bad_issuer_and_never_echoes_them()
         "{text}"
     );
     assert!(!text.contains("123456789"), "{text}");
+}
+
+/// A POST of `body` (JSON-RPC) to `path` on `h.test` with `headers`, from address `from`.
+async fn rpc_from(edge: &Edge, from: &str, path: &str, headers: &str, body: &str) -> String {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: h.test\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    edge.raw_exchange_from(
+        from.parse().unwrap(),
+        &head,
+        &[body.as_bytes()],
+        Duration::ZERO,
+    )
+    .await
+}
+
+fn tool_call(id: usize, tool: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}"}}}}"#)
+}
+
+#[tokio::test]
+async fn a_tool_budget_counts_the_calls_in_the_body_whatever_the_headers_say() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let limit =
+        "rate_limit: { requests: 1000, per: 1m, tools: { expensive: { requests: 2, per: 1h } } }";
+    let edge = plain_host_edge(
+        tmp.path(),
+        "",
+        &format!(
+            "    routes:\n      - {{ path: /checked, upstream: \"{u}\", mcp: {{ validate: true }}, {limit} }}\n      - {{ path: /, upstream: \"{u}\", {limit} }}\n",
+            u = up.url()
+        ),
+    )
+    .await;
+    let call = tool_call(1, "expensive");
+    // Headers that name a cheap tool, or another method, do not hide the call in the body.
+    let lying = "mcp-method: tools/call\r\nmcp-name: cheap\r\n";
+    for _ in 0..2 {
+        let raw = rpc_from(&edge, "127.0.0.11", "/x", lying, &call).await;
+        assert_eq!(raw_status(&raw), 200, "{raw}");
+    }
+    let raw = rpc_from(&edge, "127.0.0.11", "/x", lying, &call).await;
+    assert_eq!(raw_status(&raw), 429, "{raw}");
+    let raw = rpc_from(&edge, "127.0.0.11", "/x", "mcp-method: ping\r\n", &call).await;
+    assert_eq!(raw_status(&raw), 429, "any Mcp-Method header: {raw}");
+    // Reject twin: another tool from the same caller passes.
+    let raw = rpc_from(&edge, "127.0.0.11", "/x", lying, &tool_call(2, "cheap")).await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+
+    // A batch spends one unit per call: fifty calls against a budget of two are refused;
+    // two calls pass.
+    let batch = |n: usize| {
+        let calls: Vec<String> = (0..n).map(|i| tool_call(i, "expensive")).collect();
+        format!("[{}]", calls.join(","))
+    };
+    let raw = rpc_from(&edge, "127.0.0.12", "/x", lying, &batch(50)).await;
+    assert_eq!(raw_status(&raw), 429, "{raw}");
+    let raw = rpc_from(&edge, "127.0.0.13", "/x", "", &batch(2)).await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert_eq!(raw_json(&raw)["body_len"], batch(2).len());
+
+    // With validation, the base64 form of the right name passes and counts against the same
+    // budget; a name that does not decode is not "absent": -32020 naming Mcp-Name.
+    let b64 = "mcp-method: tools/call\r\nmcp-name: =?base64?ZXhwZW5zaXZl?=\r\n";
+    for _ in 0..2 {
+        let raw = rpc_from(&edge, "127.0.0.14", "/checked/x", b64, &call).await;
+        assert_eq!(raw_status(&raw), 200, "{raw}");
+    }
+    let raw = rpc_from(&edge, "127.0.0.14", "/checked/x", b64, &call).await;
+    assert_eq!(raw_status(&raw), 429, "{raw}");
+    let bad = "mcp-method: tools/call\r\nmcp-name: =?base64?***?=\r\n";
+    let raw = rpc_from(&edge, "127.0.0.15", "/checked/x", bad, &call).await;
+    assert_eq!(raw_status(&raw), 400, "{raw}");
+    let err = raw_json(&raw);
+    assert_eq!(err["error"]["code"], -32020);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Mcp-Name"),
+        "{err}"
+    );
 }

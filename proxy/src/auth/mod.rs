@@ -1,13 +1,12 @@
 //! Who may call: API keys and OAuth 2.1 bearer tokens (JWT access tokens checked against the
 //! issuer's keys, RFC 9068; opaque tokens by introspection, RFC 7662), the discovery document
-//! a client starts from (RFC 9728), the challenges of RFC 6750, and rate limits (`rate`).
+//! a client starts from (RFC 9728), and the challenges of RFC 6750.
 //!
 //! One [`Authenticator`] serves every host: issuers (metadata, key sets) and introspection
 //! answers are cached across requests and reloads, keyed by what identifies them.
 
 pub mod claims;
 pub mod issuer;
-pub mod rate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -219,7 +218,6 @@ pub struct Authenticator {
     introspected: Answers,
     /// Verified JWTs, by SHA-256 of issuer, resource and token.
     verified: Answers,
-    pub limiter: rate::Limiter,
 }
 
 fn unix_now() -> u64 {

@@ -244,6 +244,34 @@ fn remove_at(value: &mut Value, path: &[Seg]) -> bool {
     }
 }
 
+/// A custom YAML tag (`threads: !Foo 2`) means nothing here; serde would quietly read past it.
+fn report_tags(v: &Value, path: &KeyPath, c: &mut Collector) {
+    match v {
+        Value::Tagged(t) => c.err(
+            path,
+            format!(
+                "the YAML tag {} is not supported; write the plain value",
+                t.tag
+            ),
+        ),
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                let key = match k {
+                    Value::String(s) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                report_tags(v, &path.key(&key), c);
+            }
+        }
+        Value::Sequence(s) => {
+            for (i, v) in s.iter().enumerate() {
+                report_tags(v, &path.index(i), c);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Reads, parses and validates a configuration file. Reads referenced key material too (to
 /// validate it) but binds nothing and writes nothing.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -273,6 +301,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses configuration text; relative paths are resolved against `base`.
 pub fn parse(text: &str, base: &Path, file: &Path) -> Result<Config, Vec<ConfigError>> {
+    // A byte-order mark (editors on Windows write one) is allowed at the start of a YAML stream.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let value: Value = match serde_yaml_ng::from_str(text) {
         Ok(Value::Null) => Value::Mapping(Default::default()),
         Ok(v) => v,
@@ -292,6 +322,10 @@ pub fn parse(text: &str, base: &Path, file: &Path) -> Result<Config, Vec<ConfigE
     let root = KeyPath::default();
     if !matches!(value, Value::Mapping(_)) {
         c.err(&root, "expected a mapping of settings at the top level");
+        return Err(c.errors);
+    }
+    report_tags(&value, &root, &mut c);
+    if !c.errors.is_empty() {
         return Err(c.errors);
     }
     let raw: Option<raw::RawConfig> = c.deserialize(value, &root);

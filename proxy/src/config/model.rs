@@ -709,6 +709,19 @@ fn build_host(
                 } else if r.path.contains(['?', '#']) {
                     c.err(&rp.key("path"), "a path prefix has no query or fragment");
                     false
+                } else if crate::path::normalize(&r.path).map_or(true, |n| {
+                    n.trim_end_matches('/') != r.path.trim_end_matches('/')
+                }) {
+                    // Requests are routed by their normalised path: this prefix could never
+                    // match one.
+                    c.err(
+                        &rp.key("path"),
+                        format!(
+                            "{:?} has dot-segments or an escape no request path keeps after normalisation; write it normalised",
+                            r.path
+                        ),
+                    );
+                    false
                 } else if routes.iter().any(|x: &Route| x.path == r.path) {
                     c.err(&rp.key("path"), format!("{} is listed twice", r.path));
                     false

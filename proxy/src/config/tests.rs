@@ -159,3 +159,41 @@ fn tls_auto_is_acme_for_public_names_and_self_signed_for_local_ones() {
         assert!(!is_public_name(n), "{n}");
     }
 }
+
+#[test]
+fn check_refuses_what_would_silently_never_work() {
+    let host =
+        |routes: &str| format!("hosts:\n  a.example.com:\n    tls: none\n    routes:\n{routes}");
+    // A route no normalised request path can match.
+    for path in ["/mcp/../admin", "/a/./b", "/%2e%2e/x"] {
+        let e = errors(&host(&format!(
+            "      - {{ path: \"{path}\", upstream: http://a:1 }}\n"
+        )));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("routes[0].path") && e.contains("normalis")),
+            "{path}: {e:?}"
+        );
+    }
+    // Reject twin: a normalised prefix, with or without its trailing slash.
+    assert!(parse_str(&host("      - { path: /mcp/, upstream: http://a:1 }\n")).is_ok());
+    // An upstream on port 0.
+    let e = errors(&host("      - { path: /, upstream: \"http://a:0\" }\n"));
+    assert!(e.iter().any(|e| e.contains("port 0")), "{e:?}");
+    // A custom YAML tag, named with its key.
+    let e = errors(&format!(
+        "threads: !Foo 2\n{}",
+        host("      - { path: /, upstream: http://a:1 }\n")
+    ));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("threads") && e.contains("!Foo")),
+        "{e:?}"
+    );
+    // A byte-order mark is allowed at the start of the file.
+    assert!(parse_str(&format!(
+        "\u{feff}{}",
+        host("      - { path: /, upstream: http://a:1 }\n")
+    ))
+    .is_ok());
+}

@@ -490,6 +490,9 @@ fn parse_upstream_url(raw: &str) -> Result<UpstreamUrl, String> {
     };
     let default_port = if https { 443 } else { 80 };
     let port = u.port_or_known_default().unwrap_or(default_port);
+    if port == 0 {
+        return Err(format!("{s}: port 0 is not a port an upstream listens on"));
+    }
     let host_for_authority = if host.contains(':') {
         format!("[{host}]")
     } else {

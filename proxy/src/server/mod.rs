@@ -193,6 +193,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             challenges: parts.challenges.clone(),
             sealer: parts.sealer.clone(),
             auth: Arc::default(),
+            limiter: Arc::default(),
             legacy: Arc::default(),
         },
         "mcp-edge proxy",

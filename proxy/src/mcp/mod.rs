@@ -1,35 +1,22 @@
-//! Reading MCP off the wire, cheaply and without holding anything back: the JSON-RPC calls a
-//! request carries (from the 2026-07-28 `Mcp-Method`/`Mcp-Name` headers, else its body), and
-//! their outcomes in a JSON response or in the SSE stream that answers them. Pure parsing; the
-//! request path decides what to count.
+//! Reading MCP off the wire: the model of a request (`request`: its declared headers and its
+//! body's calls, parsed once), and the outcomes of its calls in a JSON response or in the SSE
+//! stream that answers them. Pure parsing; the request path decides what to do with it.
 
-use std::borrow::Cow;
+pub mod request;
 
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// The parts of a JSON-RPC message the edge reads, borrowed from the bytes where it can; the
-/// rest (arguments, results) is skipped by the parser, never built.
+/// The parts of a JSON-RPC response the edge reads; the rest (results) is skipped by the parser,
+/// never built.
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    method: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    params: Option<WireParams<'a>>,
     result: Option<WireResult>,
     error: Option<WireError>,
-}
-
-#[derive(Deserialize)]
-struct WireParams<'a> {
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    uri: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -67,20 +54,6 @@ fn wire_messages(body: &[u8]) -> Vec<Wire<'_>> {
 }
 
 impl Wire<'_> {
-    fn call(&self) -> Option<Call> {
-        let method = self.method.as_deref()?;
-        let name = match method {
-            "tools/call" | "prompts/get" => self.params.as_ref().and_then(|p| p.name.as_deref()),
-            "resources/read" => self.params.as_ref().and_then(|p| p.uri.as_deref()),
-            _ => None,
-        };
-        Some(Call {
-            id: self.id.map(|r| r.get().to_string()),
-            method: method.to_string(),
-            name: name.map(str::to_string),
-        })
-    }
-
     fn answer(&self) -> Option<Answer> {
         let id = self.id?.get().to_string();
         if let Some(e) = &self.error {
@@ -221,72 +194,11 @@ pub fn header_text(raw: &str) -> Option<String> {
     }
 }
 
-fn name_of(method: &str, params: &Value) -> Option<String> {
-    let key = match method {
-        "tools/call" | "prompts/get" => "name",
-        "resources/read" => "uri",
-        _ => return None,
-    };
-    params[key].as_str().map(str::to_string)
-}
-
-/// The calls in a request body: one message or a batch; nothing for what is not JSON-RPC.
-pub fn parse_request(body: &[u8]) -> Vec<Call> {
-    wire_messages(body).iter().filter_map(Wire::call).collect()
-}
-
 /// The JSON-RPC error code of a request whose MCP headers disagree with its body (2026-07-28).
 pub const HEADER_MISMATCH: i64 = -32020;
 
 /// The first protocol version whose requests carry `Mcp-Method`/`Mcp-Name`.
 pub const VALIDATED_SINCE: &str = "2026-07-28";
-
-/// What the `Mcp-Method`, `Mcp-Name` and `MCP-Protocol-Version` headers of a POST said.
-#[derive(Debug, Default, Clone)]
-pub struct Declared {
-    pub method: Option<String>,
-    pub name: Option<String>,
-    pub version: Option<String>,
-    /// Refuse an `initialize` asking for a version that predates header validation.
-    pub strict: bool,
-}
-
-/// Whether the headers agree with the body: `Err` names the header that does not, with the
-/// JSON-RPC error to answer (id of the message, or null).
-pub fn validate(declared: &Declared, body: &[u8]) -> Result<(), (String, &'static str)> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return Ok(()); // not JSON-RPC: the upstream answers that
-    };
-    if v.is_array() {
-        // A batch cannot match one set of headers.
-        return match declared.method.is_some() || declared.name.is_some() {
-            true => Err(("null".into(), "Mcp-Method")),
-            false => Ok(()),
-        };
-    }
-    let id = v.get("id").map_or("null".to_string(), Value::to_string);
-    let Some(method) = v["method"].as_str() else {
-        return Ok(());
-    };
-    if declared.method.as_deref().is_some_and(|m| m != method) {
-        return Err((id, "Mcp-Method"));
-    }
-    if let Some(name) = &declared.name {
-        if name_of(method, &v["params"]).as_deref() != Some(name.as_str()) {
-            return Err((id, "Mcp-Name"));
-        }
-    }
-    if method == "initialize" {
-        let asked = v["params"]["protocolVersion"].as_str();
-        if declared.version.is_some() && asked.is_some() && declared.version.as_deref() != asked {
-            return Err((id, "MCP-Protocol-Version"));
-        }
-        if declared.strict && asked.is_some_and(|a| a < VALIDATED_SINCE) {
-            return Err((id, "MCP-Protocol-Version"));
-        }
-    }
-    Ok(())
-}
 
 /// The body of a -32020 refusal.
 pub fn mismatch_body(id: &str, header: &str) -> String {
@@ -450,47 +362,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn calls_from_a_message_a_batch_and_noise() {
-        let one =
-            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_docs"}}"#;
-        assert_eq!(
-            parse_request(one),
-            [Call {
-                id: Some("7".into()),
-                method: "tools/call".into(),
-                name: Some("search_docs".into())
-            }]
-        );
-        let batch = br#"[{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":"r","method":"resources/read","params":{"uri":"docs://a"}}]"#;
-        let calls = parse_request(batch);
-        assert_eq!(calls[0].id, None);
-        assert_eq!(calls[1].name.as_deref(), Some("docs://a"));
-        assert!(parse_request(b"not json").is_empty());
-        assert!(parse_request(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).is_empty());
-    }
-
-    #[test]
-    fn headers_that_disagree_with_the_body_are_named() {
-        let body =
-            br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"search_docs"}}"#;
-        let d = |m: Option<&str>, n: Option<&str>| Declared {
-            method: m.map(str::to_string),
-            name: n.map(str::to_string),
-            version: None,
-            strict: false,
-        };
-        assert!(validate(&d(Some("tools/call"), Some("search_docs")), body).is_ok());
-        assert!(validate(&d(None, None), body).is_ok());
-        assert_eq!(
-            validate(&d(Some("tools/list"), None), body),
-            Err(("5".into(), "Mcp-Method"))
-        );
-        assert_eq!(
-            validate(&d(Some("tools/call"), Some("get_doc")), body),
-            Err(("5".into(), "Mcp-Name"))
-        );
+    fn the_refusal_of_a_mismatch_is_json_rpc_32020() {
         let v: Value = serde_json::from_str(&mismatch_body("5", "Mcp-Name")).unwrap();
         assert_eq!(v["error"]["code"], HEADER_MISMATCH);
+        assert_eq!(v["id"], 5);
     }
 
     #[test]

@@ -1,0 +1,442 @@
+//! One MCP request as the edge understands it: what its headers declare (`Mcp-Method`,
+//! `Mcp-Name`, `MCP-Protocol-Version`, decoded once) and what its body says (parsed once, when it
+//! is complete). Header validation, tool budgets and observation all read this one model, so
+//! they cannot disagree about what was called: the body is what the upstream executes, and the
+//! headers are only ever checked against it, never trusted instead of it.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{header_text, Call, MAX_PARSED, VALIDATED_SINCE};
+
+/// A header as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Header {
+    #[default]
+    Absent,
+    Text(String),
+    /// Present, but not a value (not ASCII, or a `=?base64?…?=` that does not decode): never
+    /// taken as absent.
+    Undecodable,
+}
+
+impl Header {
+    /// Decodes a raw header value (plain, or the 2026-07-28 `=?base64?…?=` form).
+    pub fn from_raw(raw: Option<&[u8]>) -> Self {
+        match raw {
+            None => Self::Absent,
+            Some(bytes) => std::str::from_utf8(bytes)
+                .ok()
+                .and_then(header_text)
+                .map_or(Self::Undecodable, Self::Text),
+        }
+    }
+
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Self::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn is_present(&self) -> bool {
+        *self != Self::Absent
+    }
+}
+
+/// What the MCP headers of a request declare.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    pub method: Header,
+    pub name: Header,
+    pub version: Header,
+}
+
+impl Declared {
+    /// From a request's headers (`get` returns a header's raw bytes).
+    pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a [u8]>) -> Self {
+        Self {
+            method: Header::from_raw(get("mcp-method")),
+            name: Header::from_raw(get("mcp-name")),
+            version: Header::from_raw(get("mcp-protocol-version")),
+        }
+    }
+}
+
+/// One JSON-RPC message of a request body: what the edge reads of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    /// The id as JSON text (`1`, `"a"`); `None` for a notification.
+    pub id: Option<String>,
+    pub method: Option<String>,
+    /// The tool or prompt (`params.name`) or resource (`params.uri`) it names.
+    pub name: Option<String>,
+    /// `params.protocolVersion` of an `initialize`.
+    pub asked_version: Option<String>,
+}
+
+/// What the body turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// JSON-RPC: one message (`batch: false`) or a batch.
+    Messages { batch: bool, messages: Vec<Message> },
+    /// Not JSON-RPC (or empty): the upstream answers that.
+    NotJsonRpc,
+    /// Over `MAX_PARSED`: not read.
+    TooLarge,
+}
+
+#[derive(Deserialize)]
+struct WireMessage<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<WireParams<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireParams<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uri: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "protocolVersion")]
+    protocol_version: Option<Cow<'a, str>>,
+}
+
+impl WireMessage<'_> {
+    fn model(&self) -> Message {
+        let method = self.method.as_deref();
+        let params = self.params.as_ref();
+        let name = match method {
+            Some("tools/call" | "prompts/get") => params.and_then(|p| p.name.as_deref()),
+            Some("resources/read") => params.and_then(|p| p.uri.as_deref()),
+            _ => None,
+        };
+        let asked_version = match method {
+            Some("initialize") => params.and_then(|p| p.protocol_version.as_deref()),
+            _ => None,
+        };
+        Message {
+            id: self.id.map(|r| r.get().to_string()),
+            method: method.map(str::to_string),
+            name: name.map(str::to_string),
+            asked_version: asked_version.map(str::to_string),
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Bodies parsed on this thread (tests prove a body is parsed at most once).
+    pub static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Parses a complete body. Private: only [`Request::finish`] calls it, once.
+fn parse(body: &[u8]) -> Body {
+    #[cfg(test)]
+    PARSES.with(|p| p.set(p.get() + 1));
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let (batch, wire) = if first == Some(&b'[') {
+        match serde_json::from_slice::<Vec<WireMessage<'_>>>(body) {
+            Ok(w) => (true, w),
+            Err(_) => return Body::NotJsonRpc,
+        }
+    } else {
+        match serde_json::from_slice::<WireMessage<'_>>(body) {
+            Ok(w) => (false, vec![w]),
+            Err(_) => return Body::NotJsonRpc,
+        }
+    };
+    Body::Messages {
+        batch,
+        messages: wire.iter().map(WireMessage::model).collect(),
+    }
+}
+
+/// Which header disagrees with the body, and the id of the message it concerns (JSON text,
+/// `null` when there is none): answered with JSON-RPC error -32020.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub id: String,
+    pub header: &'static str,
+}
+
+/// One request's MCP model. The body is copied (up to `MAX_PARSED`) as it passes, or held by the
+/// request path in the same buffer, and parsed once when it ends.
+#[derive(Debug, Default)]
+pub struct Request {
+    pub declared: Declared,
+    buf: Vec<u8>,
+    too_large: bool,
+    body: Option<Body>,
+}
+
+impl Request {
+    pub fn new(declared: Declared) -> Self {
+        Self {
+            declared,
+            ..Self::default()
+        }
+    }
+
+    /// A chunk of the body, kept while the whole stays within `MAX_PARSED`.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.too_large {
+            return;
+        }
+        if self.buf.len() + chunk.len() > MAX_PARSED {
+            self.too_large = true;
+            self.buf = Vec::new();
+        } else {
+            self.buf.extend_from_slice(chunk);
+        }
+    }
+
+    /// A chunk of a body the request path holds back until it is complete. When the whole would
+    /// pass `MAX_PARSED`, everything held so far and this chunk are handed back to be forwarded
+    /// at once, and nothing more is kept (the body will not be read).
+    pub fn hold(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        if !self.too_large && self.buf.len() + chunk.len() <= MAX_PARSED {
+            self.buf.extend_from_slice(chunk);
+            return None;
+        }
+        self.too_large = true;
+        let mut out = std::mem::take(&mut self.buf);
+        out.extend_from_slice(chunk);
+        Some(out)
+    }
+
+    /// Whether the body grew past `MAX_PARSED` (it will not be read).
+    pub fn too_large(&self) -> bool {
+        self.too_large
+    }
+
+    /// The complete held body, handed back after [`Request::finish`] read it.
+    pub fn take_bytes(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// The body is complete: parsed now, once; later calls return the same model.
+    pub fn finish(&mut self) -> &Body {
+        if self.body.is_none() {
+            self.body = Some(if self.too_large {
+                Body::TooLarge
+            } else {
+                parse(&self.buf)
+            });
+        }
+        self.body.as_ref().unwrap_or(&Body::TooLarge)
+    }
+
+    /// The body, once finished.
+    pub fn body(&self) -> Option<&Body> {
+        self.body.as_ref()
+    }
+
+    fn messages(&self) -> &[Message] {
+        match &self.body {
+            Some(Body::Messages { messages, .. }) => messages,
+            _ => &[],
+        }
+    }
+
+    /// Every tool the body calls, once per `tools/call` (a batch may call one many times).
+    pub fn tools_called(&self) -> impl Iterator<Item = &str> {
+        self.messages()
+            .iter()
+            .filter(|m| m.method.as_deref() == Some("tools/call"))
+            .filter_map(|m| m.name.as_deref())
+    }
+
+    /// The calls of the body, for observation.
+    pub fn calls(&self) -> Vec<Call> {
+        self.messages()
+            .iter()
+            .filter_map(|m| {
+                Some(Call {
+                    id: m.id.clone(),
+                    method: m.method.clone()?,
+                    name: m.name.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the headers agree with the finished body (2026-07-28 header validation); `strict`
+    /// also refuses an `initialize` asking for a version that predates it. A body that is not
+    /// JSON-RPC, or too large to read, is the upstream's to answer.
+    pub fn validate(&self, strict: bool) -> Result<(), Mismatch> {
+        let d = &self.declared;
+        let mismatch = |id: &Option<String>, header| Mismatch {
+            id: id.clone().unwrap_or_else(|| "null".into()),
+            header,
+        };
+        let Some(Body::Messages { batch, messages }) = &self.body else {
+            return Ok(());
+        };
+        if *batch {
+            // A batch cannot match one set of headers.
+            return match d.method.is_present() || d.name.is_present() {
+                true => Err(mismatch(&None, "Mcp-Method")),
+                false => Ok(()),
+            };
+        }
+        let Some(m) = messages.first() else {
+            return Ok(());
+        };
+        let Some(method) = m.method.as_deref() else {
+            return Ok(());
+        };
+        let agrees = |h: &Header, v: Option<&str>| match h {
+            Header::Absent => true,
+            Header::Text(t) => v == Some(t.as_str()),
+            Header::Undecodable => false,
+        };
+        if !agrees(&d.method, Some(method)) {
+            return Err(mismatch(&m.id, "Mcp-Method"));
+        }
+        if !agrees(&d.name, m.name.as_deref()) {
+            return Err(mismatch(&m.id, "Mcp-Name"));
+        }
+        if method == "initialize" {
+            let asked = m.asked_version.as_deref();
+            if d.version == Header::Undecodable
+                || (asked.is_some() && d.version.is_present() && d.version.text() != asked)
+            {
+                return Err(mismatch(&m.id, "MCP-Protocol-Version"));
+            }
+            if strict && asked.is_some_and(|a| a < VALIDATED_SINCE) {
+                return Err(mismatch(&m.id, "MCP-Protocol-Version"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(method: Option<&str>, name: Option<&str>) -> Declared {
+        Declared {
+            method: Header::from_raw(method.map(str::as_bytes)),
+            name: Header::from_raw(name.map(str::as_bytes)),
+            version: Header::Absent,
+        }
+    }
+
+    fn finished(d: Declared, body: &[u8]) -> Request {
+        let mut r = Request::new(d);
+        for piece in body.chunks(7) {
+            r.feed(piece);
+        }
+        r.finish();
+        r
+    }
+
+    const CALL: &[u8] =
+        br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"search_docs"}}"#;
+
+    #[test]
+    fn the_body_is_parsed_once_whoever_reads_it() {
+        PARSES.with(|p| p.set(0));
+        let mut r = finished(declared(Some("tools/call"), Some("search_docs")), CALL);
+        r.finish();
+        assert!(r.validate(false).is_ok());
+        assert_eq!(r.tools_called().collect::<Vec<_>>(), ["search_docs"]);
+        assert_eq!(r.calls().len(), 1);
+        r.finish();
+        assert_eq!(PARSES.with(|p| p.get()), 1);
+    }
+
+    #[test]
+    fn headers_that_disagree_with_the_body_are_named() {
+        let check = |m, n| finished(declared(m, n), CALL).validate(false);
+        assert!(check(Some("tools/call"), Some("search_docs")).is_ok());
+        assert!(check(Some("tools/call"), Some("=?base64?c2VhcmNoX2RvY3M=?=")).is_ok());
+        assert!(check(None, None).is_ok());
+        let named = |header| {
+            Err(Mismatch {
+                id: "5".into(),
+                header,
+            })
+        };
+        assert_eq!(check(Some("tools/list"), None), named("Mcp-Method"));
+        assert_eq!(check(Some("ping"), None), named("Mcp-Method"));
+        assert_eq!(
+            check(Some("tools/call"), Some("get_doc")),
+            named("Mcp-Name")
+        );
+        // An undecodable name is not "absent": it cannot agree with any body.
+        assert_eq!(
+            check(Some("tools/call"), Some("=?base64?***?=")),
+            named("Mcp-Name")
+        );
+        let r = finished(declared(None, None), b"\xff\xfe");
+        assert_eq!(r.body(), Some(&Body::NotJsonRpc));
+        assert!(r.validate(false).is_ok());
+    }
+
+    #[test]
+    fn every_tool_call_of_a_batch_is_seen() {
+        let batch: String = format!(
+            "[{}]",
+            (0..50)
+                .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"expensive"}}}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let r = finished(declared(None, None), batch.as_bytes());
+        assert_eq!(r.tools_called().count(), 50);
+        // One header pair cannot describe a batch.
+        let r = finished(
+            declared(Some("tools/call"), Some("expensive")),
+            batch.as_bytes(),
+        );
+        assert_eq!(r.validate(false).unwrap_err().header, "Mcp-Method");
+    }
+
+    #[test]
+    fn a_held_body_past_the_cap_is_handed_back_whole_and_not_read() {
+        let mut r = Request::new(Declared::default());
+        assert_eq!(r.hold(&vec![b' '; MAX_PARSED - 1]), None);
+        let out = r.hold(b"{}").expect("released past the cap");
+        assert_eq!(out.len(), MAX_PARSED + 1);
+        assert!(r.too_large());
+        assert_eq!(r.hold(b"x").as_deref(), Some(&b"x"[..]));
+        assert_eq!(r.finish(), &Body::TooLarge);
+        assert_eq!(r.tools_called().count(), 0);
+        // Copied rather than held: the copy stops at the cap.
+        let mut r = Request::new(Declared::default());
+        r.feed(&vec![b' '; MAX_PARSED]);
+        assert!(!r.too_large());
+        r.feed(b" ");
+        assert!(r.too_large());
+        assert_eq!(r.finish(), &Body::TooLarge);
+    }
+
+    #[test]
+    fn initialize_versions_are_checked_against_the_header() {
+        let init = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#;
+        let with_version = |v: &str| Declared {
+            version: Header::from_raw(Some(v.as_bytes())),
+            ..Declared::default()
+        };
+        assert!(finished(with_version("2025-06-18"), init)
+            .validate(false)
+            .is_ok());
+        assert_eq!(
+            finished(with_version("2026-07-28"), init)
+                .validate(false)
+                .unwrap_err()
+                .header,
+            "MCP-Protocol-Version"
+        );
+        assert!(finished(Declared::default(), init).validate(true).is_err());
+    }
+}

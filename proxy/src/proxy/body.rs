@@ -1,0 +1,119 @@
+//! `request_body_filter`: the body against its limit, and, where the route reads it, into the
+//! request's one MCP model. A body held back (header validation, tool budgets) is forwarded
+//! whole once its checks pass; a refusal is the answer `fail_to_proxy` writes, and nothing of
+//! the body reaches the upstream.
+
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::Error;
+
+use super::ctx::Ctx;
+use super::EdgeProxy;
+use crate::reply::Answer;
+
+impl EdgeProxy {
+    pub(super) fn body_phase(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Chunked bodies declare no length: counted as they come.
+        ctx.body.seen += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body.seen > ctx.body.limit {
+            ctx.count_refused("body_too_large");
+            return Err(Error::explain(HTTPStatus(413), "request body too large"));
+        }
+        let Some(model) = ctx.mcp.as_mut() else {
+            return Ok(());
+        };
+        if ctx.body.hold {
+            if let Some(chunk) = body.take() {
+                if let Some(release) = model.hold(&chunk) {
+                    // Past the parse cap: forwarded unread, from here on as it comes; its tool
+                    // calls cannot be known, so only the route's budget is spent.
+                    ctx.body.hold = false;
+                    *body = Some(Bytes::from(release));
+                    if end_of_stream {
+                        model.finish();
+                        if let Some(x) = ctx.exchange.as_mut() {
+                            x.request_body(model);
+                        }
+                    }
+                    return self.charge(ctx, false);
+                }
+            }
+            if !end_of_stream {
+                // Held: an empty chunk, which pingora skips. `None` would tell it the body
+                // ended (it then closed a chunked body empty, or left a Content-Length one
+                // unwritten).
+                *body = Some(Bytes::new());
+                return Ok(());
+            }
+        } else if let Some(chunk) = body.as_deref() {
+            model.feed(chunk);
+        }
+        if !end_of_stream {
+            return Ok(());
+        }
+        model.finish();
+        if let Some(x) = ctx.exchange.as_mut() {
+            x.request_body(model);
+        }
+        if let Some(answer) = self.validate(ctx) {
+            return Err(late(ctx, answer));
+        }
+        self.charge(ctx, true)?;
+        if ctx.body.hold {
+            ctx.body.hold = false;
+            let held = ctx.mcp.as_mut().map(|m| m.take_bytes()).unwrap_or_default();
+            *body = Some(Bytes::from(held));
+        }
+        Ok(())
+    }
+
+    /// The MCP headers against the body's one model (-32020).
+    fn validate(&self, ctx: &Ctx) -> Option<Answer> {
+        let model = ctx.mcp.as_ref()?;
+        let strict = ctx.body.validate?;
+        let m = model.validate(strict).err()?;
+        let body = crate::mcp::mismatch_body(&m.id, m.header);
+        Some(Answer::json(400, body).refused("mcp_header_mismatch"))
+    }
+
+    /// Spends the caller's budgets held back for the body: the route's, and each tool call's
+    /// (`read`: the body's calls are known).
+    fn charge(&self, ctx: &mut Ctx, read: bool) -> Result<()> {
+        if !std::mem::take(&mut ctx.body.charge) {
+            return Ok(());
+        }
+        let Some(budget) = ctx.budget.as_ref() else {
+            return Ok(());
+        };
+        let tools: Vec<&str> = match (read, ctx.mcp.as_ref()) {
+            (true, Some(model)) => model.tools_called().collect(),
+            _ => Vec::new(),
+        };
+        match budget.spend(&self.limiter, &tools) {
+            Ok(headers) => {
+                ctx.rate_headers = headers;
+                Ok(())
+            }
+            Err(refused) => {
+                let mut answer = refused;
+                answer
+                    .headers
+                    .extend(crate::access::cors_headers(ctx.origin.as_deref()));
+                Err(late(ctx, answer))
+            }
+        }
+    }
+}
+
+/// A refusal decided once the body was read: the request fails, and `fail_to_proxy` writes
+/// `answer`.
+fn late(ctx: &mut Ctx, answer: Answer) -> Box<pingora::Error> {
+    let status = answer.status;
+    ctx.late = Some(answer);
+    Error::explain(HTTPStatus(status), "refused once the body was read")
+}
