@@ -7,17 +7,21 @@
 //!
 //! ```text
 //! cli, server                commands; assembly and reload
-//! proxy, admin               the request path; metrics, health and the status page
-//! access, observe, status,   credentials and rate limits; MCP calls observed; the status page;
+//! proxy, admin               the request path, by phase; metrics, health and the status page
+//! access, observe, status,   access decisions at the door; MCP calls observed; the status page;
 //! connections, health        connection caps; active health checks
 //! live                       the snapshot in force: config, routes, certificates
 //! routing                    the route table built from a Config
-//! upstream, auth             replicas, DNS, HTTPS trust, sealing; API keys, JWT, introspection
-//! acme, certs, tls, http01   certificate sources and manager; certificate set; challenges
-//! storage, outbound, reply   every byte persisted; the edge's own HTTPS requests and answers
+//! limits, auth               rate budgets; API keys, JWT, introspection
+//! upstream                   replicas, DNS, HTTPS trust, sealing
+//! acme                       the certificate manager: orders, renewals, challenge solvers
+//! certs                      certificate sources: files, self-signed, stored
+//! tls, http01                the certificate set and SNI resolver; HTTP-01 answers
+//! storage, outbound, reply   every byte persisted; the edge's own HTTPS requests; its answers
 //! config                     the YAML's data model: parsed, validated, typed; builds nothing live
-//! names, time, pem, path,    leaves
-//! metrics, logs, mcp
+//! mcp, path, pem, metrics,   leaves: MCP on the wire, request paths, key material, metrics,
+//! time, logs                 clocks, log plumbing
+//! names                      host names
 //! ```
 #![forbid(unsafe_code)]
 
@@ -53,3 +57,5 @@ pub mod upstream;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod layers_tests;

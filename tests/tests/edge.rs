@@ -811,6 +811,7 @@ async fn a_port_that_cannot_be_bound_stops_the_process_with_a_clear_message() {
     );
     let path = dir.path().join("edge.yaml");
     std::fs::write(&path, cfg).unwrap();
+    edge_bin(); // built first, so that the bound below is the process's own
     let start = Instant::now();
     let err = start_refused(&path);
     assert!(start.elapsed() < Duration::from_secs(10));

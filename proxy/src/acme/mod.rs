@@ -15,6 +15,7 @@
 mod client;
 mod order;
 pub mod schedule;
+mod solver;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -28,7 +29,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use client::{capturing_retry_after, Accounts, Failure, FailureKind};
-use schedule::{HostStatus, StatusFile};
+use schedule::{AriPick, HostStatus, StatusFile, Verdict};
 
 use crate::certs::{self, names_of};
 use crate::config::{Config, Host, TlsSource};
@@ -114,13 +115,6 @@ struct Slot {
     stored: Option<LoadedCert>,
 }
 
-#[derive(Clone, Copy, PartialEq)]
-struct AriPick {
-    start: i64,
-    end: i64,
-    pick: SystemTime,
-}
-
 impl Slot {
     fn new(names: Vec<String>, current: Option<Current>, config: &Config) -> Self {
         let now = SystemTime::now();
@@ -149,6 +143,7 @@ impl Slot {
                 schedule::threshold_due(c.not_before, c.not_after, a.renew_when_remaining),
                 c.not_before,
                 c.not_after,
+                schedule::draw(),
                 now,
             ),
             _ => now,
@@ -475,8 +470,14 @@ impl State {
                     (Duration::from_secs(120), Duration::from_secs(21600)),
                     |a| (a.retry_initial, a.retry_max),
                 );
-                slot.next =
-                    schedule::backoff(slot.failures, initial, max, failure.retry_after, now);
+                slot.next = schedule::backoff(
+                    slot.failures,
+                    initial,
+                    max,
+                    failure.retry_after,
+                    schedule::draw(),
+                    now,
+                );
                 slot.last_error = Some((failure.message.clone(), unix(now)));
                 let serving = match &slot.current {
                     Some(c) if from_unix(c.not_after) > now => {
@@ -680,27 +681,32 @@ async fn due(
         })?;
     match account.renewal_info(id).await {
         Ok((info, recheck)) => {
-            let start = info.suggested_window.start.unix_timestamp();
-            let end = info.suggested_window.end.unix_timestamp();
-            let pick = match job.ari_pick {
-                Some(p) if p.start == start && p.end == end => p,
-                _ => AriPick {
-                    start,
-                    end,
-                    pick: schedule::in_window(from_unix(start), from_unix(end), now),
-                },
-            };
-            if pick.pick > now {
-                return Err(Outcome::NotDue {
-                    at: pick
-                        .pick
-                        .min(now + recheck.clamp(Duration::from_secs(60), ARI_RECHECK)),
-                    renewal: pick.pick,
-                    source: "ari",
-                    ari_pick: Some(pick),
-                });
+            let window = (
+                info.suggested_window.start.unix_timestamp(),
+                info.suggested_window.end.unix_timestamp(),
+            );
+            let verdict = schedule::decide(
+                job.threshold_due,
+                Some((window, recheck)),
+                job.ari_pick,
+                schedule::draw(),
+                ARI_RECHECK,
+                now,
+            );
+            match verdict {
+                Verdict::Renew => Ok((!job.no_replaces).then(|| id.clone())),
+                Verdict::Wait {
+                    at,
+                    renewal,
+                    source,
+                    pick,
+                } => Err(Outcome::NotDue {
+                    at,
+                    renewal,
+                    source,
+                    ari_pick: pick,
+                }),
             }
-            Ok((!job.no_replaces).then(|| id.clone()))
         }
         Err(instant_acme::Error::Unsupported(_)) if job.threshold_due > now => Err(by_threshold),
         Err(instant_acme::Error::Unsupported(_)) => Ok(None),
@@ -744,12 +750,13 @@ async fn order_now(
         replaces,
         storage: &ctx.storage,
     };
-    let mut result = order::order(&account, challenges, &req).await;
+    let solver = solver::Http01 { store: challenges };
+    let mut result = order::order(&account, &solver, &req).await;
     if let Err(f) = &result {
         if f.kind == FailureKind::AccountGone {
             ctx.accounts.forget(&account).await;
             result = match ctx.accounts.get().await {
-                Ok(fresh) => order::order(&fresh, challenges, &req).await,
+                Ok(fresh) => order::order(&fresh, &solver, &req).await,
                 Err(f) => Err(f),
             };
         }

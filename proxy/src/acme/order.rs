@@ -1,16 +1,17 @@
-//! One ACME order for one host: HTTP-01 for every name, a fresh key, the chain checked against
-//! the key and the names, then written (key 0600) before anyone serves it.
+//! One ACME order for one host: every name proved by the host's challenge solver (`solver`), a
+//! fresh key, the chain checked against the key and the names, then written (key 0600) before
+//! anyone serves it.
 
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder,
-    OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, CertificateIdentifier, Identifier, NewOrder, OrderStatus,
+    RetryPolicy,
 };
 
 use super::client::{describe_problem, Failure};
+use super::solver::Solver;
 use crate::config::KeyType;
-use crate::http01::ChallengeStore;
 use crate::names::HostName;
 use crate::pem::LoadedCert;
 use crate::storage::{Key, Storage};
@@ -24,26 +25,29 @@ fn polling() -> RetryPolicy {
         .timeout(Duration::from_secs(120))
 }
 
-/// Challenge responses published for the duration of one order, withdrawn on every exit.
-struct Published<'a> {
-    store: &'a ChallengeStore,
-    tokens: Vec<String>,
+/// Proofs presented for the duration of one order, cleaned up on every exit.
+struct Presented<'a> {
+    solver: &'a dyn Solver,
+    /// (name, token)
+    proofs: Vec<(String, String)>,
 }
 
-impl Published<'_> {
-    async fn add(&mut self, token: &str, key_authorization: &str) -> Result<(), Failure> {
-        self.tokens.push(token.to_string());
-        self.store
-            .publish(token, key_authorization)
-            .await
-            .map_err(|e| Failure::new(format!("cannot publish the challenge response: {e}")))
+impl Presented<'_> {
+    async fn add(
+        &mut self,
+        name: &str,
+        token: &str,
+        key_authorization: &str,
+    ) -> Result<(), Failure> {
+        self.proofs.push((name.to_string(), token.to_string()));
+        self.solver.present(name, token, key_authorization).await
     }
 }
 
-impl Drop for Published<'_> {
+impl Drop for Presented<'_> {
     fn drop(&mut self) {
-        for t in &self.tokens {
-            self.store.withdraw(t);
+        for (name, token) in &self.proofs {
+            self.solver.cleanup(name, token);
         }
     }
 }
@@ -60,9 +64,15 @@ pub(super) struct OrderRequest<'a> {
 /// Places the order and returns the certificate, already written to storage.
 pub(super) async fn order(
     account: &Account,
-    challenges: &ChallengeStore,
+    solver: &dyn Solver,
     req: &OrderRequest<'_>,
 ) -> Result<LoadedCert, Failure> {
+    if let Some(name) = req.names.iter().find(|n| !solver.can_validate(n)) {
+        return Err(Failure::new(format!(
+            "{} cannot prove control of {name}",
+            solver.name()
+        )));
+    }
     let identifiers: Vec<Identifier> = req
         .names
         .iter()
@@ -80,9 +90,9 @@ pub(super) async fn order(
         .await
         .map_err(|e| Failure::from(e).context("new order"))?;
 
-    let mut published = Published {
-        store: challenges,
-        tokens: Vec::new(),
+    let mut presented = Presented {
+        solver,
+        proofs: Vec::new(),
     };
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
@@ -98,12 +108,17 @@ pub(super) async fn order(
             }
         }
         let name = authz.identifier().to_string();
-        let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
-            Failure::new(format!("the CA offers no http-01 challenge for {name}"))
+        let mut challenge = authz.challenge(solver.challenge_type()).ok_or_else(|| {
+            Failure::new(format!(
+                "the CA offers no {} challenge for {name}",
+                solver.name()
+            ))
         })?;
-        published
-            .add(&challenge.token, challenge.key_authorization().as_str())
-            .await?;
+        let (token, key_auth) = (
+            challenge.token.clone(),
+            challenge.key_authorization().as_str().to_string(),
+        );
+        presented.add(&name, &token, &key_auth).await?;
         challenge
             .set_ready()
             .await
@@ -114,7 +129,7 @@ pub(super) async fn order(
         .poll_ready(&polling())
         .await
         .map_err(|e| Failure::from(e).context("validation"))?;
-    drop(published);
+    drop(presented);
     if status != OrderStatus::Ready {
         return Err(validation_failure(&mut order).await);
     }

@@ -1,5 +1,6 @@
-//! When to renew and when to retry: pure functions of certificate dates, configuration and
-//! failure count, plus the status file the `certs` command reads.
+//! When to renew and when to retry: pure functions of (certificate, renewal information,
+//! failures, now) and a random draw in [0, 1) that the caller supplies (tests pass fixed ones, a
+//! fake clock and fake windows), plus the status file the `certs` command reads.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -28,37 +29,120 @@ pub fn threshold_due(not_before: i64, not_after: i64, threshold: RenewThreshold)
     from_unix(not_after - remaining.round() as i64)
 }
 
-/// `due` moved earlier by a random amount (up to 2 % of the lifetime, at most 12 h) so that many
+/// A random draw in [0, 1), for the functions below.
+pub fn draw() -> f64 {
+    rand::rng().random::<f64>()
+}
+
+/// `due` moved earlier by `draw` of a span (2 % of the lifetime, at most 12 h) so that many
 /// proxies with certificates from the same moment do not all renew in the same second. Never
 /// earlier than `now`.
-pub fn jittered(due: SystemTime, not_before: i64, not_after: i64, now: SystemTime) -> SystemTime {
+pub fn jittered(
+    due: SystemTime,
+    not_before: i64,
+    not_after: i64,
+    draw: f64,
+    now: SystemTime,
+) -> SystemTime {
     if due <= now {
         return now;
     }
     let lifetime = Duration::from_secs((not_after - not_before).max(0) as u64);
     let span = (lifetime / 50).min(MAX_RENEW_JITTER);
-    let jitter = span.mul_f64(rand::rng().random::<f64>());
-    (due - jitter).max(now)
+    (due - span.mul_f64(draw.clamp(0.0, 1.0))).max(now)
 }
 
-/// A random moment in the CA's suggested window, never before `now`.
-pub fn in_window(start: SystemTime, end: SystemTime, now: SystemTime) -> SystemTime {
+/// The moment `draw` of the way into the CA's suggested window, never before `now`.
+pub fn in_window(start: SystemTime, end: SystemTime, draw: f64, now: SystemTime) -> SystemTime {
     let span = end.duration_since(start).unwrap_or_default();
-    (start + span.mul_f64(rand::rng().random::<f64>())).max(now)
+    (start + span.mul_f64(draw.clamp(0.0, 1.0))).max(now)
+}
+
+/// The moment picked in a CA's renewal window (RFC 9773), kept while the window stays the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AriPick {
+    pub start: i64,
+    pub end: i64,
+    pub pick: SystemTime,
+}
+
+/// What the scheduler decides for a certificate that could serve on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Order now.
+    Renew,
+    /// Look again at `at`; the renewal is planned for `renewal`, by `source` (`ari` or
+    /// `threshold`).
+    Wait {
+        at: SystemTime,
+        renewal: SystemTime,
+        source: &'static str,
+        pick: Option<AriPick>,
+    },
+}
+
+/// The renewal decision. `threshold_due`: the jittered threshold moment of the certificate;
+/// `window`: the CA's suggested window (Unix seconds) and when to ask again, if it gave one;
+/// `previous`: the moment picked in an earlier look. A window is followed over the threshold:
+/// a moment is picked once per window (`draw` of the way in) and kept while the window stays
+/// the same; a window moved into the past renews at once. Never looks again later than
+/// `max_recheck`, nor sooner than a minute.
+pub fn decide(
+    threshold_due: SystemTime,
+    window: Option<((i64, i64), Duration)>,
+    previous: Option<AriPick>,
+    draw: f64,
+    max_recheck: Duration,
+    now: SystemTime,
+) -> Verdict {
+    let Some(((start, end), recheck)) = window else {
+        return if threshold_due > now {
+            Verdict::Wait {
+                at: threshold_due,
+                renewal: threshold_due,
+                source: "threshold",
+                pick: None,
+            }
+        } else {
+            Verdict::Renew
+        };
+    };
+    let pick = match previous {
+        Some(p) if p.start == start && p.end == end => p,
+        _ => AriPick {
+            start,
+            end,
+            pick: in_window(from_unix(start), from_unix(end), draw, now),
+        },
+    };
+    if pick.pick <= now {
+        return Verdict::Renew;
+    }
+    let recheck = recheck.clamp(
+        Duration::from_secs(60),
+        max_recheck.max(Duration::from_secs(60)),
+    );
+    Verdict::Wait {
+        at: pick.pick.min(now + recheck),
+        renewal: pick.pick,
+        source: "ari",
+        pick: Some(pick),
+    }
 }
 
 /// Wait before the next attempt after `failures` failed ones in a row: `initial` doubled per
-/// failure, capped at `max`, with ±10 % jitter; and never before the CA's `retry_after`.
+/// failure, capped at `max`, with ±10 % jitter (`draw`); and never before the CA's `retry_after`.
 pub fn backoff(
     failures: u32,
     initial: Duration,
     max: Duration,
     retry_after: Option<SystemTime>,
+    draw: f64,
     now: SystemTime,
 ) -> SystemTime {
     let exp = failures.saturating_sub(1).min(30);
     let base = initial.saturating_mul(1u32 << exp.min(20)).min(max);
-    let factor = 0.9 + 0.2 * rand::rng().random::<f64>();
+    let factor = 0.9 + 0.2 * draw.clamp(0.0, 1.0);
     let at = now + base.mul_f64(factor).min(max);
     match retry_after {
         Some(ra) if ra > at => ra,
@@ -134,19 +218,21 @@ mod tests {
         let nb = 1_000_000;
         let na = nb + 90 * DAY;
         let due = from_unix(na - 30 * DAY);
-        for _ in 0..200 {
-            let j = jittered(due, nb, na, now);
+        assert_eq!(jittered(due, nb, na, 0.0, now), due);
+        assert_eq!(jittered(due, nb, na, 1.0, now), due - MAX_RENEW_JITTER);
+        for d in [0.1, 0.5, 0.99] {
+            let j = jittered(due, nb, na, d, now);
             assert!(j <= due && j >= due - MAX_RENEW_JITTER, "{j:?}");
         }
         // Past due: now, not earlier.
-        assert_eq!(jittered(from_unix(10), nb, na, now), now);
+        assert_eq!(jittered(from_unix(10), nb, na, 0.5, now), now);
         // Short-lived (6 days): at most 2 % of the lifetime.
         let na = nb + 6 * DAY;
         let due = from_unix(na - 2 * DAY);
-        for _ in 0..200 {
-            let j = unix(jittered(due, nb, na, now));
-            assert!(j >= unix(due) - (6 * DAY) / 50, "{j}");
-        }
+        assert_eq!(
+            unix(jittered(due, nb, na, 1.0, now)),
+            unix(due) - (6 * DAY) / 50
+        );
     }
 
     #[test]
@@ -154,26 +240,95 @@ mod tests {
         let now = from_unix(0);
         let i = Duration::from_secs(60);
         let m = Duration::from_secs(3600);
-        let secs = |f| unix(backoff(f, i, m, None, now));
-        assert!((54..=66).contains(&secs(1)), "{}", secs(1));
-        assert!((108..=132).contains(&secs(2)), "{}", secs(2));
-        assert!((216..=264).contains(&secs(3)), "{}", secs(3));
-        assert!(secs(30) <= 3600 && secs(30) >= 3240, "{}", secs(30));
-        assert!(secs(1000) <= 3600);
+        let secs = |f, d| unix(backoff(f, i, m, None, d, now));
+        assert_eq!((secs(1, 0.0), secs(1, 0.5), secs(1, 1.0)), (54, 60, 66));
+        assert_eq!(secs(2, 0.5), 120);
+        assert_eq!(secs(3, 0.5), 240);
+        assert_eq!(secs(30, 1.0), 3600, "capped, jitter included");
+        assert_eq!(secs(1000, 0.0), 3240);
         let later = from_unix(7200);
-        assert_eq!(backoff(1, i, m, Some(later), now), later);
+        assert_eq!(backoff(1, i, m, Some(later), 0.5, now), later);
         // A Retry-After sooner than the backoff does not shorten it.
-        assert!(unix(backoff(3, i, m, Some(from_unix(1)), now)) >= 216);
+        assert_eq!(unix(backoff(3, i, m, Some(from_unix(1)), 0.5, now)), 240);
     }
 
     #[test]
     fn window_pick_inside_window() {
         let s = from_unix(100);
         let e = from_unix(200);
-        for _ in 0..100 {
-            let p = in_window(s, e, from_unix(0));
-            assert!(p >= s && p <= e);
-        }
-        assert_eq!(in_window(s, e, from_unix(500)), from_unix(500));
+        assert_eq!(in_window(s, e, 0.0, from_unix(0)), s);
+        assert_eq!(in_window(s, e, 0.5, from_unix(0)), from_unix(150));
+        assert_eq!(in_window(s, e, 0.5, from_unix(500)), from_unix(500));
+    }
+
+    const H: u64 = 3600;
+
+    #[test]
+    fn without_a_window_the_threshold_decides() {
+        let now = from_unix(1_000);
+        let due = from_unix(5_000);
+        let six_h = Duration::from_secs(6 * H);
+        assert_eq!(
+            decide(due, None, None, 0.5, six_h, now),
+            Verdict::Wait {
+                at: due,
+                renewal: due,
+                source: "threshold",
+                pick: None
+            }
+        );
+        assert_eq!(decide(now, None, None, 0.5, six_h, now), Verdict::Renew);
+    }
+
+    #[test]
+    fn an_ari_window_is_followed_over_the_threshold_and_its_pick_kept() {
+        let six_h = Duration::from_secs(6 * H);
+        let now = from_unix(0);
+        let far = from_unix(90 * DAY);
+        let window = ((10 * DAY, 12 * DAY), Duration::from_secs(6 * H));
+        let Verdict::Wait {
+            at,
+            renewal,
+            source,
+            pick,
+        } = decide(far, Some(window), None, 0.5, six_h, now)
+        else {
+            panic!("not due yet")
+        };
+        assert_eq!(renewal, from_unix(11 * DAY), "half way into the window");
+        assert_eq!(source, "ari");
+        assert_eq!(at, from_unix(6 * H as i64), "looked at again within 6 h");
+        // The next look (another draw) keeps the moment picked for the same window.
+        let later = from_unix(6 * H as i64);
+        let again = decide(far, Some(window), pick, 0.9, six_h, later);
+        assert!(matches!(again, Verdict::Wait { renewal: r, .. } if r == renewal));
+        // Retry-After beyond the cap is capped; below a minute raised to one.
+        let long = ((10 * DAY, 12 * DAY), Duration::from_secs(48 * H));
+        let Verdict::Wait { at, .. } = decide(far, Some(long), None, 0.5, six_h, now) else {
+            panic!()
+        };
+        assert_eq!(at, from_unix(6 * H as i64));
+        let short = ((10 * DAY, 12 * DAY), Duration::from_secs(1));
+        let Verdict::Wait { at, .. } = decide(far, Some(short), None, 0.5, six_h, now) else {
+            panic!()
+        };
+        assert_eq!(at, from_unix(60));
+    }
+
+    #[test]
+    fn a_window_moved_into_the_past_renews_at_once() {
+        // A mass-revocation drill: the CA moves the window to yesterday.
+        let now = from_unix(30 * DAY);
+        let six_h = Duration::from_secs(6 * H);
+        let earlier = Some(AriPick {
+            start: 40 * DAY,
+            end: 42 * DAY,
+            pick: from_unix(41 * DAY),
+        });
+        let moved = ((29 * DAY, 29 * DAY + 3600), Duration::from_secs(6 * H));
+        assert_eq!(
+            decide(from_unix(60 * DAY), Some(moved), earlier, 0.3, six_h, now),
+            Verdict::Renew
+        );
     }
 }

@@ -1,0 +1,71 @@
+//! How a host proves control of a name to the CA: one interface per challenge type, so that the
+//! order pipeline (`order`) never names one. HTTP-01 is the first implementation: the key
+//! authorization goes into the challenge store (shared storage, so any replica answers on port
+//! 80). TLS-ALPN-01 and DNS-01 come in behind the same interface.
+
+use async_trait::async_trait;
+use instant_acme::ChallengeType;
+
+use super::client::Failure;
+use crate::http01::ChallengeStore;
+
+/// One challenge type's way of proving control.
+#[async_trait]
+pub(super) trait Solver: Send + Sync {
+    /// The challenge type it answers.
+    fn challenge_type(&self) -> ChallengeType;
+
+    /// Its name in logs, configuration and errors (`http-01`).
+    fn name(&self) -> &'static str;
+
+    /// Whether it can prove control of `name` (HTTP-01 cannot for a wildcard).
+    fn can_validate(&self, name: &str) -> bool;
+
+    /// Puts the proof for `token` in place (the key authorization, for `name`) before the CA is
+    /// told to look.
+    async fn present(
+        &self,
+        name: &str,
+        token: &str,
+        key_authorization: &str,
+    ) -> Result<(), Failure>;
+
+    /// Takes the proof away again, on every exit (success, failure, cancellation).
+    fn cleanup(&self, name: &str, token: &str);
+}
+
+/// HTTP-01: `http://NAME/.well-known/acme-challenge/TOKEN` answers the key authorization.
+pub(super) struct Http01<'a> {
+    pub store: &'a ChallengeStore,
+}
+
+#[async_trait]
+impl Solver for Http01<'_> {
+    fn challenge_type(&self) -> ChallengeType {
+        ChallengeType::Http01
+    }
+
+    fn name(&self) -> &'static str {
+        "http-01"
+    }
+
+    fn can_validate(&self, name: &str) -> bool {
+        !name.starts_with("*.")
+    }
+
+    async fn present(
+        &self,
+        _name: &str,
+        token: &str,
+        key_authorization: &str,
+    ) -> Result<(), Failure> {
+        self.store
+            .publish(token, key_authorization)
+            .await
+            .map_err(|e| Failure::new(format!("cannot publish the challenge response: {e}")))
+    }
+
+    fn cleanup(&self, _name: &str, token: &str) {
+        self.store.withdraw(token);
+    }
+}
