@@ -13,23 +13,25 @@
 //! periodic re-read of every host in case an announcement was lost.
 
 mod client;
+mod job;
 mod order;
 pub mod schedule;
+mod slot;
 mod solver;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use instant_acme::CertificateIdentifier;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use client::{capturing_retry_after, Accounts, Failure, FailureKind};
-use schedule::{AriPick, HostStatus, StatusFile, Verdict};
+use client::{capturing_retry_after, Accounts, Failure};
+use job::{run_job, wait_listening};
+use schedule::{AriPick, HostStatus, StatusFile};
+use slot::{newer, Current, Slot};
 
 use crate::certs::{self, names_of};
 use crate::config::{Config, Host, TlsSource};
@@ -57,134 +59,6 @@ pub fn lock_name(host: &str) -> String {
 
 fn acme_hosts(config: &Config) -> impl Iterator<Item = &Arc<Host>> {
     config.hosts.iter().filter(|h| h.tls == TlsSource::Acme)
-}
-
-/// Dates and ARI identity of the certificate a host serves.
-#[derive(Clone)]
-struct Current {
-    not_before: i64,
-    not_after: i64,
-    names: Vec<String>,
-    ari_id: Option<CertificateIdentifier<'static>>,
-}
-
-impl Current {
-    fn of(c: &LoadedCert) -> Self {
-        Self {
-            not_before: c.info.not_before,
-            not_after: c.info.not_after,
-            names: c.info.names.clone(),
-            ari_id: c
-                .certified
-                .cert
-                .first()
-                .and_then(|leaf| CertificateIdentifier::try_from(leaf).ok())
-                .map(CertificateIdentifier::into_owned),
-        }
-    }
-
-    fn covers(&self, names: &[String]) -> bool {
-        names.iter().all(|n| self.names.contains(n))
-    }
-}
-
-/// Whether `stored` should replace `current` (what another replica wrote is newer).
-fn newer(stored: &LoadedCert, current: Option<&Current>, names: &[String]) -> bool {
-    let covers = names.iter().all(|n| stored.info.names.contains(n));
-    covers && current.is_none_or(|c| stored.info.not_before > c.not_before)
-}
-
-struct Slot {
-    names: Vec<String>,
-    current: Option<Current>,
-    /// When the next job runs.
-    next: SystemTime,
-    running: bool,
-    /// The threshold's renewal moment for `current`, jittered once per certificate.
-    threshold_due: SystemTime,
-    /// Planned renewal and where it comes from (`ari`, `threshold`), for metrics and status.
-    renewal: Option<(SystemTime, &'static str)>,
-    /// The CA's window and the moment picked in it, kept while the window is unchanged.
-    ari_pick: Option<AriPick>,
-    /// The last order with `replaces` failed: order the next one without it.
-    no_replaces: bool,
-    failures: u32,
-    last_error: Option<(String, i64)>,
-    last_issued: Option<i64>,
-    /// A certificate read back from storage while a job ran, considered after its outcome.
-    stored: Option<LoadedCert>,
-}
-
-impl Slot {
-    fn new(names: Vec<String>, current: Option<Current>, config: &Config) -> Self {
-        let now = SystemTime::now();
-        let mut s = Self {
-            names,
-            current,
-            next: now,
-            running: false,
-            threshold_due: now,
-            renewal: None,
-            ari_pick: None,
-            no_replaces: false,
-            failures: 0,
-            last_error: None,
-            last_issued: None,
-            stored: None,
-        };
-        s.recompute_threshold(config, now);
-        s
-    }
-
-    /// Jittered threshold moment of the current certificate; `now` when there is none.
-    fn recompute_threshold(&mut self, config: &Config, now: SystemTime) {
-        self.threshold_due = match (&self.current, &config.acme) {
-            (Some(c), Some(a)) => schedule::jittered(
-                schedule::threshold_due(c.not_before, c.not_after, a.renew_when_remaining),
-                c.not_before,
-                c.not_after,
-                schedule::draw(),
-                now,
-            ),
-            _ => now,
-        };
-    }
-
-    /// Whether the host needs an order regardless of renewal windows.
-    fn must_order(&self, now: SystemTime) -> bool {
-        match &self.current {
-            None => true,
-            Some(c) => !c.covers(&self.names) || from_unix(c.not_after) <= now,
-        }
-    }
-
-    /// A new certificate is in force: failures forgotten, renewal planned from its dates.
-    fn took(&mut self, host: &HostName, cert: &LoadedCert, config: &Config, now: SystemTime) {
-        self.current = Some(Current::of(cert));
-        self.failures = 0;
-        self.last_error = None;
-        self.no_replaces = false;
-        self.ari_pick = None;
-        self.recompute_threshold(config, now);
-        if self.threshold_due <= now {
-            tracing::warn!(host = %host, "acme.renew_when_remaining is longer than the new certificate's whole lifetime; renewing again in 1h, not at once");
-            self.threshold_due = now + schedule::MIN_RENEW_SPACING;
-        }
-        self.renewal = Some((self.threshold_due, "threshold"));
-        self.next = self.threshold_due.min(now + ARI_RECHECK);
-    }
-
-    fn status(&self) -> HostStatus {
-        HostStatus {
-            next_renewal: self.renewal.map(|(t, _)| unix(t)),
-            renewal_source: self.renewal.map(|(_, s)| s.to_string()),
-            next_attempt: (self.failures > 0).then(|| unix(self.next)),
-            consecutive_failures: self.failures,
-            last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
-            last_error_at: self.last_error.as_ref().map(|(_, t)| *t),
-            last_issued: self.last_issued,
-        }
-    }
 }
 
 /// What a job needs, copied out of its slot.
@@ -618,179 +492,4 @@ async fn next_change(
             None
         }
     }
-}
-
-async fn run_job(ctx: &Ctx, challenges: &ChallengeStore, job: &Job) -> Outcome {
-    let mut replaces = None;
-    if let (false, Some(cur)) = (job.must_order, &job.current) {
-        match due(ctx, job, cur).await {
-            Ok(r) => replaces = r,
-            Err(outcome) => return outcome,
-        }
-    }
-    // Due. Of replicas sharing storage one orders; the others wait for its certificate.
-    let lock = match ctx.storage.lock(&lock_name(job.host.as_str())).await {
-        Ok(Some(lock)) => lock,
-        Ok(None) => return Outcome::Busy,
-        Err(e) => {
-            return Outcome::Failed {
-                failure: Failure::new(format!("cannot take the ACME lock in storage: {e}")),
-                ordered: true,
-            }
-        }
-    };
-    let outcome = match certs::load_acme(&ctx.storage, &job.host).await {
-        Some(cert) if newer(&cert, job.current.as_ref(), &job.names) => Outcome::Adopted { cert },
-        _ => order_now(ctx, challenges, job, replaces).await,
-    };
-    if lock.lost() {
-        tracing::warn!(host = %job.host, "the ACME lock's lease ran out during the order (storage unreachable?); another replica may have ordered too");
-    }
-    lock.release().await;
-    outcome
-}
-
-/// Whether a certificate that could serve on is due: Ok with the ARI identity to replace when
-/// it is, else the outcome that says when to look again.
-async fn due(
-    ctx: &Ctx,
-    job: &Job,
-    cur: &Current,
-) -> Result<Option<CertificateIdentifier<'static>>, Outcome> {
-    let now = SystemTime::now();
-    let by_threshold = Outcome::NotDue {
-        at: job.threshold_due,
-        renewal: job.threshold_due,
-        source: "threshold",
-        ari_pick: None,
-    };
-    let Some(id) = &cur.ari_id else {
-        return if job.threshold_due > now {
-            Err(by_threshold)
-        } else {
-            Ok(None)
-        };
-    };
-    let account = ctx
-        .accounts
-        .get()
-        .await
-        .map_err(|failure| Outcome::Failed {
-            failure,
-            ordered: job.threshold_due <= now,
-        })?;
-    match account.renewal_info(id).await {
-        Ok((info, recheck)) => {
-            let window = (
-                info.suggested_window.start.unix_timestamp(),
-                info.suggested_window.end.unix_timestamp(),
-            );
-            let verdict = schedule::decide(
-                job.threshold_due,
-                Some((window, recheck)),
-                job.ari_pick,
-                schedule::draw(),
-                ARI_RECHECK,
-                now,
-            );
-            match verdict {
-                Verdict::Renew => Ok((!job.no_replaces).then(|| id.clone())),
-                Verdict::Wait {
-                    at,
-                    renewal,
-                    source,
-                    pick,
-                } => Err(Outcome::NotDue {
-                    at,
-                    renewal,
-                    source,
-                    ari_pick: pick,
-                }),
-            }
-        }
-        Err(instant_acme::Error::Unsupported(_)) if job.threshold_due > now => Err(by_threshold),
-        Err(instant_acme::Error::Unsupported(_)) => Ok(None),
-        Err(e) if job.threshold_due > now => {
-            tracing::warn!(host = %job.host, error = %Failure::from(e).message, "cannot fetch the CA's renewal window; using the threshold");
-            Err(Outcome::NotDue {
-                at: job.threshold_due.min(now + PROBE_RETRY),
-                renewal: job.threshold_due,
-                source: "threshold",
-                ari_pick: None,
-            })
-        }
-        Err(_) => Ok(None),
-    }
-}
-
-/// Orders the certificate (holding the host's lock).
-async fn order_now(
-    ctx: &Ctx,
-    challenges: &ChallengeStore,
-    job: &Job,
-    replaces: Option<CertificateIdentifier<'static>>,
-) -> Outcome {
-    let account = match ctx.accounts.get().await {
-        Ok(a) => a,
-        Err(failure) => {
-            return Outcome::Failed {
-                failure,
-                ordered: true,
-            }
-        }
-    };
-    let started = Instant::now();
-    tracing::info!(host = %job.host, names = ?job.names, replaces = replaces.is_some(), "ordering certificate");
-    let a = ctx.accounts.config();
-    let req = order::OrderRequest {
-        host: &job.host,
-        names: &job.names,
-        key_type: a.key_type,
-        profile: a.profile.as_deref(),
-        replaces,
-        storage: &ctx.storage,
-    };
-    let solver = solver::Http01 { store: challenges };
-    let mut result = order::order(&account, &solver, &req).await;
-    if let Err(f) = &result {
-        if f.kind == FailureKind::AccountGone {
-            ctx.accounts.forget(&account).await;
-            result = match ctx.accounts.get().await {
-                Ok(fresh) => order::order(&fresh, &solver, &req).await,
-                Err(f) => Err(f),
-            };
-        }
-    }
-    match result {
-        Ok(cert) => Outcome::Issued {
-            cert,
-            took: started.elapsed(),
-        },
-        Err(failure) => Outcome::Failed {
-            failure,
-            ordered: true,
-        },
-    }
-}
-
-/// Waits until something accepts TCP connections on `addr` (the port-80 listener), at most
-/// `limit`.
-async fn wait_listening(addr: SocketAddr, limit: Duration) {
-    let target = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
-    };
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(target).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tracing::warn!(%addr, "the HTTP listener does not accept connections yet; ordering anyway");
 }

@@ -1,0 +1,191 @@
+//! One job for one host: is its certificate due (the threshold, or the CA's renewal window
+//! through `schedule::decide`), and if so, the order under the host's lock with the host's
+//! challenge solver.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use instant_acme::CertificateIdentifier;
+
+use super::client::{Failure, FailureKind};
+use super::schedule::{self, Verdict};
+use super::{
+    lock_name, newer, order, solver, Ctx, Current, Job, Outcome, ARI_RECHECK, PROBE_RETRY,
+};
+use crate::certs;
+use crate::http01::ChallengeStore;
+
+pub(super) async fn run_job(ctx: &Ctx, challenges: &ChallengeStore, job: &Job) -> Outcome {
+    let mut replaces = None;
+    if let (false, Some(cur)) = (job.must_order, &job.current) {
+        match due(ctx, job, cur).await {
+            Ok(r) => replaces = r,
+            Err(outcome) => return outcome,
+        }
+    }
+    // Due. Of replicas sharing storage one orders; the others wait for its certificate.
+    let lock = match ctx.storage.lock(&lock_name(job.host.as_str())).await {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return Outcome::Busy,
+        Err(e) => {
+            return Outcome::Failed {
+                failure: Failure::new(format!("cannot take the ACME lock in storage: {e}")),
+                ordered: true,
+            }
+        }
+    };
+    let outcome = match certs::load_acme(&ctx.storage, &job.host).await {
+        Some(cert) if newer(&cert, job.current.as_ref(), &job.names) => Outcome::Adopted { cert },
+        _ => order_now(ctx, challenges, job, replaces).await,
+    };
+    if lock.lost() {
+        tracing::warn!(host = %job.host, "the ACME lock's lease ran out during the order (storage unreachable?); another replica may have ordered too");
+    }
+    lock.release().await;
+    outcome
+}
+
+/// Whether a certificate that could serve on is due: Ok with the ARI identity to replace when
+/// it is, else the outcome that says when to look again.
+async fn due(
+    ctx: &Ctx,
+    job: &Job,
+    cur: &Current,
+) -> Result<Option<CertificateIdentifier<'static>>, Outcome> {
+    let now = SystemTime::now();
+    let by_threshold = Outcome::NotDue {
+        at: job.threshold_due,
+        renewal: job.threshold_due,
+        source: "threshold",
+        ari_pick: None,
+    };
+    let Some(id) = &cur.ari_id else {
+        return if job.threshold_due > now {
+            Err(by_threshold)
+        } else {
+            Ok(None)
+        };
+    };
+    let account = ctx
+        .accounts
+        .get()
+        .await
+        .map_err(|failure| Outcome::Failed {
+            failure,
+            ordered: job.threshold_due <= now,
+        })?;
+    match account.renewal_info(id).await {
+        Ok((info, recheck)) => {
+            let window = (
+                info.suggested_window.start.unix_timestamp(),
+                info.suggested_window.end.unix_timestamp(),
+            );
+            let verdict = schedule::decide(
+                job.threshold_due,
+                Some((window, recheck)),
+                job.ari_pick,
+                schedule::draw(),
+                ARI_RECHECK,
+                now,
+            );
+            match verdict {
+                Verdict::Renew => Ok((!job.no_replaces).then(|| id.clone())),
+                Verdict::Wait {
+                    at,
+                    renewal,
+                    source,
+                    pick,
+                } => Err(Outcome::NotDue {
+                    at,
+                    renewal,
+                    source,
+                    ari_pick: pick,
+                }),
+            }
+        }
+        Err(instant_acme::Error::Unsupported(_)) if job.threshold_due > now => Err(by_threshold),
+        Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+        Err(e) if job.threshold_due > now => {
+            tracing::warn!(host = %job.host, error = %Failure::from(e).message, "cannot fetch the CA's renewal window; using the threshold");
+            Err(Outcome::NotDue {
+                at: job.threshold_due.min(now + PROBE_RETRY),
+                renewal: job.threshold_due,
+                source: "threshold",
+                ari_pick: None,
+            })
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Orders the certificate (holding the host's lock).
+async fn order_now(
+    ctx: &Ctx,
+    challenges: &ChallengeStore,
+    job: &Job,
+    replaces: Option<CertificateIdentifier<'static>>,
+) -> Outcome {
+    let account = match ctx.accounts.get().await {
+        Ok(a) => a,
+        Err(failure) => {
+            return Outcome::Failed {
+                failure,
+                ordered: true,
+            }
+        }
+    };
+    let started = Instant::now();
+    tracing::info!(host = %job.host, names = ?job.names, replaces = replaces.is_some(), "ordering certificate");
+    let a = ctx.accounts.config();
+    let req = order::OrderRequest {
+        host: &job.host,
+        names: &job.names,
+        key_type: a.key_type,
+        profile: a.profile.as_deref(),
+        replaces,
+        storage: &ctx.storage,
+    };
+    let solver = solver::Http01 { store: challenges };
+    let mut result = order::order(&account, &solver, &req).await;
+    if let Err(f) = &result {
+        if f.kind == FailureKind::AccountGone {
+            ctx.accounts.forget(&account).await;
+            result = match ctx.accounts.get().await {
+                Ok(fresh) => order::order(&fresh, &solver, &req).await,
+                Err(f) => Err(f),
+            };
+        }
+    }
+    match result {
+        Ok(cert) => Outcome::Issued {
+            cert,
+            took: started.elapsed(),
+        },
+        Err(failure) => Outcome::Failed {
+            failure,
+            ordered: true,
+        },
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr` (the port-80 listener), at most
+/// `limit`.
+pub(super) async fn wait_listening(addr: SocketAddr, limit: Duration) {
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(target).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::warn!(%addr, "the HTTP listener does not accept connections yet; ordering anyway");
+}

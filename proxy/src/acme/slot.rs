@@ -1,0 +1,147 @@
+//! What the manager knows about one ACME host between jobs: the certificate in force (dates,
+//! ARI identity), the planned renewal, the failures so far.
+
+use std::time::SystemTime;
+
+use instant_acme::CertificateIdentifier;
+
+use super::schedule::{self, AriPick, HostStatus};
+use super::ARI_RECHECK;
+use crate::config::Config;
+use crate::names::HostName;
+use crate::pem::LoadedCert;
+use crate::time::{from_unix, unix};
+
+/// Dates and ARI identity of the certificate a host serves.
+#[derive(Clone)]
+pub(super) struct Current {
+    pub(super) not_before: i64,
+    pub(super) not_after: i64,
+    pub(super) names: Vec<String>,
+    pub(super) ari_id: Option<CertificateIdentifier<'static>>,
+}
+
+impl Current {
+    pub(super) fn of(c: &LoadedCert) -> Self {
+        Self {
+            not_before: c.info.not_before,
+            not_after: c.info.not_after,
+            names: c.info.names.clone(),
+            ari_id: c
+                .certified
+                .cert
+                .first()
+                .and_then(|leaf| CertificateIdentifier::try_from(leaf).ok())
+                .map(CertificateIdentifier::into_owned),
+        }
+    }
+
+    pub(super) fn covers(&self, names: &[String]) -> bool {
+        names.iter().all(|n| self.names.contains(n))
+    }
+}
+
+/// Whether `stored` should replace `current` (what another replica wrote is newer).
+pub(super) fn newer(stored: &LoadedCert, current: Option<&Current>, names: &[String]) -> bool {
+    let covers = names.iter().all(|n| stored.info.names.contains(n));
+    covers && current.is_none_or(|c| stored.info.not_before > c.not_before)
+}
+
+pub(super) struct Slot {
+    pub(super) names: Vec<String>,
+    pub(super) current: Option<Current>,
+    /// When the next job runs.
+    pub(super) next: SystemTime,
+    pub(super) running: bool,
+    /// The threshold's renewal moment for `current`, jittered once per certificate.
+    pub(super) threshold_due: SystemTime,
+    /// Planned renewal and where it comes from (`ari`, `threshold`), for metrics and status.
+    pub(super) renewal: Option<(SystemTime, &'static str)>,
+    /// The CA's window and the moment picked in it, kept while the window is unchanged.
+    pub(super) ari_pick: Option<AriPick>,
+    /// The last order with `replaces` failed: order the next one without it.
+    pub(super) no_replaces: bool,
+    pub(super) failures: u32,
+    pub(super) last_error: Option<(String, i64)>,
+    pub(super) last_issued: Option<i64>,
+    /// A certificate read back from storage while a job ran, considered after its outcome.
+    pub(super) stored: Option<LoadedCert>,
+}
+
+impl Slot {
+    pub(super) fn new(names: Vec<String>, current: Option<Current>, config: &Config) -> Self {
+        let now = SystemTime::now();
+        let mut s = Self {
+            names,
+            current,
+            next: now,
+            running: false,
+            threshold_due: now,
+            renewal: None,
+            ari_pick: None,
+            no_replaces: false,
+            failures: 0,
+            last_error: None,
+            last_issued: None,
+            stored: None,
+        };
+        s.recompute_threshold(config, now);
+        s
+    }
+
+    /// Jittered threshold moment of the current certificate; `now` when there is none.
+    pub(super) fn recompute_threshold(&mut self, config: &Config, now: SystemTime) {
+        self.threshold_due = match (&self.current, &config.acme) {
+            (Some(c), Some(a)) => schedule::jittered(
+                schedule::threshold_due(c.not_before, c.not_after, a.renew_when_remaining),
+                c.not_before,
+                c.not_after,
+                schedule::draw(),
+                now,
+            ),
+            _ => now,
+        };
+    }
+
+    /// Whether the host needs an order regardless of renewal windows.
+    pub(super) fn must_order(&self, now: SystemTime) -> bool {
+        match &self.current {
+            None => true,
+            Some(c) => !c.covers(&self.names) || from_unix(c.not_after) <= now,
+        }
+    }
+
+    /// A new certificate is in force: failures forgotten, renewal planned from its dates.
+    pub(super) fn took(
+        &mut self,
+        host: &HostName,
+        cert: &LoadedCert,
+        config: &Config,
+        now: SystemTime,
+    ) {
+        self.current = Some(Current::of(cert));
+        self.failures = 0;
+        self.last_error = None;
+        self.no_replaces = false;
+        self.ari_pick = None;
+        self.recompute_threshold(config, now);
+        if self.threshold_due <= now {
+            tracing::warn!(host = %host, "acme.renew_when_remaining is longer than the new certificate's whole lifetime; renewing again in 1h, not at once");
+            self.threshold_due = now + schedule::MIN_RENEW_SPACING;
+        }
+        self.renewal = Some((self.threshold_due, "threshold"));
+        self.next = self.threshold_due.min(now + ARI_RECHECK);
+    }
+
+    pub(super) fn status(&self) -> HostStatus {
+        HostStatus {
+            next_renewal: self.renewal.map(|(t, _)| unix(t)),
+            renewal_source: self.renewal.map(|(_, s)| s.to_string()),
+            next_attempt: (self.failures > 0).then(|| unix(self.next)),
+            consecutive_failures: self.failures,
+            last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_at: self.last_error.as_ref().map(|(_, t)| *t),
+            last_issued: self.last_issued,
+        }
+    }
+}
