@@ -14,7 +14,8 @@ use crate::metrics;
 use crate::routing::NameLabels;
 
 enum Body {
-    Json(Vec<u8>),
+    /// A JSON response read as it passes; `None` once it outgrew `MAX_PARSED_RESPONSE`.
+    Json(Option<Vec<u8>>),
     Sse(SseScanner),
     Other,
 }
@@ -44,6 +45,9 @@ struct Pending {
 pub struct LegacyCalls(Mutex<HashMap<(String, String), Pending>>);
 
 const MAX_PENDING: usize = 10_000;
+/// The longest JSON-RPC id a legacy call waits for its answer under (longer ones are counted as
+/// unanswered): the table stays small whatever ids strangers send.
+const MAX_ID: usize = 128;
 const PENDING_FOR: Duration = Duration::from_secs(600);
 
 impl LegacyCalls {
@@ -54,6 +58,12 @@ impl LegacyCalls {
             if map.len() >= MAX_PENDING {
                 map.clear();
             }
+        }
+        if let Some(earlier) = map.get_mut(&key) {
+            // Two calls with one id in one session: which one an answer is for cannot be
+            // told, so neither may vouch for a name.
+            earlier.name = None;
+            return;
         }
         map.insert(key, p);
     }
@@ -81,10 +91,19 @@ fn record(host: &str, route: &str, method: &str, tool: &str, outcome: Outcome, t
         .observe(took.as_secs_f64());
 }
 
-/// The label of `name`, called and answered with `outcome`: a successful result vouches for
-/// the name (an error does not: SDK servers answer an unknown tool with `isError`).
-fn vouched_label(name: &str, outcome: Outcome, names: &NameLabels) -> String {
-    if outcome == Outcome::Ok {
+/// The label of `name`, called by `method`. A successful result the upstream sent in answer to
+/// the call's id (`answered`) vouches for a tool or prompt name; nothing else does (an error:
+/// SDK servers answer an unknown tool with `isError`; a notification or an unanswered call:
+/// the upstream said nothing about the name; a resource: templates accept any URI, only lists
+/// vouch for those).
+fn vouched_label(
+    name: &str,
+    method: &str,
+    outcome: Outcome,
+    answered: bool,
+    names: &NameLabels,
+) -> String {
+    if answered && outcome == Outcome::Ok && matches!(method, "tools/call" | "prompts/get") {
         names.vouch(name);
     }
     names.label(name)
@@ -116,6 +135,8 @@ pub struct Exchange {
     /// From the `Mcp-Method`/`Mcp-Name` headers, when the client sent them.
     header_call: Option<(String, Option<String>)>,
     calls: Vec<(Call, bool)>,
+    /// Two calls share an id: which one an answer is for cannot be told, so no answer vouches.
+    ambiguous: bool,
     response: Option<Body>,
     status: u16,
     pub log: LogFields,
@@ -137,6 +158,7 @@ impl Exchange {
             route,
             header_call: method.map(|m| (m, name)),
             calls: Vec::new(),
+            ambiguous: false,
             response: None,
             status: 0,
             log: LogFields::default(),
@@ -174,6 +196,9 @@ impl Exchange {
             self.log.tool = mcp::bounded(c.name.as_deref().unwrap_or_default()).to_string();
             self.log.id = c.id.clone().unwrap_or_default();
         }
+        let mut ids: Vec<&str> = calls.iter().filter_map(|c| c.id.as_deref()).collect();
+        ids.sort_unstable();
+        self.ambiguous = ids.windows(2).any(|w| w[0] == w[1]);
         self.calls = calls.into_iter().map(|c| (c, false)).collect();
     }
 
@@ -187,7 +212,7 @@ impl Exchange {
         self.response = Some(if ct.starts_with("text/event-stream") {
             Body::Sse(SseScanner::default())
         } else if calls && ct.starts_with("application/json") {
-            Body::Json(Vec::new())
+            Body::Json(Some(Vec::new()))
         } else {
             Body::Other
         });
@@ -203,19 +228,20 @@ impl Exchange {
     ) {
         let mut found = Vec::new();
         match self.response.as_mut() {
-            Some(Body::Json(buf)) => {
-                if end && buf.is_empty() {
+            Some(Body::Json(slot)) => match slot {
+                Some(buf) if end && buf.is_empty() => {
                     // The whole body in one chunk (the common case): read in place.
                     found = mcp::parse_response(chunk);
-                } else {
-                    if buf.len() + chunk.len() <= mcp::MAX_PARSED_RESPONSE {
-                        buf.extend_from_slice(chunk);
-                    }
+                }
+                Some(buf) if buf.len() + chunk.len() <= mcp::MAX_PARSED_RESPONSE => {
+                    buf.extend_from_slice(chunk);
                     if end {
                         found = mcp::parse_response(buf);
                     }
                 }
-            }
+                // Too large to read: none of it is (never a spliced body).
+                _ => *slot = None,
+            },
             Some(Body::Sse(scanner)) => {
                 for event in scanner.events(chunk) {
                     if event.name.as_deref() == Some("endpoint") {
@@ -234,14 +260,17 @@ impl Exchange {
                 .iter()
                 .position(|(c, done)| !done && c.id.as_deref() == Some(id))
             {
-                vouch_listed(&self.calls[i].0.method, &answer, names);
-                self.count(i, answer.outcome, names);
+                if !self.ambiguous {
+                    vouch_listed(&self.calls[i].0.method, &answer, names);
+                }
+                let answered = !self.ambiguous;
+                self.count(i, answer.outcome, answered, names);
             } else if let Some(session) = &self.session {
                 // An answer on a legacy session's stream to a call POSTed to `/message`.
                 if let Some(p) = legacy.take(&(session.clone(), answer.id.clone())) {
                     vouch_listed(&p.method, &answer, names);
                     let tool = match &p.name {
-                        Some(n) => vouched_label(n, answer.outcome, names),
+                        Some(n) => vouched_label(n, &p.method, answer.outcome, true, names),
                         None => String::new(),
                     };
                     let method = mcp::method_label(&p.method);
@@ -253,9 +282,9 @@ impl Exchange {
     }
 
     /// Counts call `i` as ended with `outcome`.
-    fn count(&mut self, i: usize, outcome: Outcome, names: &NameLabels) {
+    fn count(&mut self, i: usize, outcome: Outcome, answered: bool, names: &NameLabels) {
         self.calls[i].1 = true;
-        let (method, tool) = self.labels(i, outcome, names);
+        let (method, tool) = self.labels(i, outcome, answered, names);
         record(
             &self.host,
             &self.route,
@@ -274,10 +303,16 @@ impl Exchange {
     }
 
     /// The method and tool labels of call `i`, answered with `outcome`.
-    fn labels(&self, i: usize, outcome: Outcome, names: &NameLabels) -> (&'static str, String) {
+    fn labels(
+        &self,
+        i: usize,
+        outcome: Outcome,
+        answered: bool,
+        names: &NameLabels,
+    ) -> (&'static str, String) {
         let call = &self.calls[i].0;
         let tool = match (&call.name, mcp::has_name(&call.method)) {
-            (Some(n), true) => vouched_label(n, outcome, names),
+            (Some(n), true) => vouched_label(n, &call.method, outcome, answered, names),
             _ => String::new(),
         };
         (mcp::method_label(&call.method), tool)
@@ -299,7 +334,8 @@ impl Exchange {
                 Outcome::HttpError
             } else if self.status == 202 && request {
                 self.calls[i].1 = true;
-                if let (Some(session), Some(id)) = (&self.session, &self.calls[i].0.id) {
+                let id = self.calls[i].0.id.as_ref().filter(|id| id.len() <= MAX_ID);
+                if let (Some(session), Some(id)) = (&self.session, id) {
                     let call = &self.calls[i].0;
                     let name = call.name.as_ref().filter(|_| mcp::has_name(&call.method));
                     let pending = Pending {
@@ -317,7 +353,7 @@ impl Exchange {
             } else {
                 Outcome::Cancelled
             };
-            self.count(i, outcome, names);
+            self.count(i, outcome, false, names);
         }
     }
 }

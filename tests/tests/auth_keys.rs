@@ -346,6 +346,10 @@ async fn a_tool_budget_counts_the_calls_in_the_body_whatever_the_headers_say() {
     assert_eq!(raw_status(&raw), 429, "{raw}");
     let raw = rpc_from(&edge, "127.0.0.11", "/x", "mcp-method: ping\r\n", &call).await;
     assert_eq!(raw_status(&raw), 429, "any Mcp-Method header: {raw}");
+    // A repeated key: the upstream reads the last one, and so does the budget.
+    let twice = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"cheap","name":"expensive"}}"#;
+    let raw = rpc_from(&edge, "127.0.0.11", "/x", lying, twice).await;
+    assert_eq!(raw_status(&raw), 429, "repeated key: {raw}");
     // Reject twin: another tool from the same caller passes.
     let raw = rpc_from(&edge, "127.0.0.11", "/x", lying, &tool_call(2, "cheap")).await;
     assert_eq!(raw_status(&raw), 200, "{raw}");

@@ -1,6 +1,6 @@
 //! Request bodies reach the upstream whole, byte for byte, on every route: with and without the
 //! features that read a body before it is forwarded (`mcp.validate`, a per-tool rate limit), in
-//! every size around the parse cap, written at once or dribbled in pieces, over HTTP/1.1 with
+//! every size around the 64 KiB parse cap (and past the 1 MiB such routes hold: 413), written at once or dribbled in pieces, over HTTP/1.1 with
 //! Content-Length and chunked and over HTTP/2 with and without a declared length.
 #![forbid(unsafe_code)]
 
@@ -138,6 +138,18 @@ async fn every_body_reaches_the_upstream_whole_on_every_route_over_http1() {
             }
         }
     }
+    // Past the 1 MiB the edge holds to check MCP calls: refused where a check needs the body
+    // (its calls could not be counted or validated), forwarded whole where none does.
+    let big = call_body(1024 * 1024 + 1);
+    for chunked in [false, true] {
+        for route in ["/validated", "/budget"] {
+            let raw = h1(&s.edge, route, &big, 5, chunked).await;
+            assert_eq!(raw_status(&raw), 413, "{route} chunked={chunked}: {raw}");
+        }
+        let raw = h1(&s.edge, "/plain", &big, 5, chunked).await;
+        check_echo(&raw, &big, "/plain 1 MiB + 1");
+    }
+
     // A reject twin on the same routes: headers that disagree with the body are refused where
     // validation is on, whatever the framing, and nothing reaches the upstream.
     let body = call_body(5 * 1024);

@@ -240,6 +240,15 @@ async fn invented_tool_names_cannot_inflate_the_metrics_or_the_process() {
         rss_after < rss_before + 16 * 1024,
         "RSS grew from {rss_before} kB to {rss_after} kB"
     );
+    // Notifications naming tools (answered 202, nothing said about the name) vouch for none.
+    for i in 0..5 {
+        let note =
+            format!(r#"{{"jsonrpc":"2.0","method":"tools/call","params":{{"name":"note_{i}"}}}}"#);
+        edge.raw_exchange(&mcp_post(&note, Some(&session)), &[], Duration::ZERO)
+            .await;
+    }
+    let text = edge.metrics_text().await;
+    assert!(!text.contains("note_"), "a notification made a label");
     // The access log keeps a bounded prefix of the name.
     assert!(
         edge.log().lines().all(|l| l.len() < 4096),

@@ -4,12 +4,14 @@
 //! they cannot disagree about what was called: the body is what the upstream executes, and the
 //! headers are only ever checked against it, never trusted instead of it.
 
-use std::borrow::Cow;
-
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use serde_json::Value;
 
 use super::{header_text, Call, MAX_PARSED, VALIDATED_SINCE};
+
+/// The most of a body the request path holds back to read before forwarding it (header
+/// validation, tool budgets): a larger one is refused (413), since its calls could not be
+/// checked. Observation alone reads a copy of up to `MAX_PARSED`.
+pub const MAX_HELD: usize = 1024 * 1024;
 
 /// A header as the client sent it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -88,45 +90,28 @@ pub enum Body {
     TooLarge,
 }
 
-#[derive(Deserialize)]
-struct WireMessage<'a> {
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    method: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    params: Option<WireParams<'a>>,
-}
-
-#[derive(Deserialize)]
-struct WireParams<'a> {
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    uri: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "protocolVersion")]
-    protocol_version: Option<Cow<'a, str>>,
-}
-
-impl WireMessage<'_> {
-    fn model(&self) -> Message {
-        let method = self.method.as_deref();
-        let params = self.params.as_ref();
-        let name = match method {
-            Some("tools/call" | "prompts/get") => params.and_then(|p| p.name.as_deref()),
-            Some("resources/read") => params.and_then(|p| p.uri.as_deref()),
-            _ => None,
-        };
-        let asked_version = match method {
-            Some("initialize") => params.and_then(|p| p.protocol_version.as_deref()),
-            _ => None,
-        };
-        Message {
-            id: self.id.map(|r| r.get().to_string()),
-            method: method.map(str::to_string),
-            name: name.map(str::to_string),
-            asked_version: asked_version.map(str::to_string),
-        }
+/// A message as the upstream will read it. Parsed leniently, the way the SDKs' JSON readers
+/// do (a repeated key's last value wins, unknown and mistyped siblings are ignored): a body the
+/// upstream would run must never be one the edge cannot read.
+fn model(v: &Value) -> Message {
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let method = v.get("method").and_then(Value::as_str);
+    let params = v.get("params");
+    let param = |key: &str| params.and_then(|p| p.get(key)).and_then(text);
+    let name = match method {
+        Some("tools/call" | "prompts/get") => param("name"),
+        Some("resources/read") => param("uri"),
+        _ => None,
+    };
+    let asked_version = match method {
+        Some("initialize") => param("protocolVersion"),
+        _ => None,
+    };
+    Message {
+        id: v.get("id").map(Value::to_string),
+        method: method.map(str::to_string),
+        name,
+        asked_version,
     }
 }
 
@@ -140,21 +125,18 @@ thread_local! {
 fn parse(body: &[u8]) -> Body {
     #[cfg(test)]
     PARSES.with(|p| p.set(p.get() + 1));
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    let (batch, wire) = if first == Some(&b'[') {
-        match serde_json::from_slice::<Vec<WireMessage<'_>>>(body) {
-            Ok(w) => (true, w),
-            Err(_) => return Body::NotJsonRpc,
-        }
-    } else {
-        match serde_json::from_slice::<WireMessage<'_>>(body) {
-            Ok(w) => (false, vec![w]),
-            Err(_) => return Body::NotJsonRpc,
-        }
-    };
-    Body::Messages {
-        batch,
-        messages: wire.iter().map(WireMessage::model).collect(),
+    // A UTF-8 byte-order mark, which Python's json.loads accepts on bytes.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => Body::Messages {
+            batch: true,
+            messages: items.iter().filter(|v| v.is_object()).map(model).collect(),
+        },
+        Ok(v) if v.is_object() => Body::Messages {
+            batch: false,
+            messages: vec![model(&v)],
+        },
+        _ => Body::NotJsonRpc,
     }
 }
 
@@ -165,6 +147,10 @@ pub struct Mismatch {
     pub id: String,
     pub header: &'static str,
 }
+
+/// A held body over `MAX_HELD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge;
 
 /// One request's MCP model. The body is copied (up to `MAX_PARSED`) as it passes, or held by the
 /// request path in the same buffer, and parsed once when it ends.
@@ -197,18 +183,16 @@ impl Request {
         }
     }
 
-    /// A chunk of a body the request path holds back until it is complete. When the whole would
-    /// pass `MAX_PARSED`, everything held so far and this chunk are handed back to be forwarded
-    /// at once, and nothing more is kept (the body will not be read).
-    pub fn hold(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
-        if !self.too_large && self.buf.len() + chunk.len() <= MAX_PARSED {
+    /// A chunk of a body the request path holds back until it is complete. `Err`: the body is
+    /// over `MAX_HELD`; nothing more is kept.
+    pub fn hold(&mut self, chunk: &[u8]) -> Result<(), TooLarge> {
+        if !self.too_large && self.buf.len() + chunk.len() <= MAX_HELD {
             self.buf.extend_from_slice(chunk);
-            return None;
+            return Ok(());
         }
         self.too_large = true;
-        let mut out = std::mem::take(&mut self.buf);
-        out.extend_from_slice(chunk);
-        Some(out)
+        self.buf = Vec::new();
+        Err(TooLarge)
     }
 
     /// Whether the body grew past `MAX_PARSED` (it will not be read).
@@ -402,22 +386,48 @@ mod tests {
     }
 
     #[test]
-    fn a_held_body_past_the_cap_is_handed_back_whole_and_not_read() {
+    fn a_held_body_is_read_up_to_its_cap_and_refused_past_it() {
         let mut r = Request::new(Declared::default());
-        assert_eq!(r.hold(&vec![b' '; MAX_PARSED - 1]), None);
-        let out = r.hold(b"{}").expect("released past the cap");
-        assert_eq!(out.len(), MAX_PARSED + 1);
-        assert!(r.too_large());
-        assert_eq!(r.hold(b"x").as_deref(), Some(&b"x"[..]));
+        let pad = " ".repeat(MAX_PARSED);
+        assert_eq!(r.hold(pad.as_bytes()), Ok(()));
+        assert_eq!(
+            r.hold(CALL),
+            Ok(()),
+            "held bodies are read past the copy cap"
+        );
+        r.finish();
+        assert_eq!(r.tools_called().collect::<Vec<_>>(), ["search_docs"]);
+        let mut r = Request::new(Declared::default());
+        assert_eq!(r.hold(&vec![b' '; MAX_HELD]), Ok(()));
+        assert_eq!(r.hold(b"{}"), Err(TooLarge));
         assert_eq!(r.finish(), &Body::TooLarge);
-        assert_eq!(r.tools_called().count(), 0);
-        // Copied rather than held: the copy stops at the cap.
+        // Copied rather than held: the copy stops at `MAX_PARSED`.
         let mut r = Request::new(Declared::default());
         r.feed(&vec![b' '; MAX_PARSED]);
         assert!(!r.too_large());
         r.feed(b" ");
         assert!(r.too_large());
         assert_eq!(r.finish(), &Body::TooLarge);
+    }
+
+    #[test]
+    fn the_body_is_read_as_leniently_as_the_upstream_reads_it() {
+        // A repeated key (the last wins, as in Python and Node), a mistyped sibling, a
+        // byte-order mark: the upstream runs `expensive`, so the edge must see it.
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"cheap","name":"expensive"}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"expensive","uri":0}}"#,
+            b"\xEF\xBB\xBF{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"expensive\"}}",
+            br#"[7,{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"expensive"}}]"#,
+        ] {
+            let r = finished(Declared::default(), body);
+            assert_eq!(
+                r.tools_called().collect::<Vec<_>>(),
+                ["expensive"],
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

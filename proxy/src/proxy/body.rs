@@ -29,18 +29,14 @@ impl EdgeProxy {
         };
         if ctx.body.hold {
             if let Some(chunk) = body.take() {
-                if let Some(release) = model.hold(&chunk) {
-                    // Past the parse cap: forwarded unread, from here on as it comes; its tool
-                    // calls cannot be known, so only the route's budget is spent.
-                    ctx.body.hold = false;
-                    *body = Some(Bytes::from(release));
-                    if end_of_stream {
-                        model.finish();
-                        if let Some(x) = ctx.exchange.as_mut() {
-                            x.request_body(model);
-                        }
-                    }
-                    return self.charge(ctx, false);
+                if model.hold(&chunk).is_err() {
+                    // Its calls could not be checked: refused, never forwarded unread.
+                    let answer = Answer::text(
+                        413,
+                        "request body too large for the MCP checks of this route\n",
+                    )
+                    .refused("mcp_body_too_large");
+                    return Err(late(ctx, answer));
                 }
             }
             if !end_of_stream {
@@ -61,6 +57,8 @@ impl EdgeProxy {
             x.request_body(model);
         }
         if let Some(answer) = self.validate(ctx) {
+            // Refused, but it was a request: the route's budget pays for it.
+            let _ = self.charge(ctx, false);
             return Err(late(ctx, answer));
         }
         self.charge(ctx, true)?;
@@ -82,8 +80,9 @@ impl EdgeProxy {
     }
 
     /// Spends the caller's budgets held back for the body: the route's, and each tool call's
-    /// (`read`: the body's calls are known).
-    fn charge(&self, ctx: &mut Ctx, read: bool) -> Result<()> {
+    /// (`read`: the body's calls are known). Also called when the request ends without its
+    /// body completing, so that every request spends the route's budget.
+    pub(super) fn charge(&self, ctx: &mut Ctx, read: bool) -> Result<()> {
         if !std::mem::take(&mut ctx.body.charge) {
             return Ok(());
         }

@@ -109,6 +109,9 @@ impl EdgeProxy {
     }
 
     pub(super) fn log_request(&self, session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // A request whose body never completed (refused, too large, abandoned) still spends
+        // the route's budget it was only checked against.
+        let _ = self.charge(ctx, false);
         let m = metrics::get();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
