@@ -216,7 +216,7 @@ pub struct Authenticator {
     issuers: Mutex<HashMap<IssuerKey, Arc<Issuer>>>,
     /// Introspection answers, by SHA-256 of the token.
     introspected: Answers,
-    /// Verified JWTs, by SHA-256 of issuer, resource and token.
+    /// Verified JWTs, by SHA-256 of issuer, resource, accepted algorithms and token.
     verified: Answers,
 }
 
@@ -341,7 +341,15 @@ impl Authenticator {
             return Err(Denied::BadApiKey);
         };
         let identity = if token.split('.').count() == 3 {
-            let key = sha256(format!("{}\0{resource}\0{token}", oauth.issuer).as_bytes());
+            // Keyed by everything the verdict depends on: a route that accepts fewer
+            // algorithms never takes another route's verdict.
+            let key = sha256(
+                format!(
+                    "{}\0{resource}\0{:?}\0{token}",
+                    oauth.issuer, oauth.algorithms
+                )
+                .as_bytes(),
+            );
             match self.verified.get(&key, Instant::now()) {
                 Some(hit) => hit?,
                 None => {
