@@ -5,6 +5,7 @@
 
 mod acme;
 mod auth;
+mod host;
 mod lines;
 mod model;
 mod raw;
@@ -19,6 +20,7 @@ use serde_yaml_ng::Value;
 
 pub use acme::*;
 pub use auth::*;
+pub use host::normalize_origin;
 pub use model::*;
 pub use storage::*;
 pub use upstream::*;
