@@ -61,7 +61,9 @@ pub(super) struct OrderRequest<'a> {
     pub storage: &'a Storage,
 }
 
-/// Places the order and returns the certificate, already written to storage.
+/// Places the order and returns the certificate, already written to storage: the names
+/// checked against the solver, the order placed, every name proved, the certificate issued for
+/// a fresh key, then checked and stored.
 pub(super) async fn order(
     account: &Account,
     solver: &dyn Solver,
@@ -73,6 +75,14 @@ pub(super) async fn order(
             solver.name()
         )));
     }
+    let mut order = place(account, req).await?;
+    prove(&mut order, solver).await?;
+    let (chain, key_pem) = issue(&mut order, req).await?;
+    store(req, &chain, &key_pem).await
+}
+
+/// A new order for the request's names (profile and `replaces` as asked).
+async fn place(account: &Account, req: &OrderRequest<'_>) -> Result<instant_acme::Order, Failure> {
     let identifiers: Vec<Identifier> = req
         .names
         .iter()
@@ -85,11 +95,15 @@ pub(super) async fn order(
     if let Some(r) = &req.replaces {
         new = new.replaces(r.clone());
     }
-    let mut order = account
+    account
         .new_order(&new)
         .await
-        .map_err(|e| Failure::from(e).context("new order"))?;
+        .map_err(|e| Failure::from(e).context("new order"))
+}
 
+/// Every pending authorization answered by the solver, until the CA says the order is ready;
+/// the proofs are withdrawn on every exit.
+async fn prove(order: &mut instant_acme::Order, solver: &dyn Solver) -> Result<(), Failure> {
     let mut presented = Presented {
         solver,
         proofs: Vec::new(),
@@ -124,16 +138,22 @@ pub(super) async fn order(
             .await
             .map_err(|e| Failure::from(e).context("challenge"))?;
     }
-
     let status = order
         .poll_ready(&polling())
         .await
         .map_err(|e| Failure::from(e).context("validation"))?;
     drop(presented);
     if status != OrderStatus::Ready {
-        return Err(validation_failure(&mut order).await);
+        return Err(validation_failure(order).await);
     }
+    Ok(())
+}
 
+/// A fresh key, its CSR, the order finalized: the chain (PEM) and the key (PEM).
+async fn issue(
+    order: &mut instant_acme::Order,
+    req: &OrderRequest<'_>,
+) -> Result<(String, String), Failure> {
     let (alg, key_alg) = match req.key_type {
         KeyType::EcdsaP256 => (&rcgen::PKCS_ECDSA_P256_SHA256, "P-256"),
         KeyType::EcdsaP384 => (&rcgen::PKCS_ECDSA_P384_SHA384, "P-384"),
@@ -154,9 +174,13 @@ pub(super) async fn order(
         .poll_certificate(&polling())
         .await
         .map_err(|e| Failure::from(e).context("certificate download"))?;
+    Ok((chain, key.serialize_pem()))
+}
 
+/// The issued pair checked (it loads, the key matches, every name is on it), then written:
+/// key and chain together, the key never readable by others, not even briefly.
+async fn store(req: &OrderRequest<'_>, chain: &str, key_pem: &str) -> Result<LoadedCert, Failure> {
     let (cert_key, key_key) = (Key::acme_cert(req.host), Key::acme_key(req.host));
-    let key_pem = key.serialize_pem();
     let loaded =
         crate::certs::pair_from_pem(&cert_key, chain.as_bytes(), &key_key, key_pem.as_bytes())
             .map_err(|e| Failure::new(format!("the CA's certificate is unusable: {e}")))?;
@@ -170,7 +194,6 @@ pub(super) async fn order(
             "the CA's certificate does not name {missing:?}"
         )));
     }
-    // Key and chain land together; the key is never readable by others, not even briefly.
     req.storage
         .put(&[
             (&key_key, key_pem.as_bytes()),

@@ -51,6 +51,33 @@ fn failure_status(e: &Error) -> u16 {
     }
 }
 
+/// The request's series: by status class and duration (its route's, made once), and the
+/// stream it held open.
+fn count_request(ctx: &Ctx, status: u16, elapsed: std::time::Duration) {
+    let m = metrics::get();
+    let labels = [ctx.host_label(), ctx.route_label()];
+    match ctx.route_entry() {
+        Some(route) => {
+            route.series.requests[metrics::status_index(status)].inc();
+            route.series.duration.observe(elapsed.as_secs_f64());
+        }
+        None => {
+            m.requests
+                .with_label_values(&[labels[0], labels[1], metrics::status_class(status)])
+                .inc();
+            m.duration
+                .with_label_values(&labels)
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+    if ctx.stream_open {
+        m.open_streams.with_label_values(&[labels[0]]).dec();
+        m.stream_duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 impl EdgeProxy {
     pub(super) fn connect_failed(&self, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         let (Some(pool), Some(i)) = (ctx.pool.clone(), ctx.replica) else {
@@ -117,26 +144,7 @@ impl EdgeProxy {
         let elapsed = ctx.start.elapsed();
         let rpc = self.finish_exchange(e, ctx);
         let labels = [ctx.host_label(), ctx.route_label()];
-        match ctx.route_entry() {
-            Some(route) => {
-                route.series.requests[metrics::status_index(status)].inc();
-                route.series.duration.observe(elapsed.as_secs_f64());
-            }
-            None => {
-                m.requests
-                    .with_label_values(&[labels[0], labels[1], metrics::status_class(status)])
-                    .inc();
-                m.duration
-                    .with_label_values(&labels)
-                    .observe(elapsed.as_secs_f64());
-            }
-        }
-        if ctx.stream_open {
-            m.open_streams.with_label_values(&[labels[0]]).dec();
-            m.stream_duration
-                .with_label_values(&labels)
-                .observe(elapsed.as_secs_f64());
-        }
+        count_request(ctx, status, elapsed);
         let error_reason = e
             .filter(|e| e.esource() == &ErrorSource::Upstream)
             .map(upstream_reason);
