@@ -128,17 +128,9 @@ pub async fn ensure_self_signed(storage: &Storage, host: &Host) -> Result<Loaded
             Err(e) => return Err(store_err(e)),
         }
     }
-    let mut params = rcgen::CertificateParams::new(names_of(host)).map_err(gen_err)?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, host.name.as_str());
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "mcp-edge self-signed");
-    let now = SystemTime::now();
-    params.not_before = (now - Duration::from_secs(3600)).into();
-    params.not_after = (now + SELF_SIGNED_LIFETIME).into();
-    let cert = params.self_signed(&key).map_err(gen_err)?;
+    let cert = self_signed_params(host)
+        .and_then(|p| p.self_signed(&key))
+        .map_err(gen_err)?;
     let (key_pem, cert_pem) = (key.serialize_pem(), cert.pem());
     let loaded = pair_from_pem(&cert_key, cert_pem.as_bytes(), &key_key, key_pem.as_bytes())
         .map_err(|source| CertError::KeyPair {
@@ -160,6 +152,22 @@ pub async fn ensure_self_signed(storage: &Storage, host: &Host) -> Result<Loaded
         Err(e) => return Err(store_err(e)),
     }
     Ok(loaded)
+}
+
+/// The self-signed certificate of `host`: its names, valid from an hour ago for
+/// `SELF_SIGNED_LIFETIME`.
+fn self_signed_params(host: &Host) -> Result<rcgen::CertificateParams, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(names_of(host))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, host.name.as_str());
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "mcp-edge self-signed");
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_after = (now + SELF_SIGNED_LIFETIME).into();
+    Ok(params)
 }
 
 /// Loads an ACME host's certificate from storage if it can serve: it loads, its key matches, it

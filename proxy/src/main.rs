@@ -123,32 +123,46 @@ fn finish(result: Result<String, String>) -> ExitCode {
     }
 }
 
+/// A checking command's answer: printed (with a newline) and success, or its error and 2.
+fn answer(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `upstream-cert`: what an HTTPS upstream presents, on a runtime of its own.
+fn upstream_cert(url: &str, server_name: Option<&str>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-edge: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    finish(
+        rt.block_on(mcp_edge::cli::upstream_cert::inspect(url, server_name))
+            .map_err(|e| e.to_string()),
+    )
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // pingora installs ring as the process default too; doing it first means no other provider
     // can win the race.
     let _ = mcp_edge::pem::ring_provider().install_default();
     match cli.command {
-        Command::ApiKey { name } => match mcp_edge::cli::api_key(&name) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Check { config } => match mcp_edge::cli::check(&config) {
-            Ok(line) => {
-                println!("{line}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::ApiKey { name } => answer(mcp_edge::cli::api_key(&name)),
+        Command::Check { config } => answer(mcp_edge::cli::check(&config)),
         Command::Certs { config } => match mcp_edge::config::load(&config)
             .map_err(|e| e.to_string())
             .and_then(|c| mcp_edge::cli::certs::report(&c))
@@ -178,25 +192,7 @@ fn main() -> ExitCode {
             };
             finish(mcp_edge::cli::storage_copy::copy(&from, &to, &options))
         }
-        Command::UpstreamCert { url, server_name } => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("mcp-edge: cannot start the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            finish(
-                rt.block_on(mcp_edge::cli::upstream_cert::inspect(
-                    &url,
-                    server_name.as_deref(),
-                ))
-                .map_err(|e| e.to_string()),
-            )
-        }
+        Command::UpstreamCert { url, server_name } => upstream_cert(&url, server_name.as_deref()),
         Command::Run { config } => {
             init_logging(cli.log_format);
             match mcp_edge::server::run(&config) {
