@@ -83,12 +83,18 @@ impl EdgeProxy {
     /// (`read`: the body's calls are known). Also called when the request ends without its
     /// body completing, so that every request spends the route's budget.
     pub(super) fn charge(&self, ctx: &mut Ctx, read: bool) -> Result<()> {
-        if !std::mem::take(&mut ctx.body.charge) {
-            return Ok(());
+        match self.spend_held(ctx, read) {
+            Some(refused) => Err(late(ctx, refused)),
+            None => Ok(()),
         }
-        let Some(budget) = ctx.budget.as_ref() else {
-            return Ok(());
-        };
+    }
+
+    /// [`EdgeProxy::charge`]'s spending: `Some`: the 429 to answer.
+    pub(super) fn spend_held(&self, ctx: &mut Ctx, read: bool) -> Option<Answer> {
+        if !std::mem::take(&mut ctx.body.charge) {
+            return None;
+        }
+        let budget = ctx.budget.as_ref()?;
         let tools: Vec<&str> = match (read, ctx.mcp.as_ref()) {
             (true, Some(model)) => model.tools_called().collect(),
             _ => Vec::new(),
@@ -96,14 +102,11 @@ impl EdgeProxy {
         match budget.spend(&self.limiter, &tools) {
             Ok(headers) => {
                 ctx.rate_headers = headers;
-                Ok(())
+                None
             }
             Err(refused) => {
-                let mut answer = refused;
-                answer
-                    .headers
-                    .extend(crate::access::cors_headers(ctx.origin.as_deref()));
-                Err(late(ctx, answer))
+                let cors = crate::access::cors_headers(ctx.origin.as_deref());
+                Some(refused.with_headers(cors))
             }
         }
     }

@@ -50,7 +50,7 @@ impl EdgeProxy {
         if let Some(a) = self.target(session, ctx, snap).await? {
             return Ok(Some(a));
         }
-        let Some(entry) = ctx.target.as_ref().map(|t| t.entry.clone()) else {
+        let Some(entry) = entry_of(ctx) else {
             return Ok(Some(Answer::text(404, "unknown host\n")));
         };
         if let Some(a) = check_origin(session, &entry.host) {
@@ -96,15 +96,8 @@ impl EdgeProxy {
         }
         if ctx.body.charge && session.is_body_empty() {
             // No body will come to spend the budgets with: spent now.
-            ctx.body.charge = false;
-            if let Some(b) = ctx.budget.as_ref() {
-                match b.spend(&self.limiter, &[]) {
-                    Ok(h) => ctx.rate_headers = h,
-                    Err(refused) => {
-                        let cors = access::cors_headers(ctx.origin.as_deref());
-                        return Ok(Some(refused.with_headers(cors)));
-                    }
-                }
+            if let Some(refused) = self.spend_held(ctx, false) {
+                return Ok(Some(refused));
             }
         }
         if let Some(a) = self.session_replica(session, ctx) {
@@ -320,7 +313,7 @@ fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
     None
 }
 
-/// The host's shared snapshot entry, for the plain listener.
+/// The entry of the request's host in the route table.
 pub(super) fn entry_of(ctx: &Ctx) -> Option<Arc<crate::routing::HostEntry>> {
     ctx.target.as_ref().map(|t| t.entry.clone())
 }
