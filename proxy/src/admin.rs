@@ -57,10 +57,10 @@ impl ServeHttp for Admin {
             ),
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                let addrs = [self.listen.http, self.listen.https];
+                let addrs = [self.listen.http, Some(self.listen.https)];
                 // Ready means: a configuration is loaded (it is, or we would not run) and every
                 // proxy listener is bound (we checked at start that nobody else held them).
-                if addrs.iter().all(|a| is_bound(*a)) {
+                if addrs.iter().flatten().all(|a| is_bound(*a)) {
                     reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 } else {
                     reply(

@@ -16,7 +16,7 @@
 //! upstream                   replicas, DNS, HTTPS trust, sealing
 //! acme                       the certificate manager: orders, renewals, challenge solvers
 //! certs                      certificate sources: files, self-signed, stored
-//! tls, http01                the certificate set and SNI resolver; HTTP-01 answers
+//! tls, http01, tls_alpn      the certificate set and SNI resolver; HTTP-01, TLS-ALPN-01 answers
 //! storage, outbound, reply   every byte persisted; the edge's own HTTPS requests; its answers
 //! config                     the YAML's data model: parsed, validated, typed; builds nothing live
 //! mcp, path, pem, metrics,   leaves: MCP on the wire, request paths, key material, metrics,
@@ -53,6 +53,7 @@ pub mod status;
 pub mod storage;
 pub mod time;
 pub mod tls;
+pub mod tls_alpn;
 pub mod upstream;
 
 #[cfg(test)]

@@ -172,7 +172,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         tls_handshake_failures: counter(
             &r,
             "tls_handshake_failures_total",
-            "TLS handshakes refused for want of a certificate (no_sni, unknown_name)",
+            "TLS handshakes refused for want of a certificate (no_sni, unknown_name; acme_tls_unknown: an acme-tls/1 validation with no challenge pending)",
             &["reason"],
         ),
         cert_not_after: gauge(
@@ -196,7 +196,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         acme_orders: counter(
             &r,
             "acme_orders_total",
-            "ACME orders by host and result (ok, error)",
+            "ACME orders by host and result (ok, error; refused: not placed, acme.order_limit reached)",
             &["host", "result"],
         ),
         acme_adopted: counter(

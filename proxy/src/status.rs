@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
 
-use crate::live::Live;
+use crate::live::{Live, Snapshot};
 use crate::metrics;
 
 /// The window the per-tool figures cover.
@@ -164,10 +164,19 @@ pub fn render(live: &Live, window: &Window) -> String {
          .muted{{color:#69727d}}</style></head><body><h1>mcp-edge</h1>"
     );
 
+    hosts_section(&mut h, &snap, m);
+    upstreams_section(&mut h, &snap);
+    calls_section(&mut h, window);
+    h.push_str("</table><p class=muted>Refresh to update. Figures: the Prometheus metrics at <a href=/metrics>/metrics</a>.</p></body></html>");
+    h
+}
+
+/// Hosts and their certificates: issuer, expiry, next renewal, ACME failures, open streams.
+fn hosts_section(h: &mut String, snap: &Snapshot, m: &metrics::Metrics) {
     let renewals = by_label(&m.cert_next_renewal);
     let failures = by_label(&m.acme_failures);
     let streams = by_label(&m.open_streams);
-    h.push_str("<h2>Hosts and certificates</h2><table><tr><th>host</th><th>TLS</th><th>issuer</th><th>expires</th><th>next renewal</th><th>ACME failures in a row</th><th>open streams</th></tr>");
+    h.push_str("<h2>Hosts and certificates</h2><table><tr><th>host</th><th>TLS</th><th>ACME challenge</th><th>issuer</th><th>expires</th><th>next renewal</th><th>ACME failures in a row</th><th>open streams</th></tr>");
     for host in &snap.config.hosts {
         let name = host.name.as_str();
         let cert = snap.certs.for_host(&host.name);
@@ -179,14 +188,23 @@ pub fn render(live: &Live, window: &Window) -> String {
         let aliases: Vec<&str> = host.aliases.iter().map(|a| a.as_str()).collect();
         let _ = write!(
             h,
-            "<tr><td>{}{}</td><td>{}</td><td>{issuer}</td><td>{expires}</td><td>{renewal}</td><td>{failures}</td><td>{streams}</td></tr>",
+            "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{issuer}</td><td>{expires}</td><td>{renewal}</td><td>{failures}</td><td>{streams}</td></tr>",
             esc(name),
             if aliases.is_empty() { String::new() } else { format!(" <span class=muted>({})</span>", esc(&aliases.join(", "))) },
             host.tls.kind(),
+            if host.tls == crate::config::TlsSource::Acme {
+                snap.config.challenge(host).as_str()
+            } else {
+                "–"
+            },
         );
     }
     h.push_str("</table>");
 
+}
+
+/// Every replica of every route, in or out of the round robin.
+fn upstreams_section(h: &mut String, snap: &Snapshot) {
     h.push_str("<h2>Upstreams</h2><table><tr><th>host</th><th>route</th><th>replica</th><th>state</th></tr>");
     for entry in snap.table.hosts() {
         for route in &entry.routes {
@@ -209,6 +227,10 @@ pub fn render(live: &Live, window: &Window) -> String {
     }
     h.push_str("</table>");
 
+}
+
+/// MCP calls in the window, by host, route, method and tool, with latency quantiles.
+fn calls_section(h: &mut String, window: &Window) {
     let (current, base, since) = window.advance();
     let minutes = (since.as_secs_f64() / 60.0).ceil().max(1.0);
     let _ = write!(
@@ -248,8 +270,6 @@ pub fn render(live: &Live, window: &Window) -> String {
     if !any {
         h.push_str("<tr><td colspan=7 class=muted>no calls in this window</td></tr>");
     }
-    h.push_str("</table><p class=muted>Refresh to update. Figures: the Prometheus metrics at <a href=/metrics>/metrics</a>.</p></body></html>");
-    h
 }
 
 #[cfg(test)]

@@ -545,12 +545,38 @@ pub async fn tls_handshake(
             .with_custom_certificate_verifier(Arc::new(Anything))
             .with_no_client_auth(),
     };
-    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     let name = match sni {
         Some(s) => ServerName::try_from(s.to_string()).unwrap(),
         // rustls sends no SNI for an IP address.
         None => ServerName::IpAddress(addr.ip().into()),
     };
+    handshake_with(cfg, addr, name, alpn).await
+}
+
+/// A handshake that accepts whatever certificate the server presents for `sni` (a TLS-ALPN-01
+/// challenge certificate is self-signed): the leaf, the negotiated ALPN protocol.
+pub async fn tls_handshake_unverified(
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+    install_crypto();
+    let cfg = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Anything))
+        .with_no_client_auth();
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let (leaf, proto, _) = handshake_with(cfg, addr, name, alpn).await?;
+    Ok((leaf, proto))
+}
+
+async fn handshake_with(
+    mut cfg: rustls::ClientConfig,
+    addr: SocketAddr,
+    name: ServerName<'static>,
+    alpn: &[&[u8]],
+) -> Result<(Vec<u8>, Option<Vec<u8>>, String), String> {
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;

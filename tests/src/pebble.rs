@@ -1,6 +1,8 @@
-//! A real ACME CA for tests: pebble and pebble-challtestsrv (Debian package `pebble`) on
-//! ephemeral loopback ports, with real HTTP-01 validation against the proxy's HTTP listener and
-//! pebble's random nonce rejection left on.
+//! A real ACME CA for tests: pebble and pebble-challtestsrv on ephemeral loopback ports, with
+//! real HTTP-01 and TLS-ALPN-01 validation against the proxy's listeners and pebble's random
+//! nonce rejection left on. The pebble is 2.10 from Debian's unstable suite (ARI with
+//! `/set-renewal-info/`, profiles, IP identifiers) from `$MCP_EDGE_PEBBLE_DIR` (the test
+//! command fetches it with `scripts/pebble-unstable`), else whatever `pebble` is on the PATH.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +18,8 @@ pub struct Pebble {
     dns_mgmt_port: u16,
     /// The port pebble validates HTTP-01 on: the proxy's HTTP listener.
     pub http_port: u16,
+    /// The port pebble validates TLS-ALPN-01 on: the proxy's TLS listener, when a test uses it.
+    pub tls_port: u16,
     /// CA of pebble's own listener certificate: what `acme.directory_root` points at.
     pub listener_ca: TestCa,
     pebble: Option<Child>,
@@ -25,6 +29,11 @@ pub struct Pebble {
 impl Pebble {
     /// Prepares pebble's configuration in `dir` (nothing is started yet).
     pub fn new(dir: &Path, http_port: u16) -> Self {
+        Self::with_ports(dir, http_port, free_port())
+    }
+
+    /// [`Pebble::new`], validating TLS-ALPN-01 on `tls_port`.
+    pub fn with_ports(dir: &Path, http_port: u16, tls_port: u16) -> Self {
         let dir = dir.join("pebble");
         std::fs::create_dir_all(&dir).unwrap();
         let listener_ca = TestCa::new("pebble listener test CA");
@@ -38,6 +47,7 @@ impl Pebble {
             dns_port: free_port(),
             dns_mgmt_port: free_port(),
             http_port,
+            tls_port,
             listener_ca,
             pebble: None,
             dns: None,
@@ -49,9 +59,13 @@ impl Pebble {
             "certificate": p.dir.join("listener.pem"),
             "privateKey": p.dir.join("listener.key"),
             "httpPort": http_port,
-            "tlsPort": free_port(),
+            "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
+            "profiles": {
+                "default": {"description": "90 days", "validityPeriod": 7_776_000},
+                "shortlived": {"description": "6 days", "validityPeriod": 518_400},
+            },
         }});
         std::fs::write(p.dir.join("pebble.json"), config.to_string()).unwrap();
         p
@@ -86,7 +100,7 @@ impl Pebble {
     /// Starts challtestsrv (once) and pebble, and waits until the directory answers.
     pub async fn start(&mut self) {
         if self.dns.is_none() {
-            let child = Command::new("pebble-challtestsrv")
+            let child = Command::new(bin("pebble-challtestsrv"))
                 .args([
                     "-dns01",
                     &format!("127.0.0.1:{}", self.dns_port),
@@ -109,7 +123,7 @@ impl Pebble {
                 .expect("start pebble-challtestsrv (Debian package pebble)");
             self.dns = Some(child);
         }
-        let child = Command::new("pebble")
+        let child = Command::new(bin("pebble"))
             .arg("-config")
             .arg(self.dir.join("pebble.json"))
             .arg("-dnsserver")
@@ -187,6 +201,20 @@ impl Pebble {
         crate::roots_from_pem(&pem)
     }
 
+    /// Makes the CA answer renewal-information queries about `leaf_pem` with the window
+    /// `start`..`end` (Unix seconds; in the past: what a mass-revocation drill does).
+    pub async fn set_renewal_window(&self, leaf_pem: &str, start: i64, end: i64) {
+        let ari = serde_json::json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}});
+        let r = self
+            .client()
+            .post(format!("https://127.0.0.1:{}/set-renewal-info/", self.mgmt_port))
+            .json(&serde_json::json!({"Certificate": leaf_pem, "ARIResponse": ari.to_string()}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "set-renewal-info: {}", r.status());
+    }
+
     /// Makes DNS answer `host` with `ip` (other names get 127.0.0.1).
     pub async fn add_a(&self, host: &str, ip: &str) {
         let r = reqwest::Client::new()
@@ -197,6 +225,40 @@ impl Pebble {
             .unwrap();
         assert!(r.status().is_success(), "add-a: {}", r.status());
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds (days to a civil date: H. Hinnant's algorithm).
+fn rfc3339(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// A pebble binary: from `$MCP_EDGE_PEBBLE_DIR` when set (2.10), else from the PATH.
+fn bin(name: &str) -> PathBuf {
+    match std::env::var_os("MCP_EDGE_PEBBLE_DIR") {
+        Some(d) => Path::new(&d).join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+#[test]
+fn rfc3339_formats_unix_seconds() {
+    assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    assert_eq!(rfc3339(1_796_000_000), "2026-11-30T00:53:20Z");
 }
 
 impl Drop for Pebble {

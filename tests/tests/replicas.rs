@@ -549,3 +549,41 @@ async fn storage_copy_reaches_redis_over_tls_trusting_only_the_configured_ca() {
         "the proxy sealed with the copied key (and kept a local copy)"
     );
 }
+
+#[tokio::test]
+async fn three_replicas_answer_tls_alpn_01_whichever_one_the_ca_reaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path(), None).await;
+    let ports: Vec<Ports> = (0..3).map(|_| Ports::new()).collect();
+    let lb = Balancer::start(dir.path(), &ports.iter().collect::<Vec<_>>()).await;
+    // The CA validates on the balancer's TLS front: round robin over the three replicas, of
+    // which one placed the order and published the challenge.
+    let mut pebble = Pebble::with_ports(dir.path(), free_port(), lb.https);
+    pebble.start().await;
+    let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
+    let configs: Vec<String> = (0..3)
+        .map(|i| {
+            std::fs::create_dir_all(&dirs[i]).unwrap();
+            replica_yaml(
+                &ports[i],
+                &dirs[i],
+                &redis.url(),
+                &pebble.acme_yaml("  challenge: tls-alpn-01\n"),
+                "http://127.0.0.1:9",
+            )
+        })
+        .collect();
+    let (r0, r1, r2) = tokio::join!(
+        Edge::start(&dirs[0], &ports[0], &configs[0]),
+        Edge::start(&dirs[1], &ports[1], &configs[1]),
+        Edge::start(&dirs[2], &ports[2], &configs[2]),
+    );
+    let edges = [&r0, &r1, &r2];
+    for h in HOSTS {
+        same_leaf_everywhere(&edges, &pebble, h, None, "one certificate on all three").await;
+        assert_eq!(total(&edges, &orders(h, "ok")).await, 1.0, "{h}");
+        assert_eq!(total(&edges, &orders(h, "error")).await, 0.0, "{h}");
+    }
+    let report = certs_report(&r1.config_path);
+    assert!(report.contains("acme:         tls-alpn-01 from https://127.0.0.1:"), "{report}");
+}

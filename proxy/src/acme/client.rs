@@ -47,6 +47,9 @@ pub(super) enum FailureKind {
     AccountGone,
     /// The CA did not finish (validation, issuance) in time.
     TimedOut,
+    /// The runaway guard refused to place the order (`acme.order_limit`); nothing reached
+    /// the CA.
+    OrderLimit,
     /// Anything else: the CA unreachable, storage, a local error.
     Other,
 }
@@ -308,5 +311,57 @@ impl Accounts {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(directory = %self.config.directory, id = account.id(), "the CA no longer knows this ACME account; registering a new one");
         }
+    }
+}
+
+/// The profiles the CA's directory offers (`meta.profiles`), within `limit`.
+pub async fn offered_profiles(config: &AcmeConfig, limit: Duration) -> Result<Vec<String>, String> {
+    use instant_acme::BytesBody;
+    let client = http_client(config).map_err(|f| f.message)?;
+    let req = http::Request::get(&config.directory)
+        .body(BodyWrapper::from(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let mut rsp = tokio::time::timeout(limit, client.request(req))
+        .await
+        .map_err(|_| format!("no answer within {}s", limit.as_secs()))?
+        .map_err(|e| error_chain(&e))?;
+    if !rsp.parts.status.is_success() {
+        return Err(format!("the directory answered {}", rsp.parts.status));
+    }
+    let body = tokio::time::timeout(limit, rsp.body.into_bytes())
+        .await
+        .map_err(|_| "the directory did not finish in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    let dir: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("the directory is not JSON: {e}"))?;
+    let mut names: Vec<String> = dir
+        .pointer("/meta/profiles")
+        .and_then(|p| p.as_object())
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort();
+    Ok(names)
+}
+
+/// Whether the CA offers `acme.profile`: Err with the words for the operator when it does not;
+/// Ok when it does, no profile is set, or the CA cannot be asked (`Ok(Some(reason))`).
+pub async fn check_profile(config: &AcmeConfig) -> Result<Option<String>, String> {
+    let Some(profile) = &config.profile else {
+        return Ok(None);
+    };
+    match offered_profiles(config, Duration::from_secs(10)).await {
+        Ok(offered) if offered.iter().any(|p| p == profile) => Ok(None),
+        Ok(offered) if offered.is_empty() => Err(format!(
+            "acme.profile: {profile:?}: the CA at {} offers no profiles; remove the setting",
+            config.directory
+        )),
+        Ok(offered) => Err(format!(
+            "acme.profile: {profile:?} is not offered by the CA at {}; it offers: {}",
+            config.directory,
+            offered.join(", ")
+        )),
+        Err(e) => Ok(Some(format!(
+            "acme.profile {profile:?} not checked: cannot read the CA's directory ({e})"
+        ))),
     }
 }

@@ -10,12 +10,12 @@ use instant_acme::CertificateIdentifier;
 use super::client::{Failure, FailureKind};
 use super::schedule::{self, Verdict};
 use super::{
-    lock_name, newer, order, solver, Ctx, Current, Job, Outcome, ARI_RECHECK, PROBE_RETRY,
+    lock_name, newer, order, Ctx, Current, Job, Outcome, PROBE_RETRY,
 };
 use crate::certs;
-use crate::http01::ChallengeStore;
+use super::solver::Proofs;
 
-pub(super) async fn run_job(ctx: &Ctx, challenges: &ChallengeStore, job: &Job) -> Outcome {
+pub(super) async fn run_job(ctx: &Ctx, proofs: &Proofs, job: &Job) -> Outcome {
     let mut replaces = None;
     if let (false, Some(cur)) = (job.must_order, &job.current) {
         match due(ctx, job, cur).await {
@@ -36,7 +36,7 @@ pub(super) async fn run_job(ctx: &Ctx, challenges: &ChallengeStore, job: &Job) -
     };
     let outcome = match certs::load_acme(&ctx.storage, &job.host).await {
         Some(cert) if newer(&cert, job.current.as_ref(), &job.names) => Outcome::Adopted { cert },
-        _ => order_now(ctx, challenges, job, replaces).await,
+        _ => order_now(ctx, proofs, job, replaces).await,
     };
     if lock.lost() {
         tracing::warn!(host = %job.host, "the ACME lock's lease ran out during the order (storage unreachable?); another replica may have ordered too");
@@ -85,7 +85,7 @@ async fn due(
                 Some((window, recheck)),
                 job.ari_pick,
                 schedule::draw(),
-                ARI_RECHECK,
+                ctx.accounts.config().renewal_check,
                 now,
             );
             match verdict {
@@ -121,7 +121,7 @@ async fn due(
 /// Orders the certificate (holding the host's lock).
 async fn order_now(
     ctx: &Ctx,
-    challenges: &ChallengeStore,
+    proofs: &Proofs,
     job: &Job,
     replaces: Option<CertificateIdentifier<'static>>,
 ) -> Outcome {
@@ -141,17 +141,18 @@ async fn order_now(
         host: &job.host,
         names: &job.names,
         key_type: a.key_type,
+        limit: a.order_limit,
         profile: a.profile.as_deref(),
         replaces,
         storage: &ctx.storage,
     };
-    let solver = solver::Http01 { store: challenges };
-    let mut result = order::order(&account, &solver, &req).await;
+    let solver = proofs.solver(job.challenge);
+    let mut result = order::order(&account, &*solver, &req).await;
     if let Err(f) = &result {
         if f.kind == FailureKind::AccountGone {
             ctx.accounts.forget(&account).await;
             result = match ctx.accounts.get().await {
-                Ok(fresh) => order::order(&fresh, &solver, &req).await,
+                Ok(fresh) => order::order(&fresh, &*solver, &req).await,
                 Err(f) => Err(f),
             };
         }

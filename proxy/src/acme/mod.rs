@@ -13,11 +13,14 @@
 //! periodic re-read of every host in case an announcement was lost.
 
 mod client;
+mod guard;
 mod job;
 mod order;
 pub mod schedule;
 mod slot;
 mod solver;
+
+pub use solver::Proofs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -28,14 +31,13 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use client::{capturing_retry_after, Accounts, Failure};
+use client::{capturing_retry_after, Accounts, Failure, FailureKind};
 use job::{run_job, wait_listening};
 use schedule::{AriPick, HostStatus, StatusFile};
 use slot::{newer, Current, Slot};
 
 use crate::certs::{self, names_of};
-use crate::config::{Config, Host, TlsSource};
-use crate::http01::ChallengeStore;
+use crate::config::{Challenge, Config, Host, TlsSource};
 use crate::metrics;
 use crate::names::HostName;
 use crate::pem::LoadedCert;
@@ -43,14 +45,35 @@ use crate::storage::{Change, Key, Storage};
 use crate::time::{from_unix, unix, unix_now};
 use crate::tls::CertStore;
 
-/// With ARI, how often the CA's window is looked at again at most.
-const ARI_RECHECK: Duration = Duration::from_secs(6 * 3600);
+/// With ARI, how often the CA's window is looked at again at most: `acme.renewal_check`.
+fn renewal_check(config: &Config) -> Duration {
+    config
+        .acme
+        .as_ref()
+        .map_or(Duration::from_secs(6 * 3600), |a| a.renewal_check)
+}
 /// Limit on one whole job (account, order, validation, issuance).
 const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 /// When the CA cannot be asked about a certificate that is not due, ask again after this.
 const PROBE_RETRY: Duration = Duration::from_secs(900);
 /// Longest wait before looking again at a host whose lock another replica holds.
 const BUSY_RETRY: Duration = Duration::from_secs(10);
+
+/// Whether the CA offers `acme.profile`, asked when a host orders from it: Err when it does
+/// not (with the profiles it does offer), a note when it cannot be asked.
+pub fn profile_offered(config: &Config) -> Result<Option<String>, String> {
+    let Some(acme) = &config.acme else {
+        return Ok(None);
+    };
+    if acme.profile.is_none() || !config.hosts.iter().any(|h| h.tls == TlsSource::Acme) {
+        return Ok(None);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(client::check_profile(acme))
+}
 
 /// The storage lock one replica holds while it orders `host`'s certificate.
 pub fn lock_name(host: &str) -> String {
@@ -64,6 +87,7 @@ fn acme_hosts(config: &Config) -> impl Iterator<Item = &Arc<Host>> {
 /// What a job needs, copied out of its slot.
 struct Job {
     host: HostName,
+    challenge: Challenge,
     names: Vec<String>,
     current: Option<Current>,
     must_order: bool,
@@ -109,14 +133,14 @@ struct Ctx {
 /// from, the configuration in force (whose every change wakes it) and the storage.
 pub struct AcmeManager {
     pub certs: Arc<dyn CertStore>,
-    pub challenges: Arc<ChallengeStore>,
+    pub proofs: Arc<Proofs>,
     pub config: watch::Receiver<Arc<Config>>,
     pub storage: Storage,
 }
 
 struct State {
     certs: Arc<dyn CertStore>,
-    challenges: Arc<ChallengeStore>,
+    proofs: Arc<Proofs>,
     ctx: Option<Arc<Ctx>>,
     slots: BTreeMap<HostName, Slot>,
     /// What the status file holds, to write it only when something changed.
@@ -135,7 +159,7 @@ impl BackgroundService for AcmeManager {
         let mut config = self.config.clone();
         let mut st = State {
             certs: self.certs.clone(),
-            challenges: self.challenges.clone(),
+            proofs: self.proofs.clone(),
             ctx: None,
             slots: BTreeMap::new(),
             written: None,
@@ -146,13 +170,14 @@ impl BackgroundService for AcmeManager {
         let mut changes = self.storage.changes();
         let poll = config.borrow().storage.poll;
         let mut reread = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
-        // The CA validates on port 80 at once: be sure it accepts connections first.
-        let http = config.borrow().listen.http;
-        wait_listening(http, Duration::from_secs(10)).await;
+        // The CA validates at once (on port 80, or on the TLS listener without it): be sure it
+        // accepts connections first.
+        let listen = config.borrow().listen.clone();
+        wait_listening(listen.http.unwrap_or(listen.https), Duration::from_secs(10)).await;
         loop {
             let current = config.borrow_and_update().clone();
             st.sync(&current);
-            st.start_due_jobs();
+            st.start_due_jobs(&current);
             st.publish();
             let now = SystemTime::now();
             let wait = st
@@ -232,16 +257,20 @@ impl State {
         }
     }
 
-    fn start_due_jobs(&mut self) {
+    fn start_due_jobs(&mut self, config: &Config) {
         let Some(ctx) = self.ctx.clone() else { return };
         let now = SystemTime::now();
         for (host, slot) in self.slots.iter_mut() {
             if slot.running || slot.next > now {
                 continue;
             }
+            let Some(challenge) = config.host(host.as_str()).map(|h| config.challenge(h)) else {
+                continue;
+            };
             slot.running = true;
             let job = Job {
                 host: host.clone(),
+                challenge,
                 names: slot.names.clone(),
                 current: slot.current.clone(),
                 must_order: slot.must_order(now),
@@ -250,12 +279,12 @@ impl State {
                 no_replaces: slot.no_replaces,
             };
             let ctx = ctx.clone();
-            let challenges = self.challenges.clone();
+            let proofs = self.proofs.clone();
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 let _permit = ctx.permits.clone().acquire_owned().await;
                 let (host, names) = (job.host.clone(), job.names.clone());
-                let run = capturing_retry_after(run_job(&ctx, &challenges, &job));
+                let run = capturing_retry_after(run_job(&ctx, &proofs, &job));
                 let outcome = match tokio::time::timeout(JOB_TIMEOUT, run).await {
                     Ok((
                         Outcome::Failed {
@@ -310,11 +339,10 @@ impl State {
                 self.certs.install(&host, names, cert);
                 tracing::info!(host = %host, not_after, took_ms = took.as_millis() as u64, next_renewal = %humantime::format_rfc3339_seconds(next), "certificate issued and serving");
             }
-            // Unless the announcement of the same certificate came first.
             Outcome::Adopted { cert } => {
                 // Unless the announcement of the same certificate came first.
                 if !adopt(slot, &*self.certs, &host, cert, config) {
-                    slot.next = slot.threshold_due.min(now + ARI_RECHECK);
+                    slot.next = slot.threshold_due.min(now + renewal_check(config));
                 }
             }
             Outcome::Busy => {
@@ -332,41 +360,7 @@ impl State {
             Outcome::Failed {
                 failure,
                 ordered: true,
-            } => {
-                m.acme_orders
-                    .with_label_values(&[host.as_str(), "error"])
-                    .inc();
-                slot.failures += 1;
-                if slot.current.as_ref().is_some_and(|c| c.ari_id.is_some()) {
-                    slot.no_replaces = true;
-                }
-                let (initial, max) = config.acme.as_ref().map_or(
-                    (Duration::from_secs(120), Duration::from_secs(21600)),
-                    |a| (a.retry_initial, a.retry_max),
-                );
-                slot.next = schedule::backoff(
-                    slot.failures,
-                    initial,
-                    max,
-                    failure.retry_after,
-                    schedule::draw(),
-                    now,
-                );
-                slot.last_error = Some((failure.message.clone(), unix(now)));
-                let serving = match &slot.current {
-                    Some(c) if from_unix(c.not_after) > now => {
-                        "the current certificate keeps serving"
-                    }
-                    _ => "no certificate is served for this host until an order succeeds",
-                };
-                tracing::error!(
-                    host = %host,
-                    error = %failure.message,
-                    failures = slot.failures,
-                    next_attempt = %humantime::format_rfc3339_seconds(slot.next),
-                    "certificate order failed; {serving}"
-                );
-            }
+            } => order_failed(slot, &host, &failure, config, now),
         }
         if let Some(cert) = slot.stored.take() {
             adopt(slot, &*self.certs, &host, cert, config);
@@ -424,6 +418,11 @@ impl State {
 
     fn changed(&self, change: Option<Change>, config: &Config) {
         match change {
+            Some(Change::Put(key)) if key.alpn_identifier().is_some() => {
+                // Another replica is being validated over TLS-ALPN-01: the CA may ask here.
+                let alpn = self.proofs.alpn.clone();
+                tokio::spawn(async move { alpn.learn(&key).await });
+            }
             Some(Change::Put(key)) => {
                 if let Some(host) = key.acme_cert_host() {
                     self.reread(config, Some(host));
@@ -453,6 +452,54 @@ impl State {
         }
         adopt(slot, &*self.certs, &host, cert, config);
     }
+}
+
+/// An order that reached the CA failed: counted, backed off, and logged with what serves meanwhile.
+fn order_failed(slot: &mut Slot, host: &HostName, failure: &Failure, config: &Config, now: SystemTime) {
+    let m = metrics::get();
+    if failure.kind == FailureKind::OrderLimit {
+        // Not an order: no failure counted, no backoff; the guard says when one may be placed.
+        m.acme_orders
+            .with_label_values(&[host.as_str(), "refused"])
+            .inc();
+        slot.next = failure.retry_after.unwrap_or(now + Duration::from_secs(3600));
+        slot.last_error = Some((failure.message.clone(), unix(now)));
+        tracing::error!(host = %host, error = %failure.message, "certificate order refused by the runaway guard");
+        return;
+    }
+        m.acme_orders
+            .with_label_values(&[host.as_str(), "error"])
+            .inc();
+        slot.failures += 1;
+        if slot.current.as_ref().is_some_and(|c| c.ari_id.is_some()) {
+            slot.no_replaces = true;
+        }
+        let (initial, max) = config.acme.as_ref().map_or(
+            (Duration::from_secs(120), Duration::from_secs(21600)),
+            |a| (a.retry_initial, a.retry_max),
+        );
+        slot.next = schedule::backoff(
+            slot.failures,
+            initial,
+            max,
+            failure.retry_after,
+            schedule::draw(),
+            now,
+        );
+        slot.last_error = Some((failure.message.clone(), unix(now)));
+        let serving = match &slot.current {
+            Some(c) if from_unix(c.not_after) > now => {
+                "the current certificate keeps serving"
+            }
+            _ => "no certificate is served for this host until an order succeeds",
+        };
+        tracing::error!(
+            host = %host,
+            error = %failure.message,
+            failures = slot.failures,
+            next_attempt = %humantime::format_rfc3339_seconds(slot.next),
+            "certificate order failed; {serving}"
+        );
 }
 
 /// Installs a certificate another replica stored if it is newer than the slot's; whether it was.

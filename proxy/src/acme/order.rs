@@ -11,7 +11,7 @@ use instant_acme::{
 
 use super::client::{describe_problem, Failure};
 use super::solver::Solver;
-use crate::config::KeyType;
+use crate::config::{KeyType, OrderLimit};
 use crate::names::HostName;
 use crate::pem::LoadedCert;
 use crate::storage::{Key, Storage};
@@ -54,6 +54,8 @@ impl Drop for Presented<'_> {
 
 pub(super) struct OrderRequest<'a> {
     pub host: &'a HostName,
+    /// The runaway guard's limit, checked before the order is placed.
+    pub limit: OrderLimit,
     pub names: &'a [String],
     pub key_type: KeyType,
     pub profile: Option<&'a str>,
@@ -75,6 +77,7 @@ pub(super) async fn order(
             solver.name()
         )));
     }
+    super::guard::admit(req.storage, req.host, req.limit, std::time::SystemTime::now()).await?;
     let mut order = place(account, req).await?;
     prove(&mut order, solver).await?;
     let (chain, key_pem) = issue(&mut order, req).await?;
@@ -86,7 +89,11 @@ async fn place(account: &Account, req: &OrderRequest<'_>) -> Result<instant_acme
     let identifiers: Vec<Identifier> = req
         .names
         .iter()
-        .map(|n| Identifier::Dns(n.clone()))
+        .map(|n| match n.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            // RFC 8738: an IP address is its own kind of identifier.
+            Ok(ip) => Identifier::Ip(ip),
+            Err(_) => Identifier::Dns(n.clone()),
+        })
         .collect();
     let mut new = NewOrder::new(&identifiers);
     if let Some(p) = req.profile {

@@ -18,14 +18,21 @@ const MAX_RENEW_JITTER: Duration = Duration::from_secs(12 * 3600);
 /// is renewed again no sooner than this, so a misconfiguration cannot hammer the CA.
 pub const MIN_RENEW_SPACING: Duration = Duration::from_secs(3600);
 
+/// Certificates shorter than this renew at half their life at the latest (a 6-day certificate
+/// has 3 days left to recover from a failed renewal, not 2).
+pub const SHORT_LIVED: Duration = Duration::from_secs(10 * 86_400);
+
 /// The moment the threshold says a certificate valid from `not_before` to `not_after` (Unix
 /// seconds) becomes due, without jitter.
 pub fn threshold_due(not_before: i64, not_after: i64, threshold: RenewThreshold) -> SystemTime {
     let lifetime = (not_after - not_before).max(0) as f64;
-    let remaining = match threshold {
+    let mut remaining = match threshold {
         RenewThreshold::Fraction(f) => lifetime * f,
         RenewThreshold::Remaining(d) => d.as_secs_f64(),
     };
+    if lifetime < SHORT_LIVED.as_secs_f64() {
+        remaining = remaining.max(lifetime / 2.0);
+    }
     from_unix(not_after - remaining.round() as i64)
 }
 
@@ -210,6 +217,19 @@ mod tests {
             RenewThreshold::Remaining(Duration::from_secs(10 * DAY as u64)),
         );
         assert_eq!(unix(d), na - 10 * DAY);
+        // Short-lived: half the life at the latest, whatever the threshold says.
+        let na = nb + 6 * DAY;
+        let third = threshold_due(nb, na, RenewThreshold::Fraction(1.0 / 3.0));
+        assert_eq!(unix(third), nb + 3 * DAY);
+        let day = threshold_due(
+            nb,
+            na,
+            RenewThreshold::Remaining(Duration::from_secs(DAY as u64)),
+        );
+        assert_eq!(unix(day), nb + 3 * DAY);
+        // A longer remaining share still wins.
+        let most = threshold_due(nb, na, RenewThreshold::Fraction(0.75));
+        assert_eq!(unix(most), nb + 6 * DAY / 4);
     }
 
     #[test]

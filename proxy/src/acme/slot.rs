@@ -6,7 +6,6 @@ use std::time::SystemTime;
 use instant_acme::CertificateIdentifier;
 
 use super::schedule::{self, AriPick, HostStatus};
-use super::ARI_RECHECK;
 use crate::config::Config;
 use crate::names::HostName;
 use crate::pem::LoadedCert;
@@ -130,7 +129,13 @@ impl Slot {
             self.threshold_due = now + schedule::MIN_RENEW_SPACING;
         }
         self.renewal = Some((self.threshold_due, "threshold"));
-        self.next = self.threshold_due.min(now + ARI_RECHECK);
+        // A CA with ARI is asked for the new certificate's window at once (then as its
+        // Retry-After says); without, the threshold decides.
+        self.next = if self.current.as_ref().is_some_and(|c| c.ari_id.is_some()) {
+            now
+        } else {
+            self.threshold_due
+        };
     }
 
     pub(super) fn status(&self) -> HostStatus {

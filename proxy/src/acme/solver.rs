@@ -1,13 +1,35 @@
 //! How a host proves control of a name to the CA: one interface per challenge type, so that the
 //! order pipeline (`order`) never names one. HTTP-01 is the first implementation: the key
 //! authorization goes into the challenge store (shared storage, so any replica answers on port
-//! 80). TLS-ALPN-01 and DNS-01 come in behind the same interface.
+//! 80). TLS-ALPN-01 puts a challenge certificate on the TLS listener the same way.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use instant_acme::ChallengeType;
 
 use super::client::Failure;
+use crate::config::Challenge;
 use crate::http01::ChallengeStore;
+use crate::tls_alpn::AlpnChallenges;
+
+/// Where the listeners find the proofs the solvers put in place.
+pub struct Proofs {
+    /// HTTP-01 responses, answered on port 80.
+    pub http: Arc<ChallengeStore>,
+    /// TLS-ALPN-01 certificates, answered on the TLS listener.
+    pub alpn: Arc<AlpnChallenges>,
+}
+
+impl Proofs {
+    /// The solver of a challenge type.
+    pub(super) fn solver(&self, challenge: Challenge) -> Box<dyn Solver + '_> {
+        match challenge {
+            Challenge::Http01 => Box::new(Http01 { store: &self.http }),
+            Challenge::TlsAlpn01 => Box::new(TlsAlpn01 { store: &self.alpn }),
+        }
+    }
+}
 
 /// One challenge type's way of proving control.
 #[async_trait]
@@ -67,5 +89,42 @@ impl Solver for Http01<'_> {
 
     fn cleanup(&self, _name: &str, token: &str) {
         self.store.withdraw(token);
+    }
+}
+
+/// TLS-ALPN-01: an `acme-tls/1` handshake for NAME gets a certificate holding the digest of
+/// the key authorization (RFC 8737).
+pub(super) struct TlsAlpn01<'a> {
+    pub store: &'a AlpnChallenges,
+}
+
+#[async_trait]
+impl Solver for TlsAlpn01<'_> {
+    fn challenge_type(&self) -> ChallengeType {
+        ChallengeType::TlsAlpn01
+    }
+
+    fn name(&self) -> &'static str {
+        "tls-alpn-01"
+    }
+
+    fn can_validate(&self, name: &str) -> bool {
+        !name.starts_with("*.")
+    }
+
+    async fn present(
+        &self,
+        name: &str,
+        _token: &str,
+        key_authorization: &str,
+    ) -> Result<(), Failure> {
+        self.store
+            .publish(name, key_authorization)
+            .await
+            .map_err(|e| Failure::new(format!("cannot publish the TLS-ALPN-01 certificate: {e}")))
+    }
+
+    fn cleanup(&self, name: &str, _token: &str) {
+        self.store.withdraw(name);
     }
 }

@@ -38,6 +38,10 @@ pub fn check(path: &std::path::Path) -> Result<String, String> {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         return Err(format!("{}:\n{}", path.display(), lines.join("\n")));
     }
+    let mut notes = Vec::new();
+    if let Some(note) = crate::acme::profile_offered(&config)? {
+        notes.push(note);
+    }
     let n = config.hosts.len();
     let mut out = format!(
         "{}: ok ({n} host{})",
@@ -55,5 +59,9 @@ pub fn check(path: &std::path::Path) -> Result<String, String> {
             h.tls.kind()
         ));
     }
+    for note in notes {
+        out.push_str(&format!("\n  {note}"));
+    }
     Ok(out)
 }
+

@@ -26,6 +26,74 @@ pub struct AcmeConfig {
     /// Backoff after failed orders: first wait, doubled per failure up to `retry_max`.
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// `challenge:` for hosts that name none; `None`: by whether port 80 is open.
+    pub challenge: Option<Challenge>,
+    /// The runaway guard: at most this many orders per host in the window.
+    pub order_limit: OrderLimit,
+    /// Longest wait between two looks at a certificate's ARI renewal window.
+    pub renewal_check: Duration,
+}
+
+/// How a host proves control of its names to the CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A response on port 80 (`/.well-known/acme-challenge/TOKEN`).
+    Http01,
+    /// A certificate on the TLS listener for `acme-tls/1` handshakes (RFC 8737).
+    TlsAlpn01,
+}
+
+impl Challenge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http01 => "http-01",
+            Self::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+
+    pub(super) fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "http-01" => Ok(Self::Http01),
+            "tls-alpn-01" => Ok(Self::TlsAlpn01),
+            other => Err(format!("{other:?}: expected http-01 or tls-alpn-01")),
+        }
+    }
+}
+
+/// At most `orders` orders per host in any `window` (failed ones included): a floor under
+/// every retry and renewal path, so a loop cannot burn the CA's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderLimit {
+    pub orders: u32,
+    pub window: Duration,
+}
+
+impl Default for OrderLimit {
+    fn default() -> Self {
+        Self {
+            orders: 3,
+            window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `order_limit: N/DURATION` (`3/24h`).
+fn build_order_limit(raw: Option<&str>, p: &KeyPath, c: &mut Collector) -> OrderLimit {
+    let Some(s) = raw else {
+        return OrderLimit::default();
+    };
+    let parsed = s.split_once('/').and_then(|(n, w)| {
+        let orders = n.trim().parse::<u32>().ok().filter(|n| *n > 0)?;
+        let window = parse_duration(w.trim()).ok().filter(|d| !d.is_zero())?;
+        Some(OrderLimit { orders, window })
+    });
+    parsed.unwrap_or_else(|| {
+        c.err(
+            p,
+            format!("{s:?}: expected orders per window, like 3/24h (at least 1 order)"),
+        );
+        OrderLimit::default()
+    })
 }
 
 /// External Account Binding credentials.
@@ -63,15 +131,15 @@ pub enum KeyType {
 pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
-pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeConfig {
-    let directory = match a.directory.as_deref().unwrap_or("letsencrypt") {
+fn build_directory(raw: Option<&str>, p: &KeyPath, c: &mut Collector) -> String {
+    match raw.unwrap_or("letsencrypt") {
         "letsencrypt" => LETSENCRYPT.to_string(),
         "letsencrypt-staging" => LETSENCRYPT_STAGING.to_string(),
         other => {
             match url::Url::parse(other) {
                 Ok(u) if u.scheme() == "https" => {}
                 _ => c.err(
-                    &p.key("directory"),
+                    p,
                     format!(
                         "{other:?}: expected letsencrypt, letsencrypt-staging or an https:// URL"
                     ),
@@ -79,84 +147,11 @@ pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector
             }
             other.to_string()
         }
-    };
-    let mut contact = Vec::new();
-    for (i, s) in a.contact.iter().enumerate() {
-        let s = s.trim();
-        let mail = s.strip_prefix("mailto:").unwrap_or(s);
-        if !mail.contains('@') || mail.starts_with('@') || mail.ends_with('@') {
-            c.err(
-                &p.key("contact").index(i),
-                format!("{s:?} is not an e-mail address"),
-            );
-        }
-        contact.push(format!("mailto:{mail}"));
     }
-    let eab = a.eab.and_then(|e| {
-        use base64::Engine;
-        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(e.hmac_key.trim().trim_end_matches('='));
-        match key {
-            Ok(k) if !k.is_empty() => Some(Eab {
-                kid: e.kid,
-                hmac_key: k,
-            }),
-            _ => {
-                // Never echo the key itself.
-                c.err(&p.key("eab").key("hmac_key"), "not a base64url-encoded key");
-                None
-            }
-        }
-    });
-    let renew_when_remaining = match a.renew_when_remaining.as_deref() {
-        None => RenewThreshold::Fraction(1.0 / 3.0),
-        Some(s) => match s.trim().strip_suffix('%') {
-            Some(pct) => match pct.trim().parse::<f64>() {
-                Ok(v) if v > 0.0 && v < 100.0 => RenewThreshold::Fraction(v / 100.0),
-                _ => {
-                    c.err(
-                        &p.key("renew_when_remaining"),
-                        format!("{s:?}: a percentage must be between 0% and 100%"),
-                    );
-                    RenewThreshold::Fraction(1.0 / 3.0)
-                }
-            },
-            None => match parse_duration(s) {
-                Ok(d) => RenewThreshold::Remaining(d),
-                Err(e) => {
-                    c.err(
-                        &p.key("renew_when_remaining"),
-                        format!("{e}, or a share like 33%"),
-                    );
-                    RenewThreshold::Fraction(1.0 / 3.0)
-                }
-            },
-        },
-    };
-    let key_type = match a.key_type.as_deref() {
-        None | Some("ecdsa-p256") => KeyType::EcdsaP256,
-        Some("ecdsa-p384") => KeyType::EcdsaP384,
-        Some(other) => {
-            c.err(
-                &p.key("key_type"),
-                format!("{other:?}: expected ecdsa-p256 or ecdsa-p384"),
-            );
-            KeyType::EcdsaP256
-        }
-    };
-    let concurrency = match a.concurrency {
-        Some(0) => {
-            c.err(&p.key("concurrency"), "must be at least 1");
-            1
-        }
-        Some(n) => n,
-        None => 4,
-    };
-    if let Some(profile) = &a.profile {
-        if profile.is_empty() {
-            c.err(&p.key("profile"), "must not be empty");
-        }
-    }
+}
+
+/// `retry_initial` and `retry_max`: the backoff after a failed order.
+fn build_retry(a: &RawAcme, p: &KeyPath, c: &mut Collector) -> (Duration, Duration) {
     let mut duration = |key: &str, v: Option<&str>, default: Duration| match v.map(parse_duration) {
         None => default,
         Some(Ok(d)) if !d.is_zero() => d,
@@ -185,6 +180,99 @@ pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector
             "must not be shorter than retry_initial",
         );
     }
+    (retry_initial, retry_max)
+}
+
+/// `contact:` as `mailto:` URLs.
+fn build_contact(raw: &[String], p: &KeyPath, c: &mut Collector) -> Vec<String> {
+    let mut contact = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        let s = s.trim();
+        let mail = s.strip_prefix("mailto:").unwrap_or(s);
+        if !mail.contains('@') || mail.starts_with('@') || mail.ends_with('@') {
+            c.err(&p.index(i), format!("{s:?} is not an e-mail address"));
+        }
+        contact.push(format!("mailto:{mail}"));
+    }
+    contact
+}
+
+/// `renew_when_remaining:` a share of the lifetime (`33%`) or a duration (`30d`).
+fn build_threshold(raw: Option<&str>, p: &KeyPath, c: &mut Collector) -> RenewThreshold {
+    let default = RenewThreshold::Fraction(1.0 / 3.0);
+    let Some(s) = raw else {
+        return default;
+    };
+    match s.trim().strip_suffix('%') {
+        Some(pct) => match pct.trim().parse::<f64>() {
+            Ok(v) if v > 0.0 && v < 100.0 => RenewThreshold::Fraction(v / 100.0),
+            _ => {
+                c.err(
+                    p,
+                    format!("{s:?}: a percentage must be between 0% and 100%"),
+                );
+                default
+            }
+        },
+        None => match parse_duration(s) {
+            Ok(d) => RenewThreshold::Remaining(d),
+            Err(e) => {
+                c.err(p, format!("{e}, or a share like 33%"));
+                default
+            }
+        },
+    }
+}
+
+pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeConfig {
+    let directory = build_directory(a.directory.as_deref(), &p.key("directory"), c);
+    let contact = build_contact(&a.contact, &p.key("contact"), c);
+    let eab = a.eab.and_then(|e| {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(e.hmac_key.trim().trim_end_matches('='));
+        match key {
+            Ok(k) if !k.is_empty() => Some(Eab {
+                kid: e.kid,
+                hmac_key: k,
+            }),
+            _ => {
+                // Never echo the key itself.
+                c.err(&p.key("eab").key("hmac_key"), "not a base64url-encoded key");
+                None
+            }
+        }
+    });
+    let renew_when_remaining = build_threshold(
+        a.renew_when_remaining.as_deref(),
+        &p.key("renew_when_remaining"),
+        c,
+    );
+    let key_type = match a.key_type.as_deref() {
+        None | Some("ecdsa-p256") => KeyType::EcdsaP256,
+        Some("ecdsa-p384") => KeyType::EcdsaP384,
+        Some(other) => {
+            c.err(
+                &p.key("key_type"),
+                format!("{other:?}: expected ecdsa-p256 or ecdsa-p384"),
+            );
+            KeyType::EcdsaP256
+        }
+    };
+    let concurrency = match a.concurrency {
+        Some(0) => {
+            c.err(&p.key("concurrency"), "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => 4,
+    };
+    if let Some(profile) = &a.profile {
+        if profile.is_empty() {
+            c.err(&p.key("profile"), "must not be empty");
+        }
+    }
+    let (retry_initial, retry_max) = build_retry(&a, p, c);
     let directory_root = a.directory_root.and_then(|r| {
         match crate::pem::read_certificates(&resolve_path(base, &r)) {
             Ok(certs) => Some(certs),
@@ -194,7 +282,28 @@ pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector
             }
         }
     });
+    let challenge = a.challenge.as_deref().and_then(|s| {
+        Challenge::parse(s)
+            .map_err(|e| c.err(&p.key("challenge"), e))
+            .ok()
+    });
+    let order_limit = build_order_limit(a.order_limit.as_deref(), &p.key("order_limit"), c);
+    let renewal_check = match a.renewal_check.as_deref().map(parse_duration) {
+        None => Duration::from_secs(6 * 3600),
+        Some(Ok(d)) if d >= Duration::from_secs(1) => d,
+        Some(Ok(_)) => {
+            c.err(&p.key("renewal_check"), "must be at least 1s");
+            Duration::from_secs(6 * 3600)
+        }
+        Some(Err(e)) => {
+            c.err(&p.key("renewal_check"), e);
+            Duration::from_secs(6 * 3600)
+        }
+    };
     AcmeConfig {
+        challenge,
+        order_limit,
+        renewal_check,
         directory,
         contact,
         accept_terms: a.accept_terms,

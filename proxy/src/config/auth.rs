@@ -234,6 +234,56 @@ pub(super) fn build_auth(
     })))
 }
 
+/// RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+fn check_scopes(scopes: &[String], p: &KeyPath, c: &mut Collector) -> bool {
+    let mut ok = true;
+    for (i, s) in scopes.iter().enumerate() {
+        let valid = !s.is_empty()
+            && s.bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if !valid {
+            c.err(&p.index(i), format!("{s:?} is not a scope token"));
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// `algorithms:` asymmetric JWS algorithms only; `None` when one is not.
+fn build_algorithms(
+    raw: Option<&[String]>,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> Option<Vec<jsonwebtoken::Algorithm>> {
+    let Some(list) = raw else {
+        return Some(DEFAULT_ALGORITHMS.to_vec());
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, a) in list.iter().enumerate() {
+        match a.parse::<jsonwebtoken::Algorithm>() {
+            Ok(alg)
+                if !matches!(
+                    alg,
+                    jsonwebtoken::Algorithm::HS256
+                        | jsonwebtoken::Algorithm::HS384
+                        | jsonwebtoken::Algorithm::HS512
+                ) =>
+            {
+                out.push(alg)
+            }
+            _ => {
+                c.err(
+                    &p.index(i),
+                    format!("{a:?}: expected an asymmetric JWS algorithm (RS256, PS256, ES256, ES384, EdDSA, …); never none or HS*"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
 fn build_oauth(o: RawOAuth, base: &Path, p: &KeyPath, c: &mut Collector) -> Option<OAuthConfig> {
     let mut ok = true;
     match url::Url::parse(&o.issuer) {
@@ -255,47 +305,10 @@ fn build_oauth(o: RawOAuth, base: &Path, p: &KeyPath, c: &mut Collector) -> Opti
             ok = false;
         }
     }
-    for (i, s) in o.scopes.iter().enumerate() {
-        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-        let valid = !s.is_empty()
-            && s.bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
-        if !valid {
-            c.err(
-                &p.key("scopes").index(i),
-                format!("{s:?} is not a scope token"),
-            );
-            ok = false;
-        }
-    }
-    let algorithms = match o.algorithms {
-        None => DEFAULT_ALGORITHMS.to_vec(),
-        Some(list) => {
-            let mut out = Vec::new();
-            for (i, a) in list.iter().enumerate() {
-                match a.parse::<jsonwebtoken::Algorithm>() {
-                    Ok(alg)
-                        if !matches!(
-                            alg,
-                            jsonwebtoken::Algorithm::HS256
-                                | jsonwebtoken::Algorithm::HS384
-                                | jsonwebtoken::Algorithm::HS512
-                        ) =>
-                    {
-                        out.push(alg)
-                    }
-                    _ => {
-                        c.err(
-                            &p.key("algorithms").index(i),
-                            format!("{a:?}: expected an asymmetric JWS algorithm (RS256, PS256, ES256, ES384, EdDSA, …); never none or HS*"),
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            out
-        }
-    };
+    ok &= check_scopes(&o.scopes, &p.key("scopes"), c);
+    let algorithms = build_algorithms(o.algorithms.as_deref(), &p.key("algorithms"), c);
+    ok &= algorithms.is_some();
+    let algorithms = algorithms.unwrap_or_default();
     let leeway = opt_duration(
         c,
         &p.key("leeway"),

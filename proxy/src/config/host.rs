@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde_yaml_ng::Value;
 
-use super::auth::{build_auth, build_rate_limit};
+use super::acme::Challenge;
+use super::auth::{build_auth, build_rate_limit, AuthConfig, RateLimit};
 use super::model::*;
-use super::raw::{RawHost, RawMcp, RawTlsFiles};
+use super::raw::{RawHost, RawMcp, RawRoute, RawTlsFiles};
 use super::upstream::build_upstream;
 use super::{Collector, KeyPath};
 use crate::names::{is_public_name, HostName};
@@ -47,7 +48,7 @@ pub(super) fn build_mcp(
     }
 }
 
-/// Longest duration any setting takes: longer ones are typos, and would overflow the clock.
+/// One host: its names, TLS source, allowed origins and routes.
 pub(super) fn build_host(
     name: &str,
     rh: RawHost,
@@ -69,13 +70,98 @@ pub(super) fn build_host(
             Err(e) => c.err(&p.key("aliases").index(i), e.to_string()),
         }
     }
-
-    let tp = p.key("tls");
     let tls_auto = matches!(&rh.tls, Some(Value::String(k)) if k == "auto");
-    let tls = match rh.tls {
+    let tls = build_tls_source(rh.tls, name, base, &p.key("tls"), c);
+    let challenge = rh.challenge.as_deref().and_then(|s| {
+        Challenge::parse(s)
+            .map_err(|e| c.err(&p.key("challenge"), e))
+            .ok()
+    });
+    let allowed_origins = rh.allowed_origins.map(|list| {
+        let mut out = Vec::new();
+        for (i, o) in list.iter().enumerate() {
+            match normalize_origin(o) {
+                Ok(n) => out.push(n),
+                Err(e) => c.err(&p.key("allowed_origins").index(i), e),
+            }
+        }
+        out
+    });
+    let host_auth = rh
+        .auth
+        .and_then(|v| build_auth(v, base, &p.key("auth"), c))
+        .flatten();
+    let host_rate = rh
+        .rate_limit
+        .and_then(|v| build_rate_limit(v, &p.key("rate_limit"), c))
+        .flatten();
+    let inherited = Inherited {
+        auth: host_auth,
+        rate_limit: host_rate,
+        mcp: rh.mcp,
+    };
+    let mut routes = Vec::new();
+    match (rh.upstream, rh.routes) {
+        (Some(_), Some(_)) => c.err(
+            p,
+            "set either `upstream` (every path) or `routes`, not both",
+        ),
+        (None, None) => c.err(p, "missing `upstream` (every path) or `routes`"),
+        (Some(u), None) => {
+            if let Some(up) = build_upstream(u, base, &p.key("upstream"), c) {
+                routes.push(Route {
+                    path: "/".into(),
+                    upstream: Arc::new(up),
+                    auth: inherited.auth.clone(),
+                    rate_limit: inherited.rate_limit.clone(),
+                    mcp: build_mcp(inherited.mcp.as_ref(), None, p, c),
+                });
+            }
+        }
+        (None, Some(rs)) => {
+            if rs.is_empty() {
+                c.err(&p.key("routes"), "must list at least one route");
+            }
+            for (i, r) in rs.into_iter().enumerate() {
+                let rp = p.key("routes").index(i);
+                if let Some(route) = build_route(r, &routes, &inherited, base, &rp, c) {
+                    routes.push(route);
+                }
+            }
+        }
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+
+    Some(Host {
+        name: host_name?,
+        aliases,
+        tls: tls?,
+        tls_auto,
+        allowed_origins,
+        routes,
+        challenge,
+    })
+}
+
+/// What a host's routes take from it unless they say otherwise.
+struct Inherited {
+    auth: Option<Arc<AuthConfig>>,
+    rate_limit: Option<RateLimit>,
+    mcp: Option<RawMcp>,
+}
+
+/// `tls:` of a host: a keyword or `{ cert, key }` (checked by loading the pair).
+fn build_tls_source(
+    raw: Option<Value>,
+    name: &str,
+    base: &Path,
+    tp: &KeyPath,
+    c: &mut Collector,
+) -> Option<TlsSource> {
+    match raw {
         None => {
             c.err(
-                &tp,
+                tp,
                 "missing: one of auto, acme, self-signed, none, or { cert: FILE, key: FILE }",
             );
             None
@@ -92,13 +178,13 @@ pub(super) fn build_host(
             }),
             other => {
                 c.err(
-                    &tp,
+                    tp,
                     format!("{other:?}: expected auto, acme, self-signed, none, or {{ cert: FILE, key: FILE }}"),
                 );
                 None
             }
         },
-        Some(v @ Value::Mapping(_)) => c.deserialize::<RawTlsFiles>(v, &tp).and_then(|f| {
+        Some(v @ Value::Mapping(_)) => c.deserialize::<RawTlsFiles>(v, tp).and_then(|f| {
             let cert = resolve_path(base, &f.cert);
             let key = resolve_path(base, &f.key);
             match crate::pem::load_key_pair(&cert, &key) {
@@ -112,116 +198,67 @@ pub(super) fn build_host(
         }),
         Some(_) => {
             c.err(
-                &tp,
+                tp,
                 "expected acme, self-signed, none, or { cert: FILE, key: FILE }",
             );
             None
         }
-    };
-
-    let allowed_origins = rh.allowed_origins.map(|list| {
-        let mut out = Vec::new();
-        for (i, o) in list.iter().enumerate() {
-            match normalize_origin(o) {
-                Ok(n) => out.push(n),
-                Err(e) => c.err(&p.key("allowed_origins").index(i), e),
-            }
-        }
-        out
-    });
-
-    let host_auth = rh
-        .auth
-        .and_then(|v| build_auth(v, base, &p.key("auth"), c))
-        .flatten();
-    let host_rate = rh
-        .rate_limit
-        .and_then(|v| build_rate_limit(v, &p.key("rate_limit"), c))
-        .flatten();
-    let mut routes = Vec::new();
-    match (rh.upstream, rh.routes) {
-        (Some(_), Some(_)) => c.err(
-            p,
-            "set either `upstream` (every path) or `routes`, not both",
-        ),
-        (None, None) => c.err(p, "missing `upstream` (every path) or `routes`"),
-        (Some(u), None) => {
-            if let Some(up) = build_upstream(u, base, &p.key("upstream"), c) {
-                routes.push(Route {
-                    path: "/".into(),
-                    upstream: Arc::new(up),
-                    auth: host_auth.clone(),
-                    rate_limit: host_rate.clone(),
-                    mcp: build_mcp(rh.mcp.as_ref(), None, p, c),
-                });
-            }
-        }
-        (None, Some(rs)) => {
-            if rs.is_empty() {
-                c.err(&p.key("routes"), "must list at least one route");
-            }
-            for (i, r) in rs.into_iter().enumerate() {
-                let rp = p.key("routes").index(i);
-                let path_ok = if !r.path.starts_with('/') {
-                    c.err(&rp.key("path"), format!("{:?} must start with /", r.path));
-                    false
-                } else if r.path.contains(['?', '#']) {
-                    c.err(&rp.key("path"), "a path prefix has no query or fragment");
-                    false
-                } else if crate::path::normalize(&r.path).map_or(true, |n| {
-                    n.trim_end_matches('/') != r.path.trim_end_matches('/')
-                }) {
-                    // Requests are routed by their normalised path: this prefix could never
-                    // match one.
-                    c.err(
-                        &rp.key("path"),
-                        format!(
-                            "{:?} has dot-segments or an escape no request path keeps after normalisation; write it normalised",
-                            r.path
-                        ),
-                    );
-                    false
-                } else if routes.iter().any(|x: &Route| x.path == r.path) {
-                    c.err(&rp.key("path"), format!("{} is listed twice", r.path));
-                    false
-                } else {
-                    true
-                };
-                // Built even under a bad path, so its own problems are reported in the same run.
-                let upstream = build_upstream(r.upstream, base, &rp.key("upstream"), c);
-                let auth = match r.auth {
-                    None => Some(host_auth.clone()),
-                    Some(v) => build_auth(v, base, &rp.key("auth"), c),
-                };
-                let rate_limit = match r.rate_limit {
-                    None => Some(host_rate.clone()),
-                    Some(v) => build_rate_limit(v, &rp.key("rate_limit"), c),
-                };
-                if let (true, Some(up), Some(auth), Some(rate_limit)) =
-                    (path_ok, upstream, auth, rate_limit)
-                {
-                    let mcp = build_mcp(rh.mcp.as_ref(), r.mcp.as_ref(), &rp, c);
-                    routes.push(Route {
-                        path: r.path,
-                        upstream: Arc::new(up),
-                        auth,
-                        rate_limit,
-                        mcp,
-                    });
-                }
-            }
-        }
     }
-    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+}
 
-    Some(Host {
-        name: host_name?,
-        aliases,
-        tls: tls?,
-        tls_auto,
-        allowed_origins,
-        routes,
+/// One entry of `routes:`; its upstream, auth and limits are built (and their problems
+/// reported) even under a bad path.
+fn build_route(
+    r: RawRoute,
+    earlier: &[Route],
+    inherited: &Inherited,
+    base: &Path,
+    rp: &KeyPath,
+    c: &mut Collector,
+) -> Option<Route> {
+    let path_ok = check_route_path(&r.path, earlier, &rp.key("path"), c);
+    let upstream = build_upstream(r.upstream, base, &rp.key("upstream"), c);
+    let auth = match r.auth {
+        None => Some(inherited.auth.clone()),
+        Some(v) => build_auth(v, base, &rp.key("auth"), c),
+    };
+    let rate_limit = match r.rate_limit {
+        None => Some(inherited.rate_limit.clone()),
+        Some(v) => build_rate_limit(v, &rp.key("rate_limit"), c),
+    };
+    let (true, Some(up), Some(auth), Some(rate_limit)) = (path_ok, upstream, auth, rate_limit)
+    else {
+        return None;
+    };
+    Some(Route {
+        mcp: build_mcp(inherited.mcp.as_ref(), r.mcp.as_ref(), rp, c),
+        path: r.path,
+        upstream: Arc::new(up),
+        auth,
+        rate_limit,
     })
+}
+
+/// A route's path prefix: absolute, without query or fragment, normalised, listed once.
+fn check_route_path(path: &str, earlier: &[Route], pp: &KeyPath, c: &mut Collector) -> bool {
+    if !path.starts_with('/') {
+        c.err(pp, format!("{path:?} must start with /"));
+    } else if path.contains(['?', '#']) {
+        c.err(pp, "a path prefix has no query or fragment");
+    } else if crate::path::normalize(path)
+        .map_or(true, |n| n.trim_end_matches('/') != path.trim_end_matches('/'))
+    {
+        // Requests are routed by their normalised path: this prefix could never match one.
+        c.err(
+            pp,
+            format!("{path:?} has dot-segments or an escape no request path keeps after normalisation; write it normalised"),
+        );
+    } else if earlier.iter().any(|x| x.path == path) {
+        c.err(pp, format!("{path} is listed twice"));
+    } else {
+        return true;
+    }
+    false
 }
 
 /// `scheme://host[:port]`, lower case, default ports removed.

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
-use super::acme::{build_acme, AcmeConfig};
+use super::acme::{build_acme, AcmeConfig, Challenge};
 use super::auth::{AuthConfig, RateLimit};
 use super::host::build_host;
-use super::raw::{RawConfig, RawHost, RawLimits};
+use super::raw::{RawConfig, RawHost, RawLimits, RawListen, RawTimeouts};
 use super::storage::StorageConfig;
 use super::upstream::{parse_size, Upstream};
 use super::{Collector, KeyPath};
@@ -48,6 +48,11 @@ impl Config {
     /// connecting to an IP address) the default host.
     pub fn tls_name<'a>(&'a self, sni: Option<&'a str>) -> Option<&'a str> {
         sni.or(self.default_host.as_ref().map(HostName::as_str))
+    }
+
+    /// The ACME challenge `host` proves its names with.
+    pub fn challenge(&self, host: &Host) -> Challenge {
+        challenge_for(host, self.acme.as_ref(), self.listen.http.is_some())
     }
 }
 
@@ -105,7 +110,8 @@ const DEFAULT_PER_ADDRESS: usize = 1024;
 /// Listen addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
-    pub http: SocketAddr,
+    /// `None`: `listen.http: none`, no port 80.
+    pub http: Option<SocketAddr>,
     pub https: SocketAddr,
     pub metrics: SocketAddr,
     /// Port put in http→https redirects (443 is left out of the URL).
@@ -148,6 +154,8 @@ pub struct Host {
     pub allowed_origins: Option<Vec<String>>,
     /// Sorted longest prefix first.
     pub routes: Vec<Route>,
+    /// `challenge:` of the host, over `acme.challenge`.
+    pub challenge: Option<Challenge>,
 }
 
 impl Host {
@@ -270,58 +278,9 @@ pub(super) fn opt_duration(
 
 pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector) -> Option<Config> {
     let root = KeyPath::default();
-    let lp = root.key("listen");
-    let https = listen_addr(
-        c,
-        &lp.key("https"),
-        raw.listen.https.as_deref(),
-        "0.0.0.0:443",
-    );
-    let listen = Listen {
-        http: listen_addr(c, &lp.key("http"), raw.listen.http.as_deref(), "0.0.0.0:80"),
-        https,
-        metrics: listen_addr(
-            c,
-            &lp.key("metrics"),
-            raw.listen.metrics.as_deref(),
-            "127.0.0.1:9100",
-        ),
-        redirect_https_port: raw.listen.redirect_https_port.unwrap_or(https.port()),
-    };
-    let ports = [
-        ("http", listen.http),
-        ("https", listen.https),
-        ("metrics", listen.metrics),
-    ];
-    for (i, (a, x)) in ports.iter().enumerate() {
-        for (b, y) in &ports[i + 1..] {
-            // 0.0.0.0:P (or [::]:P) takes port P on every address: nothing else can bind it.
-            let overlap = x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified();
-            if x.port() != 0 && x.port() == y.port() && overlap {
-                c.err(
-                    &lp.key(b),
-                    format!("{y} overlaps listen.{a} ({x}): both cannot be bound"),
-                );
-            }
-        }
-    }
-
+    let listen = build_listen(&raw.listen, &root.key("listen"), c);
     let storage = super::storage::build_storage(raw.storage.clone(), base, c);
-    let threads = match raw.threads {
-        Some(0) => {
-            c.err(&root.key("threads"), "must be at least 1");
-            1
-        }
-        Some(n) if n > MAX_THREADS => {
-            c.err(
-                &root.key("threads"),
-                format!("{n} is more than {MAX_THREADS} (about one per core is right)"),
-            );
-            1
-        }
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let threads = build_threads(raw.threads, &root.key("threads"), c);
     let shutdown_grace = opt_duration(
         c,
         &root.key("shutdown_grace"),
@@ -337,9 +296,88 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
     if watch_interval.is_zero() {
         c.err(&root.key("watch_interval"), "must be longer than 0");
     }
+    let timeouts = build_timeouts(&raw.timeouts, &root.key("timeouts"), c);
+    let limits = build_limits(&raw.limits, &root.key("limits"), c);
+    let trusted_proxies = build_trusted_proxies(&raw.trusted_proxies, &root.key("trusted_proxies"), c);
+    let acme = raw.acme.map(|a| build_acme(a, base, &root.key("acme"), c));
+    let hosts = build_hosts(raw.hosts, base, &root.key("hosts"), c);
+    check_acme_hosts(&hosts, acme.as_ref(), listen.http.is_some(), &root, c);
+    let default_host = build_default_host(raw.default_host.as_deref(), &hosts, &root.key("default_host"), c);
 
-    let tp = root.key("timeouts");
-    let t = &raw.timeouts;
+    Some(Config {
+        file: file.to_path_buf(),
+        listen,
+        storage,
+        acme,
+        threads,
+        shutdown_grace,
+        watch_interval,
+        timeouts,
+        limits,
+        trusted_proxies,
+        default_host,
+        hosts,
+    })
+}
+
+fn build_listen(raw: &RawListen, lp: &KeyPath, c: &mut Collector) -> Listen {
+    let https = listen_addr(c, &lp.key("https"), raw.https.as_deref(), "0.0.0.0:443");
+    let listen = Listen {
+        http: match raw.http.as_deref() {
+            Some("none") => None,
+            v => Some(listen_addr(c, &lp.key("http"), v, "0.0.0.0:80")),
+        },
+        https,
+        metrics: listen_addr(
+            c,
+            &lp.key("metrics"),
+            raw.metrics.as_deref(),
+            "127.0.0.1:9100",
+        ),
+        redirect_https_port: raw.redirect_https_port.unwrap_or(https.port()),
+    };
+    let ports: Vec<(&str, SocketAddr)> = [
+        ("http", listen.http),
+        ("https", Some(listen.https)),
+        ("metrics", Some(listen.metrics)),
+    ]
+    .into_iter()
+    .filter_map(|(k, a)| Some((k, a?)))
+    .collect();
+    for (i, (a, x)) in ports.iter().enumerate() {
+        for (b, y) in &ports[i + 1..] {
+            // 0.0.0.0:P (or [::]:P) takes port P on every address: nothing else can bind it.
+            let overlap = x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified();
+            if x.port() != 0 && x.port() == y.port() && overlap {
+                c.err(
+                    &lp.key(b),
+                    format!("{y} overlaps listen.{a} ({x}): both cannot be bound"),
+                );
+            }
+        }
+    }
+    listen
+}
+
+fn build_threads(raw: Option<usize>, p: &KeyPath, c: &mut Collector) -> usize {
+    match raw {
+        Some(0) => {
+            c.err(p, "must be at least 1");
+            1
+        }
+        Some(n) if n > MAX_THREADS => {
+            c.err(
+                p,
+                format!("{n} is more than {MAX_THREADS} (about one per core is right)"),
+            );
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+fn build_timeouts(t: &RawTimeouts, tp: &KeyPath, c: &mut Collector) -> ClientTimeouts {
     let mut timeout = |key: &str, v: Option<&str>, default: Duration| {
         let d = opt_duration(c, &tp.key(key), v, default);
         if d < Duration::from_secs(1) {
@@ -347,7 +385,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         }
         d
     };
-    let timeouts = ClientTimeouts {
+    ClientTimeouts {
         header: timeout("header", t.header.as_deref(), Duration::from_secs(30)),
         keepalive: timeout("keepalive", t.keepalive.as_deref(), Duration::from_secs(60)),
         h2_idle: timeout("h2_idle", t.h2_idle.as_deref(), Duration::from_secs(60)),
@@ -362,12 +400,11 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
             t.tls_handshake.as_deref(),
             Duration::from_secs(10),
         ),
-    };
-    let limits = build_limits(&raw.limits, &root.key("limits"), c);
-    let tpp = root.key("trusted_proxies");
-    let trusted_proxies = raw
-        .trusted_proxies
-        .iter()
+    }
+}
+
+fn build_trusted_proxies(raw: &[String], tpp: &KeyPath, c: &mut Collector) -> Vec<ipnet::IpNet> {
+    raw.iter()
         .enumerate()
         .filter_map(|(i, s)| {
             let parsed = s
@@ -384,18 +421,17 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
                 }
             }
         })
-        .collect();
+        .collect()
+}
 
-    let acme = raw.acme.map(|a| build_acme(a, base, &root.key("acme"), c));
-
+fn build_hosts(raw: serde_yaml_ng::Mapping, base: &Path, hp: &KeyPath, c: &mut Collector) -> Vec<Arc<Host>> {
     let mut hosts: Vec<Arc<Host>> = Vec::new();
-    let hp = root.key("hosts");
-    if raw.hosts.is_empty() {
-        c.err(&hp, "no hosts configured: add at least one under `hosts:`");
+    if raw.is_empty() {
+        c.err(hp, "no hosts configured: add at least one under `hosts:`");
     }
-    for (k, v) in raw.hosts {
+    for (k, v) in raw {
         let Value::String(name) = k else {
-            c.err(&hp, format!("host keys must be strings, found {k:?}"));
+            c.err(hp, format!("host keys must be strings, found {k:?}"));
             continue;
         };
         let path = hp.key(&name);
@@ -421,46 +457,80 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
             }
         }
     }
-    let acme_hosts: Vec<&HostName> = hosts
-        .iter()
-        .filter(|h| h.tls == TlsSource::Acme)
-        .map(|h| &h.name)
-        .collect();
-    if let Some(first) = acme_hosts.first() {
-        match &acme {
-            None => c.err(
-                &hp.key(first.as_str()).key("tls"),
-                "`tls: acme` needs an `acme:` block (directory, contact, accept_terms)",
-            ),
-            Some(a) if !a.accept_terms => c.err(
-                &root.key("acme").key("accept_terms"),
-                "must be true to obtain certificates (you agree to the CA's terms of service)",
-            ),
-            _ => {}
-        }
-        for h in hosts.iter().filter(|h| h.tls == TlsSource::Acme) {
-            if let Some(ip) = h.names().find(|n| n.is_ip()) {
-                c.err(
-                    &hp.key(h.name.as_str()),
-                    format!("{ip}: ACME certificates here are for DNS names, not IP addresses"),
-                );
-            }
-        }
-    }
+    hosts
+}
 
-    // Clients send no SNI to an IP address: such a host needs a certificate chosen without one.
-    let dp = root.key("default_host");
+/// `tls: acme` hosts need an `acme:` block whose terms are accepted, and DNS names.
+fn check_acme_hosts(
+    hosts: &[Arc<Host>],
+    acme: Option<&AcmeConfig>,
+    port_80: bool,
+    root: &KeyPath,
+    c: &mut Collector,
+) {
+    let hp = root.key("hosts");
+    let mut acme_hosts = hosts.iter().filter(|h| h.tls == TlsSource::Acme).peekable();
+    let Some(first) = acme_hosts.peek() else {
+        return;
+    };
+    match acme {
+        None => c.err(
+            &hp.key(first.name.as_str()).key("tls"),
+            "`tls: acme` needs an `acme:` block (directory, contact, accept_terms)",
+        ),
+        Some(a) if !a.accept_terms => c.err(
+            &root.key("acme").key("accept_terms"),
+            "must be true to obtain certificates (you agree to the CA's terms of service)",
+        ),
+        _ => {}
+    }
+    for h in acme_hosts {
+        let challenge = challenge_for(h, acme, port_80);
+        if challenge == Challenge::Http01 && !port_80 {
+            let at = if h.challenge.is_some() {
+                hp.key(h.name.as_str()).key("challenge")
+            } else {
+                root.key("acme").key("challenge")
+            };
+            c.err(
+                &at,
+                "http-01 needs port 80, and `listen.http` is none: use tls-alpn-01",
+            );
+        }
+
+    }
+}
+
+/// The challenge `host` proves its names with: its own, else `acme.challenge`, else HTTP-01
+/// when port 80 is open and TLS-ALPN-01 when it is not.
+pub(super) fn challenge_for(host: &Host, acme: Option<&AcmeConfig>, port_80: bool) -> Challenge {
+    host.challenge
+        .or(acme.and_then(|a| a.challenge))
+        .unwrap_or(if port_80 {
+            Challenge::Http01
+        } else {
+            Challenge::TlsAlpn01
+        })
+}
+
+/// Clients send no SNI to an IP address: such a host needs a certificate chosen without one.
+fn build_default_host(
+    raw: Option<&str>,
+    hosts: &[Arc<Host>],
+    dp: &KeyPath,
+    c: &mut Collector,
+) -> Option<HostName> {
     let tls_hosts = || hosts.iter().filter(|h| h.tls != TlsSource::None);
-    let default_host = match raw.default_host.as_deref().map(HostName::parse) {
+    match raw.map(HostName::parse) {
         Some(Ok(name)) => match tls_hosts().find(|h| h.serves(name.as_str())) {
             Some(h) => Some(h.name.clone()),
             None => {
-                c.err(&dp, format!("{name} is not a name of a host with TLS"));
+                c.err(dp, format!("{name} is not a name of a host with TLS"));
                 None
             }
         },
         Some(Err(e)) => {
-            c.err(&dp, e.to_string());
+            c.err(dp, e.to_string());
             None
         }
         None => {
@@ -470,22 +540,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
                 _ => None,
             }
         }
-    };
-
-    Some(Config {
-        file: file.to_path_buf(),
-        listen,
-        storage,
-        acme,
-        threads,
-        shutdown_grace,
-        watch_interval,
-        timeouts,
-        limits,
-        trusted_proxies,
-        default_host,
-        hosts,
-    })
+    }
 }
 
 /// Header fields the HTTP/1 parser can hold.

@@ -85,7 +85,7 @@ pub(super) struct RawLimits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListen {
-    /// Port 80 service: ACME HTTP-01, redirect to https, `tls: none` hosts.
+    /// Port 80 service: ACME HTTP-01, redirect to https, `tls: none` hosts; `none`: no port 80.
     pub http: Option<String>,
     /// TLS listener.
     pub https: Option<String>,
@@ -123,6 +123,13 @@ pub(super) struct RawAcme {
     pub retry_initial: Option<String>,
     /// Longest wait between failed orders (default 6h).
     pub retry_max: Option<String>,
+    /// How names are proved: `http-01` or `tls-alpn-01` (default: http-01 when port 80 is
+    /// open, else tls-alpn-01). A host may say otherwise.
+    pub challenge: Option<String>,
+    /// Most orders per host in a sliding window, across restarts and replicas (`3/24h`).
+    pub order_limit: Option<String>,
+    /// Longest wait between two looks at the CA's renewal window (default 6h).
+    pub renewal_check: Option<String>,
 }
 
 /// `acme.eab:`
@@ -165,6 +172,8 @@ pub(super) struct RawHost {
     pub rate_limit: Option<Value>,
     /// MCP awareness (every route, unless a route says otherwise).
     pub mcp: Option<RawMcp>,
+    /// ACME challenge for this host's names (default: `acme.challenge`).
+    pub challenge: Option<String>,
 }
 
 /// `mcp:` of a host or route.

@@ -11,7 +11,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use serde_yaml_ng::Value;
 
 use super::model::{opt_duration, resolve_path};
-use super::raw::RawUpstream;
+use super::raw::{RawHealthCheck, RawUpstream};
 use super::{Collector, KeyPath};
 use crate::pem;
 
@@ -196,38 +196,16 @@ pub fn parse_pin(s: &str) -> Result<[u8; 32], String> {
     }
 }
 
-/// Reads and checks the TLS keys of an `https://` upstream; problems go to `c` under `p`.
-fn build_tls(
-    url_host: &str,
+/// Whom an `https://` upstream's certificate must satisfy: pins, a CA file, or the system roots.
+fn build_trust(
     raw: &RawUpstream,
+    pins: Vec<[u8; 32]>,
     base: &Path,
     p: &KeyPath,
     c: &mut Collector,
-) -> Option<UpstreamTls> {
-    let mut ok = true;
-    let name = raw.server_name.as_deref().unwrap_or(url_host);
-    let server_name = match ServerName::try_from(name.trim_matches(['[', ']']).to_string()) {
-        Ok(n) if !name.is_empty() => Some(n),
-        _ => {
-            c.err(
-                &p.key("server_name"),
-                format!("{name:?} is not a DNS name or IP address"),
-            );
-            None
-        }
-    };
-    let mut pins = Vec::new();
-    for pin in raw.pin_sha256.iter().flatten() {
-        match parse_pin(pin) {
-            Ok(pin) => pins.push(pin),
-            Err(e) => {
-                c.err(&p.key("pin_sha256"), e);
-                ok = false;
-            }
-        }
-    }
+) -> Option<Trust> {
     let pinned = raw.pin_sha256.as_ref().is_some_and(|v| !v.is_empty());
-    let trust = match (pinned, &raw.ca) {
+    match (pinned, &raw.ca) {
         (true, Some(_)) => {
             c.err(
                 &p.key("pin_sha256"),
@@ -259,8 +237,18 @@ fn build_tls(
             }
         }
         (false, None) => Some(Trust::System),
-    };
-    let client = match (&raw.client_cert, &raw.client_key) {
+    }
+}
+
+/// The client certificate an `https://` upstream may ask for: `Some(None)` when none is set,
+/// `None` when the setting is broken.
+fn build_client_identity(
+    raw: &RawUpstream,
+    base: &Path,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> Option<Option<ClientIdentity>> {
+    match (&raw.client_cert, &raw.client_key) {
         (None, None) => Some(None),
         (Some(_), None) => {
             c.err(&p.key("client_key"), "client_cert needs client_key");
@@ -292,7 +280,41 @@ fn build_tls(
                 }
             }
         }
+    }
+}
+
+/// Reads and checks the TLS keys of an `https://` upstream; problems go to `c` under `p`.
+fn build_tls(
+    url_host: &str,
+    raw: &RawUpstream,
+    base: &Path,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> Option<UpstreamTls> {
+    let mut ok = true;
+    let name = raw.server_name.as_deref().unwrap_or(url_host);
+    let server_name = match ServerName::try_from(name.trim_matches(['[', ']']).to_string()) {
+        Ok(n) if !name.is_empty() => Some(n),
+        _ => {
+            c.err(
+                &p.key("server_name"),
+                format!("{name:?} is not a DNS name or IP address"),
+            );
+            None
+        }
     };
+    let mut pins = Vec::new();
+    for pin in raw.pin_sha256.iter().flatten() {
+        match parse_pin(pin) {
+            Ok(pin) => pins.push(pin),
+            Err(e) => {
+                c.err(&p.key("pin_sha256"), e);
+                ok = false;
+            }
+        }
+    }
+    let trust = build_trust(raw, pins, base, p, c);
+    let client = build_client_identity(raw, base, p, c);
     Some(UpstreamTls {
         server_name: server_name?,
         trust: trust.filter(|_| ok)?,
@@ -354,86 +376,13 @@ pub(super) fn build_upstream(
         }
         None
     };
-    let read_timeout = opt_duration(
-        c,
-        &p.key("read_timeout"),
-        raw.read_timeout.as_deref(),
-        Duration::from_secs(3600),
-    );
-    let response_header_timeout = opt_duration(
-        c,
-        &p.key("response_header_timeout"),
-        raw.response_header_timeout.as_deref(),
-        Duration::from_secs(60),
-    );
-    let write_timeout = opt_duration(
-        c,
-        &p.key("write_timeout"),
-        raw.write_timeout.as_deref(),
-        Duration::from_secs(60),
-    );
-    let connect_timeout = opt_duration(
-        c,
-        &p.key("connect_timeout"),
-        raw.connect_timeout.as_deref(),
-        Duration::from_secs(10),
-    );
-    let max_request_body = match &raw.max_request_body {
-        None => DEFAULT_MAX_REQUEST_BODY,
-        Some(v) => match parse_size(v) {
-            Ok(0) => {
-                c.err(&p.key("max_request_body"), "must be more than 0");
-                DEFAULT_MAX_REQUEST_BODY
-            }
-            Ok(n) => n,
-            Err(e) => {
-                c.err(&p.key("max_request_body"), e);
-                DEFAULT_MAX_REQUEST_BODY
-            }
-        },
-    };
-    let health_check = raw.health_check.as_ref().map(|h| {
-        let hp = p.key("health_check");
-        if !h.path.starts_with('/') {
-            c.err(&hp.key("path"), "must start with /");
-        }
-        let interval = opt_duration(
-            c,
-            &hp.key("interval"),
-            h.interval.as_deref(),
-            Duration::from_secs(10),
-        );
-        let timeout = opt_duration(
-            c,
-            &hp.key("timeout"),
-            h.timeout.as_deref(),
-            Duration::from_secs(2),
-        );
-        for (k, d) in [("interval", interval), ("timeout", timeout)] {
-            if d < Duration::from_millis(100) {
-                c.err(&hp.key(k), "must be at least 100ms");
-            }
-        }
-        if timeout > interval {
-            // Probes would pile up, one more every interval.
-            c.err(&hp.key("timeout"), "must not be longer than the interval");
-        }
-        HealthCheck {
-            path: h.path.clone(),
-            interval,
-            timeout,
-        }
-    });
-    for (k, d) in [
-        ("read_timeout", read_timeout),
-        ("response_header_timeout", response_header_timeout),
-        ("write_timeout", write_timeout),
-        ("connect_timeout", connect_timeout),
-    ] {
-        if d.is_zero() {
-            c.err(&p.key(k), "must be longer than 0");
-        }
-    }
+    let timeouts = build_upstream_timeouts(&raw, p, c);
+    let max_request_body = build_max_body(raw.max_request_body.as_ref(), &p.key("max_request_body"), c);
+    let health_check = raw
+        .health_check
+        .as_ref()
+        .map(|h| build_health_check(h, &p.key("health_check"), c));
+    let [read_timeout, response_header_timeout, write_timeout, connect_timeout] = timeouts;
     Some(Upstream {
         urls,
         read_timeout,
@@ -445,6 +394,70 @@ pub(super) fn build_upstream(
         tls,
         health_check,
     })
+}
+
+/// read, response-header, write and connect timeouts, in that order; none may be 0.
+fn build_upstream_timeouts(raw: &RawUpstream, p: &KeyPath, c: &mut Collector) -> [Duration; 4] {
+    let settings = [
+        ("read_timeout", raw.read_timeout.as_deref(), 3600),
+        ("response_header_timeout", raw.response_header_timeout.as_deref(), 60),
+        ("write_timeout", raw.write_timeout.as_deref(), 60),
+        ("connect_timeout", raw.connect_timeout.as_deref(), 10),
+    ];
+    settings.map(|(k, v, default)| {
+        let d = opt_duration(c, &p.key(k), v, Duration::from_secs(default));
+        if d.is_zero() {
+            c.err(&p.key(k), "must be longer than 0");
+        }
+        d
+    })
+}
+
+fn build_max_body(raw: Option<&Value>, p: &KeyPath, c: &mut Collector) -> u64 {
+    match raw.map(parse_size) {
+        None => DEFAULT_MAX_REQUEST_BODY,
+        Some(Ok(0)) => {
+            c.err(p, "must be more than 0");
+            DEFAULT_MAX_REQUEST_BODY
+        }
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            c.err(p, e);
+            DEFAULT_MAX_REQUEST_BODY
+        }
+    }
+}
+
+fn build_health_check(h: &RawHealthCheck, hp: &KeyPath, c: &mut Collector) -> HealthCheck {
+    if !h.path.starts_with('/') {
+        c.err(&hp.key("path"), "must start with /");
+    }
+    let interval = opt_duration(
+        c,
+        &hp.key("interval"),
+        h.interval.as_deref(),
+        Duration::from_secs(10),
+    );
+    let timeout = opt_duration(
+        c,
+        &hp.key("timeout"),
+        h.timeout.as_deref(),
+        Duration::from_secs(2),
+    );
+    for (k, d) in [("interval", interval), ("timeout", timeout)] {
+        if d < Duration::from_millis(100) {
+            c.err(&hp.key(k), "must be at least 100ms");
+        }
+    }
+    if timeout > interval {
+        // Probes would pile up, one more every interval.
+        c.err(&hp.key("timeout"), "must not be longer than the interval");
+    }
+    HealthCheck {
+        path: h.path.clone(),
+        interval,
+        timeout,
+    }
 }
 
 /// `s` with any `user:password@` replaced by `***@`, for messages: credentials are never echoed.

@@ -64,7 +64,8 @@ impl EdgeProxy {
         let port = if ctx.tls {
             snap.config.listen.redirect_https_port
         } else {
-            snap.config.listen.http.port()
+            // A plain-HTTP request came in on port 80, so it is configured.
+            snap.config.listen.http.map_or(80, |a| a.port())
         };
         let public = PublicUrl::new(ctx.tls, &host, port);
         ctx.origin = header_str(session, "origin").map(str::to_string);

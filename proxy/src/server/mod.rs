@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::certs::{self, CertError, FileWatch};
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, Config, ConfigErrors, Listen};
 use crate::connections::ConnectionGate;
 use crate::health::HealthChecker;
 use crate::http01::ChallengeStore;
@@ -31,12 +31,16 @@ use crate::proxy::{EdgeProxy, TlsInfo};
 use crate::routing::{RouteError, Table};
 use crate::storage::{self, Storage};
 use crate::tls::CertStore;
+use crate::tls_alpn::{AlpnChallenges, WithChallenges, ACME_TLS_ALPN};
 use crate::upstream::affinity::{self, SealError, Sealer};
 use crate::{acme, metrics};
 use reload::{join, ReloadService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The CA refuses what `acme:` asks for (a profile it does not offer).
+    #[error("{0}")]
+    Acme(String),
     #[error("{0}")]
     Config(#[from] ConfigErrors),
     #[error(transparent)]
@@ -61,7 +65,12 @@ pub enum StartError {
 /// a clear message (pingora would retry, then leave a half-dead process).
 fn check_bind(config: &Config) -> Result<(), StartError> {
     let l = &config.listen;
-    for (which, addr) in [("http", l.http), ("https", l.https), ("metrics", l.metrics)] {
+    let addrs = [
+        ("http", l.http),
+        ("https", Some(l.https)),
+        ("metrics", Some(l.metrics)),
+    ];
+    for (which, addr) in addrs.into_iter().filter_map(|(w, a)| Some((w, a?))) {
         TcpListener::bind(addr).map_err(|source| StartError::Bind {
             which,
             addr,
@@ -77,6 +86,7 @@ pub struct Parts {
     pub live: Arc<Live>,
     pub files: Arc<FileWatch>,
     pub challenges: Arc<ChallengeStore>,
+    pub alpn: Arc<AlpnChallenges>,
     pub sealer: Arc<Sealer>,
     pub storage: Storage,
     /// The sealer uses a key of its own until the shared one can be read.
@@ -111,6 +121,7 @@ pub fn build(config: Config) -> Result<Parts, StartError> {
         live,
         files,
         challenges: Arc::new(ChallengeStore::new(storage.clone())),
+        alpn: Arc::new(AlpnChallenges::new(storage.clone())),
         sealer: Arc::new(sealer),
         storage,
         sealer_temporary,
@@ -165,10 +176,145 @@ impl BackgroundService for SealKeyFollow {
     }
 }
 
+/// Client-side timeouts and limits of the proxy listeners, from the configuration at start.
+fn server_options(
+    config: &Config,
+    live: &Arc<Live>,
+) -> (pingora::apps::HttpServerOptions, pingora::protocols::http::v2::server::H2Options) {
+    let t = &config.timeouts;
+    let limits = &config.limits;
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h1_header_timeout = Some(t.header);
+    options.h2_idle_timeout = Some(t.h2_idle);
+    options.h2_handshake_timeout = Some(t.h2_handshake);
+    options.tls_handshake_timeout = Some(t.tls_handshake);
+    options.h1_max_header_size = Some(limits.header_size);
+    options.h1_max_headers = Some(limits.header_count);
+    let open_files = raise_open_files_limit();
+    let (total, per_address) = limits.connection_caps(open_files);
+    tracing::info!(
+        open_files,
+        connections = total,
+        connections_per_address = per_address,
+        "connection caps"
+    );
+    options.connection_gate = Some(Arc::new(ConnectionGate::new(live.clone(), open_files)));
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(limits.h2_streams);
+    (options, h2)
+}
+
+/// Port 80 and the TLS listener, certificates chosen by SNI from `live`.
+fn add_listeners(
+    proxy: &mut Service<pingora::proxy::HttpProxy<EdgeProxy>>,
+    listen: &Listen,
+    live: &Arc<Live>,
+    alpn: &Arc<AlpnChallenges>,
+) -> Result<(), StartError> {
+    // No L4 read buffer under the client connections: pingora's default is 64 KiB per
+    // connection, zero-filled and so resident, and rustls (or the HTTP parser) reads into its
+    // own buffers anyway. An idle SSE stream costs ~65 KB less (BENCHMARKS.md).
+    let l4 = L4BufferSettings::default().read(0);
+    if let Some(http) = listen.http {
+        proxy.add_listener(ListenerConfig::tcp(http.to_string()).l4_buffer(l4));
+    }
+    let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeHook { live: live.clone() }))
+        .map_err(StartError::Tls)?;
+    tls.set_cert_resolver(Arc::new(WithChallenges {
+        inner: live.clone(),
+        challenges: alpn.clone(),
+    }));
+    // h2 preferred, then HTTP/1.1; acme-tls/1 only for the CA's TLS-ALPN-01 validations (a
+    // handshake offering nothing else gets the challenge certificate, then the connection is
+    // closed: pingora hands an unknown protocol to a custom app that has none).
+    tls.set_alpn_protocols(vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        ACME_TLS_ALPN.to_vec(),
+    ]);
+    proxy.add_listener(
+        ListenerConfig::tcp(listen.https.to_string())
+            .tls(tls)
+            .l4_buffer(l4),
+    );
+    Ok(())
+}
+
+/// The admin listener and the background services: reload, ACME, health checks, and the
+/// seal-key follower when the key is not yet shared.
+fn add_services(
+    server: &mut Server,
+    parts: &Parts,
+    listen: &Listen,
+    path: &Path,
+    config_now: Arc<Config>,
+) {
+    let mut admin = Service::new(
+        "mcp-edge admin".to_string(),
+        pingora::apps::http_app::HttpServer::new_app(Admin {
+            listen: listen.clone(),
+            live: parts.live.clone(),
+            window: Default::default(),
+        }),
+    );
+    admin.add_tcp(&listen.metrics.to_string());
+
+    let (config_tx, config_rx) = watch::channel(config_now);
+    let reloader = background_service(
+        "mcp-edge reload",
+        ReloadService(Arc::new(Reloader {
+            live: parts.live.clone(),
+            files: parts.files.clone(),
+            config_tx,
+            path: path.to_path_buf(),
+            storage: parts.storage.clone(),
+        })),
+    );
+
+    let acme = background_service(
+        "mcp-edge acme",
+        acme::AcmeManager {
+            certs: parts.live.clone() as Arc<dyn CertStore>,
+            proofs: Arc::new(acme::Proofs {
+                http: parts.challenges.clone(),
+                alpn: parts.alpn.clone(),
+            }),
+            config: config_rx,
+            storage: parts.storage.clone(),
+        },
+    );
+
+    let health = background_service(
+        "mcp-edge health",
+        HealthChecker {
+            live: parts.live.clone(),
+        },
+    );
+
+    server.add_service(admin);
+    server.add_service(reloader);
+    server.add_service(acme);
+    server.add_service(health);
+    if parts.sealer_temporary {
+        server.add_service(background_service(
+            "mcp-edge seal key",
+            SealKeyFollow {
+                storage: parts.storage.clone(),
+                sealer: parts.sealer.clone(),
+            },
+        ));
+    }
+}
+
 /// Loads `path`, binds every listener and serves until SIGTERM/SIGINT. Returns only on a
 /// start-up error; on shutdown the process exits.
 pub fn run(path: &Path) -> Result<(), StartError> {
     let config = config::load(path)?;
+    match acme::profile_offered(&config) {
+        Ok(None) => {}
+        Ok(Some(note)) => tracing::warn!("{note}; orders use it anyway"),
+        Err(e) => return Err(StartError::Acme(e)),
+    }
     check_bind(&config)?;
     let listen = config.listen.clone();
     let grace = config.shutdown_grace;
@@ -198,104 +344,17 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         },
         "mcp-edge proxy",
     );
-    let t = &config_now.timeouts;
-    let limits = &config_now.limits;
-    let mut options = pingora::apps::HttpServerOptions::default();
-    options.h1_header_timeout = Some(t.header);
-    options.h2_idle_timeout = Some(t.h2_idle);
-    options.h2_handshake_timeout = Some(t.h2_handshake);
-    options.tls_handshake_timeout = Some(t.tls_handshake);
-    options.h1_max_header_size = Some(limits.header_size);
-    options.h1_max_headers = Some(limits.header_count);
-    let open_files = raise_open_files_limit();
-    let (total, per_address) = limits.connection_caps(open_files);
-    tracing::info!(
-        open_files,
-        connections = total,
-        connections_per_address = per_address,
-        "connection caps"
-    );
-    options.connection_gate = Some(Arc::new(ConnectionGate::new(
-        parts.live.clone(),
-        open_files,
-    )));
-    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
-    h2.max_concurrent_streams(limits.h2_streams);
     if let Some(app) = proxy.app_logic_mut() {
+        let (options, h2) = server_options(&config_now, &parts.live);
         app.server_options = Some(options);
         app.h2_options = Some(h2);
     }
-    // No L4 read buffer under the client connections: pingora's default is 64 KiB per
-    // connection, zero-filled and so resident, and rustls (or the HTTP parser) reads into its
-    // own buffers anyway. An idle SSE stream costs ~65 KB less (BENCHMARKS.md).
-    let l4 = L4BufferSettings::default().read(0);
-    proxy.add_listener(ListenerConfig::tcp(listen.http.to_string()).l4_buffer(l4));
-    let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeHook {
-        live: parts.live.clone(),
-    }))
-    .map_err(StartError::Tls)?;
-    tls.set_cert_resolver(parts.live.clone());
-    tls.enable_h2();
-    proxy.add_listener(
-        ListenerConfig::tcp(listen.https.to_string())
-            .tls(tls)
-            .l4_buffer(l4),
-    );
-
-    let mut admin = Service::new(
-        "mcp-edge admin".to_string(),
-        pingora::apps::http_app::HttpServer::new_app(Admin {
-            listen: listen.clone(),
-            live: parts.live.clone(),
-            window: Default::default(),
-        }),
-    );
-    admin.add_tcp(&listen.metrics.to_string());
-
-    let (config_tx, config_rx) = watch::channel(config_now);
-    let reloader = background_service(
-        "mcp-edge reload",
-        ReloadService(Arc::new(Reloader {
-            live: parts.live.clone(),
-            files: parts.files.clone(),
-            config_tx,
-            path: path.to_path_buf(),
-            storage: parts.storage.clone(),
-        })),
-    );
-
-    let acme = background_service(
-        "mcp-edge acme",
-        acme::AcmeManager {
-            certs: parts.live.clone() as Arc<dyn CertStore>,
-            challenges: parts.challenges.clone(),
-            config: config_rx,
-            storage: parts.storage.clone(),
-        },
-    );
-
-    let health = background_service(
-        "mcp-edge health",
-        HealthChecker {
-            live: parts.live.clone(),
-        },
-    );
+    add_listeners(&mut proxy, &listen, &parts.live, &parts.alpn)?;
 
     server.add_service(proxy);
-    server.add_service(admin);
-    server.add_service(reloader);
-    server.add_service(acme);
-    server.add_service(health);
-    if parts.sealer_temporary {
-        server.add_service(background_service(
-            "mcp-edge seal key",
-            SealKeyFollow {
-                storage: parts.storage.clone(),
-                sealer: parts.sealer.clone(),
-            },
-        ));
-    }
-    tracing::info!(http = %listen.http, https = %listen.https, metrics = %listen.metrics, storage = %parts.storage.describe(), "mcp-edge started");
+    add_services(&mut server, &parts, &listen, path, config_now);
+    let http = listen.http.map_or("none".to_string(), |a| a.to_string());
+    tracing::info!(%http, https = %listen.https, metrics = %listen.metrics, storage = %parts.storage.describe(), "mcp-edge started");
     server.run_forever()
 }
 

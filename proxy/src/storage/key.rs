@@ -12,6 +12,7 @@ pub struct Key(String);
 const CERT_SUFFIX: &str = ".cert.pem";
 const SELF_SIGNED_SUFFIX: &str = ".self-signed.cert.pem";
 const CHALLENGE_DIR: &str = "acme-challenge/";
+const ALPN_PREFIX: &str = "alpn.";
 /// Longest HTTP-01 token looked up (RFC 8555 tokens are 43 characters).
 const MAX_TOKEN: usize = 128;
 
@@ -56,6 +57,11 @@ impl Key {
         Self(format!("acme-account-{}.json", slug.trim_matches('-')))
     }
 
+    /// When a host's recent ACME orders were placed (the runaway guard): `HOST.orders.json`.
+    pub fn acme_orders(host: &HostName) -> Self {
+        Self(format!("{host}.orders.json"))
+    }
+
     /// What the running proxies record of each ACME host, for `mcp-edge certs`.
     pub fn acme_status() -> Self {
         Self("acme-status.json".into())
@@ -76,11 +82,41 @@ impl Key {
         ok.then(|| Self(format!("{CHALLENGE_DIR}{token}")))
     }
 
+    /// The key authorization of a pending TLS-ALPN-01 challenge for `identifier` (a DNS name or
+    /// an IP address): `acme-challenge/alpn.NAME`, which no HTTP-01 token can be (tokens have no
+    /// dot). Expiring like a challenge response, and announced to other replicas.
+    pub fn alpn_challenge(identifier: &str) -> Option<Self> {
+        let id: String = identifier
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c == ':' { '_' } else { c })
+            .collect();
+        let ok = !id.is_empty() && id.len() <= 253 && id.chars().all(name_char);
+        ok.then(|| Self(format!("{CHALLENGE_DIR}{ALPN_PREFIX}{id}")))
+    }
+
+    /// The identifier of a TLS-ALPN-01 challenge key (an IPv6 address is kept with `_` for
+    /// `:`, which no host name has).
+    pub fn alpn_identifier(&self) -> Option<String> {
+        let id = self.0.strip_prefix(CHALLENGE_DIR)?.strip_prefix(ALPN_PREFIX)?;
+        Some(id.replace('_', ":"))
+    }
+
     /// A key found by listing a store (a file name, a Redis key after the prefix), if it is one
     /// of the persisted kinds: challenge responses, locks and temp files are not.
     pub fn parse(name: &str) -> Option<Self> {
         let ok = !name.is_empty() && !name.starts_with('.') && name.chars().all(name_char);
         ok.then(|| Self(name.to_string()))
+    }
+
+    /// A key named in a change notification: a persisted kind, or a TLS-ALPN-01 challenge.
+    pub fn parse_announced(name: &str) -> Option<Self> {
+        Self::parse(name).or_else(|| {
+            let id = name.strip_prefix(CHALLENGE_DIR)?.strip_prefix(ALPN_PREFIX)?;
+            let ok = !id.is_empty() && id.len() <= 253 && id.chars().all(name_char);
+            ok.then(|| Self(name.to_string()))
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -97,6 +133,12 @@ impl Key {
     /// A challenge response: short-lived, never copied or cached.
     pub fn is_challenge(&self) -> bool {
         self.0.starts_with(CHALLENGE_DIR)
+    }
+
+    /// Whether other replicas are told when it is written: everything persisted, and the
+    /// TLS-ALPN-01 challenges (a handshake cannot wait for a storage look-up).
+    pub fn is_announced(&self) -> bool {
+        !self.is_challenge() || self.alpn_identifier().is_some()
     }
 
     /// The host whose ACME chain this is.
@@ -152,5 +194,24 @@ mod tests {
         ] {
             assert_eq!(Key::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn tls_alpn_challenges_are_announced_challenge_keys_of_their_own() {
+        for id in ["a.example", "127.0.0.1", "2001:db8::1", "dead-beef.example"] {
+            let k = Key::alpn_challenge(id).unwrap();
+            assert!(k.is_challenge() && k.is_announced(), "{k}");
+            assert_eq!(k.alpn_identifier().as_deref(), Some(id));
+            assert_eq!(Key::parse_announced(k.as_str()), Some(k.clone()));
+            // No HTTP-01 token is one (tokens have no dot).
+            assert_ne!(Key::challenge(k.as_str().trim_start_matches("acme-challenge/")), Some(k));
+        }
+        assert_eq!(Key::alpn_challenge("[::1]").unwrap().alpn_identifier().as_deref(), Some("::1"));
+        assert!(!Key::challenge("tok").unwrap().is_announced());
+        assert!(Key::acme_cert(&HostName::parse("a.example").unwrap()).is_announced());
+        for bad in ["", "a/b", "a b", "../x"] {
+            assert_eq!(Key::alpn_challenge(bad), None, "{bad}");
+        }
+        assert_eq!(Key::parse_announced("acme-challenge/tok"), None);
     }
 }

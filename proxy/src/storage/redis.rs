@@ -213,7 +213,7 @@ impl Redis {
                     let mut messages = ps.on_message();
                     while let Some(msg) = messages.next().await {
                         let name: String = msg.get_payload().unwrap_or_default();
-                        if let Some(key) = name.strip_prefix(&prefix).and_then(Key::parse) {
+                        if let Some(key) = name.strip_prefix(&prefix).and_then(Key::parse_announced) {
                             let _ = tx.send(Change::Put(key));
                         }
                     }
@@ -288,23 +288,23 @@ impl Backend for Redis {
     }
 
     async fn put(&self, items: &[(&Key, &[u8])]) -> Result<(), StorageError> {
-        let owned: Vec<(String, Vec<u8>, bool)> = items
+        let owned: Vec<(String, Vec<u8>, bool, bool)> = items
             .iter()
-            .map(|(k, v)| (self.name(k), v.to_vec(), k.is_challenge()))
+            .map(|(k, v)| (self.name(k), v.to_vec(), k.is_challenge(), k.is_announced()))
             .collect();
         let channel = self.channel();
         self.run(move |mut c| async move {
             let mut pipe = redis::pipe();
             pipe.atomic();
-            for (name, value, expiring) in &owned {
+            for (name, value, expiring, _) in &owned {
                 let set = pipe.cmd("SET").arg(name).arg(value);
                 if *expiring {
                     set.arg("PX").arg(CHALLENGE_TTL.as_millis() as u64);
                 }
                 set.ignore();
             }
-            for (name, _, expiring) in &owned {
-                if !expiring {
+            for (name, _, _, announced) in &owned {
+                if *announced {
                     pipe.cmd("PUBLISH").arg(&channel).arg(name).ignore();
                 }
             }

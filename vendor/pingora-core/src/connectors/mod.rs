@@ -266,7 +266,7 @@ impl TransportConnector {
                         // first on an idle stream.
                         // mcp-edge patch: virtual streams are matched by id
                         #[cfg(unix)]
-                        if stream_matches_peer(peer, stream.id())
+                        if stream_matches_peer(peer, stream.id()) // mcp-edge patch
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)

@@ -422,7 +422,7 @@ impl Connector {
         if let Some(conn) = maybe_conn {
             // mcp-edge patch: virtual streams are matched by id, not by getpeername()
             #[cfg(unix)]
-            if !crate::connectors::stream_matches_peer(peer, conn.id()) {
+            if !crate::connectors::stream_matches_peer(peer, conn.id()) { // mcp-edge patch
                 return Ok(None);
             }
             #[cfg(windows)]

@@ -114,6 +114,14 @@ impl TlsSettings {
         self.alpn_protocols = Some(alpn.to_wire_protocols());
     }
 
+    // mcp-edge patch: any ALPN list, in preference order (e.g. h2, http/1.1 and acme-tls/1 for
+    // ACME TLS-ALPN-01 validation, RFC 8737); a protocol other than h2 and http/1.1 reaches the
+    // app as `ALPN::Custom`.
+    /// Offer exactly these ALPN protocols (wire names, in preference order).
+    pub fn set_alpn_protocols(&mut self, protocols: Vec<Vec<u8>>) {
+        self.alpn_protocols = Some(protocols);
+    }
+
     /// Configure mTLS by providing a rustls client certificate verifier.
     pub fn set_client_cert_verifier(&mut self, verifier: Arc<dyn ClientCertVerifier>) {
         self.client_cert_verifier = Some(verifier);

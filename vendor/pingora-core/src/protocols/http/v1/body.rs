@@ -165,7 +165,7 @@ impl BodyReader {
             body_state: PS::ToStart,
             body_buf: None,
             body_buf_size: BODY_BUFFER_SIZE,
-            io_read_size: BODY_BUFFER_INITIAL_READ,
+            io_read_size: BODY_BUFFER_INITIAL_READ, // mcp-edge patch
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
@@ -426,8 +426,8 @@ impl BodyReader {
         // is left of this body and leave anything past it on the stream
         // mcp-edge patch: reads start small and grow (`next_read_size`, `note_read`)
         let read_size = match self.body_state {
-            PS::Partial(_, remaining) if !self.upstream => remaining.min(self.next_read_size()),
-            _ => self.next_read_size(),
+            PS::Partial(_, remaining) if !self.upstream => remaining.min(self.next_read_size()), // mcp-edge patch
+            _ => self.next_read_size(), // mcp-edge patch
         };
         if n == 0 {
             /* Need to actually read */

@@ -234,7 +234,7 @@ impl HttpSession {
         &mut self,
         buf: &mut BytesMut,
         already_read: usize,
-        header_deadline: Option<tokio::time::Instant>,
+        header_deadline: Option<tokio::time::Instant>, // mcp-edge patch
     ) -> Result<Option<usize>> {
         let read_result = {
             let read_event = self.underlying_stream.read_buf(buf);
@@ -346,14 +346,14 @@ impl HttpSession {
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         loop {
-            if already_read > self.max_header_size {
+            if already_read > self.max_header_size { // mcp-edge patch
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
                 self.set_header_too_large(); // mcp-edge patch
                 return Error::e_explain(
                     InvalidHTTPHeader,
-                    format!("Request header larger than {}", self.max_header_size),
+                    format!("Request header larger than {}", self.max_header_size), // mcp-edge patch
                 );
             }
 

@@ -1,0 +1,123 @@
+//! The runaway guard: at most `acme.order_limit` orders per host in a sliding window, counted
+//! in storage (so neither a restart nor another replica starts the count afresh) and checked
+//! before every new order, whatever asked for it: first issuance, renewal, ARI, a retry. A CA's
+//! duplicate-certificate limit (5 per week per name set at Let's Encrypt) locks a host out for a
+//! week; a loop that fails after placing its order would otherwise reach it within minutes.
+//!
+//! The record is read and written under the host's ordering lock, which every order holds.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::client::{Failure, FailureKind};
+use crate::config::OrderLimit;
+use crate::names::HostName;
+use crate::storage::{Key, Storage};
+use crate::time::{from_unix, unix};
+
+/// What storage keeps per host: when its recent orders were placed (unix seconds).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    orders: Vec<i64>,
+}
+
+/// The verdict on one more order at `now`, given the times of earlier ones: the times to keep
+/// (those inside the window, plus `now` when allowed), or the moment the oldest leaves the
+/// window.
+pub(super) fn decide(
+    earlier: &[i64],
+    limit: OrderLimit,
+    now: SystemTime,
+) -> Result<Vec<i64>, SystemTime> {
+    let window = limit.window.as_secs() as i64;
+    let now_s = unix(now);
+    let mut kept: Vec<i64> = earlier
+        .iter()
+        .copied()
+        .filter(|t| *t > now_s - window && *t <= now_s + 60)
+        .collect();
+    kept.sort_unstable();
+    if kept.len() >= limit.orders as usize {
+        let frees = kept[kept.len() - limit.orders as usize] + window;
+        return Err(from_unix(frees).max(now + Duration::from_secs(1)));
+    }
+    kept.push(now_s);
+    Ok(kept)
+}
+
+/// Counts one order for `host`, or refuses it (`FailureKind::OrderLimit`, retry when the
+/// window frees a place). An unreadable record refuses too: the guard fails closed.
+pub(super) async fn admit(
+    storage: &Storage,
+    host: &HostName,
+    limit: OrderLimit,
+    now: SystemTime,
+) -> Result<(), Failure> {
+    let key = Key::acme_orders(host);
+    let record: Record = match storage.get(&key).await {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Ok(None) => Record::default(),
+        Err(e) => {
+            return Err(Failure::new(format!(
+                "cannot read the order count of {host} ({e}); no order without it"
+            )))
+        }
+    };
+    match decide(&record.orders, limit, now) {
+        Ok(orders) => {
+            let bytes = serde_json::to_vec(&Record { orders }).unwrap_or_default();
+            storage.put(&[(&key, &bytes)]).await.map_err(|e| {
+                Failure::new(format!("cannot record the order of {host} ({e}); no order without it"))
+            })
+        }
+        Err(frees) => Err(Failure {
+            kind: FailureKind::OrderLimit,
+            message: format!(
+                "order limit reached: {} orders for {host} within {} (acme.order_limit); the next is allowed at {}",
+                limit.orders,
+                humantime::format_duration(limit.window),
+                humantime::format_rfc3339_seconds(frees)
+            ),
+            retry_after: Some(frees),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn limit() -> OrderLimit {
+        OrderLimit {
+            orders: 3,
+            window: Duration::from_secs(DAY as u64),
+        }
+    }
+
+    #[test]
+    fn three_orders_a_day_then_refused_until_the_oldest_leaves_the_window() {
+        let t0 = from_unix(1_000_000);
+        let mut times = Vec::new();
+        for i in 0..3 {
+            times = decide(&times, limit(), t0 + Duration::from_secs(i * 60)).unwrap();
+        }
+        assert_eq!(times.len(), 3);
+        let refused = decide(&times, limit(), t0 + Duration::from_secs(3600)).unwrap_err();
+        assert_eq!(refused, from_unix(1_000_000 + DAY));
+        // Once the first order is a day old, one more is allowed, and the count stays 3.
+        let later = decide(&times, limit(), from_unix(1_000_000 + DAY)).unwrap();
+        assert_eq!(later.len(), 3);
+        assert!(!later.contains(&1_000_000));
+    }
+
+    #[test]
+    fn times_from_a_clock_far_ahead_are_dropped_not_trusted() {
+        // A replica with a broken clock must not lock the host out for ever.
+        let now = from_unix(1_000_000);
+        let bogus = [1_000_000 + 10 * DAY; 3];
+        assert!(decide(&bogus, limit(), now).is_ok());
+    }
+}

@@ -1,0 +1,328 @@
+//! Certificates beyond HTTP-01, against pebble 2.10 (ARI, profiles, IP identifiers): TLS-ALPN-01
+//! with port 80 closed, an IP-address host, the CA's profile list, the runaway guard.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use mcp_edge_tests::pebble::Pebble;
+use mcp_edge_tests::upstream::Upstream;
+use mcp_edge_tests::*;
+
+const ACME_TLS: &[u8] = b"acme-tls/1";
+
+/// A listen block without port 80.
+fn listen_without_80(ports: &Ports) -> String {
+    format!(
+        "listen:\n  http: none\n  https: \"127.0.0.1:{}\"\n  metrics: \"127.0.0.1:{}\"\nwatch_interval: 200ms\nshutdown_grace: 0s\n",
+        ports.https, ports.metrics
+    )
+}
+
+fn config(listen: &str, storage: &std::path::Path, acme: &str, hosts: &str) -> String {
+    format!("{listen}storage: {}\n{acme}hosts:\n{hosts}", storage.display())
+}
+
+fn san_names(der: &[u8]) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                let a: [u8; 4] = (*b).try_into().unwrap();
+                std::net::Ipv4Addr::from(a).to_string()
+            }
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+fn lifetime(der: &[u8]) -> i64 {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()
+}
+
+fn has_acme_identifier(der: &[u8]) -> bool {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.extensions()
+        .iter()
+        .any(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+}
+
+#[tokio::test]
+async fn tls_alpn_01_issues_with_port_80_closed_and_answers_only_validations() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let up = Upstream::start("r1").await;
+    // pebble validates on the proxy's TLS listener; nothing listens on its HTTP-01 port.
+    let mut pebble = Pebble::with_ports(dir.path(), free_port(), ports.https);
+    pebble.start().await;
+    let yaml = config(
+        &listen_without_80(&ports),
+        &dir.path().join("certs"),
+        &pebble.acme_yaml(""),
+        &format!("  a.test:\n    tls: acme\n    upstream: {}\n", up.url()),
+    );
+    let edge = Edge::start(dir.path(), &ports, &yaml).await;
+    let roots = pebble.issuing_root().await;
+    let leaf = wait_for(Duration::from_secs(30), "a certificate for a.test", || {
+        let roots = roots.clone();
+        let edge = &edge;
+        async move { edge.handshake(Some("a.test"), roots, &[]).await.ok() }
+    })
+    .await
+    .0;
+    assert_eq!(san_names(&leaf), vec!["a.test"]);
+    assert!(edge.log().contains("tls-alpn-01") || pebble.log().contains("tls-alpn-01"));
+
+    // Port 80 is not bound: `listen.http: none`.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", ports.http)).is_err());
+
+    // The validation is over: an acme-tls/1-only handshake gets nothing (reject twin), and a
+    // client offering acme-tls/1 next to h2 is an ordinary client: the CA's certificate, h2.
+    let err = tls_handshake_unverified(edge.https, "a.test", &[ACME_TLS]).await;
+    assert!(err.is_err(), "a challenge certificate after validation: {err:?}");
+    let (leaf2, proto) = tls_handshake_unverified(edge.https, "a.test", &[b"h2", ACME_TLS])
+        .await
+        .unwrap();
+    assert_eq!(leaf2, leaf);
+    assert!(!has_acme_identifier(&leaf2));
+    assert_eq!(proto.as_deref(), Some(&b"h2"[..]));
+    // And requests are served as before.
+    let r = edge
+        .client(roots, &["a.test"])
+        .get(format!("https://a.test:{}/x", ports.https))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        edge.metrics_text()
+            .await
+            .contains("mcp_edge_tls_handshake_failures_total{reason=\"acme_tls_unknown\"}"),
+        "the refused validation handshake is counted"
+    );
+}
+
+#[tokio::test]
+async fn an_ip_address_host_is_certified_over_tls_alpn_01_and_served_without_sni() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let up = Upstream::start("r1").await;
+    let mut pebble = Pebble::with_ports(dir.path(), free_port(), ports.https);
+    pebble.start().await;
+    let yaml = config(
+        &listen_without_80(&ports),
+        &dir.path().join("certs"),
+        &pebble.acme_yaml("  profile: shortlived\n"),
+        &format!("  127.0.0.1:\n    tls: acme\n    upstream: {}\n", up.url()),
+    );
+    let edge = Edge::start(dir.path(), &ports, &yaml).await;
+    let roots = pebble.issuing_root().await;
+    // A client connecting to an IP address sends no SNI: the IP host's certificate, verified
+    // for the address.
+    let leaf = wait_for(Duration::from_secs(30), "a certificate for 127.0.0.1", || {
+        let edge = &edge;
+        let roots = roots.clone();
+        async move {
+            let (leaf, _, _) = edge.handshake(None, roots.clone(), &[]).await.ok()?;
+            let verified = tls_handshake(edge.https, Some("127.0.0.1"), roots, &[]).await;
+            verified.ok().map(|_| leaf)
+        }
+    })
+    .await;
+    assert_eq!(san_names(&leaf), vec!["127.0.0.1"]);
+    // The shortlived profile: 6 days.
+    assert_eq!(lifetime(&leaf), 518_400 - 1, "{}", lifetime(&leaf));
+}
+
+#[tokio::test]
+async fn a_profile_the_ca_does_not_offer_is_refused_by_check_and_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let mut pebble = Pebble::new(dir.path(), ports.http);
+    pebble.start().await;
+    let hosts = "  a.test:\n    tls: acme\n    upstream: http://127.0.0.1:9\n";
+    let storage = dir.path().join("certs");
+    let bad = config(
+        &ports.yaml(),
+        &storage,
+        &pebble.acme_yaml("  profile: nonexistent\n"),
+        hosts,
+    );
+    let (ok, out) = run_check(dir.path(), &bad);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("acme.profile") && out.contains("\"nonexistent\"") && out.contains("default, shortlived"),
+        "{out}"
+    );
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, &bad).unwrap();
+    let err = start_refused(&path);
+    assert!(err.contains("default, shortlived"), "{err}");
+
+    // The twin: a profile the CA offers passes.
+    let good = config(
+        &ports.yaml(),
+        &storage,
+        &pebble.acme_yaml("  profile: shortlived\n"),
+        hosts,
+    );
+    let (ok, out) = run_check(dir.path(), &good);
+    assert!(ok, "{out}");
+    // With the CA unreachable, `check` says it could not ask, and passes.
+    pebble.stop();
+    let (ok, out) = run_check(dir.path(), &good);
+    assert!(ok && out.contains("not checked"), "{out}");
+}
+
+#[tokio::test]
+async fn the_runaway_guard_caps_orders_per_host_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    // Every validation fails: pebble looks for HTTP-01 answers on a port nobody listens on.
+    let mut pebble = Pebble::new(dir.path(), free_port());
+    pebble.start().await;
+    let yaml = config(
+        &ports.yaml(),
+        &dir.path().join("certs"),
+        &pebble.acme_yaml("  order_limit: 2/1h\n"),
+        "  a.test:\n    tls: acme\n    upstream: http://127.0.0.1:9\n",
+    );
+    let refused = "mcp_edge_acme_orders_total{host=\"a.test\",result=\"refused\"}";
+    let failed = "mcp_edge_acme_orders_total{host=\"a.test\",result=\"error\"}";
+    let edge = Edge::start(dir.path(), &ports, &yaml).await;
+    // retry_initial is 500ms: without the guard this would be a dozen orders in 10 s.
+    wait_for(Duration::from_secs(30), "an order refused", || async {
+        edge.try_metric(refused).await.filter(|v| *v >= 1.0)
+    })
+    .await;
+    assert_eq!(edge.metric(failed).await, 2.0);
+    assert!(edge.log().contains("order limit reached: 2 orders for a.test within 1h"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(edge.metric(failed).await, 2.0, "no third order");
+    drop(edge);
+
+    // A restart does not start the count afresh.
+    let edge = Edge::start(dir.path(), &ports, &yaml).await;
+    wait_for(Duration::from_secs(30), "an order refused after restart", || async {
+        edge.try_metric(refused).await.filter(|v| *v >= 1.0)
+    })
+    .await;
+    assert_eq!(edge.try_metric(failed).await.unwrap_or(0.0), 0.0);
+    let report = certs_report(&edge.config_path);
+    assert!(report.contains("order limit reached"), "{report}");
+}
+
+#[test]
+fn challenge_settings_that_cannot_work_are_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let acme = "acme:\n  directory: https://127.0.0.1:1/dir\n  contact: [ops@example.com]\n  accept_terms: true\n";
+    let storage = dir.path().join("certs");
+    let host = |extra: &str| {
+        format!("  a.test:\n    tls: acme\n{extra}    upstream: http://127.0.0.1:9\n")
+    };
+    // HTTP-01 without port 80, globally and per host.
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(
+            &listen_without_80(&ports),
+            &storage,
+            &format!("{acme}  challenge: http-01\n"),
+            &host(""),
+        ),
+    );
+    assert!(!ok && out.contains("acme.challenge") && out.contains("needs port 80"), "{out}");
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(
+            &listen_without_80(&ports),
+            &storage,
+            acme,
+            &host("    challenge: http-01\n"),
+        ),
+    );
+    assert!(!ok && out.contains("hosts.a.test.challenge"), "{out}");
+    // A challenge type that does not exist.
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(&ports.yaml(), &storage, &format!("{acme}  challenge: http-02\n"), &host("")),
+    );
+    assert!(!ok && out.contains("expected http-01 or tls-alpn-01"), "{out}");
+    // A bad order limit.
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(&ports.yaml(), &storage, &format!("{acme}  order_limit: 0/1h\n"), &host("")),
+    );
+    assert!(!ok && out.contains("acme.order_limit"), "{out}");
+    // The twins: TLS-ALPN-01 without port 80 (the default there), HTTP-01 with it.
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(&listen_without_80(&ports), &storage, acme, &host("")),
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(&ports.yaml(), &storage, acme, &host("    challenge: tls-alpn-01\n")),
+    );
+    assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn a_renewal_window_moved_into_the_past_is_acted_on_within_one_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let up = Upstream::start("r1").await;
+    let mut pebble = Pebble::new(dir.path(), ports.http);
+    pebble.start().await;
+    let storage = dir.path().join("certs");
+    let yaml = config(
+        &ports.yaml(),
+        &storage,
+        &pebble.acme_yaml("  renewal_check: 2s\n"),
+        &format!("  a.test:\n    tls: acme\n    upstream: {}\n", up.url()),
+    );
+    let edge = Edge::start(dir.path(), &ports, &yaml).await;
+    let roots = pebble.issuing_root().await;
+    let served = || {
+        let roots = roots.clone();
+        let edge = &edge;
+        async move { edge.handshake(Some("a.test"), roots, &[]).await.ok().map(|r| r.0) }
+    };
+    let first = wait_for(Duration::from_secs(30), "a certificate", served).await;
+    // The CA's own window (the last third of 90 days) is far away: nothing happens.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(served().await.unwrap(), first, "renewed without cause");
+    assert_eq!(
+        edge.metric("mcp_edge_acme_orders_total{host=\"a.test\",result=\"ok\"}").await,
+        1.0
+    );
+
+    // The drill: the CA moves the window into the past.
+    let chain = std::fs::read_to_string(storage.join("a.test.cert.pem")).unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let leaf_pem = format!("{}{end}\n", &chain[..chain.find(end).unwrap()]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    pebble
+        .set_renewal_window(&leaf_pem, now - 7200, now - 3600)
+        .await;
+    // Within one check (2 s) and an order.
+    let renewed = wait_for(Duration::from_secs(20), "a renewed certificate", || async {
+        served().await.filter(|l| *l != first)
+    })
+    .await;
+    assert_eq!(san_names(&renewed), vec!["a.test"]);
+    assert!(
+        pebble.log().contains("is a replacement of"),
+        "the new order names the certificate it replaces:\n{}",
+        pebble.log()
+    );
+}
