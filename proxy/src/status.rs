@@ -200,7 +200,6 @@ fn hosts_section(h: &mut String, snap: &Snapshot, m: &metrics::Metrics) {
         );
     }
     h.push_str("</table>");
-
 }
 
 /// Every replica of every route, in or out of the round robin.
@@ -226,7 +225,6 @@ fn upstreams_section(h: &mut String, snap: &Snapshot) {
         }
     }
     h.push_str("</table>");
-
 }
 
 /// MCP calls in the window, by host, route, method and tool, with latency quantiles.

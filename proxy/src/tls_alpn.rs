@@ -74,20 +74,25 @@ pub fn challenge_cert(
     key_authorization: &str,
 ) -> Result<Arc<CertifiedKey>, String> {
     let digest = crate::pem::sha256(key_authorization.as_bytes());
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| e.to_string())?;
-    let mut params = rcgen::CertificateParams::new(vec![identifier
-        .trim_matches(['[', ']'])
-        .to_string()])
-    .map_err(|e| e.to_string())?;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![identifier.trim_matches(['[', ']']).to_string()])
+            .map_err(|e| e.to_string())?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&digest)];
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let key_der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der())
         .map_err(|e| e.to_string())?;
-    let provider = crate::pem::ring_provider();
-    CertifiedKey::from_der(vec![cert.der().clone()], key_der, &provider)
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+    // Not `CertifiedKey::from_der`: its key check parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension.
+    let signing = crate::pem::ring_provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 impl AlpnChallenges {
@@ -109,11 +114,7 @@ impl AlpnChallenges {
 
     /// Makes the challenge certificate answerable here and, once this returns, by every
     /// replica sharing the storage: call it before telling the CA the challenge is ready.
-    pub async fn publish(
-        &self,
-        identifier: &str,
-        key_authorization: &str,
-    ) -> Result<(), String> {
+    pub async fn publish(&self, identifier: &str, key_authorization: &str) -> Result<(), String> {
         let cert = challenge_cert(identifier, key_authorization)?;
         self.insert(identifier, cert);
         if let Some(key) = Key::alpn_challenge(identifier) {

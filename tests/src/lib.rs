@@ -536,7 +536,7 @@ pub async fn tls_handshake(
     alpn: &[&[u8]],
 ) -> Result<(Vec<u8>, Option<Vec<u8>>, String), String> {
     install_crypto();
-    let mut cfg = match sni {
+    let cfg = match sni {
         Some(_) => rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth(),

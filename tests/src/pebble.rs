@@ -102,8 +102,10 @@ impl Pebble {
         if self.dns.is_none() {
             let child = Command::new(bin("pebble-challtestsrv"))
                 .args([
-                    "-dns01",
+                    "-dnsserver",
                     &format!("127.0.0.1:{}", self.dns_port),
+                    "-doh",
+                    "",
                     "-management",
                     &format!("127.0.0.1:{}", self.dns_mgmt_port),
                     "-defaultIPv4",
@@ -140,14 +142,14 @@ impl Pebble {
         let client = self.client();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = client.get(self.directory()).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
+            let last = match client.get(self.directory()).send().await {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) => r.status().to_string(),
+                Err(e) => format!("{e:?}"),
+            };
             assert!(
                 Instant::now() < deadline,
-                "pebble did not start:\n{}",
+                "pebble did not start ({last}):\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -181,7 +183,9 @@ impl Pebble {
         let tls = rustls::ClientConfig::builder()
             .with_root_certificates(self.listener_ca.root_store())
             .with_no_client_auth();
+        // pebble 2.10 refuses requests without one, as RFC 8555 §6.1 asks.
         reqwest::Client::builder()
+            .user_agent("mcp-edge-tests")
             .use_preconfigured_tls(tls)
             .build()
             .unwrap()
@@ -204,15 +208,33 @@ impl Pebble {
     /// Makes the CA answer renewal-information queries about `leaf_pem` with the window
     /// `start`..`end` (Unix seconds; in the past: what a mass-revocation drill does).
     pub async fn set_renewal_window(&self, leaf_pem: &str, start: i64, end: i64) {
-        let ari = serde_json::json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}});
+        let ari =
+            serde_json::json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}});
         let r = self
             .client()
-            .post(format!("https://127.0.0.1:{}/set-renewal-info/", self.mgmt_port))
+            .post(format!(
+                "https://127.0.0.1:{}/set-renewal-info/",
+                self.mgmt_port
+            ))
             .json(&serde_json::json!({"Certificate": leaf_pem, "ARIResponse": ari.to_string()}))
             .send()
             .await
             .unwrap();
         assert!(r.status().is_success(), "set-renewal-info: {}", r.status());
+    }
+
+    /// A mass-revocation drill for one certificate: the CA's renewal window of the leaf stored
+    /// in `chain_file` (PEM) moved an hour into the past.
+    pub async fn move_window_to_past(&self, chain_file: &Path) {
+        let chain = std::fs::read_to_string(chain_file).unwrap();
+        let end = "-----END CERTIFICATE-----";
+        let leaf_pem = format!("{}{end}\n", &chain[..chain.find(end).unwrap()]);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        self.set_renewal_window(&leaf_pem, now - 7200, now - 3600)
+            .await;
     }
 
     /// Makes DNS answer `host` with `ip` (other names get 127.0.0.1).

@@ -315,11 +315,17 @@ impl Accounts {
 }
 
 /// The profiles the CA's directory offers (`meta.profiles`), within `limit`.
-pub async fn offered_profiles(config: &AcmeConfig, limit: Duration) -> Result<Vec<String>, String> {
-    use instant_acme::BytesBody;
+pub(super) async fn offered_profiles(
+    config: &AcmeConfig,
+    limit: Duration,
+) -> Result<Vec<String>, String> {
     let client = http_client(config).map_err(|f| f.message)?;
     let req = http::Request::get(&config.directory)
-        .body(BodyWrapper::from(Bytes::new()))
+        .header(
+            http::header::USER_AGENT,
+            concat!("mcp-edge/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(BodyWrapper::from(Vec::new()))
         .map_err(|e| e.to_string())?;
     let mut rsp = tokio::time::timeout(limit, client.request(req))
         .await
@@ -345,7 +351,7 @@ pub async fn offered_profiles(config: &AcmeConfig, limit: Duration) -> Result<Ve
 
 /// Whether the CA offers `acme.profile`: Err with the words for the operator when it does not;
 /// Ok when it does, no profile is set, or the CA cannot be asked (`Ok(Some(reason))`).
-pub async fn check_profile(config: &AcmeConfig) -> Result<Option<String>, String> {
+pub(super) async fn check_profile(config: &AcmeConfig) -> Result<Option<String>, String> {
     let Some(profile) = &config.profile else {
         return Ok(None);
     };

@@ -3,6 +3,8 @@
 //! before every new order, whatever asked for it: first issuance, renewal, ARI, a retry. A CA's
 //! duplicate-certificate limit (5 per week per name set at Let's Encrypt) locks a host out for a
 //! week; a loop that fails after placing its order would otherwise reach it within minutes.
+//! What counts is an order the CA accepted: an attempt that never reached it (the CA down)
+//! costs nothing there, and must not lock the host out here once the CA is back.
 //!
 //! The record is read and written under the host's ordering lock, which every order holds.
 
@@ -46,14 +48,34 @@ pub(super) fn decide(
     Ok(kept)
 }
 
-/// Counts one order for `host`, or refuses it (`FailureKind::OrderLimit`, retry when the
-/// window frees a place). An unreadable record refuses too: the guard fails closed.
+/// Leave to place one order for `host`, to be recorded once the CA accepted it.
+pub(super) struct Admitted {
+    key: Key,
+    orders: Vec<i64>,
+}
+
+impl Admitted {
+    /// Counts the order (the CA accepted it). A count that cannot be written is logged: the
+    /// order is placed already.
+    pub(super) async fn record(self, storage: &Storage, host: &HostName) {
+        let bytes = serde_json::to_vec(&Record {
+            orders: self.orders,
+        })
+        .unwrap_or_default();
+        if let Err(e) = storage.put(&[(&self.key, &bytes)]).await {
+            tracing::warn!(host = %host, error = %e, "cannot record an ACME order for the runaway guard");
+        }
+    }
+}
+
+/// Leave for one more order for `host`, or a refusal (`FailureKind::OrderLimit`, retry when
+/// the window frees a place). An unreadable record refuses too: the guard fails closed.
 pub(super) async fn admit(
     storage: &Storage,
     host: &HostName,
     limit: OrderLimit,
     now: SystemTime,
-) -> Result<(), Failure> {
+) -> Result<Admitted, Failure> {
     let key = Key::acme_orders(host);
     let record: Record = match storage.get(&key).await {
         Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
@@ -65,12 +87,7 @@ pub(super) async fn admit(
         }
     };
     match decide(&record.orders, limit, now) {
-        Ok(orders) => {
-            let bytes = serde_json::to_vec(&Record { orders }).unwrap_or_default();
-            storage.put(&[(&key, &bytes)]).await.map_err(|e| {
-                Failure::new(format!("cannot record the order of {host} ({e}); no order without it"))
-            })
-        }
+        Ok(orders) => Ok(Admitted { key, orders }),
         Err(frees) => Err(Failure {
             kind: FailureKind::OrderLimit,
             message: format!(

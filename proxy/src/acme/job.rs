@@ -9,11 +9,9 @@ use instant_acme::CertificateIdentifier;
 
 use super::client::{Failure, FailureKind};
 use super::schedule::{self, Verdict};
-use super::{
-    lock_name, newer, order, Ctx, Current, Job, Outcome, PROBE_RETRY,
-};
-use crate::certs;
 use super::solver::Proofs;
+use super::{lock_name, newer, order, Ctx, Current, Job, Outcome, PROBE_RETRY};
+use crate::certs;
 
 pub(super) async fn run_job(ctx: &Ctx, proofs: &Proofs, job: &Job) -> Outcome {
     let mut replaces = None;
@@ -135,7 +133,7 @@ async fn order_now(
         }
     };
     let started = Instant::now();
-    tracing::info!(host = %job.host, names = ?job.names, replaces = replaces.is_some(), "ordering certificate");
+    tracing::info!(host = %job.host, names = ?job.names, challenge = job.challenge.as_str(), replaces = replaces.is_some(), "ordering certificate");
     let a = ctx.accounts.config();
     let req = order::OrderRequest {
         host: &job.host,

@@ -168,6 +168,9 @@ impl BackgroundService for AcmeManager {
             stored_tx,
         };
         let mut changes = self.storage.changes();
+        // Changes announced before `changes` subscribed are missed; challenges published by
+        // then are in storage (the Resync that follows a fresh subscription reads them too).
+        st.learn_challenges(&config.borrow().clone());
         let poll = config.borrow().storage.poll;
         let mut reread = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
         // The CA validates at once (on port 80, or on the TLS listener without it): be sure it
@@ -428,9 +431,31 @@ impl State {
                     self.reread(config, Some(host));
                 }
             }
-            Some(Change::Resync) => self.reread(config, None),
+            Some(Change::Resync) => {
+                self.reread(config, None);
+                self.learn_challenges(config);
+            }
             None => {}
         }
+    }
+
+    /// TLS-ALPN-01 challenges other replicas may have published while this one was not
+    /// listening (at start, after Redis was away): read for every name validated that way.
+    fn learn_challenges(&self, config: &Config) {
+        let keys: Vec<Key> = acme_hosts(config)
+            .filter(|h| config.challenge(h) == Challenge::TlsAlpn01)
+            .flat_map(|h| h.names())
+            .filter_map(|n| Key::alpn_challenge(n.as_str()))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let alpn = self.proofs.alpn.clone();
+        tokio::spawn(async move {
+            for key in keys {
+                alpn.learn(&key).await;
+            }
+        });
     }
 
     /// A certificate read back from storage: installed if another replica made a newer one.
@@ -455,51 +480,57 @@ impl State {
 }
 
 /// An order that reached the CA failed: counted, backed off, and logged with what serves meanwhile.
-fn order_failed(slot: &mut Slot, host: &HostName, failure: &Failure, config: &Config, now: SystemTime) {
+fn order_failed(
+    slot: &mut Slot,
+    host: &HostName,
+    failure: &Failure,
+    config: &Config,
+    now: SystemTime,
+) {
     let m = metrics::get();
     if failure.kind == FailureKind::OrderLimit {
         // Not an order: no failure counted, no backoff; the guard says when one may be placed.
         m.acme_orders
             .with_label_values(&[host.as_str(), "refused"])
             .inc();
-        slot.next = failure.retry_after.unwrap_or(now + Duration::from_secs(3600));
+        slot.next = failure
+            .retry_after
+            .unwrap_or(now + Duration::from_secs(3600));
         slot.last_error = Some((failure.message.clone(), unix(now)));
         tracing::error!(host = %host, error = %failure.message, "certificate order refused by the runaway guard");
         return;
     }
-        m.acme_orders
-            .with_label_values(&[host.as_str(), "error"])
-            .inc();
-        slot.failures += 1;
-        if slot.current.as_ref().is_some_and(|c| c.ari_id.is_some()) {
-            slot.no_replaces = true;
-        }
-        let (initial, max) = config.acme.as_ref().map_or(
-            (Duration::from_secs(120), Duration::from_secs(21600)),
-            |a| (a.retry_initial, a.retry_max),
-        );
-        slot.next = schedule::backoff(
-            slot.failures,
-            initial,
-            max,
-            failure.retry_after,
-            schedule::draw(),
-            now,
-        );
-        slot.last_error = Some((failure.message.clone(), unix(now)));
-        let serving = match &slot.current {
-            Some(c) if from_unix(c.not_after) > now => {
-                "the current certificate keeps serving"
-            }
-            _ => "no certificate is served for this host until an order succeeds",
-        };
-        tracing::error!(
-            host = %host,
-            error = %failure.message,
-            failures = slot.failures,
-            next_attempt = %humantime::format_rfc3339_seconds(slot.next),
-            "certificate order failed; {serving}"
-        );
+    m.acme_orders
+        .with_label_values(&[host.as_str(), "error"])
+        .inc();
+    slot.failures += 1;
+    if slot.current.as_ref().is_some_and(|c| c.ari_id.is_some()) {
+        slot.no_replaces = true;
+    }
+    let (initial, max) = config.acme.as_ref().map_or(
+        (Duration::from_secs(120), Duration::from_secs(21600)),
+        |a| (a.retry_initial, a.retry_max),
+    );
+    slot.next = schedule::backoff(
+        slot.failures,
+        initial,
+        max,
+        failure.retry_after,
+        schedule::draw(),
+        now,
+    );
+    slot.last_error = Some((failure.message.clone(), unix(now)));
+    let serving = match &slot.current {
+        Some(c) if from_unix(c.not_after) > now => "the current certificate keeps serving",
+        _ => "no certificate is served for this host until an order succeeds",
+    };
+    tracing::error!(
+        host = %host,
+        error = %failure.message,
+        failures = slot.failures,
+        next_attempt = %humantime::format_rfc3339_seconds(slot.next),
+        "certificate order failed; {serving}"
+    );
 }
 
 /// Installs a certificate another replica stored if it is newer than the slot's; whether it was.

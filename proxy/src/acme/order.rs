@@ -77,8 +77,15 @@ pub(super) async fn order(
             solver.name()
         )));
     }
-    super::guard::admit(req.storage, req.host, req.limit, std::time::SystemTime::now()).await?;
+    let admitted = super::guard::admit(
+        req.storage,
+        req.host,
+        req.limit,
+        std::time::SystemTime::now(),
+    )
+    .await?;
     let mut order = place(account, req).await?;
+    admitted.record(req.storage, req.host).await;
     prove(&mut order, solver).await?;
     let (chain, key_pem) = issue(&mut order, req).await?;
     store(req, &chain, &key_pem).await
@@ -89,11 +96,13 @@ async fn place(account: &Account, req: &OrderRequest<'_>) -> Result<instant_acme
     let identifiers: Vec<Identifier> = req
         .names
         .iter()
-        .map(|n| match n.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-            // RFC 8738: an IP address is its own kind of identifier.
-            Ok(ip) => Identifier::Ip(ip),
-            Err(_) => Identifier::Dns(n.clone()),
-        })
+        .map(
+            |n| match n.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+                // RFC 8738: an IP address is its own kind of identifier.
+                Ok(ip) => Identifier::Ip(ip),
+                Err(_) => Identifier::Dns(n.clone()),
+            },
+        )
         .collect();
     let mut new = NewOrder::new(&identifiers);
     if let Some(p) = req.profile {

@@ -125,10 +125,10 @@ pub fn decide(
     if pick.pick <= now {
         return Verdict::Renew;
     }
-    let recheck = recheck.clamp(
-        Duration::from_secs(60),
-        max_recheck.max(Duration::from_secs(60)),
-    );
+    // The CA's Retry-After, capped by `acme.renewal_check`; at least a minute apart unless
+    // that setting is shorter (tests).
+    let floor = Duration::from_secs(60).min(max_recheck);
+    let recheck = recheck.clamp(floor, max_recheck.max(floor));
     Verdict::Wait {
         at: pick.pick.min(now + recheck),
         renewal: pick.pick,

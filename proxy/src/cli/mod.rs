@@ -64,4 +64,3 @@ pub fn check(path: &std::path::Path) -> Result<String, String> {
     }
     Ok(out)
 }
-

@@ -84,7 +84,8 @@ async fn fetch_chain(
     };
     let port = u.port_or_known_default().unwrap_or(443);
     let name = server_name.unwrap_or(&host).to_string();
-    let sni = ServerName::try_from(name.clone()).map_err(|_| InspectError::ServerName(name.clone()))?;
+    let sni =
+        ServerName::try_from(name.clone()).map_err(|_| InspectError::ServerName(name.clone()))?;
     let recorder = ChainRecorder::default();
     let config = recorder.client_config()?;
     let addr = if host.contains(':') {
@@ -112,7 +113,14 @@ async fn fetch_chain(
         .map_err(|_| InspectError::Timeout(addr.clone()))??;
     let version = format!("{:?}", tls.get_ref().1.protocol_version());
     drop(tls);
-    Ok((Fetched { addr, name, version }, recorder.chain()))
+    Ok((
+        Fetched {
+            addr,
+            name,
+            version,
+        },
+        recorder.chain(),
+    ))
 }
 
 /// One certificate of the chain into `out`; what is wrong with the leaf into `warnings`.
@@ -198,7 +206,14 @@ struct Fetched {
 /// The report for the HTTPS server at `url`.
 pub async fn inspect(url: &str, server_name: Option<&str>) -> Result<String, InspectError> {
     use std::fmt::Write;
-    let (Fetched { addr, name, version }, chain) = fetch_chain(url, server_name).await?;
+    let (
+        Fetched {
+            addr,
+            name,
+            version,
+        },
+        chain,
+    ) = fetch_chain(url, server_name).await?;
     let name = name.as_str();
     let leaf_der = chain.first().ok_or(InspectError::NoCertificate)?;
 

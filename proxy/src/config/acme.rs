@@ -7,7 +7,7 @@ use std::time::Duration;
 use rustls_pki_types::CertificateDer;
 
 use super::model::{parse_duration, resolve_path};
-use super::raw::RawAcme;
+use super::raw::{RawAcme, RawEab};
 use super::{Collector, KeyPath};
 
 /// `acme:` validated.
@@ -183,6 +183,39 @@ fn build_retry(a: &RawAcme, p: &KeyPath, c: &mut Collector) -> (Duration, Durati
     (retry_initial, retry_max)
 }
 
+/// `eab:` with its key decoded (never echoed in an error).
+fn build_eab(e: RawEab, p: &KeyPath, c: &mut Collector) -> Option<Eab> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(e.hmac_key.trim().trim_end_matches('='));
+    match key {
+        Ok(k) if !k.is_empty() => Some(Eab {
+            kid: e.kid,
+            hmac_key: k,
+        }),
+        _ => {
+            c.err(&p.key("hmac_key"), "not a base64url-encoded key");
+            None
+        }
+    }
+}
+
+/// `renewal_check:` at least a second.
+fn build_renewal_check(raw: Option<&str>, p: &KeyPath, c: &mut Collector) -> Duration {
+    match raw.map(parse_duration) {
+        None => Duration::from_secs(6 * 3600),
+        Some(Ok(d)) if d >= Duration::from_secs(1) => d,
+        Some(Ok(_)) => {
+            c.err(p, "must be at least 1s");
+            Duration::from_secs(6 * 3600)
+        }
+        Some(Err(e)) => {
+            c.err(p, e);
+            Duration::from_secs(6 * 3600)
+        }
+    }
+}
+
 /// `contact:` as `mailto:` URLs.
 fn build_contact(raw: &[String], p: &KeyPath, c: &mut Collector) -> Vec<String> {
     let mut contact = Vec::new();
@@ -227,22 +260,8 @@ fn build_threshold(raw: Option<&str>, p: &KeyPath, c: &mut Collector) -> RenewTh
 pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeConfig {
     let directory = build_directory(a.directory.as_deref(), &p.key("directory"), c);
     let contact = build_contact(&a.contact, &p.key("contact"), c);
-    let eab = a.eab.and_then(|e| {
-        use base64::Engine;
-        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(e.hmac_key.trim().trim_end_matches('='));
-        match key {
-            Ok(k) if !k.is_empty() => Some(Eab {
-                kid: e.kid,
-                hmac_key: k,
-            }),
-            _ => {
-                // Never echo the key itself.
-                c.err(&p.key("eab").key("hmac_key"), "not a base64url-encoded key");
-                None
-            }
-        }
-    });
+    let (retry_initial, retry_max) = build_retry(&a, p, c);
+    let eab = a.eab.and_then(|e| build_eab(e, &p.key("eab"), c));
     let renew_when_remaining = build_threshold(
         a.renew_when_remaining.as_deref(),
         &p.key("renew_when_remaining"),
@@ -272,7 +291,6 @@ pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector
             c.err(&p.key("profile"), "must not be empty");
         }
     }
-    let (retry_initial, retry_max) = build_retry(&a, p, c);
     let directory_root = a.directory_root.and_then(|r| {
         match crate::pem::read_certificates(&resolve_path(base, &r)) {
             Ok(certs) => Some(certs),
@@ -288,18 +306,7 @@ pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector
             .ok()
     });
     let order_limit = build_order_limit(a.order_limit.as_deref(), &p.key("order_limit"), c);
-    let renewal_check = match a.renewal_check.as_deref().map(parse_duration) {
-        None => Duration::from_secs(6 * 3600),
-        Some(Ok(d)) if d >= Duration::from_secs(1) => d,
-        Some(Ok(_)) => {
-            c.err(&p.key("renewal_check"), "must be at least 1s");
-            Duration::from_secs(6 * 3600)
-        }
-        Some(Err(e)) => {
-            c.err(&p.key("renewal_check"), e);
-            Duration::from_secs(6 * 3600)
-        }
-    };
+    let renewal_check = build_renewal_check(a.renewal_check.as_deref(), &p.key("renewal_check"), c);
     AcmeConfig {
         challenge,
         order_limit,

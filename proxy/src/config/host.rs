@@ -100,8 +100,31 @@ pub(super) fn build_host(
         rate_limit: host_rate,
         mcp: rh.mcp,
     };
+    let mut routes = build_routes(rh.upstream, rh.routes, &inherited, base, p, c);
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+
+    Some(Host {
+        name: host_name?,
+        aliases,
+        tls: tls?,
+        tls_auto,
+        allowed_origins,
+        routes,
+        challenge,
+    })
+}
+
+/// `upstream:` (one route `/`) or `routes:`, exactly one of them.
+fn build_routes(
+    upstream: Option<Value>,
+    raw_routes: Option<Vec<RawRoute>>,
+    inherited: &Inherited,
+    base: &Path,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> Vec<Route> {
     let mut routes = Vec::new();
-    match (rh.upstream, rh.routes) {
+    match (upstream, raw_routes) {
         (Some(_), Some(_)) => c.err(
             p,
             "set either `upstream` (every path) or `routes`, not both",
@@ -124,23 +147,13 @@ pub(super) fn build_host(
             }
             for (i, r) in rs.into_iter().enumerate() {
                 let rp = p.key("routes").index(i);
-                if let Some(route) = build_route(r, &routes, &inherited, base, &rp, c) {
+                if let Some(route) = build_route(r, &routes, inherited, base, &rp, c) {
                     routes.push(route);
                 }
             }
         }
     }
-    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
-
-    Some(Host {
-        name: host_name?,
-        aliases,
-        tls: tls?,
-        tls_auto,
-        allowed_origins,
-        routes,
-        challenge,
-    })
+    routes
 }
 
 /// What a host's routes take from it unless they say otherwise.
@@ -245,9 +258,9 @@ fn check_route_path(path: &str, earlier: &[Route], pp: &KeyPath, c: &mut Collect
         c.err(pp, format!("{path:?} must start with /"));
     } else if path.contains(['?', '#']) {
         c.err(pp, "a path prefix has no query or fragment");
-    } else if crate::path::normalize(path)
-        .map_or(true, |n| n.trim_end_matches('/') != path.trim_end_matches('/'))
-    {
+    } else if crate::path::normalize(path).map_or(true, |n| {
+        n.trim_end_matches('/') != path.trim_end_matches('/')
+    }) {
         // Requests are routed by their normalised path: this prefix could never match one.
         c.err(
             pp,

@@ -377,7 +377,8 @@ pub(super) fn build_upstream(
         None
     };
     let timeouts = build_upstream_timeouts(&raw, p, c);
-    let max_request_body = build_max_body(raw.max_request_body.as_ref(), &p.key("max_request_body"), c);
+    let max_request_body =
+        build_max_body(raw.max_request_body.as_ref(), &p.key("max_request_body"), c);
     let health_check = raw
         .health_check
         .as_ref()
@@ -400,7 +401,11 @@ pub(super) fn build_upstream(
 fn build_upstream_timeouts(raw: &RawUpstream, p: &KeyPath, c: &mut Collector) -> [Duration; 4] {
     let settings = [
         ("read_timeout", raw.read_timeout.as_deref(), 3600),
-        ("response_header_timeout", raw.response_header_timeout.as_deref(), 60),
+        (
+            "response_header_timeout",
+            raw.response_header_timeout.as_deref(),
+            60,
+        ),
         ("write_timeout", raw.write_timeout.as_deref(), 60),
         ("connect_timeout", raw.connect_timeout.as_deref(), 10),
     ];

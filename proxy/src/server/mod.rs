@@ -180,7 +180,10 @@ impl BackgroundService for SealKeyFollow {
 fn server_options(
     config: &Config,
     live: &Arc<Live>,
-) -> (pingora::apps::HttpServerOptions, pingora::protocols::http::v2::server::H2Options) {
+) -> (
+    pingora::apps::HttpServerOptions,
+    pingora::protocols::http::v2::server::H2Options,
+) {
     let t = &config.timeouts;
     let limits = &config.limits;
     let mut options = pingora::apps::HttpServerOptions::default();

@@ -99,7 +99,10 @@ impl Key {
     /// The identifier of a TLS-ALPN-01 challenge key (an IPv6 address is kept with `_` for
     /// `:`, which no host name has).
     pub fn alpn_identifier(&self) -> Option<String> {
-        let id = self.0.strip_prefix(CHALLENGE_DIR)?.strip_prefix(ALPN_PREFIX)?;
+        let id = self
+            .0
+            .strip_prefix(CHALLENGE_DIR)?
+            .strip_prefix(ALPN_PREFIX)?;
         Some(id.replace('_', ":"))
     }
 
@@ -113,7 +116,9 @@ impl Key {
     /// A key named in a change notification: a persisted kind, or a TLS-ALPN-01 challenge.
     pub fn parse_announced(name: &str) -> Option<Self> {
         Self::parse(name).or_else(|| {
-            let id = name.strip_prefix(CHALLENGE_DIR)?.strip_prefix(ALPN_PREFIX)?;
+            let id = name
+                .strip_prefix(CHALLENGE_DIR)?
+                .strip_prefix(ALPN_PREFIX)?;
             let ok = !id.is_empty() && id.len() <= 253 && id.chars().all(name_char);
             ok.then(|| Self(name.to_string()))
         })
@@ -204,9 +209,18 @@ mod tests {
             assert_eq!(k.alpn_identifier().as_deref(), Some(id));
             assert_eq!(Key::parse_announced(k.as_str()), Some(k.clone()));
             // No HTTP-01 token is one (tokens have no dot).
-            assert_ne!(Key::challenge(k.as_str().trim_start_matches("acme-challenge/")), Some(k));
+            assert_ne!(
+                Key::challenge(k.as_str().trim_start_matches("acme-challenge/")),
+                Some(k)
+            );
         }
-        assert_eq!(Key::alpn_challenge("[::1]").unwrap().alpn_identifier().as_deref(), Some("::1"));
+        assert_eq!(
+            Key::alpn_challenge("[::1]")
+                .unwrap()
+                .alpn_identifier()
+                .as_deref(),
+            Some("::1")
+        );
         assert!(!Key::challenge("tok").unwrap().is_announced());
         assert!(Key::acme_cert(&HostName::parse("a.example").unwrap()).is_announced());
         for bad in ["", "a/b", "a b", "../x"] {

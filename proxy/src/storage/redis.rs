@@ -213,7 +213,8 @@ impl Redis {
                     let mut messages = ps.on_message();
                     while let Some(msg) = messages.next().await {
                         let name: String = msg.get_payload().unwrap_or_default();
-                        if let Some(key) = name.strip_prefix(&prefix).and_then(Key::parse_announced) {
+                        if let Some(key) = name.strip_prefix(&prefix).and_then(Key::parse_announced)
+                        {
                             let _ = tx.send(Change::Put(key));
                         }
                     }
