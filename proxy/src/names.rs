@@ -9,11 +9,13 @@ use std::net::IpAddr;
 pub enum NameError {
     #[error("{0:?} is not a host name")]
     Empty(String),
-    #[error("{0:?} is not a host name (letters, digits, '-' and '.' only; no wildcards)")]
+    #[error("{0:?} is not a host name (letters, digits, '-' and '.' only; a wildcard is `*.` before at least two labels)")]
     BadLabel(String),
 }
 
-/// A DNS name or IP literal, lower case, without trailing dot.
+/// A DNS name or IP literal, lower case, without trailing dot. A wildcard (`*.example.com`)
+/// stands for exactly one more label (`a.example.com`, not `example.com` or `a.b.example.com`,
+/// as certificates match, RFC 6125 §6.4.3).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostName(String);
 
@@ -26,7 +28,11 @@ impl HostName {
         if lower.is_empty() || lower.len() > 253 {
             return Err(NameError::Empty(s.to_string()));
         }
-        for label in lower.split('.') {
+        let rest = lower.strip_prefix("*.").unwrap_or(&lower);
+        if rest.contains('*') || (rest.len() != lower.len() && !rest.contains('.')) {
+            return Err(NameError::BadLabel(s.to_string()));
+        }
+        for label in rest.split('.') {
             let ok = !label.is_empty()
                 && label.len() <= 63
                 && !label.starts_with('-')
@@ -46,6 +52,21 @@ impl HostName {
     pub fn is_ip(&self) -> bool {
         self.0.parse::<IpAddr>().is_ok()
     }
+
+    /// `*.example.com`.
+    pub fn is_wildcard(&self) -> bool {
+        self.0.starts_with("*.")
+    }
+}
+
+/// The wildcard that would cover `name` (`a.example.com` → `*.example.com`), if any: names of
+/// at least three labels, not IP addresses, not wildcards themselves.
+pub fn wildcard_of(name: &str) -> Option<String> {
+    if name.starts_with('*') || name.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    let (_, parent) = name.split_once('.')?;
+    parent.contains('.').then(|| format!("*.{parent}"))
 }
 
 impl fmt::Display for HostName {
@@ -83,6 +104,20 @@ pub fn is_public_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcards_are_one_leftmost_label_over_at_least_two() {
+        let w = HostName::parse("*.Example.com.").unwrap();
+        assert_eq!(w.as_str(), "*.example.com");
+        assert!(w.is_wildcard() && !HostName::parse("a.example.com").unwrap().is_wildcard());
+        for bad in ["*.com", "a.*.example.com", "*a.example.com", "**.example.com", "*", "*.*.example.com"] {
+            assert!(HostName::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(wildcard_of("a.example.com").as_deref(), Some("*.example.com"));
+        assert_eq!(wildcard_of("example.com"), None);
+        assert_eq!(wildcard_of("*.example.com"), None);
+        assert_eq!(wildcard_of("10.0.0.1"), None);
+    }
 
     #[test]
     fn public_names_by_the_public_suffix_list() {

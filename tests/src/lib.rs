@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod balancer;
+pub mod bind;
 pub mod pebble;
 pub mod redis;
 pub mod tls_front;

@@ -24,6 +24,8 @@ pub struct Pebble {
     pub listener_ca: TestCa,
     pebble: Option<Child>,
     dns: Option<Child>,
+    /// A DNS server of the test's own (BIND for DNS-01) instead of challtestsrv.
+    external_dns: Option<std::net::SocketAddr>,
 }
 
 impl Pebble {
@@ -51,6 +53,7 @@ impl Pebble {
             listener_ca,
             pebble: None,
             dns: None,
+            external_dns: None,
             dir,
         };
         let config = serde_json::json!({"pebble": {
@@ -99,7 +102,7 @@ impl Pebble {
 
     /// Starts challtestsrv (once) and pebble, and waits until the directory answers.
     pub async fn start(&mut self) {
-        if self.dns.is_none() {
+        if self.dns.is_none() && self.external_dns.is_none() {
             let child = Command::new(bin("pebble-challtestsrv"))
                 .args([
                     "-dnsserver",
@@ -129,7 +132,10 @@ impl Pebble {
             .arg("-config")
             .arg(self.dir.join("pebble.json"))
             .arg("-dnsserver")
-            .arg(format!("127.0.0.1:{}", self.dns_port))
+            .arg(match self.external_dns {
+                Some(a) => a.to_string(),
+                None => format!("127.0.0.1:{}", self.dns_port),
+            })
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env_remove("PEBBLE_VA_ALWAYS_VALID")
             .env_remove("PEBBLE_WFE_NONCEREJECT")
@@ -154,6 +160,9 @@ impl Pebble {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if self.external_dns.is_some() {
+            return;
+        }
         // challtestsrv answers DNS as soon as its management port does.
         let deadline = Instant::now() + Duration::from_secs(20);
         while reqwest::get(format!("http://127.0.0.1:{}/", self.dns_mgmt_port))
@@ -163,6 +172,12 @@ impl Pebble {
             assert!(Instant::now() < deadline, "challtestsrv did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Makes pebble resolve through `dns` (call before `start`): names then resolve as that
+    /// server says, and DNS-01 TXT records are looked up there.
+    pub fn use_dns(&mut self, dns: std::net::SocketAddr) {
+        self.external_dns = Some(dns);
     }
 
     /// Stops pebble (challtestsrv stays); every account and order it knew is gone.

@@ -281,6 +281,49 @@ fn challenge_settings_that_cannot_work_are_refused_by_check() {
         !ok && out.contains("expected http-01 or tls-alpn-01"),
         "{out}"
     );
+    // dns-01 without a provider; a wildcard with another challenge; dns-01 for an IP.
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(&ports.yaml(), &storage, &format!("{acme}  challenge: dns-01\n"), &host("")),
+    );
+    assert!(!ok && out.contains("acme.dns") && out.contains("needs `acme.dns`"), "{out}");
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(
+            &ports.yaml(),
+            &storage,
+            acme,
+            "  \"*.w.test\":\n    tls: acme\n    challenge: http-01\n    upstream: http://127.0.0.1:9\n",
+        ),
+    );
+    assert!(!ok && out.contains("a wildcard can be proved with dns-01 only"), "{out}");
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(
+            &ports.yaml(),
+            &storage,
+            &format!("{acme}  dns: {{ provider: exec, command: [/bin/true] }}\n"),
+            "  127.0.0.1:\n    tls: acme\n    challenge: dns-01\n    upstream: http://127.0.0.1:9\n",
+        ),
+    );
+    assert!(!ok && out.contains("dns-01 cannot prove an IP address"), "{out}");
+    // A TSIG secret that is not base64 is named, never printed; a missing provider key too.
+    std::fs::write(dir.path().join("bad.key"), "not-base64-SECRETVALUE!\n").unwrap();
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(
+            &ports.yaml(),
+            &storage,
+            &format!("{acme}  dns: {{ provider: rfc2136, server: 127.0.0.1, zone: test, key_name: k, key_file: bad.key }}\n"),
+            &host("    challenge: dns-01\n"),
+        ),
+    );
+    assert!(!ok && out.contains("acme.dns.key_file") && !out.contains("SECRETVALUE"), "{out}");
+    let (ok, out) = run_check(
+        dir.path(),
+        &config(&ports.yaml(), &storage, &format!("{acme}  dns: {{ provider: route99 }}\n"), &host("")),
+    );
+    assert!(!ok && out.contains("expected rfc2136 or exec"), "{out}");
     // A bad order limit.
     let (ok, out) = run_check(
         dir.path(),
@@ -367,4 +410,152 @@ async fn a_renewal_window_moved_into_the_past_is_acted_on_within_one_check() {
         "the new order names the certificate it replaces:\n{}",
         pebble.log()
     );
+}
+
+/// pebble resolving through a BIND primary for `test.`, and an edge whose `acme.dns` updates it.
+struct DnsSetup {
+    dir: tempfile::TempDir,
+    ports: Ports,
+    bind: mcp_edge_tests::bind::Bind,
+    pebble: Pebble,
+    up: Upstream,
+}
+
+impl DnsSetup {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = Ports::new();
+        let bind = mcp_edge_tests::bind::Bind::start(dir.path(), "test").await;
+        let mut pebble = Pebble::new(dir.path(), ports.http);
+        pebble.use_dns(bind.addr);
+        pebble.start().await;
+        let up = Upstream::start("r1").await;
+        bind.write_secret(&dir.path().join("tsig.key"));
+        Self {
+            dir,
+            ports,
+            bind,
+            pebble,
+            up,
+        }
+    }
+
+    fn rfc2136(&self, key_file: &str) -> String {
+        format!(
+            "  dns:\n    provider: rfc2136\n    server: \"{}\"\n    zone: test\n    key_name: {}\n    key_file: {key_file}\n    propagation_timeout: 10s\n",
+            self.bind.addr, self.bind.key_name
+        )
+    }
+
+    fn config(&self, acme_extra: &str, hosts: &str) -> String {
+        config(
+            &self.ports.yaml(),
+            &self.dir.path().join("certs"),
+            &self.pebble.acme_yaml(acme_extra),
+            &hosts.replace("UPSTREAM", &self.up.url()),
+        )
+    }
+}
+
+fn all_san_names(der: &[u8]) -> Vec<String> {
+    let mut n = san_names(der);
+    n.sort();
+    n
+}
+
+#[tokio::test]
+async fn dns_01_over_rfc_2136_certifies_a_wildcard_and_removes_its_records() {
+    let s = DnsSetup::new().await;
+    let yaml = s.config(
+        &s.rfc2136("tsig.key"),
+        "  \"*.w.test\":\n    tls: acme\n    aliases: [w.test]\n    upstream: UPSTREAM\n",
+    );
+    let edge = Edge::start(s.dir.path(), &s.ports, &yaml).await;
+    let roots = s.pebble.issuing_root().await;
+    let leaf = wait_for(Duration::from_secs(30), "a wildcard certificate", || {
+        let (edge, roots) = (&edge, roots.clone());
+        async move { edge.handshake(Some("x.w.test"), roots, &[]).await.ok() }
+    })
+    .await
+    .0;
+    assert_eq!(all_san_names(&leaf), vec!["*.w.test", "w.test"]);
+    // The same certificate for the apex and any one label under it; requests are routed.
+    let (apex, _, _) = edge.handshake(Some("w.test"), roots.clone(), &[]).await.unwrap();
+    assert_eq!(apex, leaf);
+    let r = edge
+        .client(roots.clone(), &["y.w.test"])
+        .get(format!("https://y.w.test:{}/x", s.ports.https))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Reject twin: two labels under the wildcard are not covered.
+    assert!(edge.handshake(Some("a.b.w.test"), roots, &[]).await.is_err());
+    // The proof records are gone again (removed after the validation).
+    wait_for(Duration::from_secs(10), "the TXT records removed", || async {
+        s.bind.txt("_acme-challenge.w.test").is_empty().then_some(())
+    })
+    .await;
+    assert!(edge.log().contains("challenge=\"dns-01\""), "{}", edge.log());
+}
+
+#[tokio::test]
+async fn dns_01_with_a_wrong_tsig_key_fails_cleanly_and_an_exec_hook_succeeds() {
+    let s = DnsSetup::new().await;
+    // Reject twin: a key BIND does not know. The update is refused, the order fails, nothing
+    // is served, and the secret is never printed.
+    std::fs::write(s.dir.path().join("wrong.key"), "d3Jvbmcgd3Jvbmcgd3Jvbmcgd3Jvbmcgd3Jvbmc=\n").unwrap();
+    let bad = s.config(
+        &s.rfc2136("wrong.key"),
+        "  e.test:\n    tls: acme\n    challenge: dns-01\n    upstream: UPSTREAM\n",
+    );
+    let edge = Edge::start(s.dir.path(), &s.ports, &bad).await;
+    wait_for(Duration::from_secs(20), "a refused update", || async {
+        edge.log().contains("refused the update").then_some(())
+    })
+    .await;
+    assert!(!edge.log().contains("d3Jvbmcg"), "the secret was printed");
+    drop(edge);
+
+    // An exec hook (nsupdate with the right key) does the same job.
+    let hook = s.dir.path().join("hook.sh");
+    let calls = s.dir.path().join("calls.log");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nset -e\necho \"$1 $2\" >> {calls}\nif [ \"$1\" = present ]; then op=add; ttl=60; else op=delete; ttl=; fi\nprintf 'server 127.0.0.1 {port}\\nzone test\\nupdate %s %s %s TXT \"%s\"\\nsend\\n' $op \"$2\" \"$ttl\" \"$3\" | nsupdate -y hmac-sha256:{name}:{secret}\n",
+            calls = calls.display(),
+            port = s.bind.addr.port(),
+            name = s.bind.key_name,
+            secret = s.bind.secret,
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let exec = format!(
+        "  dns:\n    provider: exec\n    command: [{}]\n    nameserver: \"{}\"\n    propagation_timeout: 10s\n",
+        hook.display(),
+        s.bind.addr
+    );
+    let good = s.config(
+        &exec,
+        "  e.test:\n    tls: acme\n    challenge: dns-01\n    upstream: UPSTREAM\n",
+    );
+    let edge = Edge::start(s.dir.path(), &s.ports, &good).await;
+    let roots = s.pebble.issuing_root().await;
+    let leaf = wait_for(Duration::from_secs(30), "a certificate over the exec hook", || {
+        let (edge, roots) = (&edge, roots.clone());
+        async move { edge.handshake(Some("e.test"), roots, &[]).await.ok() }
+    })
+    .await
+    .0;
+    assert_eq!(san_names(&leaf), vec!["e.test"]);
+    wait_for(Duration::from_secs(10), "the hook's cleanup", || async {
+        let log = std::fs::read_to_string(&calls).unwrap_or_default();
+        log.contains("cleanup _acme-challenge.e.test.").then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert!(log.contains("present _acme-challenge.e.test."), "{log}");
+    assert!(s.bind.txt("_acme-challenge.e.test").is_empty());
 }

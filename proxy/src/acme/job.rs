@@ -144,7 +144,12 @@ async fn order_now(
         replaces,
         storage: &ctx.storage,
     };
-    let solver = proofs.solver(job.challenge);
+    let Some(solver) = proofs.solver(job.challenge, a.dns.as_ref()) else {
+        return Outcome::Failed {
+            failure: Failure::new("dns-01 needs `acme.dns`"),
+            ordered: true,
+        };
+    };
     let mut result = order::order(&account, &*solver, &req).await;
     if let Err(f) = &result {
         if f.kind == FailureKind::AccountGone {

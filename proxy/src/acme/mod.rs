@@ -13,6 +13,7 @@
 //! periodic re-read of every host in case an announcement was lost.
 
 mod client;
+mod dns;
 mod guard;
 mod job;
 mod order;

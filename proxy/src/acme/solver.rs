@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use instant_acme::ChallengeType;
 
 use super::client::Failure;
-use crate::config::Challenge;
+use crate::config::{Challenge, DnsConfig};
 use crate::http01::ChallengeStore;
 use crate::tls_alpn::AlpnChallenges;
 
@@ -22,12 +22,21 @@ pub struct Proofs {
 }
 
 impl Proofs {
-    /// The solver of a challenge type.
-    pub(super) fn solver(&self, challenge: Challenge) -> Box<dyn Solver + '_> {
-        match challenge {
+    /// The solver of a challenge type (DNS-01 with the `acme.dns` provider); `None` when
+    /// DNS-01 has no provider (`check` refuses that configuration).
+    pub(super) fn solver(
+        &self,
+        challenge: Challenge,
+        dns: Option<&DnsConfig>,
+    ) -> Option<Box<dyn Solver + '_>> {
+        Some(match challenge {
             Challenge::Http01 => Box::new(Http01 { store: &self.http }),
             Challenge::TlsAlpn01 => Box::new(TlsAlpn01 { store: &self.alpn }),
-        }
+            Challenge::Dns01 => Box::new(super::dns::Dns01 {
+                config: Arc::new(dns?.clone()),
+                presented: Default::default(),
+            }),
+        })
     }
 }
 

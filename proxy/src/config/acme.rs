@@ -8,7 +8,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::model::{parse_duration, resolve_path};
 use super::raw::{RawAcme, RawEab};
-use super::{Collector, KeyPath};
+use super::{Collector, DnsConfig, KeyPath};
 
 /// `acme:` validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,8 @@ pub struct AcmeConfig {
     pub order_limit: OrderLimit,
     /// Longest wait between two looks at a certificate's ARI renewal window.
     pub renewal_check: Duration,
+    /// DNS-01's provider; required when a host uses DNS-01.
+    pub dns: Option<DnsConfig>,
 }
 
 /// How a host proves control of its names to the CA.
@@ -41,6 +43,8 @@ pub enum Challenge {
     Http01,
     /// A certificate on the TLS listener for `acme-tls/1` handshakes (RFC 8737).
     TlsAlpn01,
+    /// A TXT record `_acme-challenge.NAME` (`acme.dns`); the only one for wildcards.
+    Dns01,
 }
 
 impl Challenge {
@@ -48,6 +52,7 @@ impl Challenge {
         match self {
             Self::Http01 => "http-01",
             Self::TlsAlpn01 => "tls-alpn-01",
+            Self::Dns01 => "dns-01",
         }
     }
 
@@ -55,7 +60,10 @@ impl Challenge {
         match s {
             "http-01" => Ok(Self::Http01),
             "tls-alpn-01" => Ok(Self::TlsAlpn01),
-            other => Err(format!("{other:?}: expected http-01 or tls-alpn-01")),
+            "dns-01" => Ok(Self::Dns01),
+            other => Err(format!(
+                "{other:?}: expected http-01, tls-alpn-01 or dns-01"
+            )),
         }
     }
 }
@@ -307,7 +315,11 @@ pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector
     });
     let order_limit = build_order_limit(a.order_limit.as_deref(), &p.key("order_limit"), c);
     let renewal_check = build_renewal_check(a.renewal_check.as_deref(), &p.key("renewal_check"), c);
+    let dns = a
+        .dns
+        .and_then(|d| super::dns::build_dns(d, base, &p.key("dns"), c));
     AcmeConfig {
+        dns,
         challenge,
         order_limit,
         renewal_check,

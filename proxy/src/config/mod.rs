@@ -5,6 +5,7 @@
 
 mod acme;
 mod auth;
+mod dns;
 mod host;
 mod lines;
 mod listen;
@@ -21,6 +22,7 @@ use serde_yaml_ng::Value;
 
 pub use acme::*;
 pub use auth::*;
+pub use dns::*;
 pub use host::normalize_origin;
 pub use listen::*;
 pub use model::*;

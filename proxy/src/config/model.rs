@@ -42,9 +42,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// The host serving `name` (primary name or alias), if any.
+    /// The host serving `name` (primary name or alias; else the one whose wildcard covers it).
     pub fn host(&self, name: &str) -> Option<&Arc<Host>> {
-        self.hosts.iter().find(|h| h.serves(name))
+        let exact = |n: &str| {
+            self.hosts
+                .iter()
+                .find(|h| h.names().any(|x| x.as_str() == n))
+        };
+        exact(name).or_else(|| crate::names::wildcard_of(name).and_then(|w| exact(&w)))
     }
 
     /// The name a TLS handshake's certificate is chosen by: its SNI, or without one (a client
@@ -104,8 +109,11 @@ impl Host {
     pub fn names(&self) -> impl Iterator<Item = &HostName> {
         std::iter::once(&self.name).chain(self.aliases.iter())
     }
+    /// Whether `name` is one of its names or covered by one of its wildcards.
     pub fn serves(&self, name: &str) -> bool {
-        self.names().any(|n| n.as_str() == name)
+        let wildcard = crate::names::wildcard_of(name);
+        self.names()
+            .any(|n| n.as_str() == name || wildcard.as_deref() == Some(n.as_str()))
     }
     /// The route whose prefix matches `path` (longest wins), on segment boundaries.
     pub fn route(&self, path: &str) -> Option<&Route> {
@@ -340,24 +348,43 @@ fn check_acme_hosts(
     }
     for h in acme_hosts {
         let challenge = challenge_for(h, acme, port_80);
+        let at = if h.challenge.is_some() {
+            hp.key(h.name.as_str()).key("challenge")
+        } else {
+            root.key("acme").key("challenge")
+        };
         if challenge == Challenge::Http01 && !port_80 {
-            let at = if h.challenge.is_some() {
-                hp.key(h.name.as_str()).key("challenge")
-            } else {
-                root.key("acme").key("challenge")
-            };
             c.err(
                 &at,
                 "http-01 needs port 80, and `listen.http` is none: use tls-alpn-01",
             );
         }
+        if let Some(w) = h.names().find(|n| n.is_wildcard()) {
+            if challenge != Challenge::Dns01 {
+                c.err(&at, format!("{w}: a wildcard can be proved with dns-01 only"));
+            }
+        }
+        if challenge == Challenge::Dns01 {
+            if acme.is_some_and(|a| a.dns.is_none()) {
+                c.err(
+                    &root.key("acme").key("dns"),
+                    format!("{}: dns-01 needs `acme.dns` (provider rfc2136 or exec)", h.name),
+                );
+            }
+            if let Some(ip) = h.names().find(|n| n.is_ip()) {
+                c.err(&at, format!("{ip}: dns-01 cannot prove an IP address"));
+            }
+        }
     }
 }
 
-/// The challenge `host` proves its names with: its own, else `acme.challenge`, else HTTP-01
-/// when port 80 is open and TLS-ALPN-01 when it is not.
+/// The challenge `host` proves its names with: its own, else DNS-01 for a wildcard, else
+/// `acme.challenge`, else HTTP-01 when port 80 is open and TLS-ALPN-01 when it is not.
 pub(super) fn challenge_for(host: &Host, acme: Option<&AcmeConfig>, port_80: bool) -> Challenge {
+    // A wildcard can be proved with DNS-01 only: that is its default.
+    let wildcard = host.names().any(HostName::is_wildcard).then_some(Challenge::Dns01);
     host.challenge
+        .or(wildcard)
         .or(acme.and_then(|a| a.challenge))
         .unwrap_or(if port_80 {
             Challenge::Http01

@@ -130,6 +130,8 @@ pub(super) struct RawAcme {
     pub order_limit: Option<String>,
     /// Longest wait between two looks at the CA's renewal window (default 6h).
     pub renewal_check: Option<String>,
+    /// DNS-01: how the TXT records are written.
+    pub dns: Option<super::dns::RawDns>,
 }
 
 /// `acme.eab:`
