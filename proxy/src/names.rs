@@ -110,10 +110,20 @@ mod tests {
         let w = HostName::parse("*.Example.com.").unwrap();
         assert_eq!(w.as_str(), "*.example.com");
         assert!(w.is_wildcard() && !HostName::parse("a.example.com").unwrap().is_wildcard());
-        for bad in ["*.com", "a.*.example.com", "*a.example.com", "**.example.com", "*", "*.*.example.com"] {
+        for bad in [
+            "*.com",
+            "a.*.example.com",
+            "*a.example.com",
+            "**.example.com",
+            "*",
+            "*.*.example.com",
+        ] {
             assert!(HostName::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(wildcard_of("a.example.com").as_deref(), Some("*.example.com"));
+        assert_eq!(
+            wildcard_of("a.example.com").as_deref(),
+            Some("*.example.com")
+        );
         assert_eq!(wildcard_of("example.com"), None);
         assert_eq!(wildcard_of("*.example.com"), None);
         assert_eq!(wildcard_of("10.0.0.1"), None);

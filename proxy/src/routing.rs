@@ -138,9 +138,9 @@ impl Table {
 
     /// The host answering to `name` (lower case, no port).
     pub fn host(&self, name: &str) -> Option<&Arc<HostEntry>> {
-        self.by_name.get(name).or_else(|| {
-            crate::names::wildcard_of(name).and_then(|w| self.by_name.get(&w))
-        })
+        self.by_name
+            .get(name)
+            .or_else(|| crate::names::wildcard_of(name).and_then(|w| self.by_name.get(&w)))
     }
 
     /// Every host once, in file order.

@@ -82,9 +82,9 @@ impl CertSet {
 
     /// The certificate answering to an SNI name: its own, else a wildcard's covering it.
     pub fn for_name(&self, sni: &str) -> Option<&Arc<Installed>> {
-        self.by_name.get(sni).or_else(|| {
-            crate::names::wildcard_of(sni).and_then(|w| self.by_name.get(&w))
-        })
+        self.by_name
+            .get(sni)
+            .or_else(|| crate::names::wildcard_of(sni).and_then(|w| self.by_name.get(&w)))
     }
 
     /// The key rustls presents for a ClientHello's SNI. No SNI or an unknown name: none, and

@@ -77,7 +77,15 @@ zone "{zone}" {{ type primary; file "{d}/zone.db"; allow-update {{ key "{key_nam
     /// The TXT values of `name` as the server answers them now (`dig`, Debian `bind9-dnsutils`).
     pub fn txt(&self, name: &str) -> Vec<String> {
         let out = Command::new("dig")
-            .args(["+short", "+tcp", "-p", &self.addr.port().to_string(), "@127.0.0.1", "TXT", name])
+            .args([
+                "+short",
+                "+tcp",
+                "-p",
+                &self.addr.port().to_string(),
+                "@127.0.0.1",
+                "TXT",
+                name,
+            ])
             .output()
             .expect("dig (Debian package bind9-dnsutils)");
         String::from_utf8_lossy(&out.stdout)
@@ -98,7 +106,12 @@ fn rand_bytes() -> [u8; 32] {
     let mut out = [0u8; 32];
     for chunk in out.chunks_mut(8) {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+        );
         chunk.copy_from_slice(&h.finish().to_le_bytes());
     }
     out

@@ -278,15 +278,23 @@ fn challenge_settings_that_cannot_work_are_refused_by_check() {
         ),
     );
     assert!(
-        !ok && out.contains("expected http-01 or tls-alpn-01"),
+        !ok && out.contains("expected http-01, tls-alpn-01 or dns-01"),
         "{out}"
     );
     // dns-01 without a provider; a wildcard with another challenge; dns-01 for an IP.
     let (ok, out) = run_check(
         dir.path(),
-        &config(&ports.yaml(), &storage, &format!("{acme}  challenge: dns-01\n"), &host("")),
+        &config(
+            &ports.yaml(),
+            &storage,
+            &format!("{acme}  challenge: dns-01\n"),
+            &host(""),
+        ),
     );
-    assert!(!ok && out.contains("acme.dns") && out.contains("needs `acme.dns`"), "{out}");
+    assert!(
+        !ok && out.contains("acme.dns") && out.contains("needs `acme.dns`"),
+        "{out}"
+    );
     let (ok, out) = run_check(
         dir.path(),
         &config(
@@ -296,7 +304,10 @@ fn challenge_settings_that_cannot_work_are_refused_by_check() {
             "  \"*.w.test\":\n    tls: acme\n    challenge: http-01\n    upstream: http://127.0.0.1:9\n",
         ),
     );
-    assert!(!ok && out.contains("a wildcard can be proved with dns-01 only"), "{out}");
+    assert!(
+        !ok && out.contains("a wildcard can be proved with dns-01 only"),
+        "{out}"
+    );
     let (ok, out) = run_check(
         dir.path(),
         &config(
@@ -306,7 +317,10 @@ fn challenge_settings_that_cannot_work_are_refused_by_check() {
             "  127.0.0.1:\n    tls: acme\n    challenge: dns-01\n    upstream: http://127.0.0.1:9\n",
         ),
     );
-    assert!(!ok && out.contains("dns-01 cannot prove an IP address"), "{out}");
+    assert!(
+        !ok && out.contains("dns-01 cannot prove an IP address"),
+        "{out}"
+    );
     // A TSIG secret that is not base64 is named, never printed; a missing provider key too.
     std::fs::write(dir.path().join("bad.key"), "not-base64-SECRETVALUE!\n").unwrap();
     let (ok, out) = run_check(
@@ -318,10 +332,18 @@ fn challenge_settings_that_cannot_work_are_refused_by_check() {
             &host("    challenge: dns-01\n"),
         ),
     );
-    assert!(!ok && out.contains("acme.dns.key_file") && !out.contains("SECRETVALUE"), "{out}");
+    assert!(
+        !ok && out.contains("acme.dns.key_file") && !out.contains("SECRETVALUE"),
+        "{out}"
+    );
     let (ok, out) = run_check(
         dir.path(),
-        &config(&ports.yaml(), &storage, &format!("{acme}  dns: {{ provider: route99 }}\n"), &host("")),
+        &config(
+            &ports.yaml(),
+            &storage,
+            &format!("{acme}  dns: {{ provider: route99 }}\n"),
+            &host(""),
+        ),
     );
     assert!(!ok && out.contains("expected rfc2136 or exec"), "{out}");
     // A bad order limit.
@@ -416,7 +438,7 @@ async fn a_renewal_window_moved_into_the_past_is_acted_on_within_one_check() {
 struct DnsSetup {
     dir: tempfile::TempDir,
     ports: Ports,
-    bind: mcp_edge_tests::bind::Bind,
+    bind: bind::Bind,
     pebble: Pebble,
     up: Upstream,
 }
@@ -425,7 +447,7 @@ impl DnsSetup {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports = Ports::new();
-        let bind = mcp_edge_tests::bind::Bind::start(dir.path(), "test").await;
+        let bind = bind::Bind::start(dir.path(), "test").await;
         let mut pebble = Pebble::new(dir.path(), ports.http);
         pebble.use_dns(bind.addr);
         pebble.start().await;
@@ -480,7 +502,10 @@ async fn dns_01_over_rfc_2136_certifies_a_wildcard_and_removes_its_records() {
     .0;
     assert_eq!(all_san_names(&leaf), vec!["*.w.test", "w.test"]);
     // The same certificate for the apex and any one label under it; requests are routed.
-    let (apex, _, _) = edge.handshake(Some("w.test"), roots.clone(), &[]).await.unwrap();
+    let (apex, _, _) = edge
+        .handshake(Some("w.test"), roots.clone(), &[])
+        .await
+        .unwrap();
     assert_eq!(apex, leaf);
     let r = edge
         .client(roots.clone(), &["y.w.test"])
@@ -490,13 +515,27 @@ async fn dns_01_over_rfc_2136_certifies_a_wildcard_and_removes_its_records() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // Reject twin: two labels under the wildcard are not covered.
-    assert!(edge.handshake(Some("a.b.w.test"), roots, &[]).await.is_err());
+    assert!(edge
+        .handshake(Some("a.b.w.test"), roots, &[])
+        .await
+        .is_err());
     // The proof records are gone again (removed after the validation).
-    wait_for(Duration::from_secs(10), "the TXT records removed", || async {
-        s.bind.txt("_acme-challenge.w.test").is_empty().then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the TXT records removed",
+        || async {
+            s.bind
+                .txt("_acme-challenge.w.test")
+                .is_empty()
+                .then_some(())
+        },
+    )
     .await;
-    assert!(edge.log().contains("challenge=\"dns-01\""), "{}", edge.log());
+    assert!(
+        edge.log().contains("challenge=\"dns-01\""),
+        "{}",
+        edge.log()
+    );
 }
 
 #[tokio::test]
@@ -504,7 +543,11 @@ async fn dns_01_with_a_wrong_tsig_key_fails_cleanly_and_an_exec_hook_succeeds() 
     let s = DnsSetup::new().await;
     // Reject twin: a key BIND does not know. The update is refused, the order fails, nothing
     // is served, and the secret is never printed.
-    std::fs::write(s.dir.path().join("wrong.key"), "d3Jvbmcgd3Jvbmcgd3Jvbmcgd3Jvbmcgd3Jvbmc=\n").unwrap();
+    std::fs::write(
+        s.dir.path().join("wrong.key"),
+        "d3Jvbmcgd3Jvbmcgd3Jvbmcgd3Jvbmcgd3Jvbmc=\n",
+    )
+    .unwrap();
     let bad = s.config(
         &s.rfc2136("wrong.key"),
         "  e.test:\n    tls: acme\n    challenge: dns-01\n    upstream: UPSTREAM\n",
@@ -543,16 +586,21 @@ async fn dns_01_with_a_wrong_tsig_key_fails_cleanly_and_an_exec_hook_succeeds() 
     );
     let edge = Edge::start(s.dir.path(), &s.ports, &good).await;
     let roots = s.pebble.issuing_root().await;
-    let leaf = wait_for(Duration::from_secs(30), "a certificate over the exec hook", || {
-        let (edge, roots) = (&edge, roots.clone());
-        async move { edge.handshake(Some("e.test"), roots, &[]).await.ok() }
-    })
+    let leaf = wait_for(
+        Duration::from_secs(30),
+        "a certificate over the exec hook",
+        || {
+            let (edge, roots) = (&edge, roots.clone());
+            async move { edge.handshake(Some("e.test"), roots, &[]).await.ok() }
+        },
+    )
     .await
     .0;
     assert_eq!(san_names(&leaf), vec!["e.test"]);
     wait_for(Duration::from_secs(10), "the hook's cleanup", || async {
         let log = std::fs::read_to_string(&calls).unwrap_or_default();
-        log.contains("cleanup _acme-challenge.e.test.").then_some(())
+        log.contains("cleanup _acme-challenge.e.test.")
+            .then_some(())
     })
     .await;
     let log = std::fs::read_to_string(&calls).unwrap();

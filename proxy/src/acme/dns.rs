@@ -59,7 +59,9 @@ impl Solver for Dns01 {
     }
 
     fn can_validate(&self, name: &str) -> bool {
-        name.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_err()
+        name.trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_err()
     }
 
     async fn present(
@@ -85,7 +87,8 @@ impl Solver for Dns01 {
     }
 
     fn cleanup(&self, _name: &str, _token: &str) {
-        let records = std::mem::take(&mut *self.presented.lock().unwrap_or_else(|e| e.into_inner()));
+        let records =
+            std::mem::take(&mut *self.presented.lock().unwrap_or_else(|e| e.into_inner()));
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -146,7 +149,12 @@ fn tsig_algorithm(name: &str) -> TsigAlgorithm {
 }
 
 /// The signed UPDATE message adding or removing one TXT value.
-fn update_message(u: &Update<'_>, what: Change, fqdn: &str, value: &str) -> Result<Message, String> {
+fn update_message(
+    u: &Update<'_>,
+    what: Change,
+    fqdn: &str,
+    value: &str,
+) -> Result<Message, String> {
     let zone = Name::from_ascii(format!("{}.", u.zone)).map_err(|e| e.to_string())?;
     let name = Name::from_ascii(format!("{fqdn}.")).map_err(|e| e.to_string())?;
     if !zone.zone_of(&name) {
@@ -165,19 +173,35 @@ fn update_message(u: &Update<'_>, what: Change, fqdn: &str, value: &str) -> Resu
     };
     let signer_name = Name::from_ascii(format!("{}.", u.key_name.trim_end_matches('.')))
         .map_err(|e| e.to_string())?;
-    let signer = TSigner::new(u.key.to_vec(), tsig_algorithm(u.algorithm), signer_name, 300)
-        .map_err(|e| e.to_string())?;
+    let signer = TSigner::new(
+        u.key.to_vec(),
+        tsig_algorithm(u.algorithm),
+        signer_name,
+        300,
+    )
+    .map_err(|e| e.to_string())?;
     let now = crate::time::unix_now().max(0) as u64;
     msg.finalize(&signer, now).map_err(|e| e.to_string())?;
     Ok(msg)
 }
 
 /// Sends one UPDATE over TCP and checks the server's answer.
-async fn rfc2136(server: SocketAddr, u: &Update<'_>, what: Change, fqdn: &str, value: &str) -> Result<(), String> {
+async fn rfc2136(
+    server: SocketAddr,
+    u: &Update<'_>,
+    what: Change,
+    fqdn: &str,
+    value: &str,
+) -> Result<(), String> {
     let msg = update_message(u, what, fqdn, value)?;
     let answer = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange_tcp(server, &msg))
         .await
-        .map_err(|_| format!("{server} did not answer within {}s", EXCHANGE_TIMEOUT.as_secs()))??;
+        .map_err(|_| {
+            format!(
+                "{server} did not answer within {}s",
+                EXCHANGE_TIMEOUT.as_secs()
+            )
+        })??;
     match answer.metadata.response_code {
         ResponseCode::NoError => Ok(()),
         // Removing what is not there is what was wanted.
@@ -204,7 +228,11 @@ async fn exchange_tcp(server: SocketAddr, msg: &Message) -> Result<Message, Stri
 /// Runs `COMMAND present|cleanup FQDN VALUE` (as lego's exec provider does): exit 0 once the
 /// record is in place (or gone). Its output is logged, truncated, never echoed to clients.
 async fn exec(command: &[String], what: Change, fqdn: &str, value: &str) -> Result<(), String> {
-    let verb = if what == Change::Add { "present" } else { "cleanup" };
+    let verb = if what == Change::Add {
+        "present"
+    } else {
+        "cleanup"
+    };
     let run = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .args([verb, &format!("{fqdn}."), value])
@@ -213,27 +241,47 @@ async fn exec(command: &[String], what: Change, fqdn: &str, value: &str) -> Resu
         .output();
     let out = tokio::time::timeout(EXEC_TIMEOUT, run)
         .await
-        .map_err(|_| format!("{} {verb} did not finish within {}s", command[0], EXEC_TIMEOUT.as_secs()))?
+        .map_err(|_| {
+            format!(
+                "{} {verb} did not finish within {}s",
+                command[0],
+                EXEC_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| format!("cannot run {}: {e}", command[0]))?;
     if out.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let last: String = stderr.trim().lines().last().unwrap_or("").chars().take(200).collect();
-    Err(format!("{} {verb} exited with {}: {last}", command[0], out.status))
+    let last: String = stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    Err(format!(
+        "{} {verb} exited with {}: {last}",
+        command[0], out.status
+    ))
 }
 
 /// Asks `ns` for the TXT records of `fqdn` until one holds `value`, at most `limit`.
-async fn wait_visible(ns: SocketAddr, fqdn: &str, value: &str, limit: Duration) -> Result<(), String> {
+async fn wait_visible(
+    ns: SocketAddr,
+    fqdn: &str,
+    value: &str,
+    limit: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + limit;
-    let mut last = String::from("no answer yet");
     loop {
-        match tokio::time::timeout(EXCHANGE_TIMEOUT, txt_values(ns, fqdn)).await {
+        let last = match tokio::time::timeout(EXCHANGE_TIMEOUT, txt_values(ns, fqdn)).await {
             Ok(Ok(values)) if values.iter().any(|v| v == value) => return Ok(()),
-            Ok(Ok(values)) => last = format!("{} other value(s)", values.len()),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = "no answer".into(),
-        }
+            Ok(Ok(values)) => format!("{} other value(s)", values.len()),
+            Ok(Err(e)) => e,
+            Err(_) => "no answer".to_string(),
+        };
         if Instant::now() >= deadline {
             return Err(format!(
                 "the TXT record {fqdn} was not visible at {ns} within {} ({last})",
@@ -271,7 +319,10 @@ mod tests {
 
     #[test]
     fn record_names_and_values_follow_rfc_8555() {
-        assert_eq!(record_name("a.example.com"), "_acme-challenge.a.example.com");
+        assert_eq!(
+            record_name("a.example.com"),
+            "_acme-challenge.a.example.com"
+        );
         assert_eq!(record_name("*.example.com"), "_acme-challenge.example.com");
         // base64url(SHA-256), no padding (computed apart: Python's hashlib).
         assert_eq!(

@@ -90,7 +90,10 @@ fn dns_server(s: &str, p: &KeyPath, c: &mut Collector) -> Option<SocketAddr> {
         (s, 53).to_socket_addrs().ok().and_then(|mut a| a.next())
     };
     if found.is_none() {
-        c.err(p, format!("{s:?} is not a DNS server address (HOST[:PORT])"));
+        c.err(
+            p,
+            format!("{s:?} is not a DNS server address (HOST[:PORT])"),
+        );
     }
     found
 }
@@ -112,12 +115,18 @@ fn tsig_secret(raw: &RawDns, base: &Path, p: &KeyPath, c: &mut Collector) -> Opt
         (None, Some(var)) => match std::env::var(var) {
             Ok(t) => (t, p.key("key_env")),
             Err(_) => {
-                c.err(&p.key("key_env"), format!("environment variable {var} is not set"));
+                c.err(
+                    &p.key("key_env"),
+                    format!("environment variable {var} is not set"),
+                );
                 return None;
             }
         },
         (Some(_), Some(_)) => {
-            c.err(&p.key("key_file"), "give either key_file or key_env, not both");
+            c.err(
+                &p.key("key_file"),
+                "give either key_file or key_env, not both",
+            );
             return None;
         }
         (None, None) => {
@@ -128,7 +137,10 @@ fn tsig_secret(raw: &RawDns, base: &Path, p: &KeyPath, c: &mut Collector) -> Opt
     match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
         Ok(k) if !k.is_empty() => Some(Secret(k)),
         _ => {
-            c.err(&at, "the TSIG secret is not base64 (as `tsig-keygen` prints it)");
+            c.err(
+                &at,
+                "the TSIG secret is not base64 (as `tsig-keygen` prints it)",
+            );
             None
         }
     }
@@ -142,7 +154,7 @@ fn rfc2136(raw: &RawDns, base: &Path, p: &KeyPath, c: &mut Collector) -> Option<
             None
         }
     };
-    let zone = match raw.zone.as_deref().map(|z| crate::names::HostName::parse(z)) {
+    let zone = match raw.zone.as_deref().map(crate::names::HostName::parse) {
         Some(Ok(z)) if !z.is_ip() && !z.is_wildcard() => Some(z.as_str().to_string()),
         Some(_) => {
             c.err(&p.key("zone"), "not a DNS zone name");
@@ -174,7 +186,12 @@ fn rfc2136(raw: &RawDns, base: &Path, p: &KeyPath, c: &mut Collector) -> Option<
     })
 }
 
-pub(super) fn build_dns(raw: RawDns, base: &Path, p: &KeyPath, c: &mut Collector) -> Option<DnsConfig> {
+pub(super) fn build_dns(
+    raw: RawDns,
+    base: &Path,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> Option<DnsConfig> {
     let provider = match raw.provider.as_str() {
         "rfc2136" => rfc2136(&raw, base, p, c),
         "exec" => match &raw.command {
@@ -186,7 +203,10 @@ pub(super) fn build_dns(raw: RawDns, base: &Path, p: &KeyPath, c: &mut Collector
                 Some(DnsProvider::Exec { command })
             }
             _ => {
-                c.err(&p.key("command"), "exec needs `command: [PROGRAM, ARGS...]`");
+                c.err(
+                    &p.key("command"),
+                    "exec needs `command: [PROGRAM, ARGS...]`",
+                );
                 None
             }
         },

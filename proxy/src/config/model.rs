@@ -361,14 +361,20 @@ fn check_acme_hosts(
         }
         if let Some(w) = h.names().find(|n| n.is_wildcard()) {
             if challenge != Challenge::Dns01 {
-                c.err(&at, format!("{w}: a wildcard can be proved with dns-01 only"));
+                c.err(
+                    &at,
+                    format!("{w}: a wildcard can be proved with dns-01 only"),
+                );
             }
         }
         if challenge == Challenge::Dns01 {
             if acme.is_some_and(|a| a.dns.is_none()) {
                 c.err(
                     &root.key("acme").key("dns"),
-                    format!("{}: dns-01 needs `acme.dns` (provider rfc2136 or exec)", h.name),
+                    format!(
+                        "{}: dns-01 needs `acme.dns` (provider rfc2136 or exec)",
+                        h.name
+                    ),
                 );
             }
             if let Some(ip) = h.names().find(|n| n.is_ip()) {
@@ -382,7 +388,10 @@ fn check_acme_hosts(
 /// `acme.challenge`, else HTTP-01 when port 80 is open and TLS-ALPN-01 when it is not.
 pub(super) fn challenge_for(host: &Host, acme: Option<&AcmeConfig>, port_80: bool) -> Challenge {
     // A wildcard can be proved with DNS-01 only: that is its default.
-    let wildcard = host.names().any(HostName::is_wildcard).then_some(Challenge::Dns01);
+    let wildcard = host
+        .names()
+        .any(HostName::is_wildcard)
+        .then_some(Challenge::Dns01);
     host.challenge
         .or(wildcard)
         .or(acme.and_then(|a| a.challenge))
