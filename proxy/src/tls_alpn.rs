@@ -103,28 +103,36 @@ impl AlpnChallenges {
         }
     }
 
-    fn insert(&self, identifier: &str, cert: Arc<CertifiedKey>) {
+    /// Whether it was kept: a name already pending is replaced; a new one needs room.
+    fn insert(&self, identifier: &str, cert: Arc<CertifiedKey>) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         map.retain(|_, (_, at)| now.duration_since(*at) < KEEP);
-        if map.len() < MAX_PENDING {
-            map.insert(sni_of(identifier), (cert, now));
+        let name = sni_of(identifier);
+        if map.len() >= MAX_PENDING && !map.contains_key(&name) {
+            return false;
         }
+        map.insert(name, (cert, now));
+        true
     }
 
     /// Makes the challenge certificate answerable here and, once this returns, by every
     /// replica sharing the storage: call it before telling the CA the challenge is ready.
     pub async fn publish(&self, identifier: &str, key_authorization: &str) -> Result<(), String> {
         let cert = challenge_cert(identifier, key_authorization)?;
-        self.insert(identifier, cert);
-        if let Some(key) = Key::alpn_challenge(identifier) {
-            self.storage
-                .put(&[(&key, key_authorization.as_bytes())])
-                .await
-                .map_err(|e| e.to_string())?;
-            if self.storage.changes().is_some() {
-                tokio::time::sleep(PROPAGATION).await;
-            }
+        if !self.insert(identifier, cert) {
+            return Err(format!(
+                "{MAX_PENDING} TLS-ALPN-01 challenges pending already"
+            ));
+        }
+        let key = Key::alpn_challenge(identifier)
+            .ok_or_else(|| format!("{identifier:?} cannot be a storage key"))?;
+        self.storage
+            .put(&[(&key, key_authorization.as_bytes())])
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.storage.changes().is_some() {
+            tokio::time::sleep(PROPAGATION).await;
         }
         Ok(())
     }
@@ -141,7 +149,11 @@ impl AlpnChallenges {
                     return;
                 };
                 match challenge_cert(identifier, &ka) {
-                    Ok(cert) => self.insert(identifier, cert),
+                    Ok(cert) => {
+                        if !self.insert(identifier, cert) {
+                            tracing::warn!("{MAX_PENDING} TLS-ALPN-01 challenges pending: one more from another replica not kept");
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot make a TLS-ALPN-01 certificate"),
                 }
             }

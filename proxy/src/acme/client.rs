@@ -327,23 +327,32 @@ pub(super) async fn offered_profiles(
         )
         .body(BodyWrapper::from(Vec::new()))
         .map_err(|e| e.to_string())?;
-    let mut rsp = tokio::time::timeout(limit, client.request(req))
-        .await
-        .map_err(|_| format!("no answer within {}s", limit.as_secs()))?
-        .map_err(|e| error_chain(&e))?;
-    if !rsp.parts.status.is_success() {
-        return Err(format!("the directory answered {}", rsp.parts.status));
-    }
-    let body = tokio::time::timeout(limit, rsp.body.into_bytes())
-        .await
-        .map_err(|_| "the directory did not finish in time".to_string())?
-        .map_err(|e| e.to_string())?;
+    // One deadline for the answer and its body.
+    let body = tokio::time::timeout(limit, async {
+        let mut rsp = client.request(req).await.map_err(|e| error_chain(&e))?;
+        if !rsp.parts.status.is_success() {
+            return Err(format!("the directory answered {}", rsp.parts.status));
+        }
+        rsp.body.into_bytes().await.map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| format!("no answer within {}s", limit.as_secs()))??;
     let dir: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| format!("the directory is not JSON: {e}"))?;
     let mut names: Vec<String> = dir
         .pointer("/meta/profiles")
         .and_then(|p| p.as_object())
-        .map(|m| m.keys().cloned().collect())
+        // Names as the CA wrote them may hold anything: printable ASCII, 64 at most, is shown.
+        .map(|m| {
+            m.keys()
+                .map(|k| {
+                    k.chars()
+                        .take(64)
+                        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+                        .collect()
+                })
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     Ok(names)

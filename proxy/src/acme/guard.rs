@@ -34,10 +34,13 @@ pub(super) fn decide(
 ) -> Result<Vec<i64>, SystemTime> {
     let window = limit.window.as_secs() as i64;
     let now_s = unix(now);
+    // A time ahead of this clock by less than a window (another replica's clock a little
+    // off) counts as now; one further ahead is nonsense and dropped, so no clock can hold the
+    // host out for longer than two windows.
     let mut kept: Vec<i64> = earlier
         .iter()
-        .copied()
-        .filter(|t| *t > now_s - window && *t <= now_s + 60)
+        .filter(|t| **t > now_s - window && **t <= now_s + window)
+        .map(|t| (*t).min(now_s))
         .collect();
     kept.sort_unstable();
     if kept.len() >= limit.orders as usize {
@@ -78,7 +81,11 @@ pub(super) async fn admit(
 ) -> Result<Admitted, Failure> {
     let key = Key::acme_orders(host);
     let record: Record = match storage.get(&key).await {
-        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            // Refusing on it would lock the host out for good (a refusal never rewrites it).
+            tracing::warn!(host = %host, error = %e, "the runaway guard's order record is unreadable; counting from zero");
+            Record::default()
+        }),
         Ok(None) => Record::default(),
         Err(e) => {
             return Err(Failure::new(format!(
@@ -131,10 +138,16 @@ mod tests {
     }
 
     #[test]
-    fn times_from_a_clock_far_ahead_are_dropped_not_trusted() {
-        // A replica with a broken clock must not lock the host out for ever.
+    fn times_from_a_clock_ahead_count_and_nonsense_is_dropped() {
+        // A replica whose clock is an hour ahead: its orders count (as now).
         let now = from_unix(1_000_000);
-        let bogus = [1_000_000 + 10 * DAY; 3];
-        assert!(decide(&bogus, limit(), now).is_ok());
+        let ahead = [1_000_000 + 3600; 3];
+        assert_eq!(
+            decide(&ahead, limit(), now),
+            Err(from_unix(1_000_000 + DAY))
+        );
+        // Ten days ahead is a broken clock: it must not lock the host out for ten days.
+        let broken = [1_000_000 + 10 * DAY; 3];
+        assert!(decide(&broken, limit(), now).is_ok());
     }
 }

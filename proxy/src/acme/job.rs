@@ -87,6 +87,18 @@ async fn due(
                 now,
             );
             match verdict {
+                Verdict::Renew if job.fresh => {
+                    // A window already past for a certificate just issued: a CA in trouble
+                    // (or one that revoked it at once). Renewing at once could loop.
+                    let at = now + schedule::MIN_RENEW_SPACING;
+                    tracing::warn!(host = %job.host, retry = %humantime::format_rfc3339_seconds(at), "the CA's renewal window for the certificate just issued is already past; renewing no sooner than an hour after issuance");
+                    Err(Outcome::NotDue {
+                        at,
+                        renewal: at,
+                        source: "ari",
+                        ari_pick: None,
+                    })
+                }
                 Verdict::Renew => Ok((!job.no_replaces).then(|| id.clone())),
                 Verdict::Wait {
                     at,

@@ -95,6 +95,7 @@ struct Job {
     threshold_due: SystemTime,
     ari_pick: Option<AriPick>,
     no_replaces: bool,
+    fresh: bool,
 }
 
 enum Outcome {
@@ -281,6 +282,7 @@ impl State {
                 threshold_due: slot.threshold_due,
                 ari_pick: slot.ari_pick,
                 no_replaces: slot.no_replaces,
+                fresh: slot.fresh,
             };
             let ctx = ctx.clone();
             let proofs = self.proofs.clone();
@@ -329,6 +331,7 @@ impl State {
                 source,
                 ari_pick,
             } => {
+                slot.fresh = false;
                 slot.next = at;
                 slot.renewal = Some((renewal, source));
                 slot.ari_pick = ari_pick;
@@ -429,7 +432,7 @@ impl State {
             }
             Some(Change::Put(key)) => {
                 if let Some(host) = key.acme_cert_host() {
-                    self.reread(config, Some(host));
+                    self.reread(config, Some(&host));
                 }
             }
             Some(Change::Resync) => {

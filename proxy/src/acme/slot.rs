@@ -60,6 +60,9 @@ pub(super) struct Slot {
     pub(super) ari_pick: Option<AriPick>,
     /// The last order with `replaces` failed: order the next one without it.
     pub(super) no_replaces: bool,
+    /// The certificate in force was issued here and the CA not yet asked about it: a window
+    /// already past at that first look waits `MIN_RENEW_SPACING` (no issue-renew loop).
+    pub(super) fresh: bool,
     pub(super) failures: u32,
     pub(super) last_error: Option<(String, i64)>,
     pub(super) last_issued: Option<i64>,
@@ -79,6 +82,7 @@ impl Slot {
             renewal: None,
             ari_pick: None,
             no_replaces: false,
+            fresh: false,
             failures: 0,
             last_error: None,
             last_issued: None,
@@ -122,6 +126,7 @@ impl Slot {
         self.failures = 0;
         self.last_error = None;
         self.no_replaces = false;
+        self.fresh = true;
         self.ari_pick = None;
         self.recompute_threshold(config, now);
         if self.threshold_due <= now {

@@ -92,13 +92,15 @@ fn build_order_limit(raw: Option<&str>, p: &KeyPath, c: &mut Collector) -> Order
     };
     let parsed = s.split_once('/').and_then(|(n, w)| {
         let orders = n.trim().parse::<u32>().ok().filter(|n| *n > 0)?;
-        let window = parse_duration(w.trim()).ok().filter(|d| !d.is_zero())?;
+        let window = parse_duration(w.trim())
+            .ok()
+            .filter(|d| *d >= Duration::from_secs(60))?;
         Some(OrderLimit { orders, window })
     });
     parsed.unwrap_or_else(|| {
         c.err(
             p,
-            format!("{s:?}: expected orders per window, like 3/24h (at least 1 order)"),
+            format!("{s:?}: expected orders per window, like 3/24h (at least 1 order, a window of at least 1m)"),
         );
         OrderLimit::default()
     })

@@ -16,6 +16,26 @@ const ALPN_PREFIX: &str = "alpn.";
 /// Longest HTTP-01 token looked up (RFC 8555 tokens are 43 characters).
 const MAX_TOKEN: usize = 128;
 
+/// A host name as it appears in a key: a wildcard's `*.` as `wildcard_.` (certmagic's file
+/// name for it), an IPv6 address with `_` for each `:` (no key has `*` or `:`; no host name
+/// has an underscore).
+fn file_part(host: &HostName) -> String {
+    match host.as_str().strip_prefix("*.") {
+        Some(rest) => format!("{WILDCARD}{rest}"),
+        None => host.as_str().replace(':', "_"),
+    }
+}
+
+/// The host name a key's `file_part` stands for.
+fn host_part(part: &str) -> String {
+    match part.strip_prefix(WILDCARD) {
+        Some(rest) => format!("*.{rest}"),
+        None => part.replace('_', ":"),
+    }
+}
+
+const WILDCARD: &str = "wildcard_.";
+
 fn name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
 }
@@ -23,22 +43,22 @@ fn name_char(c: char) -> bool {
 impl Key {
     /// An ACME host's chain: `HOST.cert.pem`.
     pub fn acme_cert(host: &HostName) -> Self {
-        Self(format!("{host}{CERT_SUFFIX}"))
+        Self(format!("{}{CERT_SUFFIX}", file_part(host)))
     }
 
     /// An ACME host's private key: `HOST.key.pem` (private).
     pub fn acme_key(host: &HostName) -> Self {
-        Self(format!("{host}.key.pem"))
+        Self(format!("{}.key.pem", file_part(host)))
     }
 
     /// A generated self-signed certificate: `HOST.self-signed.cert.pem`.
     pub fn self_signed_cert(host: &HostName) -> Self {
-        Self(format!("{host}{SELF_SIGNED_SUFFIX}"))
+        Self(format!("{}{SELF_SIGNED_SUFFIX}", file_part(host)))
     }
 
     /// Its key: `HOST.self-signed.key.pem` (private).
     pub fn self_signed_key(host: &HostName) -> Self {
-        Self(format!("{host}.self-signed.key.pem"))
+        Self(format!("{}.self-signed.key.pem", file_part(host)))
     }
 
     /// The ACME account credentials for one directory URL: `acme-account-SLUG.json` (private).
@@ -59,7 +79,7 @@ impl Key {
 
     /// When a host's recent ACME orders were placed (the runaway guard): `HOST.orders.json`.
     pub fn acme_orders(host: &HostName) -> Self {
-        Self(format!("{host}.orders.json"))
+        Self(format!("{}.orders.json", file_part(host)))
     }
 
     /// What the running proxies record of each ACME host, for `mcp-edge certs`.
@@ -147,9 +167,9 @@ impl Key {
     }
 
     /// The host whose ACME chain this is.
-    pub fn acme_cert_host(&self) -> Option<&str> {
+    pub fn acme_cert_host(&self) -> Option<String> {
         let host = self.0.strip_suffix(CERT_SUFFIX)?;
-        (!host.ends_with(".self-signed")).then_some(host)
+        (!host.ends_with(".self-signed")).then(|| host_part(host))
     }
 }
 
@@ -176,7 +196,30 @@ mod tests {
             Key::acme_account("https://127.0.0.1:14000/dir").as_str(),
             "acme-account-127.0.0.1-14000-dir.json"
         );
-        assert_eq!(Key::acme_cert(&h).acme_cert_host(), Some("a.example"));
+        assert_eq!(
+            Key::acme_cert(&h).acme_cert_host().as_deref(),
+            Some("a.example")
+        );
+        // An IPv6 host: a key like any other, listed and announced, and back to its name.
+        let v6 = HostName::parse("2001:db8::1").unwrap();
+        for k in [
+            Key::acme_cert(&v6),
+            Key::acme_key(&v6),
+            Key::acme_orders(&v6),
+        ] {
+            assert_eq!(Key::parse(k.as_str()), Some(k.clone()), "{k}");
+        }
+        assert_eq!(
+            Key::acme_cert(&v6).acme_cert_host().as_deref(),
+            Some("2001:db8::1")
+        );
+        let w = HostName::parse("*.w.example").unwrap();
+        assert_eq!(Key::acme_cert(&w).as_str(), "wildcard_.w.example.cert.pem");
+        assert!(Key::parse(Key::acme_key(&w).as_str()).is_some());
+        assert_eq!(
+            Key::acme_cert(&w).acme_cert_host().as_deref(),
+            Some("*.w.example")
+        );
         assert_eq!(Key::self_signed_cert(&h).acme_cert_host(), None);
         assert!(Key::acme_key(&h).is_private() && Key::seal_key().is_private());
         assert!(Key::acme_account("https://x/d").is_private());
