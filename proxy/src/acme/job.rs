@@ -78,40 +78,8 @@ async fn due(
                 info.suggested_window.start.unix_timestamp(),
                 info.suggested_window.end.unix_timestamp(),
             );
-            let verdict = schedule::decide(
-                job.threshold_due,
-                Some((window, recheck)),
-                job.ari_pick,
-                schedule::draw(),
-                ctx.accounts.config().renewal_check,
-                now,
-            );
-            match verdict {
-                Verdict::Renew if job.fresh => {
-                    // A window already past for a certificate just issued: a CA in trouble
-                    // (or one that revoked it at once). Renewing at once could loop.
-                    let at = now + schedule::MIN_RENEW_SPACING;
-                    tracing::warn!(host = %job.host, retry = %humantime::format_rfc3339_seconds(at), "the CA's renewal window for the certificate just issued is already past; renewing no sooner than an hour after issuance");
-                    Err(Outcome::NotDue {
-                        at,
-                        renewal: at,
-                        source: "ari",
-                        ari_pick: None,
-                    })
-                }
-                Verdict::Renew => Ok((!job.no_replaces).then(|| id.clone())),
-                Verdict::Wait {
-                    at,
-                    renewal,
-                    source,
-                    pick,
-                } => Err(Outcome::NotDue {
-                    at,
-                    renewal,
-                    source,
-                    ari_pick: pick,
-                }),
-            }
+            let max_recheck = ctx.accounts.config().renewal_check;
+            by_window(job, id, (window, recheck), max_recheck, now)
         }
         Err(instant_acme::Error::Unsupported(_)) if job.threshold_due > now => Err(by_threshold),
         Err(instant_acme::Error::Unsupported(_)) => Ok(None),
@@ -125,6 +93,51 @@ async fn due(
             })
         }
         Err(_) => Ok(None),
+    }
+}
+
+/// The verdict of the CA's renewal window: Ok (renew, with the identity to replace) or when
+/// to look again.
+fn by_window(
+    job: &Job,
+    id: &CertificateIdentifier<'static>,
+    window: ((i64, i64), Duration),
+    max_recheck: Duration,
+    now: SystemTime,
+) -> Result<Option<CertificateIdentifier<'static>>, Outcome> {
+    let verdict = schedule::decide(
+        job.threshold_due,
+        Some(window),
+        job.ari_pick,
+        schedule::draw(),
+        max_recheck,
+        now,
+    );
+    match verdict {
+        Verdict::Renew if job.fresh => {
+            // A window already past for a certificate just issued: a CA in trouble (or one
+            // that revoked it at once). Renewing at once could loop.
+            let at = now + schedule::MIN_RENEW_SPACING;
+            tracing::warn!(host = %job.host, retry = %humantime::format_rfc3339_seconds(at), "the CA's renewal window for the certificate just issued is already past; renewing no sooner than an hour after issuance");
+            Err(Outcome::NotDue {
+                at,
+                renewal: at,
+                source: "ari",
+                ari_pick: None,
+            })
+        }
+        Verdict::Renew => Ok((!job.no_replaces).then(|| id.clone())),
+        Verdict::Wait {
+            at,
+            renewal,
+            source,
+            pick,
+        } => Err(Outcome::NotDue {
+            at,
+            renewal,
+            source,
+            ari_pick: pick,
+        }),
     }
 }
 
