@@ -607,3 +607,70 @@ async fn dns_01_with_a_wrong_tsig_key_fails_cleanly_and_an_exec_hook_succeeds() 
     assert!(log.contains("present _acme-challenge.e.test."), "{log}");
     assert!(s.bind.txt("_acme-challenge.e.test").is_empty());
 }
+
+#[tokio::test]
+async fn the_second_ca_takes_over_while_the_first_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let up = Upstream::start("r1").await;
+    // The first CA is down (never started); the second is there.
+    let first = Pebble::new(&dir.path().join("first"), ports.http);
+    let mut second = Pebble::new(&dir.path().join("second"), ports.http);
+    second.start().await;
+    let acme = format!(
+        "acme:\n  directory:\n    - {{ url: \"{}\", directory_root: {} }}\n    - {{ url: \"{}\", directory_root: {} }}\n  contact: [ops@example.com]\n  accept_terms: true\n  retry_initial: 300ms\n  retry_max: 1s\n",
+        first.directory(),
+        first.directory_root().display(),
+        second.directory(),
+        second.directory_root().display()
+    );
+    let yaml = config(
+        &ports.yaml(),
+        &dir.path().join("certs"),
+        &acme,
+        &format!("  a.test:\n    tls: acme\n    upstream: {}\n", up.url()),
+    );
+    let edge = Edge::start(dir.path(), &ports, &yaml).await;
+    let roots = second.issuing_root().await;
+    let leaf = wait_for(
+        Duration::from_secs(30),
+        "a certificate from the second CA",
+        || {
+            let (edge, roots) = (&edge, roots.clone());
+            async move { edge.handshake(Some("a.test"), roots, &[]).await.ok() }
+        },
+    )
+    .await
+    .0;
+    assert_eq!(san_names(&leaf), vec!["a.test"]);
+    assert_eq!(
+        edge.metric("mcp_edge_acme_orders_total{host=\"a.test\",result=\"error\"}")
+            .await,
+        2.0,
+        "two failed orders at the first CA, then the second"
+    );
+    assert!(edge
+        .log()
+        .contains("the next order goes to the next one in acme.directory"));
+    wait_for(
+        Duration::from_secs(10),
+        "the status naming the CA",
+        || async {
+            let report = certs_report(&edge.config_path);
+            report
+                .contains(&format!("issued by:    {}", second.directory()))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Reject twins: a CA listed twice, and a list item that is not a CA.
+    let twice = yaml.replace(&first.directory(), &second.directory());
+    let (ok, out) = run_check(dir.path(), &twice);
+    assert!(!ok && out.contains("is listed twice"), "{out}");
+    let (ok, out) = run_check(
+        dir.path(),
+        &yaml.replace("    - {", "    - { nonsense: 1, "),
+    );
+    assert!(!ok && out.contains("acme.directory[0]"), "{out}");
+}

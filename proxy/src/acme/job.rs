@@ -64,8 +64,7 @@ async fn due(
             Ok(None)
         };
     };
-    let account = ctx
-        .accounts
+    let account = ctx.accounts[job.ari_ca]
         .get()
         .await
         .map_err(|failure| Outcome::Failed {
@@ -78,7 +77,7 @@ async fn due(
                 info.suggested_window.start.unix_timestamp(),
                 info.suggested_window.end.unix_timestamp(),
             );
-            let max_recheck = ctx.accounts.config().renewal_check;
+            let max_recheck = ctx.config.renewal_check;
             by_window(job, id, (window, recheck), max_recheck, now)
         }
         Err(instant_acme::Error::Unsupported(_)) if job.threshold_due > now => Err(by_threshold),
@@ -148,7 +147,10 @@ async fn order_now(
     job: &Job,
     replaces: Option<CertificateIdentifier<'static>>,
 ) -> Outcome {
-    let account = match ctx.accounts.get().await {
+    let accounts = &ctx.accounts[job.order_ca];
+    // `replaces` names a certificate of the CA that issued it; another CA would refuse it.
+    let replaces = replaces.filter(|_| job.order_ca == job.ari_ca);
+    let account = match accounts.get().await {
         Ok(a) => a,
         Err(failure) => {
             return Outcome::Failed {
@@ -158,8 +160,8 @@ async fn order_now(
         }
     };
     let started = Instant::now();
-    tracing::info!(host = %job.host, names = ?job.names, challenge = job.challenge.as_str(), replaces = replaces.is_some(), "ordering certificate");
-    let a = ctx.accounts.config();
+    let a = accounts.config();
+    tracing::info!(host = %job.host, names = ?job.names, challenge = job.challenge.as_str(), ca = %a.directory, replaces = replaces.is_some(), "ordering certificate");
     let req = order::OrderRequest {
         host: &job.host,
         names: &job.names,
@@ -178,8 +180,8 @@ async fn order_now(
     let mut result = order::order(&account, &*solver, &req).await;
     if let Err(f) = &result {
         if f.kind == FailureKind::AccountGone {
-            ctx.accounts.forget(&account).await;
-            result = match ctx.accounts.get().await {
+            accounts.forget(&account).await;
+            result = match accounts.get().await {
                 Ok(fresh) => order::order(&fresh, &*solver, &req).await,
                 Err(f) => Err(f),
             };
@@ -189,6 +191,7 @@ async fn order_now(
         Ok(cert) => Outcome::Issued {
             cert,
             took: started.elapsed(),
+            ca: job.order_ca,
         },
         Err(failure) => Outcome::Failed {
             failure,

@@ -32,18 +32,18 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use client::{capturing_retry_after, Accounts, Failure, FailureKind};
+use client::{capturing_retry_after, Accounts, Failure};
 use job::{run_job, wait_listening};
 use schedule::{AriPick, HostStatus, StatusFile};
-use slot::{newer, Current, Slot};
+use slot::{newer, order_failed, Current, Slot};
 
 use crate::certs::{self, names_of};
-use crate::config::{Challenge, Config, Host, TlsSource};
+use crate::config::{AcmeConfig, Challenge, Config, Host, TlsSource};
 use crate::metrics;
 use crate::names::HostName;
 use crate::pem::LoadedCert;
 use crate::storage::{Change, Key, Storage};
-use crate::time::{from_unix, unix, unix_now};
+use crate::time::{unix, unix_now};
 use crate::tls::CertStore;
 
 /// With ARI, how often the CA's window is looked at again at most: `acme.renewal_check`.
@@ -96,6 +96,10 @@ struct Job {
     ari_pick: Option<AriPick>,
     no_replaces: bool,
     fresh: bool,
+    /// The CA this order goes to (index into `Ctx::accounts`).
+    order_ca: usize,
+    /// The CA that issued the certificate in force, asked for its renewal window.
+    ari_ca: usize,
 }
 
 enum Outcome {
@@ -109,11 +113,11 @@ enum Outcome {
     Issued {
         cert: LoadedCert,
         took: Duration,
+        /// The CA that issued it.
+        ca: usize,
     },
     /// Another replica renewed while this one waited for the lock: its certificate.
-    Adopted {
-        cert: LoadedCert,
-    },
+    Adopted { cert: LoadedCert },
     /// Another replica holds the host's lock (it is ordering).
     Busy,
     Failed {
@@ -125,7 +129,10 @@ enum Outcome {
 
 /// Per ACME configuration: the account and the bound on concurrent orders.
 struct Ctx {
-    accounts: Arc<Accounts>,
+    /// The `acme:` block these were made from.
+    config: AcmeConfig,
+    /// One account per CA, in order of preference.
+    accounts: Vec<Arc<Accounts>>,
     permits: Arc<Semaphore>,
     storage: Storage,
 }
@@ -211,7 +218,7 @@ impl State {
     fn sync(&mut self, config: &Config) {
         let now = SystemTime::now();
         let changed = match (&config.acme, &self.ctx) {
-            (Some(a), Some(ctx)) => ctx.accounts.config() != a,
+            (Some(a), Some(ctx)) => &ctx.config != a,
             (Some(_), None) => true,
             (None, _) => {
                 self.ctx = None;
@@ -221,7 +228,12 @@ impl State {
         if let (true, Some(a)) = (changed, &config.acme) {
             self.written = None;
             self.ctx = Some(Arc::new(Ctx {
-                accounts: Arc::new(Accounts::new(a.clone(), self.storage.clone())),
+                config: a.clone(),
+                accounts: a
+                    .cas()
+                    .into_iter()
+                    .map(|ca| Arc::new(Accounts::new(ca, self.storage.clone())))
+                    .collect(),
                 permits: Arc::new(Semaphore::new(a.concurrency)),
                 storage: self.storage.clone(),
             }));
@@ -283,6 +295,8 @@ impl State {
                 ari_pick: slot.ari_pick,
                 no_replaces: slot.no_replaces,
                 fresh: slot.fresh,
+                order_ca: slot.ca.min(ctx.accounts.len() - 1),
+                ari_ca: slot.issued_by.unwrap_or(0).min(ctx.accounts.len() - 1),
             };
             let ctx = ctx.clone();
             let proofs = self.proofs.clone();
@@ -336,15 +350,24 @@ impl State {
                 slot.renewal = Some((renewal, source));
                 slot.ari_pick = ari_pick;
             }
-            Outcome::Issued { cert, took } => {
+            Outcome::Issued { cert, took, ca } => {
                 m.acme_orders
                     .with_label_values(&[host.as_str(), "ok"])
                     .inc();
                 slot.took(&host, &cert, config, now);
                 slot.last_issued = Some(unix(now));
+                // The next order tries the first CA again.
+                slot.issued_by = Some(ca);
+                slot.ca = 0;
+                let directory = config
+                    .acme
+                    .as_ref()
+                    .and_then(|a| a.cas().get(ca).map(|c| c.directory.clone()))
+                    .unwrap_or_default();
+                slot.issuer_ca = Some(directory.clone());
                 let (not_after, next) = (cert.info.not_after, slot.threshold_due);
                 self.certs.install(&host, names, cert);
-                tracing::info!(host = %host, not_after, took_ms = took.as_millis() as u64, next_renewal = %humantime::format_rfc3339_seconds(next), "certificate issued and serving");
+                tracing::info!(host = %host, ca = %directory, not_after, took_ms = took.as_millis() as u64, next_renewal = %humantime::format_rfc3339_seconds(next), "certificate issued and serving");
             }
             Outcome::Adopted { cert } => {
                 // Unless the announcement of the same certificate came first.
@@ -481,60 +504,6 @@ impl State {
         }
         adopt(slot, &*self.certs, &host, cert, config);
     }
-}
-
-/// An order that reached the CA failed: counted, backed off, and logged with what serves meanwhile.
-fn order_failed(
-    slot: &mut Slot,
-    host: &HostName,
-    failure: &Failure,
-    config: &Config,
-    now: SystemTime,
-) {
-    let m = metrics::get();
-    if failure.kind == FailureKind::OrderLimit {
-        // Not an order: no failure counted, no backoff; the guard says when one may be placed.
-        m.acme_orders
-            .with_label_values(&[host.as_str(), "refused"])
-            .inc();
-        slot.next = failure
-            .retry_after
-            .unwrap_or(now + Duration::from_secs(3600));
-        slot.last_error = Some((failure.message.clone(), unix(now)));
-        tracing::error!(host = %host, error = %failure.message, "certificate order refused by the runaway guard");
-        return;
-    }
-    m.acme_orders
-        .with_label_values(&[host.as_str(), "error"])
-        .inc();
-    slot.failures += 1;
-    if slot.current.as_ref().is_some_and(|c| c.ari_id.is_some()) {
-        slot.no_replaces = true;
-    }
-    let (initial, max) = config.acme.as_ref().map_or(
-        (Duration::from_secs(120), Duration::from_secs(21600)),
-        |a| (a.retry_initial, a.retry_max),
-    );
-    slot.next = schedule::backoff(
-        slot.failures,
-        initial,
-        max,
-        failure.retry_after,
-        schedule::draw(),
-        now,
-    );
-    slot.last_error = Some((failure.message.clone(), unix(now)));
-    let serving = match &slot.current {
-        Some(c) if from_unix(c.not_after) > now => "the current certificate keeps serving",
-        _ => "no certificate is served for this host until an order succeeds",
-    };
-    tracing::error!(
-        host = %host,
-        error = %failure.message,
-        failures = slot.failures,
-        next_attempt = %humantime::format_rfc3339_seconds(slot.next),
-        "certificate order failed; {serving}"
-    );
 }
 
 /// Installs a certificate another replica stored if it is newer than the slot's; whether it was.

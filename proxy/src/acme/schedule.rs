@@ -171,6 +171,9 @@ pub struct HostStatus {
     pub last_error_at: Option<i64>,
     /// Unix seconds of the last successful order.
     pub last_issued: Option<i64>,
+    /// The directory of the CA that issued the certificate in force (when known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// `acme-status.json` in storage. With replicas sharing storage, the last one whose view

@@ -1,12 +1,15 @@
 //! What the manager knows about one ACME host between jobs: the certificate in force (dates,
-//! ARI identity), the planned renewal, the failures so far.
+//! ARI identity, issuing CA), the planned renewal, the failures so far and what they change
+//! (backoff, the next CA).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use instant_acme::CertificateIdentifier;
 
+use super::client::{Failure, FailureKind};
 use super::schedule::{self, AriPick, HostStatus};
 use crate::config::Config;
+use crate::metrics;
 use crate::names::HostName;
 use crate::pem::LoadedCert;
 use crate::time::{from_unix, unix};
@@ -63,6 +66,12 @@ pub(super) struct Slot {
     /// The certificate in force was issued here and the CA not yet asked about it: a window
     /// already past at that first look waits `MIN_RENEW_SPACING` (no issue-renew loop).
     pub(super) fresh: bool,
+    /// The CA the next order goes to; the next one after repeated failures.
+    pub(super) ca: usize,
+    /// The CA that issued the certificate in force, when this process ordered it.
+    pub(super) issued_by: Option<usize>,
+    /// Its directory, for the status.
+    pub(super) issuer_ca: Option<String>,
     pub(super) failures: u32,
     pub(super) last_error: Option<(String, i64)>,
     pub(super) last_issued: Option<i64>,
@@ -83,6 +92,9 @@ impl Slot {
             ari_pick: None,
             no_replaces: false,
             fresh: false,
+            ca: 0,
+            issued_by: None,
+            issuer_ca: None,
             failures: 0,
             last_error: None,
             last_issued: None,
@@ -152,6 +164,71 @@ impl Slot {
             last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
             last_error_at: self.last_error.as_ref().map(|(_, t)| *t),
             last_issued: self.last_issued,
+            ca: self.issuer_ca.clone(),
         }
     }
+}
+
+/// Failed orders in a row at one CA before the next CA of `acme.directory` is tried.
+const FAILOVER_AFTER: u32 = 2;
+
+/// An order that reached the CA failed: counted, backed off, and logged with what serves meanwhile.
+pub(super) fn order_failed(
+    slot: &mut Slot,
+    host: &HostName,
+    failure: &Failure,
+    config: &Config,
+    now: SystemTime,
+) {
+    let m = metrics::get();
+    if failure.kind == FailureKind::OrderLimit {
+        // Not an order: no failure counted, no backoff; the guard says when one may be placed.
+        m.acme_orders
+            .with_label_values(&[host.as_str(), "refused"])
+            .inc();
+        slot.next = failure
+            .retry_after
+            .unwrap_or(now + Duration::from_secs(3600));
+        slot.last_error = Some((failure.message.clone(), unix(now)));
+        tracing::error!(host = %host, error = %failure.message, "certificate order refused by the runaway guard");
+        return;
+    }
+    m.acme_orders
+        .with_label_values(&[host.as_str(), "error"])
+        .inc();
+    slot.failures += 1;
+    if slot.current.as_ref().is_some_and(|c| c.ari_id.is_some()) {
+        slot.no_replaces = true;
+    }
+    let (initial, max) = config.acme.as_ref().map_or(
+        (Duration::from_secs(120), Duration::from_secs(21600)),
+        |a| (a.retry_initial, a.retry_max),
+    );
+    slot.next = schedule::backoff(
+        slot.failures,
+        initial,
+        max,
+        failure.retry_after,
+        schedule::draw(),
+        now,
+    );
+    let cas = config.acme.as_ref().map_or(Vec::new(), |a| a.cas());
+    if cas.len() > 1 && slot.failures.is_multiple_of(FAILOVER_AFTER) {
+        // Orders keep failing at this CA: the next goes to the next one, soon.
+        slot.ca = (slot.ca + 1) % cas.len();
+        slot.next = now + initial;
+        tracing::warn!(host = %host, ca = %cas[slot.ca].directory, "orders keep failing at this CA; the next order goes to the next one in acme.directory");
+    }
+    slot.last_error = Some((failure.message.clone(), unix(now)));
+    let serving = match &slot.current {
+        Some(c) if from_unix(c.not_after) > now => "the current certificate keeps serving",
+        _ => "no certificate is served for this host until an order succeeds",
+    };
+    tracing::error!(
+        host = %host,
+        error = %failure.message,
+        failures = slot.failures,
+        next_attempt = %humantime::format_rfc3339_seconds(slot.next),
+        "certificate order failed; {serving}"
+    );
 }

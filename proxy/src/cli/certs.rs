@@ -153,6 +153,9 @@ fn renewal(status: Option<&HostStatus>, out: &mut String) {
     if let Some(t) = st.last_issued {
         let _ = writeln!(out, "  last issued:  {}", rfc3339(t));
     }
+    if let Some(ca) = &st.ca {
+        let _ = writeln!(out, "  issued by:    {ca}");
+    }
     if let (Some(e), Some(t)) = (&st.last_error, st.last_error_at) {
         let _ = writeln!(out, "  last error:   {} at {}", e, rfc3339(t));
         let _ = writeln!(

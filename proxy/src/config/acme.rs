@@ -5,9 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
+use serde_yaml_ng::Value;
 
 use super::model::{parse_duration, resolve_path};
-use super::raw::{RawAcme, RawEab};
+use super::raw::{RawAcme, RawCa, RawEab};
 use super::{Collector, DnsConfig, KeyPath};
 
 /// `acme:` validated.
@@ -34,6 +35,38 @@ pub struct AcmeConfig {
     pub renewal_check: Duration,
     /// DNS-01's provider; required when a host uses DNS-01.
     pub dns: Option<DnsConfig>,
+    /// CAs to order from when orders keep failing at `directory`, in order.
+    pub fallbacks: Vec<CaConfig>,
+}
+
+/// One CA: its directory, the roots for its HTTPS, its External Account Binding. Each has its
+/// own account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaConfig {
+    pub directory: String,
+    pub directory_root: Option<Vec<CertificateDer<'static>>>,
+    pub eab: Option<Eab>,
+}
+
+impl AcmeConfig {
+    /// Every CA in order of preference, each as the configuration of its own account (the
+    /// first is this one).
+    pub fn cas(&self) -> Vec<Self> {
+        let mut out = vec![Self {
+            fallbacks: Vec::new(),
+            ..self.clone()
+        }];
+        for ca in &self.fallbacks {
+            out.push(Self {
+                directory: ca.directory.clone(),
+                directory_root: ca.directory_root.clone(),
+                eab: ca.eab.clone(),
+                fallbacks: Vec::new(),
+                ..self.clone()
+            });
+        }
+        out
+    }
 }
 
 /// How a host proves control of its names to the CA.
@@ -267,11 +300,103 @@ fn build_threshold(raw: Option<&str>, p: &KeyPath, c: &mut Collector) -> RenewTh
     }
 }
 
+/// A directory root file read as DER.
+fn read_root(
+    r: &str,
+    base: &Path,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> Option<Vec<CertificateDer<'static>>> {
+    match crate::pem::read_certificates(&resolve_path(base, r)) {
+        Ok(certs) => Some(certs),
+        Err(e) => {
+            c.err(p, e.to_string());
+            None
+        }
+    }
+}
+
+/// `directory` (with the top-level `directory_root` and `eab`), or a list of CAs: the first
+/// and the fallbacks.
+fn build_cas(
+    raw: Option<Value>,
+    root: Option<String>,
+    eab: Option<RawEab>,
+    base: &Path,
+    p: &KeyPath,
+    c: &mut Collector,
+) -> (CaConfig, Vec<CaConfig>) {
+    let top = CaConfig {
+        directory: String::new(),
+        directory_root: root.and_then(|r| read_root(&r, base, &p.key("directory_root"), c)),
+        eab: eab.and_then(|e| build_eab(e, &p.key("eab"), c)),
+    };
+    let dp = p.key("directory");
+    let (items, listed) = match raw {
+        None => (vec![None], false),
+        Some(v @ Value::String(_)) => (vec![Some(v)], false),
+        Some(Value::Sequence(list)) if !list.is_empty() => {
+            (list.into_iter().map(Some).collect(), true)
+        }
+        Some(_) => {
+            c.err(
+                &dp,
+                "expected a directory (letsencrypt, an https:// URL) or a list of them",
+            );
+            (vec![None], false)
+        }
+    };
+    let mut cas: Vec<CaConfig> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let at = if listed { dp.index(i) } else { dp.clone() };
+        // The top-level `directory_root` and `eab` belong to the first CA.
+        let inherited = if i == 0 {
+            top.clone()
+        } else {
+            CaConfig {
+                directory: String::new(),
+                directory_root: None,
+                eab: None,
+            }
+        };
+        let ca = match item {
+            None => CaConfig {
+                directory: build_directory(None, &at, c),
+                ..inherited
+            },
+            Some(Value::String(s)) => CaConfig {
+                directory: build_directory(Some(&s), &at, c),
+                ..inherited
+            },
+            Some(v) => match c.deserialize::<RawCa>(v, &at) {
+                Some(r) => CaConfig {
+                    directory: build_directory(Some(&r.url), &at.key("url"), c),
+                    directory_root: r
+                        .directory_root
+                        .and_then(|f| read_root(&f, base, &at.key("directory_root"), c))
+                        .or(inherited.directory_root),
+                    eab: r
+                        .eab
+                        .and_then(|e| build_eab(e, &at.key("eab"), c))
+                        .or(inherited.eab),
+                },
+                None => continue,
+            },
+        };
+        if cas.iter().any(|x| x.directory == ca.directory) {
+            c.err(&at, format!("{} is listed twice", ca.directory));
+        }
+        cas.push(ca);
+    }
+    let mut it = cas.into_iter();
+    let first = it.next().unwrap_or(top);
+    (first, it.collect())
+}
+
 pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector) -> AcmeConfig {
-    let directory = build_directory(a.directory.as_deref(), &p.key("directory"), c);
-    let contact = build_contact(&a.contact, &p.key("contact"), c);
     let (retry_initial, retry_max) = build_retry(&a, p, c);
-    let eab = a.eab.and_then(|e| build_eab(e, &p.key("eab"), c));
+    let (first, fallbacks) = build_cas(a.directory, a.directory_root, a.eab, base, p, c);
+    let contact = build_contact(&a.contact, &p.key("contact"), c);
     let renew_when_remaining = build_threshold(
         a.renew_when_remaining.as_deref(),
         &p.key("renew_when_remaining"),
@@ -301,15 +426,6 @@ pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector
             c.err(&p.key("profile"), "must not be empty");
         }
     }
-    let directory_root = a.directory_root.and_then(|r| {
-        match crate::pem::read_certificates(&resolve_path(base, &r)) {
-            Ok(certs) => Some(certs),
-            Err(e) => {
-                c.err(&p.key("directory_root"), e.to_string());
-                None
-            }
-        }
-    });
     let challenge = a.challenge.as_deref().and_then(|s| {
         Challenge::parse(s)
             .map_err(|e| c.err(&p.key("challenge"), e))
@@ -325,11 +441,12 @@ pub(super) fn build_acme(a: RawAcme, base: &Path, p: &KeyPath, c: &mut Collector
         challenge,
         order_limit,
         renewal_check,
-        directory,
+        directory: first.directory,
         contact,
         accept_terms: a.accept_terms,
-        directory_root,
-        eab,
+        directory_root: first.directory_root,
+        eab: first.eab,
+        fallbacks,
         profile: a.profile,
         renew_when_remaining,
         key_type,

@@ -99,8 +99,9 @@ pub(super) struct RawListen {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAcme {
-    /// `letsencrypt`, `letsencrypt-staging` or an https URL of an ACME directory.
-    pub directory: Option<String>,
+    /// `letsencrypt`, `letsencrypt-staging` or an https URL of an ACME directory; or a list
+    /// of CAs in order of preference (each a name/URL or `{ url, directory_root, eab }`).
+    pub directory: Option<Value>,
     /// Contact URLs (`mailto:`), or bare e-mail addresses.
     #[serde(default)]
     pub contact: Vec<String>,
@@ -132,6 +133,18 @@ pub(super) struct RawAcme {
     pub renewal_check: Option<String>,
     /// DNS-01: how the TXT records are written.
     pub dns: Option<super::dns::RawDns>,
+}
+
+/// One CA of a list in `acme.directory`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCa {
+    /// `letsencrypt`, `letsencrypt-staging` or an https URL of an ACME directory.
+    pub url: String,
+    /// Extra root CA (PEM) trusted for this directory's own HTTPS.
+    pub directory_root: Option<String>,
+    /// External Account Binding with this CA.
+    pub eab: Option<RawEab>,
 }
 
 /// `acme.eab:`
