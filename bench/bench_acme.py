@@ -1,7 +1,9 @@
-"""Time from process start to the first ACME certificate served: mcp-edge vs Caddy, against the
-same pebble (real HTTP-01 validation; pebble's nonce rejection left on); and three mcp-edge
+"""Time from process start to the first ACME certificate served: mcp-edge with each challenge
+(HTTP-01, TLS-ALPN-01 with port 80 closed, DNS-01 through RFC 2136 to BIND) vs Caddy's HTTP-01,
+against pebble 2.10 (real validation; pebble's nonce rejection left on); and three mcp-edge
 replicas on one Redis behind HAProxy (until all three serve it) against one replica on files."""
 
+import base64
 import json
 import os
 import socket
@@ -40,14 +42,15 @@ def _served(port, root_pem):
         return False
 
 
-def _edge_yaml(ports, storage, directory, ca, upstream):
+def _edge_yaml(ports, storage, directory, ca, upstream, acme_extra="", http_none=False):
     """An mcp-edge configuration with the one ACME host, on (http, https, metrics) ports."""
     http, https, metrics = ports
+    http = "none" if http_none else f'"127.0.0.1:{http}"'
     return f"""
-listen: {{ http: "127.0.0.1:{http}", https: "127.0.0.1:{https}", metrics: "127.0.0.1:{metrics}" }}
+listen: {{ http: {http}, https: "127.0.0.1:{https}", metrics: "127.0.0.1:{metrics}" }}
 storage: {storage}
 threads: 1
-acme: {{ directory: "{directory}", directory_root: {ca}, contact: [bench@acme.test], accept_terms: true, retry_initial: 1s, retry_max: 2s }}
+acme: {{ directory: "{directory}", directory_root: {ca}, contact: [bench@acme.test], accept_terms: true, retry_initial: 1s, retry_max: 2s {acme_extra}}}
 hosts:
   {NAME}:
     tls: acme
@@ -55,36 +58,84 @@ hosts:
 """
 
 
+def pebble_bin(name):
+    """pebble 2.10 (ARI, profiles, TLS-ALPN-01, DNS-01) as the test command fetches it."""
+    d = os.environ.get("MCP_EDGE_PEBBLE_DIR")
+    if not d:
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mcp-edge" / "pebble-2.10"
+        subprocess.run([bench.ROOT / "scripts" / "pebble-unstable", cache], check=True,
+                       capture_output=True)
+        d = cache / "bin"
+    return str(Path(d) / name)
+
+
+def _pebble(d, name, http_port, https_port, dns_server):
+    """A pebble resolving through `dns_server`; its directory URL and issuing root."""
+    port, mgmt = bench.free_port(), bench.free_port()
+    (d / f"{name}.json").write_text(json.dumps({"pebble": {
+        "listenAddress": f"127.0.0.1:{port}", "managementListenAddress": f"127.0.0.1:{mgmt}",
+        "certificate": str(d / "listener.pem"), "privateKey": str(d / "listener.key"),
+        "httpPort": http_port, "tlsPort": https_port, "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+        "profiles": {"default": {"description": "90 days", "validityPeriod": 7776000}}}}))
+    env = {k: v for k, v in os.environ.items() if k != "PEBBLE_VA_ALWAYS_VALID"}
+    env["PEBBLE_VA_NOSLEEP"] = "1"
+    bench.spawn([pebble_bin("pebble"), "-config", d / f"{name}.json", "-dnsserver", dns_server],
+                bench.LOAD_CPU, name, env=env)
+    bench.wait_port(port)
+    ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
+    root = urllib.request.urlopen(f"https://127.0.0.1:{mgmt}/roots/0", context=ctx).read().decode()
+    return f"https://127.0.0.1:{port}/dir", root
+
+
+def _bind(work):
+    """BIND, primary for `acme.test.` and taking TSIG-signed updates: (address, key yaml)."""
+    d = work / "bind"
+    d.mkdir(exist_ok=True)
+    port = bench.free_port()
+    secret = base64.b64encode(os.urandom(32)).decode()
+    (d / "named.conf").write_text(f"""options {{ directory "{d}"; pid-file "{d}/named.pid";
+  session-keyfile "{d}/session.key"; listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }};
+  recursion no; dnssec-validation no; allow-query {{ any; }}; }};
+controls {{ }};
+key "bench" {{ algorithm hmac-sha256; secret "{secret}"; }};
+zone "acme.test" {{ type primary; file "{d}/zone.db"; allow-update {{ key "bench"; }}; }};
+""")
+    (d / "zone.db").write_text("$TTL 60\n@ IN SOA ns.acme.test. admin.acme.test. 1 60 60 600 60\n"
+                               "@ IN NS ns.acme.test.\nns IN A 127.0.0.1\nbench IN A 127.0.0.1\n")
+    (d / "tsig.key").write_text(secret + "\n")
+    bench.spawn(["named", "-g", "-c", d / "named.conf"], bench.LOAD_CPU, "named")
+    bench.wait_port(port)
+    dns = (f", dns: {{ provider: rfc2136, server: \"127.0.0.1:{port}\", zone: acme.test, "
+           f"key_name: bench, key_file: {d / 'tsig.key'} }}")
+    return f"127.0.0.1:{port}", dns
+
+
 def measure(results, work, runs, log):
     d = _listener_ca(work)
     http_port, https_port = bench.free_port(), bench.free_port()
-    pebble_port, mgmt, dns, dns_mgmt = (bench.free_port() for _ in range(4))
-    (d / "pebble.json").write_text(json.dumps({"pebble": {
-        "listenAddress": f"127.0.0.1:{pebble_port}", "managementListenAddress": f"127.0.0.1:{mgmt}",
-        "certificate": str(d / "listener.pem"), "privateKey": str(d / "listener.key"),
-        "httpPort": http_port, "tlsPort": https_port, "ocspResponderURL": "",
-        "externalAccountBindingRequired": False}}))
-    bench.spawn(["pebble-challtestsrv", "-dns01", f"127.0.0.1:{dns}", "-management",
-                 f"127.0.0.1:{dns_mgmt}", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-                 "-http01", "", "-https01", "", "-tlsalpn01", ""], bench.LOAD_CPU, "challtestsrv")
-    env = {k: v for k, v in os.environ.items() if k != "PEBBLE_VA_ALWAYS_VALID"}
-    env["PEBBLE_VA_NOSLEEP"] = "1"
-    bench.spawn(["pebble", "-config", d / "pebble.json", "-dnsserver", f"127.0.0.1:{dns}"],
-                bench.LOAD_CPU, "pebble", env=env)
-    bench.wait_port(pebble_port)
+    dns, dns_mgmt = bench.free_port(), bench.free_port()
+    bench.spawn([pebble_bin("pebble-challtestsrv"), "-dnsserver", f"127.0.0.1:{dns}", "-doh", "",
+                 "-management", f"127.0.0.1:{dns_mgmt}", "-defaultIPv4", "127.0.0.1",
+                 "-defaultIPv6", "", "-http01", "", "-https01", "", "-tlsalpn01", ""],
+                bench.LOAD_CPU, "challtestsrv")
     bench.wait_port(dns_mgmt)
-    ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
-    root = urllib.request.urlopen(f"https://127.0.0.1:{mgmt}/roots/0", context=ctx).read().decode()
-    directory = f"https://127.0.0.1:{pebble_port}/dir"
+    directory, root = _pebble(d, "pebble", http_port, https_port, f"127.0.0.1:{dns}")
+    bind_addr, dns_yaml = _bind(work)
+    dns_directory, dns_root = _pebble(d, "pebble-dns", http_port, https_port, bind_addr)
 
     for i in range(runs):
-        for proxy in ("mcp-edge", "caddy"):
+        for proxy in ("mcp-edge", "tls-alpn-01", "dns-01", "caddy"):
             run_dir = work / f"acme-{proxy}-{i}"
             run_dir.mkdir()
-            if proxy == "mcp-edge":
+            served_root = dns_root if proxy == "dns-01" else root
+            if proxy != "caddy":
+                extra = {"mcp-edge": "", "tls-alpn-01": ", challenge: tls-alpn-01",
+                         "dns-01": ", challenge: dns-01" + dns_yaml}[proxy]
                 (run_dir / "edge.yaml").write_text(_edge_yaml(
-                    (http_port, https_port, bench.free_port()), run_dir / "store", directory,
-                    d / "ca.pem", results["_upstream"]))
+                    (http_port, https_port, bench.free_port()), run_dir / "store",
+                    dns_directory if proxy == "dns-01" else directory,
+                    d / "ca.pem", results["_upstream"], extra, http_none=proxy == "tls-alpn-01"))
                 cmd = [bench.REL / "mcp-edge", "run", "-c", run_dir / "edge.yaml"]
                 penv = None
             else:
@@ -111,13 +162,16 @@ def measure(results, work, runs, log):
             p = bench.spawn(cmd, bench.PROXY_CPU, f"acme-{proxy}", env=penv)
             ms = None
             while time.monotonic() - t0 < 30:
-                if _served(https_port, root):
+                if _served(https_port, served_root):
                     ms = (time.monotonic() - t0) * 1000
                     break
                 time.sleep(0.002)
             bench.stop(p)
             r = {"ms": ms} if ms is not None else {"error": "no certificate within 30 s"}
-            results.setdefault(proxy, {}).setdefault("acme", []).append(r)
+            if proxy in ("tls-alpn-01", "dns-01"):
+                results.setdefault("acme_challenges", {}).setdefault(proxy, []).append(r)
+            else:
+                results.setdefault(proxy, {}).setdefault("acme", []).append(r)
             log(f"  acme {proxy} run {i + 1}: {r}")
             time.sleep(0.3)
 

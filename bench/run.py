@@ -673,6 +673,15 @@ def report(results):
                      f"until all three serve it, {fmt(three['median'])} ms ({fmt(three['min'])}–"
                      f"{fmt(three['max'])}) vs one replica on files {fmt(one['median'])} ms; orders "
                      f"placed by the three together per run: {orders}.")
+    by_challenge = results.get("acme_challenges", {})
+    caddy = median_spread([r.get("ms") for r in results.get("caddy", {}).get("acme", [])])
+    tls_alpn = median_spread([r.get("ms") for r in by_challenge.get("tls-alpn-01", [])])
+    dns01 = median_spread([r.get("ms") for r in by_challenge.get("dns-01", [])])
+    if one and tls_alpn and dns01:
+        span = lambda m: f"{fmt(m['median'])} ms ({fmt(m['min'])}–{fmt(m['max'])})"
+        extra.append(f"First ACME certificate by challenge, mcp-edge: HTTP-01 {span(one)}, "
+                     f"TLS-ALPN-01 (port 80 closed) {span(tls_alpn)}, DNS-01 over RFC 2136 to BIND "
+                     f"{span(dns01)}" + (f"; Caddy HTTP-01 {span(caddy)}." if caddy else "."))
     swap = results.get("mcp-edge", {}).get("swap", [{}])[0]
     if "requests" in swap:
         extra.append(f"Certificate swaps: {swap.get('swaps')} swaps during {swap.get('requests')} "

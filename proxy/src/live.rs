@@ -100,7 +100,15 @@ impl std::fmt::Debug for Live {
 impl ResolvesServerCert for Live {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let snap = self.snap.load();
-        snap.certs
-            .resolve(snap.config.tls_name(hello.server_name()))
+        // No SNI (a client dialling an IP address): the host named by the address it dialled,
+        // when there is one; else the default host.
+        let dialled = match hello.server_name() {
+            Some(_) => None,
+            None => pingora::listeners::handshake_local_addr()
+                .map(|a| a.ip().to_canonical().to_string())
+                .filter(|ip| snap.config.host(ip).is_some()),
+        };
+        let name = hello.server_name().or(dialled.as_deref());
+        snap.certs.resolve(snap.config.tls_name(name))
     }
 }

@@ -674,3 +674,32 @@ async fn the_second_ca_takes_over_while_the_first_refuses() {
     );
     assert!(!ok && out.contains("acme.directory[0]"), "{out}");
 }
+
+#[tokio::test]
+async fn clients_without_sni_get_the_certificate_of_the_address_they_dialled() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let up = Upstream::start("r1").await;
+    let listen = format!(
+        "listen:\n  http: \"127.0.0.1:{}\"\n  https: \"0.0.0.0:{}\"\n  metrics: \"127.0.0.1:{}\"\n",
+        ports.http, ports.https, ports.metrics
+    );
+    let hosts = format!(
+        "  127.0.0.1:\n    tls: self-signed\n    upstream: {u}\n  127.0.0.2:\n    tls: self-signed\n    upstream: {u}\n",
+        u = up.url()
+    );
+    let yaml = format!(
+        "{listen}storage: {}\nhosts:\n{hosts}",
+        dir.path().join("certs").display()
+    );
+    let _edge = Edge::start(dir.path(), &ports, &yaml).await;
+    let roots = TestCa::new("unused").root_store();
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        let addr: std::net::SocketAddr = format!("{ip}:{}", ports.https).parse().unwrap();
+        let (leaf, _, _) = tls_handshake(addr, None, roots.clone(), &[]).await.unwrap();
+        assert_eq!(san_names(&leaf), vec![ip.to_string()], "dialled {ip}");
+    }
+    // Reject twin: an address no host is named by, and no default host (two IP hosts).
+    let other: std::net::SocketAddr = format!("127.0.0.3:{}", ports.https).parse().unwrap();
+    assert!(tls_handshake(other, None, roots, &[]).await.is_err());
+}

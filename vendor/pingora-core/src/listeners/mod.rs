@@ -305,6 +305,19 @@ impl TransportStack {
     }
 }
 
+// mcp-edge patch: the local address a TLS handshake arrived on, readable by a certificate
+// resolver while it runs (a client connecting to an IP address sends no SNI: the address the
+// client dialled picks the certificate). Set for the duration of the handshake only.
+tokio::task_local! {
+    static HANDSHAKE_LOCAL_ADDR: std::net::SocketAddr;
+}
+
+/// The local address of the connection whose TLS handshake is running on this task, if any
+/// (call it from a certificate resolver). // mcp-edge patch
+pub fn handshake_local_addr() -> Option<std::net::SocketAddr> {
+    HANDSHAKE_LOCAL_ADDR.try_with(|a| *a).ok() // mcp-edge patch
+}
+
 pub(crate) struct UninitializedStream {
     l4: L4Stream,
     tls: Option<Arc<Acceptor>>,
@@ -321,7 +334,15 @@ impl UninitializedStream {
                 callback.process(&mut self.l4).await?;
             }
 
-            let tls_stream = tls.tls_handshake(self.l4).await?;
+            // mcp-edge patch: the local address in scope for the resolver
+            let local = self
+                .l4
+                .get_socket_digest()
+                .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+            let tls_stream = match local {
+                Some(addr) => HANDSHAKE_LOCAL_ADDR.scope(addr, tls.tls_handshake(self.l4)).await?,
+                None => tls.tls_handshake(self.l4).await?,
+            };
             Ok(Box::new(tls_stream))
         } else {
             Ok(Box::new(self.l4))
