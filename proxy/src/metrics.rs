@@ -46,6 +46,13 @@ pub struct Metrics {
     pub cert_next_renewal: GaugeVec,
     /// Failed ACME orders in a row, by host (0 after a success).
     pub acme_failures: IntGaugeVec,
+    /// When the ACME manager next looks at a host (its renewal window, or an order), Unix
+    /// seconds.
+    pub acme_next_check: GaugeVec,
+    /// The CA's renewal window (ARI) of a host's certificate: `edge` start or end, Unix seconds.
+    pub acme_renewal_window: GaugeVec,
+    /// 1, labelled with how a host's certificate is obtained: challenge, CA, profile.
+    pub acme_certificate_info: IntGaugeVec,
     /// 1 while an upstream replica takes new sessions, 0 while it is out of the round robin
     /// after a failed connection or probe; by host, route and replica URL.
     pub replica_up: IntGaugeVec,
@@ -220,6 +227,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "certificate_next_renewal_seconds",
             "When the certificate of an ACME host is next renewed (Unix seconds)",
             &["host"],
+        ),
+        acme_next_check: gauge(
+            &r,
+            "acme_next_check_seconds",
+            "When the ACME manager next looks at a host: its renewal window or an order (Unix seconds)",
+            &["host"],
+        ),
+        acme_renewal_window: gauge(
+            &r,
+            "acme_renewal_window_seconds",
+            "The CA's suggested renewal window (ARI) of a host's certificate, edge start or end (Unix seconds)",
+            &["host", "edge"],
+        ),
+        acme_certificate_info: int_gauge(
+            &r,
+            "acme_certificate_info",
+            "1 per ACME host, labelled with its challenge, the CA that issued (or orders) its certificate and the profile",
+            &["host", "challenge", "ca", "profile"],
         ),
         acme_failures: int_gauge(
             &r,

@@ -106,12 +106,20 @@ async fn tls_alpn_01_issues_with_port_80_closed_and_answers_only_validations() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let metrics = edge.metrics_text().await;
     assert!(
-        edge.metrics_text()
-            .await
-            .contains("mcp_edge_tls_handshake_failures_total{reason=\"acme_tls_unknown\"}"),
+        metrics.contains("mcp_edge_tls_handshake_failures_total{reason=\"acme_tls_unknown\"}"),
         "the refused validation handshake is counted"
     );
+    // How the certificate is obtained, and when the manager looks next, as metrics.
+    assert!(
+        metrics.contains(&format!(
+            "mcp_edge_acme_certificate_info{{ca=\"{}\",challenge=\"tls-alpn-01\",host=\"a.test\",profile=\"\"}} 1",
+            pebble.directory()
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mcp_edge_acme_next_check_seconds{host=\"a.test\"}"));
 }
 
 #[tokio::test]
@@ -411,6 +419,9 @@ async fn a_renewal_window_moved_into_the_past_is_acted_on_within_one_check() {
         1.0
     );
 
+    // The CA's window is published, and where the next look stands.
+    let window_start = "mcp_edge_acme_renewal_window_seconds{edge=\"start\",host=\"a.test\"}";
+    assert!(edge.metric(window_start).await > 0.0);
     // The drill: the CA moves the window into the past.
     pebble
         .move_window_to_past(&storage.join("a.test.cert.pem"))

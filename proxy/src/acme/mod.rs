@@ -190,7 +190,7 @@ impl BackgroundService for AcmeManager {
             let current = config.borrow_and_update().clone();
             st.sync(&current);
             st.start_due_jobs(&current);
-            st.publish();
+            st.publish(&current);
             let now = SystemTime::now();
             let wait = st
                 .slots
@@ -245,12 +245,20 @@ impl State {
         }
         let wanted: HashMap<&HostName, &Arc<Host>> =
             acme_hosts(config).map(|h| (&h.name, h)).collect();
-        self.slots.retain(|name, _| {
+        self.slots.retain(|name, slot| {
             let keep = wanted.contains_key(name);
             if !keep {
                 let m = metrics::get();
-                let _ = m.cert_next_renewal.remove_label_values(&[name.as_str()]);
-                let _ = m.acme_failures.remove_label_values(&[name.as_str()]);
+                let h = name.as_str();
+                let _ = m.cert_next_renewal.remove_label_values(&[h]);
+                let _ = m.acme_failures.remove_label_values(&[h]);
+                let _ = m.acme_next_check.remove_label_values(&[h]);
+                for edge in ["start", "end"] {
+                    let _ = m.acme_renewal_window.remove_label_values(&[h, edge]);
+                }
+                if let Some([c, ca, p]) = &slot.info {
+                    let _ = m.acme_certificate_info.remove_label_values(&[h, c, ca, p]);
+                }
             }
             keep
         });
@@ -398,14 +406,14 @@ impl State {
     }
 
     /// Metrics and the status file for `mcp-edge certs`.
-    fn publish(&mut self) {
+    fn publish(&mut self, config: &Config) {
         let m = metrics::get();
         let mut file = StatusFile {
             written: unix_now(),
             replica: String::new(),
             hosts: BTreeMap::new(),
         };
-        for (host, slot) in &self.slots {
+        for (host, slot) in &mut self.slots {
             let next = slot.renewal.map_or(slot.next, |(t, _)| t);
             m.cert_next_renewal
                 .with_label_values(&[host.as_str()])
@@ -413,6 +421,7 @@ impl State {
             m.acme_failures
                 .with_label_values(&[host.as_str()])
                 .set(slot.failures as i64);
+            publish_details(host, slot, config);
             file.hosts.insert(host.to_string(), slot.status());
         }
         if self.ctx.is_none() || self.written.as_ref() == Some(&file.hosts) {
@@ -503,6 +512,53 @@ impl State {
             return;
         }
         adopt(slot, &*self.certs, &host, cert, config);
+    }
+}
+
+/// The host's next look, the CA's window and how its certificate is obtained, as metrics.
+fn publish_details(host: &HostName, slot: &mut Slot, config: &Config) {
+    let m = metrics::get();
+    let h = host.as_str();
+    if !slot.running {
+        m.acme_next_check
+            .with_label_values(&[h])
+            .set(unix(slot.next) as f64);
+    }
+    match slot.ari_pick {
+        Some(p) => {
+            m.acme_renewal_window
+                .with_label_values(&[h, "start"])
+                .set(p.start as f64);
+            m.acme_renewal_window
+                .with_label_values(&[h, "end"])
+                .set(p.end as f64);
+        }
+        None => {
+            for edge in ["start", "end"] {
+                let _ = m.acme_renewal_window.remove_label_values(&[h, edge]);
+            }
+        }
+    }
+    let Some(acme) = &config.acme else { return };
+    let challenge = config
+        .host(h)
+        .map_or("", |x| config.challenge(x).as_str())
+        .to_string();
+    let ca = slot.issuer_ca.clone().unwrap_or_else(|| {
+        acme.cas()
+            .get(slot.ca)
+            .map_or(String::new(), |c| c.directory.clone())
+    });
+    let labels = [challenge, ca, acme.profile.clone().unwrap_or_default()];
+    if slot.info.as_ref() != Some(&labels) {
+        if let Some([c, ca, p]) = &slot.info {
+            let _ = m.acme_certificate_info.remove_label_values(&[h, c, ca, p]);
+        }
+        let [c, ca, p] = &labels;
+        m.acme_certificate_info
+            .with_label_values(&[h, c, ca, p])
+            .set(1);
+        slot.info = Some(labels);
     }
 }
 

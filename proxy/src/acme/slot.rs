@@ -72,6 +72,8 @@ pub(super) struct Slot {
     pub(super) issued_by: Option<usize>,
     /// Its directory, for the status.
     pub(super) issuer_ca: Option<String>,
+    /// The labels `mcp_edge_acme_certificate_info` has for this host now.
+    pub(super) info: Option<[String; 3]>,
     pub(super) failures: u32,
     pub(super) last_error: Option<(String, i64)>,
     pub(super) last_issued: Option<i64>,
@@ -95,6 +97,7 @@ impl Slot {
             ca: 0,
             issued_by: None,
             issuer_ca: None,
+            info: None,
             failures: 0,
             last_error: None,
             last_issued: None,
