@@ -1,4 +1,5 @@
-//! Several replicas on one Redis: real `redis-server`, pebble with real HTTP-01 validation, three
+//! Several replicas on one Redis: real `redis-server`, pebble with real validation (HTTP-01,
+//! TLS-ALPN-01, DNS-01 through BIND), three
 //! `mcp-edge` processes and HAProxy round-robining connections over their listeners, so the CA's
 //! validation requests and a client's requests land on arbitrary replicas.
 #![forbid(unsafe_code)]
@@ -8,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mcp_edge_tests::balancer::Balancer;
+use mcp_edge_tests::bind::Bind;
 use mcp_edge_tests::pebble::Pebble;
 use mcp_edge_tests::redis::RedisServer;
 use mcp_edge_tests::*;
@@ -591,4 +593,51 @@ async fn three_replicas_answer_tls_alpn_01_whichever_one_the_ca_reaches() {
         report.contains("acme:         tls-alpn-01 from https://127.0.0.1:"),
         "{report}"
     );
+}
+
+#[tokio::test]
+async fn three_replicas_place_one_dns_01_order_per_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path(), None).await;
+    let bind = Bind::start(dir.path(), "test").await;
+    bind.write_secret(&dir.path().join("tsig.key"));
+    let ports: Vec<Ports> = (0..3).map(|_| Ports::new()).collect();
+    let mut pebble = Pebble::new(dir.path(), free_port());
+    pebble.use_dns(bind.addr);
+    pebble.start().await;
+    let dns = format!(
+        "  challenge: dns-01\n  dns:\n    provider: rfc2136\n    server: \"{}\"\n    zone: test\n    key_name: {}\n    key_file: {}\n    propagation_timeout: 10s\n",
+        bind.addr,
+        bind.key_name,
+        dir.path().join("tsig.key").display()
+    );
+    let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
+    let configs: Vec<String> = (0..3)
+        .map(|i| {
+            std::fs::create_dir_all(&dirs[i]).unwrap();
+            replica_yaml(
+                &ports[i],
+                &dirs[i],
+                &redis.url(),
+                &pebble.acme_yaml(&dns),
+                "http://127.0.0.1:9",
+            )
+        })
+        .collect();
+    let (r0, r1, r2) = tokio::join!(
+        Edge::start(&dirs[0], &ports[0], &configs[0]),
+        Edge::start(&dirs[1], &ports[1], &configs[1]),
+        Edge::start(&dirs[2], &ports[2], &configs[2]),
+    );
+    let edges = [&r0, &r1, &r2];
+    for h in HOSTS {
+        same_leaf_everywhere(&edges, &pebble, h, None, "one certificate on all three").await;
+        assert_eq!(total(&edges, &orders(h, "ok")).await, 1.0, "{h}");
+        assert_eq!(total(&edges, &orders(h, "error")).await, 0.0, "{h}");
+        let name = format!("_acme-challenge.{h}");
+        wait_for(Duration::from_secs(10), "the records removed", || async {
+            bind.txt(&name).is_empty().then_some(())
+        })
+        .await;
+    }
 }
