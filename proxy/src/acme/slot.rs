@@ -235,3 +235,50 @@ pub(super) fn order_failed(
         "certificate order failed; {serving}"
     );
 }
+
+/// The host's next look, the CA's window and how its certificate is obtained, as metrics.
+pub(super) fn publish_details(host: &HostName, slot: &mut Slot, config: &Config) {
+    let m = metrics::get();
+    let h = host.as_str();
+    if !slot.running {
+        m.acme_next_check
+            .with_label_values(&[h])
+            .set(unix(slot.next) as f64);
+    }
+    match slot.ari_pick {
+        Some(p) => {
+            m.acme_renewal_window
+                .with_label_values(&[h, "start"])
+                .set(p.start as f64);
+            m.acme_renewal_window
+                .with_label_values(&[h, "end"])
+                .set(p.end as f64);
+        }
+        None => {
+            for edge in ["start", "end"] {
+                let _ = m.acme_renewal_window.remove_label_values(&[h, edge]);
+            }
+        }
+    }
+    let Some(acme) = &config.acme else { return };
+    let challenge = config
+        .host(h)
+        .map_or("", |x| config.challenge(x).as_str())
+        .to_string();
+    let ca = slot.issuer_ca.clone().unwrap_or_else(|| {
+        acme.cas()
+            .get(slot.ca)
+            .map_or(String::new(), |c| c.directory.clone())
+    });
+    let labels = [challenge, ca, acme.profile.clone().unwrap_or_default()];
+    if slot.info.as_ref() != Some(&labels) {
+        if let Some([c, ca, p]) = &slot.info {
+            let _ = m.acme_certificate_info.remove_label_values(&[h, c, ca, p]);
+        }
+        let [c, ca, p] = &labels;
+        m.acme_certificate_info
+            .with_label_values(&[h, c, ca, p])
+            .set(1);
+        slot.info = Some(labels);
+    }
+}
