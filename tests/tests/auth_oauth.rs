@@ -566,3 +566,108 @@ async fn every_wrong_token_is_refused_with_its_reason_and_rotation_needs_no_rest
         1.0
     );
 }
+
+/// Tokens shaped as Entra ID (v1 and v2), Okta and Auth0 issue them, signed by the test
+/// authorization server's key: each accepted through `audiences` and the claim mapping, with
+/// the identity the upstream is told; each shape's twin without the audience or the scope
+/// refused.
+#[tokio::test]
+async fn tokens_shaped_by_entra_okta_and_auth0_are_accepted_through_audiences_and_claim_mapping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let auth = AuthServer::start(tmp.path(), &ca).await;
+    let up = Upstream::start("a").await;
+    const ENTRA_APP: &str = "api://5f1c9f1e-mcp-edge";
+    const ENTRA_CLIENT: &str = "5f1c9f1e-0000-4000-8000-000000000001";
+    const AUTH0_API: &str = "https://mcp.example.com/api";
+    let oauth = format!(
+        "        auth:\n          oauth:\n            issuer: {}\n            ca: {}\n            scopes: [mcp.tools]\n            jwks_min_refresh: 1s\n            audiences: [\"{ENTRA_APP}\", \"{ENTRA_CLIENT}\", \"api://default\", \"{AUTH0_API}\"]\n            claims: {{ subject: oid, groups: groups }}\n",
+        auth.issuer(),
+        tmp.path().join("ca.pem").display()
+    );
+    let host = format!(
+        "    routes:\n      - path: /mcp\n        upstream: \"{}\"\n{oauth}",
+        up.url()
+    );
+    let edge = tls_edge(tmp.path(), &ca, &host).await;
+    let base = format!("https://localhost:{}", edge.https.port());
+    let client = edge.client(ca.root_store(), &["localhost"]);
+    let iss = auth.issuer();
+    let shaped = |over: serde_json::Value| {
+        let mut c = json!({"iss": iss, "iat": now(), "nbf": now() - 5, "exp": now() + 600});
+        for (k, v) in over.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        mint(&auth.k1, "k1", c)
+    };
+    let shapes = [
+        // Entra ID v1, delegated: `aud` the application ID URI, `scp` a space-separated string,
+        // the stable user id in `oid`, groups as object ids.
+        (
+            "entra-v1",
+            json!({"aud": ENTRA_APP, "ver": "1.0", "scp": "mcp.read mcp.tools", "oid": "u-1",
+                   "sub": "pairwise-1", "appid": "client-1", "groups": ["g-readers", "g-ops"]}),
+            "u-1",
+        ),
+        // Entra ID v2, app-only: `aud` the client id, app roles in `roles`, no `scp`.
+        (
+            "entra-v2",
+            json!({"aud": ENTRA_CLIENT, "ver": "2.0", "roles": ["mcp.tools"], "oid": "sp-2",
+                   "azp": "client-2"}),
+            "sp-2",
+        ),
+        // Okta's default server: `aud` api://default, `scp` an array, `cid` the client.
+        (
+            "okta",
+            json!({"aud": "api://default", "scp": ["mcp.tools", "openid"], "oid": "okta-3",
+                   "sub": "user@example.com", "cid": "okta-client"}),
+            "okta-3",
+        ),
+        // Auth0: `aud` an array (the API and userinfo), `scope` a string.
+        (
+            "auth0",
+            json!({"aud": [AUTH0_API, "https://tenant.auth0.com/userinfo"],
+                   "scope": "openid mcp.tools", "oid": "auth0-4", "azp": "auth0-client"}),
+            "auth0-4",
+        ),
+    ];
+    for (name, claims, subject) in &shapes {
+        let r = client
+            .get(format!("{base}/mcp/headers"))
+            .bearer_auth(shaped(claims.clone()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        let seen: serde_json::Value = r.json().await.unwrap();
+        let h = &seen["headers"];
+        assert_eq!(h["x-auth-subject"], *subject, "{name}: {h}");
+        assert!(
+            h["x-auth-scopes"].as_str().unwrap().contains("mcp.tools"),
+            "{name}: {h}"
+        );
+        // Twins: another audience (a trailing slash is another audience), and no scope.
+        let mut other = claims.clone();
+        other["aud"] = json!(format!("{}/", ENTRA_APP));
+        let r = client
+            .get(format!("{base}/mcp/x"))
+            .bearer_auth(shaped(other))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{name} with another audience");
+        let mut narrow = claims.clone();
+        for k in ["scp", "scope", "roles"] {
+            if narrow.get(k).is_some() {
+                narrow[k] = json!("mcp.read");
+            }
+        }
+        let r = client
+            .get(format!("{base}/mcp/x"))
+            .bearer_auth(shaped(narrow))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{name} without the scope");
+    }
+}

@@ -10,8 +10,9 @@ use super::Denied;
 pub struct Expected<'a> {
     /// The issuer identifier, compared byte for byte with `iss`.
     pub issuer: &'a str,
-    /// The audience the token must name (in `aud`, a string or an array of strings).
-    pub audience: &'a str,
+    /// The audiences of which the token must name one (in `aud`, a string or an array of
+    /// strings), compared byte for byte.
+    pub audiences: &'a [&'a str],
     /// Seconds of clock skew allowed on `exp` and `nbf`.
     pub leeway: u64,
 }
@@ -50,9 +51,10 @@ pub fn check(claims: &Value, expected: &Expected<'_>, now: u64) -> Result<u64, D
         Some(Value::String(iss)) if iss == expected.issuer => {}
         _ => return Err(Denied::BadIssuer),
     }
+    let accepted = |a: &str| expected.audiences.contains(&a);
     let named = match claims.get("aud") {
-        Some(Value::String(aud)) => aud == expected.audience,
-        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(expected.audience)),
+        Some(Value::String(aud)) => accepted(aud),
+        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str().is_some_and(accepted)),
         _ => false,
     };
     if !named {
@@ -75,7 +77,7 @@ mod tests {
     fn expected() -> Expected<'static> {
         Expected {
             issuer: ISS,
-            audience: AUD,
+            audiences: &[AUD],
             leeway: 30,
         }
     }

@@ -17,7 +17,7 @@ use http::HeaderMap;
 use jsonwebtoken::{DecodingKey, Validation};
 use subtle::ConstantTimeEq;
 
-use crate::config::{ApiKeys, AuthConfig, OAuthConfig};
+use crate::config::{ApiKeys, AuthConfig, ClaimMap, OAuthConfig};
 use crate::outbound::JsonClient;
 use crate::pem::sha256;
 use issuer::Issuer;
@@ -34,6 +34,8 @@ pub struct Identity {
     pub subject: Option<String>,
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
+    /// Groups the token says the caller is in (`oauth.claims.groups`).
+    pub groups: Vec<String>,
     /// The API key's name, for a caller that sent one.
     pub key_name: Option<String>,
     /// The caller sent its credential in `Authorization` (removed before the upstream).
@@ -257,28 +259,49 @@ fn match_key<'a>(keys: &'a ApiKeys, presented: &str) -> Option<&'a str> {
 }
 
 /// Scopes from a `scope` string (RFC 9068) or an `scp` array.
-fn scopes_of(claims: &serde_json::Value) -> Vec<String> {
-    if let Some(s) = claims["scope"].as_str() {
-        return s.split_whitespace().map(str::to_string).collect();
+/// The strings of a claim: a space-separated string (`scope`, Entra ID's `scp`) or an array
+/// of strings (Okta's `scp`, `roles`, `groups`).
+fn strings_of(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
     }
-    claims["scp"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
-fn identity_of(claims: &serde_json::Value, bearer: bool) -> Identity {
+/// The caller as the token (or introspection answer) says, read through `map`.
+fn identity_of(claims: &serde_json::Value, bearer: bool, map: &ClaimMap) -> Identity {
     let text = |k: &str| claims[k].as_str().map(str::to_string);
+    let mut scopes: Vec<String> = Vec::new();
+    for name in &map.scopes {
+        for s in strings_of(&claims[name.as_str()]) {
+            if !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
+    }
     Identity {
-        subject: text("sub"),
-        client_id: text("client_id").or_else(|| text("azp")),
-        scopes: scopes_of(claims),
+        subject: text(&map.subject),
+        client_id: text("client_id")
+            .or_else(|| text("azp"))
+            .or_else(|| text("appid"))
+            .or_else(|| text("cid")),
+        scopes,
+        groups: strings_of(&claims[map.groups.as_str()]),
         key_name: None,
         bearer,
+    }
+}
+
+/// The `aud` values a token may carry: `oauth.audiences`, else the resource identifier.
+fn accepted_audiences<'a>(oauth: &'a OAuthConfig, resource: &'a str) -> Vec<&'a str> {
+    if oauth.audiences.is_empty() {
+        vec![resource]
+    } else {
+        oauth.audiences.iter().map(String::as_str).collect()
     }
 }
 
@@ -293,11 +316,13 @@ fn signature_only(alg: jsonwebtoken::Algorithm) -> Validation {
     v
 }
 
-/// Whether `aud` (a string or an array) names `resource`.
-fn audience_has(aud: &serde_json::Value, resource: &str) -> bool {
+/// Whether `aud` (a string or an array) names one of `accepted`.
+fn audience_has(aud: &serde_json::Value, accepted: &[&str]) -> bool {
     match aud {
-        serde_json::Value::String(s) => s == resource,
-        serde_json::Value::Array(a) => a.iter().any(|v| v.as_str() == Some(resource)),
+        serde_json::Value::String(s) => accepted.contains(&s.as_str()),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .any(|v| v.as_str().is_some_and(|s| accepted.contains(&s))),
         _ => false,
     }
 }
@@ -345,8 +370,8 @@ impl Authenticator {
             // algorithms never takes another route's verdict.
             let key = sha256(
                 format!(
-                    "{}\0{resource}\0{:?}\0{token}",
-                    oauth.issuer, oauth.algorithms
+                    "{}\0{resource}\0{:?}\0{:?}\0{:?}\0{token}",
+                    oauth.issuer, oauth.audiences, oauth.claims, oauth.algorithms
                 )
                 .as_bytes(),
             );
@@ -433,13 +458,14 @@ impl Authenticator {
                 K::InvalidClaimFormat(_) | K::MissingRequiredClaim(_) => Denied::BadClaim,
                 _ => Denied::Malformed,
             })?;
+        let audiences = accepted_audiences(oauth, resource);
         let expected = claims::Expected {
             issuer: &oauth.issuer,
-            audience: resource,
+            audiences: &audiences,
             leeway: oauth.leeway.as_secs(),
         };
         let exp = claims::check(&data.claims, &expected, unix_now())?;
-        Ok((identity_of(&data.claims, true), Some(exp)))
+        Ok((identity_of(&data.claims, true, &oauth.claims), Some(exp)))
     }
 
     async fn introspect(
@@ -483,10 +509,12 @@ impl Authenticator {
             Err(Denied::Expired)
         } else if answer["iss"].as_str().is_some_and(|i| i != oauth.issuer) {
             Err(Denied::BadIssuer)
-        } else if !answer["aud"].is_null() && !audience_has(&answer["aud"], resource) {
+        } else if !answer["aud"].is_null()
+            && !audience_has(&answer["aud"], &accepted_audiences(oauth, resource))
+        {
             Err(Denied::BadAudience)
         } else {
-            Ok(identity_of(&answer, true))
+            Ok(identity_of(&answer, true, &oauth.claims))
         };
         let until = Instant::now() + until_exp(exp, oauth.introspection_cache);
         self.introspected.put(digest, until, result.clone());

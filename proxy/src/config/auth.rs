@@ -46,6 +46,34 @@ pub struct OAuthConfig {
     pub ca: Vec<CertificateDer<'static>>,
     /// Send the client's token on to the upstream (for upstreams that check it themselves).
     pub forward_token: bool,
+    /// `aud` values accepted (any of them); empty: the resource identifier.
+    pub audiences: Vec<String>,
+    /// Which claims say who the caller is, what it may do and which groups it is in.
+    pub claims: ClaimMap,
+}
+
+/// Where an identity provider puts the caller's identity in its tokens: Entra ID's `scp` is a
+/// space-separated string and its app roles are `roles`, Okta's `scp` an array, Auth0's
+/// `scope` a string (and `permissions` an array).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMap {
+    /// The subject (default `sub`; Entra ID's stable user id is `oid`).
+    pub subject: String,
+    /// Claims whose values are scopes, unioned: a space-separated string or an array of strings
+    /// (default `scope`, `scp`, `roles`).
+    pub scopes: Vec<String>,
+    /// The claim holding the caller's groups (default `groups`).
+    pub groups: String,
+}
+
+impl Default for ClaimMap {
+    fn default() -> Self {
+        Self {
+            subject: "sub".into(),
+            scopes: vec!["scope".into(), "scp".into(), "roles".into()],
+            groups: "groups".into(),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -138,6 +166,16 @@ struct RawOAuth {
     ca: Option<String>,
     #[serde(default)]
     forward_token: bool,
+    audiences: Option<Vec<String>>,
+    claims: Option<RawClaimMap>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimMap {
+    subject: Option<String>,
+    scopes: Option<Vec<String>>,
+    groups: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +270,50 @@ pub(super) fn build_auth(
         api_keys,
         identity,
     })))
+}
+
+/// Audiences are compared byte for byte: blanks around one are a mistake.
+fn check_audiences(audiences: &[String], p: &KeyPath, c: &mut Collector) -> bool {
+    let mut ok = true;
+    for (i, a) in audiences.iter().enumerate() {
+        if a.trim().is_empty() || a.trim() != a {
+            c.err(
+                &p.index(i),
+                format!("{a:?}: an audience is compared byte for byte; no blanks around it"),
+            );
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// `claims:` over the defaults; claim names must not be empty.
+fn build_claim_map(raw: Option<RawClaimMap>, p: &KeyPath, c: &mut Collector) -> ClaimMap {
+    let d = ClaimMap::default();
+    let Some(r) = raw else { return d };
+    let mut name = |key: &str, v: Option<String>, default: String| match v {
+        Some(n) if !n.is_empty() => n,
+        Some(_) => {
+            c.err(&p.key(key), "a claim name cannot be empty");
+            default
+        }
+        None => default,
+    };
+    let subject = name("subject", r.subject, d.subject);
+    let groups = name("groups", r.groups, d.groups);
+    let scopes = match r.scopes {
+        Some(list) if list.is_empty() || list.iter().any(String::is_empty) => {
+            c.err(&p.key("scopes"), "list one or more claim names");
+            d.scopes
+        }
+        Some(list) => list,
+        None => d.scopes,
+    };
+    ClaimMap {
+        subject,
+        scopes,
+        groups,
+    }
 }
 
 /// RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
@@ -338,6 +420,9 @@ fn build_oauth(o: RawOAuth, base: &Path, p: &KeyPath, c: &mut Collector) -> Opti
             }
         },
     };
+    let audiences = o.audiences.unwrap_or_default();
+    ok &= check_audiences(&audiences, &p.key("audiences"), c);
+    let claims = build_claim_map(o.claims, &p.key("claims"), c);
     ok.then(|| OAuthConfig {
         issuer: o.issuer,
         resource: o.resource,
@@ -352,6 +437,8 @@ fn build_oauth(o: RawOAuth, base: &Path, p: &KeyPath, c: &mut Collector) -> Opti
         jwks_min_refresh,
         ca,
         forward_token: o.forward_token,
+        audiences,
+        claims,
     })
 }
 

@@ -197,3 +197,41 @@ fn check_refuses_what_would_silently_never_work() {
     ))
     .is_ok());
 }
+
+#[test]
+fn audiences_and_claim_mapping_are_read_and_checked() {
+    let base = "hosts:\n  a.example.com:\n    tls: none\n    upstream: http://a\n    auth:\n      oauth:\n        issuer: https://login.example.com/t/v2.0\n";
+    let ok = parse_str(&format!(
+        "{base}        audiences: [\"api://mcp\", \"5f1c9f1e\"]\n        claims: {{ subject: oid, scopes: [scp, roles] }}\n"
+    ))
+    .unwrap();
+    let oauth_of = |c: &Config| {
+        c.hosts[0].routes[0]
+            .auth
+            .as_ref()
+            .unwrap()
+            .oauth
+            .clone()
+            .unwrap()
+    };
+    let oauth = oauth_of(&ok);
+    assert_eq!(oauth.audiences, ["api://mcp", "5f1c9f1e"]);
+    assert_eq!(oauth.claims.subject, "oid");
+    assert_eq!(oauth.claims.scopes, ["scp", "roles"]);
+    assert_eq!(oauth.claims.groups, "groups");
+    // Defaults: the resource is the audience; scope, scp and roles are read.
+    let oauth = oauth_of(&parse_str(base).unwrap());
+    assert!(oauth.audiences.is_empty());
+    assert_eq!(oauth.claims, ClaimMap::default());
+    // Twins: a blank-padded audience, an empty claim name, no scope claims at all.
+    let all = errors(&format!(
+        "{base}        audiences: [\" api://mcp\"]\n        claims: {{ subject: \"\", scopes: [] }}\n"
+    ))
+    .join("\n");
+    assert!(
+        all.contains("audiences[0]") && all.contains("byte for byte"),
+        "{all}"
+    );
+    assert!(all.contains("claims.subject"), "{all}");
+    assert!(all.contains("claims.scopes"), "{all}");
+}
