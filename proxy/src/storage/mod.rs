@@ -330,7 +330,9 @@ mod tests {
 
     #[tokio::test]
     async fn directory_lock_is_exclusive_until_released_or_expired() {
-        let (a, path) = temp_storage("lock", Duration::from_millis(300));
+        // Leases long enough that a loaded machine (the whole suite on 2 cores) does not let one
+        // run out between two steps of the test.
+        let (a, path) = temp_storage("lock", Duration::from_millis(1500));
         let mut b = a.clone();
         b.replica = "other:1".into();
         let held = a.lock("issue_cert_a.test").await.unwrap().unwrap();
@@ -344,10 +346,10 @@ mod tests {
         dead.keeper.abort();
         std::mem::forget(dead);
         assert!(a.lock("issue_cert_a.test").await.unwrap().is_none());
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(1700)).await;
         let taken = a.lock("issue_cert_a.test").await.unwrap().unwrap();
         // A live holder's lease is renewed past its first term.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(2000)).await;
         assert!(b.lock("issue_cert_a.test").await.unwrap().is_none());
         assert!(!taken.lost());
         taken.release().await;
