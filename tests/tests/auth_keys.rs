@@ -85,13 +85,19 @@ async fn an_api_key_admits_its_caller_and_nothing_else_does() {
         .get_from("127.0.0.1", "/mcp/x", "authorization: Basic Y2k6eA==\r\n")
         .await;
     assert_eq!(raw_status(&raw), 401);
+    // Another scheme: a challenge without an error code (RFC 6750 §3.1).
+    let www = raw
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+        .unwrap_or_default();
+    assert!(www.contains("Bearer") && !www.contains("error="), "{raw}");
     let m = |r: &str| {
         format!("mcp_edge_auth_results_total{{host=\"h.test\",result=\"{r}\",route=\"/mcp\"}}")
     };
     assert_eq!(edge.metric(&m("ok")).await, 2.0);
     assert_eq!(edge.metric(&m("missing")).await, 1.0);
     assert_eq!(edge.metric(&m("bad_api_key")).await, 3.0);
-    assert_eq!(edge.metric(&m("malformed")).await, 1.0);
+    assert_eq!(edge.metric(&m("unsupported_scheme")).await, 1.0);
 
     // A route that opts out is open, and still drops forged identity headers.
     let raw = edge.get_from("127.0.0.1", "/public", forged).await;

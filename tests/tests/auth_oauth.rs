@@ -444,8 +444,6 @@ async fn every_wrong_token_is_refused_with_its_reason_and_rotation_needs_no_rest
             .to_string();
         let code = if *status == 403 {
             "insufficient_scope"
-        } else if *reason == "malformed" {
-            "invalid_request"
         } else {
             "invalid_token"
         };
@@ -463,6 +461,26 @@ async fn every_wrong_token_is_refused_with_its_reason_and_rotation_needs_no_rest
             "{reason}"
         );
     }
+
+    // Another scheme (`Basic …`) is answered like no credentials: the challenge without an
+    // error code (RFC 6750 §3.1), so a client goes on to discover the authorization server.
+    let r = get(None, Some(("authorization", "Basic bWFsbG9yeTpzZWNyZXQ=")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let www = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        www,
+        format!("Bearer resource_metadata=\"{metadata_url}\", scope=\"mcp:tools\""),
+        "{www}"
+    );
+    assert!(
+        !edge.log().contains("bWFsbG9yeTpzZWNyZXQ"),
+        "a credential in the log"
+    );
 
     // Registered claims are checked by type, whatever the JWT library does (CVE-2026-25537: a
     // claim of the wrong JSON type was taken as absent). Each bad shape is refused as an invalid

@@ -59,6 +59,9 @@ impl Identity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
     Missing,
+    /// `Authorization` with another scheme (`Basic …`): answered like a request without
+    /// credentials (RFC 6750 §3.1: no error code).
+    UnsupportedScheme,
     Malformed,
     Expired,
     NotYetValid,
@@ -80,6 +83,7 @@ impl Denied {
     pub fn label(self) -> &'static str {
         match self {
             Self::Missing => "missing",
+            Self::UnsupportedScheme => "unsupported_scheme",
             Self::Malformed => "malformed",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
@@ -107,9 +111,10 @@ impl Denied {
     /// RFC 6750 §3.1; none for a request that carried no credentials.
     fn error_code(self) -> Option<&'static str> {
         match self {
-            Self::Missing | Self::IssuerUnavailable => None,
+            Self::Missing | Self::UnsupportedScheme | Self::IssuerUnavailable => None,
             Self::InsufficientScope => Some("insufficient_scope"),
-            Self::Malformed => Some("invalid_request"),
+            // A bearer credential that is not a token is an invalid token (RFC 6750 §3.1;
+            // `invalid_request` is for a request that is malformed, answered 400).
             _ => Some("invalid_token"),
         }
     }
@@ -117,6 +122,7 @@ impl Denied {
     fn description(self) -> &'static str {
         match self {
             Self::Missing => "authorization required",
+            Self::UnsupportedScheme => "authorization required: use Authorization: Bearer",
             Self::Malformed => "the credentials are not a well-formed bearer token",
             Self::Expired => "the token has expired",
             Self::NotYetValid => "the token is not valid yet",
@@ -153,7 +159,7 @@ impl Denied {
     /// The JSON body of the refusal.
     pub fn body(self) -> String {
         serde_json::json!({
-            "error": self.error_code().unwrap_or(if self == Self::Missing { "unauthorized" } else { "temporarily_unavailable" }),
+            "error": self.error_code().unwrap_or(if self == Self::IssuerUnavailable { "temporarily_unavailable" } else { "unauthorized" }),
             "error_description": self.description(),
         })
         .to_string()
@@ -238,9 +244,12 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Denied> {
         return Err(Denied::Malformed);
     }
     let v = v.to_str().map_err(|_| Denied::Malformed)?;
-    let (scheme, token) = v.split_once(' ').ok_or(Denied::Malformed)?;
+    let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Denied::UnsupportedScheme);
+    }
     let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+    if token.is_empty() {
         return Err(Denied::Malformed);
     }
     Ok(Some(token))
@@ -540,6 +549,14 @@ mod tests {
         assert!(Denied::Expired
             .challenge(None, &[])
             .contains("error=\"invalid_token\""));
+        assert!(Denied::Malformed
+            .challenge(url, &scopes)
+            .starts_with("Bearer error=\"invalid_token\""));
+        assert_eq!(
+            Denied::UnsupportedScheme.challenge(url, &scopes),
+            Denied::Missing.challenge(url, &scopes),
+            "another scheme is answered as no credentials"
+        );
     }
 
     /// jsonwebtoken 10 panics at the first decode when no crypto backend is compiled in: a real
