@@ -370,8 +370,9 @@ impl State {
                 let directory = config
                     .acme
                     .as_ref()
-                    .and_then(|a| a.cas().get(ca).map(|c| c.directory.clone()))
-                    .unwrap_or_default();
+                    .and_then(|a| a.ca_directory(ca))
+                    .unwrap_or_default()
+                    .to_string();
                 slot.issuer_ca = Some(directory.clone());
                 let (not_after, next) = (cert.info.not_after, slot.threshold_due);
                 self.certs.install(&host, names, cert);

@@ -215,12 +215,13 @@ pub(super) fn order_failed(
         schedule::draw(),
         now,
     );
-    let cas = config.acme.as_ref().map_or(Vec::new(), |a| a.cas());
-    if cas.len() > 1 && slot.failures.is_multiple_of(FAILOVER_AFTER) {
+    let cas = config.acme.as_ref().map_or(1, |a| a.ca_count());
+    if cas > 1 && slot.failures.is_multiple_of(FAILOVER_AFTER) {
         // Orders keep failing at this CA: the next goes to the next one, soon.
-        slot.ca = (slot.ca + 1) % cas.len();
+        slot.ca = (slot.ca + 1) % cas;
         slot.next = now + initial;
-        tracing::warn!(host = %host, ca = %cas[slot.ca].directory, "orders keep failing at this CA; the next order goes to the next one in acme.directory");
+        let next = config.acme.as_ref().and_then(|a| a.ca_directory(slot.ca));
+        tracing::warn!(host = %host, ca = next.unwrap_or_default(), "orders keep failing at this CA; the next order goes to the next one in acme.directory");
     }
     slot.last_error = Some((failure.message.clone(), unix(now)));
     let serving = match &slot.current {
@@ -265,11 +266,10 @@ pub(super) fn publish_details(host: &HostName, slot: &mut Slot, config: &Config)
         .host(h)
         .map_or("", |x| config.challenge(x).as_str())
         .to_string();
-    let ca = slot.issuer_ca.clone().unwrap_or_else(|| {
-        acme.cas()
-            .get(slot.ca)
-            .map_or(String::new(), |c| c.directory.clone())
-    });
+    let ca = slot
+        .issuer_ca
+        .clone()
+        .unwrap_or_else(|| acme.ca_directory(slot.ca).unwrap_or_default().to_string());
     let labels = [challenge, ca, acme.profile.clone().unwrap_or_default()];
     if slot.info.as_ref() != Some(&labels) {
         if let Some([c, ca, p]) = &slot.info {

@@ -49,6 +49,19 @@ pub struct CaConfig {
 }
 
 impl AcmeConfig {
+    /// How many CAs are listed.
+    pub fn ca_count(&self) -> usize {
+        1 + self.fallbacks.len()
+    }
+
+    /// The directory URL of CA `i` (0: the first).
+    pub fn ca_directory(&self, i: usize) -> Option<&str> {
+        match i {
+            0 => Some(&self.directory),
+            _ => self.fallbacks.get(i - 1).map(|c| c.directory.as_str()),
+        }
+    }
+
     /// Every CA in order of preference, each as the configuration of its own account (the
     /// first is this one).
     pub fn cas(&self) -> Vec<Self> {
