@@ -97,18 +97,32 @@ impl std::fmt::Debug for Live {
 
 /// rustls asks on every handshake: the certificate for the ClientHello's SNI in the snapshot
 /// in force.
+impl Snapshot {
+    /// The name a TLS handshake is served as: its SNI; without one (a client dialling an IP
+    /// address) the IP host named by the address it dialled, else the default host. The
+    /// certificate and the requests of the connection both follow it.
+    pub fn tls_name(&self, sni: Option<&str>) -> Option<String> {
+        if let Some(s) = sni {
+            return Some(s.to_ascii_lowercase());
+        }
+        let dialled = pingora::listeners::handshake_local_addr()
+            .map(|a| a.ip().to_canonical().to_string())
+            .filter(|ip| {
+                self.config
+                    .host(ip)
+                    .is_some_and(|h| h.tls != crate::config::TlsSource::None)
+            });
+        dialled.or_else(|| self.config.tls_name(None).map(str::to_string))
+    }
+}
+
 impl ResolvesServerCert for Live {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let snap = self.snap.load();
-        // No SNI (a client dialling an IP address): the host named by the address it dialled,
-        // when there is one; else the default host.
-        let dialled = match hello.server_name() {
-            Some(_) => None,
-            None => pingora::listeners::handshake_local_addr()
-                .map(|a| a.ip().to_canonical().to_string())
-                .filter(|ip| snap.config.host(ip).is_some()),
-        };
-        let name = hello.server_name().or(dialled.as_deref());
-        snap.certs.resolve(snap.config.tls_name(name))
+        let name = snap.tls_name(hello.server_name());
+        // The certificate of the host serving the name (an exact host wins over a wildcard, even
+        // while its own certificate is missing): never another host's.
+        let host = name.as_deref().and_then(|n| snap.config.host(n));
+        snap.certs.resolve(name.as_deref(), host.map(|h| &h.name))
     }
 }

@@ -87,9 +87,14 @@ impl CertSet {
             .or_else(|| crate::names::wildcard_of(sni).and_then(|w| self.by_name.get(&w)))
     }
 
-    /// The key rustls presents for a ClientHello's SNI. No SNI or an unknown name: none, and
-    /// rustls fails the handshake with an alert; both are counted.
-    pub fn resolve(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    /// The key rustls presents for a handshake served as `name`, the certificate of `host` (the
+    /// host serving that name). No name, or no host or certificate for it: none, and rustls
+    /// fails the handshake with an alert; both are counted.
+    pub fn resolve(
+        &self,
+        name: Option<&str>,
+        host: Option<&HostName>,
+    ) -> Option<Arc<CertifiedKey>> {
         let failed = |why: &str| {
             metrics::get()
                 .tls_handshake_failures
@@ -97,11 +102,10 @@ impl CertSet {
                 .inc();
             None
         };
-        let Some(sni) = sni else {
+        if name.is_none() {
             return failed("no_sni");
-        };
-        // rustls hands over the SNI lower-cased already (DnsName is normalised).
-        match self.for_name(sni.trim_end_matches('.')) {
+        }
+        match host.and_then(|h| self.for_host(h)) {
             Some(inst) => Some(inst.cert.certified.clone()),
             None => failed("unknown_name"),
         }

@@ -495,6 +495,20 @@ pub fn https_client(
 #[derive(Debug)]
 struct Anything;
 
+/// An HTTPS client that accepts any server certificate (for self-signed IP hosts, where the
+/// test checks which certificate was served by other means).
+pub fn insecure_client() -> reqwest::Client {
+    install_crypto();
+    let tls = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Anything))
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
+}
+
 impl rustls::client::danger::ServerCertVerifier for Anything {
     fn verify_server_cert(
         &self,

@@ -599,7 +599,7 @@ async fn tokens_shaped_by_entra_okta_and_auth0_are_accepted_through_audiences_an
     const ENTRA_CLIENT: &str = "5f1c9f1e-0000-4000-8000-000000000001";
     const AUTH0_API: &str = "https://mcp.example.com/api";
     let oauth = format!(
-        "        auth:\n          oauth:\n            issuer: {}\n            ca: {}\n            scopes: [mcp.tools]\n            jwks_min_refresh: 1s\n            audiences: [\"{ENTRA_APP}\", \"{ENTRA_CLIENT}\", \"api://default\", \"{AUTH0_API}\"]\n            claims: {{ subject: oid, groups: groups }}\n",
+        "        auth:\n          oauth:\n            issuer: {}\n            ca: {}\n            scopes: [mcp.tools]\n            jwks_min_refresh: 1s\n            audiences: [\"{ENTRA_APP}\", \"{ENTRA_CLIENT}\", \"api://default\", \"{AUTH0_API}\"]\n            claims: {{ subject: oid, scopes: [scope, scp, roles], groups: groups }}\n",
         auth.issuer(),
         tmp.path().join("ca.pem").display()
     );

@@ -709,6 +709,13 @@ async fn clients_without_sni_get_the_certificate_of_the_address_they_dialled() {
         let addr: std::net::SocketAddr = format!("{ip}:{}", ports.https).parse().unwrap();
         let (leaf, _, _) = tls_handshake(addr, None, roots.clone(), &[]).await.unwrap();
         assert_eq!(san_names(&leaf), vec![ip.to_string()], "dialled {ip}");
+        // And the connection's requests are that host's (not 421).
+        let r = insecure_client()
+            .get(format!("https://{ip}:{}/x", ports.https))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a request to {ip}");
     }
     // Reject twin: an address no host is named by, and no default host (two IP hosts).
     let other: std::net::SocketAddr = format!("127.0.0.3:{}", ports.https).parse().unwrap();

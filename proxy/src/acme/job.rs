@@ -64,13 +64,18 @@ async fn due(
             Ok(None)
         };
     };
-    let account = ctx.accounts[job.ari_ca]
-        .get()
-        .await
-        .map_err(|failure| Outcome::Failed {
-            failure,
-            ordered: job.threshold_due <= now,
-        })?;
+    let account = match ctx.accounts[job.ari_ca].get().await {
+        Ok(a) => a,
+        // The CA that issued it cannot be asked: a certificate past its threshold is ordered
+        // anyway (from the CA the order goes to, perhaps the next one), else look again later.
+        Err(_) if job.threshold_due <= now => return Ok(None),
+        Err(failure) => {
+            return Err(Outcome::Failed {
+                failure,
+                ordered: false,
+            })
+        }
+    };
     match account.renewal_info(id).await {
         Ok((info, recheck)) => {
             let window = (

@@ -486,7 +486,15 @@ impl Authenticator {
         let Some(creds) = &oauth.introspection else {
             return Err(Denied::Malformed);
         };
-        let digest = sha256(token.as_bytes());
+        // Keyed by everything the verdict depends on, like the verified-JWT cache: a token
+        // accepted for one route's audience is not thereby accepted on another's.
+        let digest = sha256(
+            format!(
+                "{}\0{resource}\0{:?}\0{:?}\0{token}",
+                oauth.issuer, oauth.audiences, oauth.claims
+            )
+            .as_bytes(),
+        );
         if let Some(hit) = self.introspected.get(&digest, Instant::now()) {
             return hit;
         }

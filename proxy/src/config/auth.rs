@@ -60,7 +60,8 @@ pub struct ClaimMap {
     /// The subject (default `sub`; Entra ID's stable user id is `oid`).
     pub subject: String,
     /// Claims whose values are scopes, unioned: a space-separated string or an array of strings
-    /// (default `scope`, `scp`, `roles`).
+    /// (default `scope`, `scp`; `roles` is opt-in: app roles describe the caller, not what it
+    /// was granted for this client).
     pub scopes: Vec<String>,
     /// The claim holding the caller's groups (default `groups`).
     pub groups: String,
@@ -70,7 +71,7 @@ impl Default for ClaimMap {
     fn default() -> Self {
         Self {
             subject: "sub".into(),
-            scopes: vec!["scope".into(), "scp".into(), "roles".into()],
+            scopes: vec!["scope".into(), "scp".into()],
             groups: "groups".into(),
         }
     }

@@ -219,7 +219,7 @@ fn audiences_and_claim_mapping_are_read_and_checked() {
     assert_eq!(oauth.claims.subject, "oid");
     assert_eq!(oauth.claims.scopes, ["scp", "roles"]);
     assert_eq!(oauth.claims.groups, "groups");
-    // Defaults: the resource is the audience; scope, scp and roles are read.
+    // Defaults: the resource is the audience; scope and scp are read (roles only when asked).
     let oauth = oauth_of(&parse_str(base).unwrap());
     assert!(oauth.audiences.is_empty());
     assert_eq!(oauth.claims, ClaimMap::default());

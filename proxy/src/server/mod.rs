@@ -385,9 +385,8 @@ impl TlsAccept for HandshakeHook {
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let sni = tls.server_name().map(|s| s.to_ascii_lowercase());
         let snap = self.live.load();
-        let name = snap.config.tls_name(sni.as_deref()).map(str::to_string);
+        let name = snap.tls_name(tls.server_name());
         let host = name
             .as_deref()
             .and_then(|s| snap.table.host(s))
