@@ -62,11 +62,18 @@ impl HostName {
 /// The wildcard that would cover `name` (`a.example.com` → `*.example.com`), if any: names of
 /// at least three labels, not IP addresses, not wildcards themselves.
 pub fn wildcard_of(name: &str) -> Option<String> {
-    if name.starts_with('*') || name.parse::<IpAddr>().is_ok() {
+    if name.parse::<IpAddr>().is_ok() {
         return None;
     }
-    let (_, parent) = name.split_once('.')?;
-    parent.contains('.').then(|| format!("*.{parent}"))
+    let (first, parent) = name.split_once('.')?;
+    // The label a wildcard stands for is a DNS label: a Host of `.example.com` or
+    // `x!.example.com` is no name under it.
+    let label = !first.is_empty()
+        && first.len() <= 63
+        && !first.starts_with('-')
+        && !first.ends_with('-')
+        && first.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    (label && parent.contains('.')).then(|| format!("*.{parent}"))
 }
 
 impl fmt::Display for HostName {
@@ -127,6 +134,14 @@ mod tests {
         assert_eq!(wildcard_of("example.com"), None);
         assert_eq!(wildcard_of("*.example.com"), None);
         assert_eq!(wildcard_of("10.0.0.1"), None);
+        for bad in [
+            ".example.com",
+            "x!.example.com",
+            "-a.example.com",
+            "a/b.example.com",
+        ] {
+            assert_eq!(wildcard_of(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,5 @@
-//! The live certificates: one immutable set per moment (host → certificate, SNI name →
-//! certificate), the narrow handle through which certificate sources change it, and the SNI
-//! lookup rustls calls on every handshake.
+//! The live certificates: one immutable set per moment (host → certificate), the narrow handle
+//! through which certificate sources change it, and the lookup rustls calls on every handshake.
 //!
 //! A set is never changed in place: a change makes a new set, which the owner of the live
 //! snapshot swaps in whole. A handshake sees the old set or the new one, never half of a change,
@@ -24,10 +23,9 @@ pub struct Installed {
 /// The certificates in force, one per host.
 #[derive(Clone, Default)]
 pub struct CertSet {
-    /// Host → (names it answers to, certificate).
+    /// Host → (names it answers to, certificate). A handshake finds its host through the
+    /// configuration (an exact name before a wildcard), then the host's certificate here.
     by_host: HashMap<HostName, (Vec<String>, Arc<Installed>)>,
-    /// SNI name → certificate; derived from `by_host`.
-    by_name: HashMap<String, Arc<Installed>>,
 }
 
 impl std::fmt::Debug for CertSet {
@@ -40,11 +38,7 @@ impl std::fmt::Debug for CertSet {
 
 impl CertSet {
     fn reindexed(by_host: HashMap<HostName, (Vec<String>, Arc<Installed>)>) -> Self {
-        let by_name = by_host
-            .values()
-            .flat_map(|(names, inst)| names.iter().map(move |n| (n.clone(), inst.clone())))
-            .collect();
-        Self { by_host, by_name }
+        Self { by_host }
     }
 
     /// This set with `host`'s certificate installed (or replaced), answering to `names`.
@@ -78,13 +72,6 @@ impl CertSet {
     /// The certificate of a host.
     pub fn for_host(&self, host: &HostName) -> Option<&Arc<Installed>> {
         self.by_host.get(host).map(|(_, i)| i)
-    }
-
-    /// The certificate answering to an SNI name: its own, else a wildcard's covering it.
-    pub fn for_name(&self, sni: &str) -> Option<&Arc<Installed>> {
-        self.by_name
-            .get(sni)
-            .or_else(|| crate::names::wildcard_of(sni).and_then(|w| self.by_name.get(&w)))
     }
 
     /// The key rustls presents for a handshake served as `name`, the certificate of `host` (the
