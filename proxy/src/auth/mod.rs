@@ -6,7 +6,10 @@
 //! answers are cached across requests and reloads, keyed by what identifies them.
 
 pub mod claims;
+mod denied;
 pub mod issuer;
+
+pub use denied::Denied;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,117 +55,6 @@ impl Identity {
             .as_ref()
             .or(self.client_id.as_ref())
             .map(|s| format!("sub:{s}"))
-    }
-}
-
-/// Why a request was refused. Each has a metric label, a status and the RFC 6750 error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denied {
-    Missing,
-    /// `Authorization` with another scheme (`Basic …`): answered like a request without
-    /// credentials (RFC 6750 §3.1: no error code).
-    UnsupportedScheme,
-    Malformed,
-    Expired,
-    NotYetValid,
-    BadSignature,
-    UnknownKey,
-    BadAlgorithm,
-    BadIssuer,
-    BadAudience,
-    /// A registered claim missing (`exp`) or of the wrong JSON type.
-    BadClaim,
-    InsufficientScope,
-    Inactive,
-    BadApiKey,
-    /// The authorization server could not be reached to check the token.
-    IssuerUnavailable,
-}
-
-impl Denied {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Missing => "missing",
-            Self::UnsupportedScheme => "unsupported_scheme",
-            Self::Malformed => "malformed",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::BadSignature => "bad_signature",
-            Self::UnknownKey => "unknown_key",
-            Self::BadAlgorithm => "bad_algorithm",
-            Self::BadIssuer => "bad_issuer",
-            Self::BadAudience => "bad_audience",
-            Self::BadClaim => "bad_claim",
-            Self::InsufficientScope => "insufficient_scope",
-            Self::Inactive => "inactive",
-            Self::BadApiKey => "bad_api_key",
-            Self::IssuerUnavailable => "issuer_unavailable",
-        }
-    }
-
-    pub fn status(self) -> u16 {
-        match self {
-            Self::InsufficientScope => 403,
-            Self::IssuerUnavailable => 503,
-            _ => 401,
-        }
-    }
-
-    /// RFC 6750 §3.1; none for a request that carried no credentials.
-    fn error_code(self) -> Option<&'static str> {
-        match self {
-            Self::Missing | Self::UnsupportedScheme | Self::IssuerUnavailable => None,
-            Self::InsufficientScope => Some("insufficient_scope"),
-            // A bearer credential that is not a token is an invalid token (RFC 6750 §3.1;
-            // `invalid_request` is for a request that is malformed, answered 400).
-            _ => Some("invalid_token"),
-        }
-    }
-
-    fn description(self) -> &'static str {
-        match self {
-            Self::Missing => "authorization required",
-            Self::UnsupportedScheme => "authorization required: use Authorization: Bearer",
-            Self::Malformed => "the credentials are not a well-formed bearer token",
-            Self::Expired => "the token has expired",
-            Self::NotYetValid => "the token is not valid yet",
-            Self::BadSignature => "the token's signature does not verify",
-            Self::UnknownKey => "the token is signed by a key the issuer does not publish",
-            Self::BadAlgorithm => "the token's algorithm is not accepted",
-            Self::BadIssuer => "the token is from another issuer",
-            Self::BadAudience => "the token was issued for another resource",
-            Self::BadClaim => "the token's exp, nbf or iat is missing or not a number",
-            Self::InsufficientScope => "the token lacks a required scope",
-            Self::Inactive => "the token is not active",
-            Self::BadApiKey => "unknown API key",
-            Self::IssuerUnavailable => "the authorization server cannot be reached; try again",
-        }
-    }
-
-    /// The `WWW-Authenticate` value (RFC 6750 §3, RFC 9728 §5.1).
-    pub fn challenge(self, metadata_url: Option<&str>, scopes: &[String]) -> String {
-        let mut parts = Vec::new();
-        if let Some(code) = self.error_code() {
-            parts.push(format!("error=\"{code}\""));
-            parts.push(format!("error_description=\"{}\"", self.description()));
-        }
-        match metadata_url {
-            Some(url) => parts.push(format!("resource_metadata=\"{url}\"")),
-            None => parts.push("realm=\"mcp-edge\"".to_string()),
-        }
-        if !scopes.is_empty() {
-            parts.push(format!("scope=\"{}\"", scopes.join(" ")));
-        }
-        format!("Bearer {}", parts.join(", "))
-    }
-
-    /// The JSON body of the refusal.
-    pub fn body(self) -> String {
-        serde_json::json!({
-            "error": self.error_code().unwrap_or(if self == Self::IssuerUnavailable { "temporarily_unavailable" } else { "unauthorized" }),
-            "error_description": self.description(),
-        })
-        .to_string()
     }
 }
 
