@@ -495,6 +495,34 @@ pub fn https_client(
 #[derive(Debug)]
 struct Anything;
 
+/// The leaf `edge` presents for `sni`, if the handshake verifies against `roots`.
+pub async fn served(edge: &Edge, sni: &str, roots: rustls::RootCertStore) -> Option<Vec<u8>> {
+    edge.handshake(Some(sni), roots, &[])
+        .await
+        .ok()
+        .map(|(leaf, _, _)| leaf)
+}
+
+/// The subject alternative names of a certificate: DNS names and IPv4 addresses as written.
+pub fn san_names(der: &[u8]) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+            x509_parser::extensions::GeneralName::IPAddress(b) => match <[u8; 4]>::try_from(*b) {
+                Ok(a) => std::net::Ipv4Addr::from(a).to_string(),
+                Err(_) => format!("{b:?}"),
+            },
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
 /// An HTTPS client that accepts any server certificate (for self-signed IP hosts, where the
 /// test checks which certificate was served by other means).
 pub fn insecure_client() -> reqwest::Client {

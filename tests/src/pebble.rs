@@ -220,6 +220,17 @@ impl Pebble {
         crate::roots_from_pem(&pem)
     }
 
+    /// The leaf `edge` serves for `sni` once it verifies against this CA's issuing root, at
+    /// most `secs` from now.
+    pub async fn wait_served(&self, edge: &crate::Edge, sni: &str, secs: u64) -> Vec<u8> {
+        crate::wait_for(
+            Duration::from_secs(secs),
+            &format!("a certificate for {sni}"),
+            || async { crate::served(edge, sni, self.issuing_root().await).await },
+        )
+        .await
+    }
+
     /// Makes the CA answer renewal-information queries about `leaf_pem` with the window
     /// `start`..`end` (Unix seconds; in the past: what a mass-revocation drill does).
     pub async fn set_renewal_window(&self, leaf_pem: &str, start: i64, end: i64) {

@@ -62,38 +62,6 @@ impl Setup {
     }
 }
 
-/// The leaf `edge` presents for `sni`, if the handshake verifies against `roots`.
-async fn served(edge: &Edge, sni: &str, roots: rustls::RootCertStore) -> Option<Vec<u8>> {
-    edge.handshake(Some(sni), roots, &[])
-        .await
-        .ok()
-        .map(|(leaf, _, _)| leaf)
-}
-
-async fn wait_served(edge: &Edge, pebble: &Pebble, sni: &str, secs: u64) -> Vec<u8> {
-    wait_for(
-        Duration::from_secs(secs),
-        &format!("a certificate for {sni}"),
-        || async { served(edge, sni, pebble.issuing_root().await).await },
-    )
-    .await
-}
-
-fn leaf_names(der: &[u8]) -> Vec<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
-    cert.subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Waits until the metric sample `name` satisfies `ok`.
 async fn wait_metric(edge: &Edge, name: &str, secs: u64, what: &str, ok: impl Fn(f64) -> bool) {
     wait_for(Duration::from_secs(secs), what, || async {
@@ -115,10 +83,10 @@ async fn issues_per_host_serves_by_sni_and_a_restart_reuses_the_certificates() {
     let config = s.config(&["a.test+www.a.test", "b.test", "bad.test"], "");
     let edge = s.start_edge(&config).await;
 
-    let a = wait_served(&edge, &s.pebble, "a.test", 30).await;
-    let b = wait_served(&edge, &s.pebble, "b.test", 30).await;
-    assert_eq!(leaf_names(&a), vec!["a.test", "www.a.test"]);
-    assert_eq!(leaf_names(&b), vec!["b.test"]);
+    let a = s.pebble.wait_served(&edge, "a.test", 30).await;
+    let b = s.pebble.wait_served(&edge, "b.test", 30).await;
+    assert_eq!(san_names(&a), vec!["a.test", "www.a.test"]);
+    assert_eq!(san_names(&b), vec!["b.test"]);
     // The alias is served the host's certificate; the proxy answers through it.
     assert_eq!(
         served(&edge, "www.a.test", s.pebble.issuing_root().await).await,
@@ -238,7 +206,7 @@ async fn forced_renewal_swaps_the_certificate_without_failing_a_request_or_a_str
     s.pebble.start().await;
     let config = s.config(&["a.test"], "  renewal_check: 1s\n");
     let edge = s.start_edge(&config).await;
-    let first = wait_served(&edge, &s.pebble, "a.test", 30).await;
+    let first = s.pebble.wait_served(&edge, "a.test", 30).await;
     let roots = s.pebble.issuing_root().await;
 
     // A stream opened before the renewal.
@@ -289,7 +257,7 @@ async fn forced_renewal_swaps_the_certificate_without_failing_a_request_or_a_str
         }
     })
     .await;
-    assert_eq!(leaf_names(&second), vec!["a.test"]);
+    assert_eq!(san_names(&second), vec!["a.test"]);
     // Requests go on after the swap.
     let after_swap = ok.load(Ordering::SeqCst);
     wait_for(Duration::from_secs(10), "requests after the swap", || {
@@ -328,7 +296,7 @@ async fn ca_outage_keeps_the_old_certificate_backs_off_and_recovers_without_rest
     let mut s = Setup::new().await;
     s.pebble.start().await;
     let edge = s.start_edge(&s.config(&["a.test"], "")).await;
-    let first = wait_served(&edge, &s.pebble, "a.test", 30).await;
+    let first = s.pebble.wait_served(&edge, "a.test", 30).await;
     let old_roots = s.pebble.issuing_root().await;
 
     // The CA goes away, then a renewal is due.
@@ -372,7 +340,7 @@ async fn ca_outage_keeps_the_old_certificate_backs_off_and_recovers_without_rest
 
     // The CA comes back (empty: the account must be registered again); no restart.
     s.pebble.start().await;
-    let renewed = wait_served(&edge, &s.pebble, "a.test", 30).await;
+    let renewed = s.pebble.wait_served(&edge, "a.test", 30).await;
     assert_ne!(renewed, first);
     wait_metric(
         &edge,
@@ -416,6 +384,6 @@ async fn a_first_order_that_fails_serves_nothing_then_recovers_when_the_ca_is_ba
         .contains("no certificate is served for this host until an order succeeds"));
 
     s.pebble.start().await;
-    let leaf = wait_served(&edge, &s.pebble, "a.test", 30).await;
-    assert_eq!(leaf_names(&leaf), vec!["a.test"]);
+    let leaf = s.pebble.wait_served(&edge, "a.test", 30).await;
+    assert_eq!(san_names(&leaf), vec!["a.test"]);
 }

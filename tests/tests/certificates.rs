@@ -25,25 +25,6 @@ fn config(listen: &str, storage: &std::path::Path, acme: &str, hosts: &str) -> S
     )
 }
 
-fn san_names(der: &[u8]) -> Vec<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
-    cert.subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names
-        .iter()
-        .map(|n| match n {
-            x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
-            x509_parser::extensions::GeneralName::IPAddress(b) => {
-                let a: [u8; 4] = (*b).try_into().unwrap();
-                std::net::Ipv4Addr::from(a).to_string()
-            }
-            other => format!("{other:?}"),
-        })
-        .collect()
-}
-
 fn lifetime(der: &[u8]) -> i64 {
     let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
     cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()
@@ -72,13 +53,7 @@ async fn tls_alpn_01_issues_with_port_80_closed_and_answers_only_validations() {
     );
     let edge = Edge::start(dir.path(), &ports, &yaml).await;
     let roots = pebble.issuing_root().await;
-    let leaf = wait_for(Duration::from_secs(30), "a certificate for a.test", || {
-        let roots = roots.clone();
-        let edge = &edge;
-        async move { edge.handshake(Some("a.test"), roots, &[]).await.ok() }
-    })
-    .await
-    .0;
+    let leaf = pebble.wait_served(&edge, "a.test", 30).await;
     assert_eq!(san_names(&leaf), vec!["a.test"]);
     assert!(edge.log().contains("tls-alpn-01"), "{}", edge.log());
 
@@ -505,12 +480,7 @@ async fn dns_01_over_rfc_2136_certifies_a_wildcard_and_removes_its_records() {
     );
     let edge = Edge::start(s.dir.path(), &s.ports, &yaml).await;
     let roots = s.pebble.issuing_root().await;
-    let leaf = wait_for(Duration::from_secs(30), "a wildcard certificate", || {
-        let (edge, roots) = (&edge, roots.clone());
-        async move { edge.handshake(Some("x.w.test"), roots, &[]).await.ok() }
-    })
-    .await
-    .0;
+    let leaf = s.pebble.wait_served(&edge, "x.w.test", 30).await;
     assert_eq!(all_san_names(&leaf), vec!["*.w.test", "w.test"]);
     // The same certificate for the apex and any one label under it; requests are routed.
     let (apex, _, _) = edge
@@ -596,17 +566,7 @@ async fn dns_01_with_a_wrong_tsig_key_fails_cleanly_and_an_exec_hook_succeeds() 
         "  e.test:\n    tls: acme\n    challenge: dns-01\n    upstream: UPSTREAM\n",
     );
     let edge = Edge::start(s.dir.path(), &s.ports, &good).await;
-    let roots = s.pebble.issuing_root().await;
-    let leaf = wait_for(
-        Duration::from_secs(30),
-        "a certificate over the exec hook",
-        || {
-            let (edge, roots) = (&edge, roots.clone());
-            async move { edge.handshake(Some("e.test"), roots, &[]).await.ok() }
-        },
-    )
-    .await
-    .0;
+    let leaf = s.pebble.wait_served(&edge, "e.test", 30).await;
     assert_eq!(san_names(&leaf), vec!["e.test"]);
     wait_for(Duration::from_secs(10), "the hook's cleanup", || async {
         let log = std::fs::read_to_string(&calls).unwrap_or_default();
@@ -642,17 +602,7 @@ async fn the_second_ca_takes_over_while_the_first_refuses() {
         &format!("  a.test:\n    tls: acme\n    upstream: {}\n", up.url()),
     );
     let edge = Edge::start(dir.path(), &ports, &yaml).await;
-    let roots = second.issuing_root().await;
-    let leaf = wait_for(
-        Duration::from_secs(30),
-        "a certificate from the second CA",
-        || {
-            let (edge, roots) = (&edge, roots.clone());
-            async move { edge.handshake(Some("a.test"), roots, &[]).await.ok() }
-        },
-    )
-    .await
-    .0;
+    let leaf = second.wait_served(&edge, "a.test", 30).await;
     assert_eq!(san_names(&leaf), vec!["a.test"]);
     assert_eq!(
         edge.metric("mcp_edge_acme_orders_total{host=\"a.test\",result=\"error\"}")

@@ -35,13 +35,6 @@ fn replica_yaml(ports: &Ports, dir: &Path, redis_url: &str, acme: &str, upstream
     s
 }
 
-async fn served(edge: &Edge, sni: &str, roots: rustls::RootCertStore) -> Option<Vec<u8>> {
-    edge.handshake(Some(sni), roots, &[])
-        .await
-        .ok()
-        .map(|(leaf, _, _)| leaf)
-}
-
 /// Waits until every replica serves one and the same leaf for `sni`, other than `not`.
 async fn same_leaf_everywhere(
     edges: &[&Edge],
