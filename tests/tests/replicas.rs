@@ -35,6 +35,30 @@ fn replica_yaml(ports: &Ports, dir: &Path, redis_url: &str, acme: &str, upstream
     s
 }
 
+/// Three replicas of the same configuration (`acme`, `upstream`) on `redis_url`, each with its
+/// own listeners and local copy under `dir/rN`, started together.
+async fn start_three(
+    dir: &Path,
+    ports: &[Ports],
+    redis_url: &str,
+    acme: &str,
+    upstream: &str,
+) -> (Vec<PathBuf>, [Edge; 3]) {
+    let dirs: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("r{i}"))).collect();
+    let configs: Vec<String> = (0..3)
+        .map(|i| {
+            std::fs::create_dir_all(&dirs[i]).unwrap();
+            replica_yaml(&ports[i], &dirs[i], redis_url, acme, upstream)
+        })
+        .collect();
+    let (r0, r1, r2) = tokio::join!(
+        Edge::start(&dirs[0], &ports[0], &configs[0]),
+        Edge::start(&dirs[1], &ports[1], &configs[1]),
+        Edge::start(&dirs[2], &ports[2], &configs[2]),
+    );
+    (dirs, [r0, r1, r2])
+}
+
 /// Waits until every replica serves one and the same leaf for `sni`, other than `not`.
 async fn same_leaf_everywhere(
     edges: &[&Edge],
@@ -80,28 +104,15 @@ async fn three_replicas_share_one_order_per_host_the_session_key_and_renewals_an
     pebble.start().await;
     let tools = ToolServer::start(dir.path(), false).await;
     let upstream = format!("http://127.0.0.1:{}", tools.port);
-    let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
-    let redis_url = redis.url();
-    let yaml = |i: usize, extra: &str| {
-        replica_yaml(
-            &ports[i],
-            &dirs[i],
-            &redis_url,
-            &pebble.acme_yaml(extra),
-            &upstream,
-        )
-    };
-    for d in &dirs {
-        std::fs::create_dir_all(d).unwrap();
-    }
-
     // Three replicas starting together, every one finding both hosts without a certificate.
-    let configs: Vec<String> = (0..3).map(|i| yaml(i, "  renewal_check: 2s\n")).collect();
-    let (r0, r1, r2) = tokio::join!(
-        Edge::start(&dirs[0], &ports[0], &configs[0]),
-        Edge::start(&dirs[1], &ports[1], &configs[1]),
-        Edge::start(&dirs[2], &ports[2], &configs[2]),
-    );
+    let (dirs, [r0, r1, r2]) = start_three(
+        dir.path(),
+        &ports,
+        &redis.url(),
+        &pebble.acme_yaml("  renewal_check: 2s\n"),
+        &upstream,
+    )
+    .await;
     let edges = [&r0, &r1, &r2];
     let mut first = Vec::new();
     for h in HOSTS {
@@ -549,24 +560,14 @@ async fn three_replicas_answer_tls_alpn_01_whichever_one_the_ca_reaches() {
     // which one placed the order and published the challenge.
     let mut pebble = Pebble::with_ports(dir.path(), free_port(), lb.https);
     pebble.start().await;
-    let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
-    let configs: Vec<String> = (0..3)
-        .map(|i| {
-            std::fs::create_dir_all(&dirs[i]).unwrap();
-            replica_yaml(
-                &ports[i],
-                &dirs[i],
-                &redis.url(),
-                &pebble.acme_yaml("  challenge: tls-alpn-01\n"),
-                "http://127.0.0.1:9",
-            )
-        })
-        .collect();
-    let (r0, r1, r2) = tokio::join!(
-        Edge::start(&dirs[0], &ports[0], &configs[0]),
-        Edge::start(&dirs[1], &ports[1], &configs[1]),
-        Edge::start(&dirs[2], &ports[2], &configs[2]),
-    );
+    let (_, [r0, r1, r2]) = start_three(
+        dir.path(),
+        &ports,
+        &redis.url(),
+        &pebble.acme_yaml("  challenge: tls-alpn-01\n"),
+        "http://127.0.0.1:9",
+    )
+    .await;
     let edges = [&r0, &r1, &r2];
     for h in HOSTS {
         same_leaf_everywhere(&edges, &pebble, h, None, "one certificate on all three").await;
@@ -604,24 +605,14 @@ async fn three_replicas_place_one_dns_01_order_per_host() {
         bind.key_name,
         dir.path().join("tsig.key").display()
     );
-    let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
-    let configs: Vec<String> = (0..3)
-        .map(|i| {
-            std::fs::create_dir_all(&dirs[i]).unwrap();
-            replica_yaml(
-                &ports[i],
-                &dirs[i],
-                &redis.url(),
-                &pebble.acme_yaml(&dns),
-                "http://127.0.0.1:9",
-            )
-        })
-        .collect();
-    let (r0, r1, r2) = tokio::join!(
-        Edge::start(&dirs[0], &ports[0], &configs[0]),
-        Edge::start(&dirs[1], &ports[1], &configs[1]),
-        Edge::start(&dirs[2], &ports[2], &configs[2]),
-    );
+    let (_, [r0, r1, r2]) = start_three(
+        dir.path(),
+        &ports,
+        &redis.url(),
+        &pebble.acme_yaml(&dns),
+        "http://127.0.0.1:9",
+    )
+    .await;
     let edges = [&r0, &r1, &r2];
     for h in HOSTS {
         same_leaf_everywhere(&edges, &pebble, h, None, "one certificate on all three").await;
