@@ -1,5 +1,6 @@
-"""An MCP server for the MCP-awareness tests (official MCP Python SDK, MCPServer): a fast tool,
-a slow one and a failing one, over Streamable HTTP (`/mcp`, SSE answers, or JSON answers with
+"""An MCP server for the MCP-awareness and policy tests (official MCP Python SDK, MCPServer): a
+fast tool, a slow one and a failing one, a query and a delete (each call of these two logged to
+stderr, so a test can see what reached the server), a prompt and a resource, over Streamable HTTP (`/mcp`, SSE answers, or JSON answers with
 --json) and the legacy SSE transport (`/sse` + `/messages/`), one port.
 
 usage: tool_server.py --port P [--json]
@@ -8,6 +9,7 @@ usage: tool_server.py --port P [--json]
 import argparse
 import asyncio
 import contextlib
+import sys
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
@@ -39,6 +41,38 @@ async def slow(seconds: float) -> str:
 def fail() -> str:
     """Always fails."""
     raise RuntimeError("this tool always fails")
+
+
+@server.tool()
+def query(db: str, sql: str) -> str:
+    """Runs `sql` against `db` (pretends to)."""
+    print(f"CALLED query db={db!r}", file=sys.stderr, flush=True)
+    return f"{db}: {sql}"
+
+
+@server.tool()
+def delete_item(path: str) -> str:
+    """Deletes `path` (pretends to)."""
+    print(f"CALLED delete_item path={path!r}", file=sys.stderr, flush=True)
+    return f"deleted {path}"
+
+
+@server.prompt()
+def summary(topic: str) -> str:
+    """A prompt about `topic`."""
+    return f"Summarise {topic}."
+
+
+@server.resource("docs://public/readme")
+def readme() -> str:
+    """A public document."""
+    return "readme"
+
+
+@server.resource("docs://private/salaries")
+def salaries() -> str:
+    """A private document."""
+    return "salaries"
 
 
 streamable = server.streamable_http_app(json_response=a.json)

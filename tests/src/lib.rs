@@ -3,6 +3,7 @@
 //! every test has its own directory.
 #![forbid(unsafe_code)]
 
+pub mod auth_server;
 pub mod balancer;
 pub mod bind;
 pub mod pebble;

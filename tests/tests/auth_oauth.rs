@@ -5,136 +5,14 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::json;
 
+use mcp_edge_tests::auth_server::{mint, now, AuthServer};
 use mcp_edge_tests::upstream::Upstream;
 use mcp_edge_tests::*;
-
-/// The authorization server, killed on drop.
-struct AuthServer {
-    child: Child,
-    port: u16,
-    /// ES256 signing keys (PKCS#8 PEM) the server uses: `k1` from the start, `k2` after rotation.
-    k1: String,
-    log: PathBuf,
-}
-
-impl Drop for AuthServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl AuthServer {
-    async fn start(dir: &Path, ca: &TestCa) -> Self {
-        let (cert, key) = ca.leaf(&["127.0.0.1"]);
-        let write = |name: &str, text: &str| {
-            let p = dir.join(name);
-            std::fs::write(&p, text).unwrap();
-            p
-        };
-        let k1 = rcgen::KeyPair::generate().unwrap().serialize_pem();
-        let k2 = rcgen::KeyPair::generate().unwrap().serialize_pem();
-        let port = free_port();
-        let log = dir.join("auth-server.log");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/auth_server.py");
-        let child = Command::new(python())
-            .arg(script)
-            .args(["--port", &port.to_string(), "--kid", "k1", "--kid2", "k2"])
-            .arg("--cert")
-            .arg(write("as.pem", &cert))
-            .arg("--key")
-            .arg(write("as.key", &key))
-            .arg("--signing-key")
-            .arg(write("k1.pem", &k1))
-            .arg("--signing-key2")
-            .arg(write("k2.pem", &k2))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start the authorization server");
-        let server = Self {
-            child,
-            port,
-            k1,
-            log,
-        };
-        let client = server.client(ca);
-        wait_for(Duration::from_secs(30), "authorization server", || async {
-            client
-                .get(format!("{}/jwks", server.issuer()))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        })
-        .await;
-        server
-    }
-
-    fn issuer(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    fn client(&self, ca: &TestCa) -> reqwest::Client {
-        https_client(ca.root_store(), &[], ([127, 0, 0, 1], self.port).into())
-    }
-
-    /// A token from the token endpoint (client credentials) for `resource`.
-    async fn token(&self, ca: &TestCa, client: &str, resource: &str) -> String {
-        let r = self
-            .client(ca)
-            .post(format!("{}/token", self.issuer()))
-            .basic_auth(client, Some(format!("{client}-secret")))
-            .form(&[("grant_type", "client_credentials"), ("resource", resource)])
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(
-            status,
-            200,
-            "{body}: {}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-        body["access_token"].as_str().unwrap().to_string()
-    }
-
-    async fn post(&self, ca: &TestCa, path: &str, form: &[(&str, &str)], client: &str) {
-        let r = self
-            .client(ca)
-            .post(format!("{}{path}", self.issuer()))
-            .basic_auth(client, Some(format!("{client}-secret")))
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-    }
-}
-
-/// A JWT signed with `key_pem` (ES256) under `kid`.
-fn mint(key_pem: &str, kid: &str, claims: serde_json::Value) -> String {
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    h.kid = Some(kid.into());
-    h.typ = Some("at+jwt".into());
-    let key = jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes()).unwrap();
-    jsonwebtoken::encode(&h, &claims, &key).unwrap()
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// An edge serving `localhost` over TLS (a leaf of `ca`) with `host` (the rest of the host's
 /// YAML, indented).

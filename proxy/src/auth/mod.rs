@@ -43,6 +43,10 @@ pub struct Identity {
     pub key_name: Option<String>,
     /// The caller sent its credential in `Authorization` (removed before the upstream).
     pub bearer: bool,
+    /// How the credential was checked: `api_key`, `jwt` or `introspection`.
+    pub via: &'static str,
+    /// The token's claims (or the introspection answer), for policies on claim values.
+    pub claims: Option<Arc<serde_json::Value>>,
 }
 
 impl Identity {
@@ -174,7 +178,7 @@ fn strings_of(v: &serde_json::Value) -> Vec<String> {
 }
 
 /// The caller as the token (or introspection answer) says, read through `map`.
-fn identity_of(claims: &serde_json::Value, bearer: bool, map: &ClaimMap) -> Identity {
+fn identity_of(claims: &serde_json::Value, via: &'static str, map: &ClaimMap) -> Identity {
     let text = |k: &str| claims[k].as_str().map(str::to_string);
     let mut scopes: Vec<String> = Vec::new();
     for name in &map.scopes {
@@ -193,7 +197,9 @@ fn identity_of(claims: &serde_json::Value, bearer: bool, map: &ClaimMap) -> Iden
         scopes,
         groups: strings_of(&claims[map.groups.as_str()]),
         key_name: None,
-        bearer,
+        bearer: true,
+        via,
+        claims: Some(Arc::new(claims.clone())),
     }
 }
 
@@ -245,6 +251,7 @@ impl Authenticator {
                     return match_key(keys, v.trim())
                         .map(|name| Identity {
                             key_name: Some(name.to_string()),
+                            via: "api_key",
                             ..Identity::default()
                         })
                         .ok_or(Denied::BadApiKey);
@@ -259,6 +266,7 @@ impl Authenticator {
                 return Ok(Identity {
                     key_name: Some(name.to_string()),
                     bearer: true,
+                    via: "api_key",
                     ..Identity::default()
                 });
             }
@@ -366,7 +374,7 @@ impl Authenticator {
             leeway: oauth.leeway.as_secs(),
         };
         let exp = claims::check(&data.claims, &expected, unix_now())?;
-        Ok((identity_of(&data.claims, true, &oauth.claims), Some(exp)))
+        Ok((identity_of(&data.claims, "jwt", &oauth.claims), Some(exp)))
     }
 
     async fn introspect(
@@ -423,7 +431,7 @@ impl Authenticator {
         {
             Err(Denied::BadAudience)
         } else {
-            Ok(identity_of(&answer, true, &oauth.claims))
+            Ok(identity_of(&answer, "introspection", &oauth.claims))
         };
         let until = Instant::now() + until_exp(exp, oauth.introspection_cache);
         self.introspected.put(digest, until, result.clone());

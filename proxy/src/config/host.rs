@@ -9,6 +9,8 @@ use serde_yaml_ng::Value;
 use super::acme::Challenge;
 use super::auth::{build_auth, build_rate_limit, AuthConfig, RateLimit};
 use super::model::*;
+use super::policy::Policy;
+use super::policy_yaml::build_policy;
 use super::raw::{RawHost, RawMcp, RawRoute, RawTlsFiles};
 use super::upstream::build_upstream;
 use super::{Collector, KeyPath};
@@ -99,6 +101,7 @@ pub(super) fn build_host(
         auth: host_auth,
         rate_limit: host_rate,
         mcp: rh.mcp,
+        policy: rh.policy.map(|v| (v, p.key("policy"))),
     };
     let mut routes = build_routes(rh.upstream, rh.routes, &inherited, base, p, c);
     routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
@@ -131,13 +134,16 @@ fn build_routes(
         ),
         (None, None) => c.err(p, "missing `upstream` (every path) or `routes`"),
         (Some(u), None) => {
-            if let Some(up) = build_upstream(u, base, &p.key("upstream"), c) {
+            let up = build_upstream(u, base, &p.key("upstream"), c);
+            let policy = route_policy(None, inherited, inherited.auth.as_deref(), c);
+            if let (Some(up), Some(policy)) = (up, policy) {
                 routes.push(Route {
                     path: "/".into(),
                     upstream: Arc::new(up),
                     auth: inherited.auth.clone(),
                     rate_limit: inherited.rate_limit.clone(),
                     mcp: build_mcp(inherited.mcp.as_ref(), None, p, c),
+                    policy,
                 });
             }
         }
@@ -161,6 +167,22 @@ struct Inherited {
     auth: Option<Arc<AuthConfig>>,
     rate_limit: Option<RateLimit>,
     mcp: Option<RawMcp>,
+    /// The host's `policy:` and where it stands: built per route, against the route's `auth`.
+    policy: Option<(Value, KeyPath)>,
+}
+
+/// A route's policy: its own `policy:` (at `own`), else the host's, checked against the
+/// route's `auth`. `None`: refused (reported).
+fn route_policy(
+    own: Option<(Value, KeyPath)>,
+    inherited: &Inherited,
+    auth: Option<&AuthConfig>,
+    c: &mut Collector,
+) -> Option<Option<Arc<Policy>>> {
+    let Some((v, at)) = own.or_else(|| inherited.policy.clone()) else {
+        return Some(None);
+    };
+    build_policy(v, auth, &at, c).map(|p| p.map(Arc::new))
 }
 
 /// `tls:` of a host: a keyword or `{ cert, key }` (checked by loading the pair).
@@ -243,7 +265,10 @@ fn build_route(
     else {
         return None;
     };
+    let own = r.policy.map(|v| (v, rp.key("policy")));
+    let policy = route_policy(own, inherited, auth.as_deref(), c)?;
     Some(Route {
+        policy,
         mcp: build_mcp(inherited.mcp.as_ref(), r.mcp.as_ref(), rp, c),
         path: r.path,
         upstream: Arc::new(up),

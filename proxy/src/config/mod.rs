@@ -10,6 +10,8 @@ mod host;
 mod lines;
 mod listen;
 mod model;
+mod policy;
+mod policy_yaml;
 mod raw;
 mod storage;
 mod upstream;
@@ -26,6 +28,7 @@ pub use dns::*;
 pub use host::normalize_origin;
 pub use listen::*;
 pub use model::*;
+pub use policy::*;
 pub use storage::*;
 pub use upstream::*;
 
@@ -137,6 +140,11 @@ impl Collector {
             return;
         }
         self.push(path.clone(), message.into());
+    }
+
+    /// Problems reported so far.
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.len()
     }
 
     fn push(&mut self, path: KeyPath, message: String) {

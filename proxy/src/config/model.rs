@@ -13,6 +13,7 @@ use super::listen::{
     build_limits, build_listen, build_timeouts, build_trusted_proxies, ClientTimeouts, Limits,
     Listen,
 };
+use super::policy::Policy;
 use super::raw::{RawConfig, RawHost};
 use super::storage::StorageConfig;
 use super::upstream::Upstream;
@@ -148,6 +149,8 @@ pub struct Route {
     /// The route's own `rate_limit`, else the host's; `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
     pub mcp: McpOptions,
+    /// Which caller may make which MCP call: the route's own `policy`, else the host's.
+    pub policy: Option<Arc<Policy>>,
 }
 
 /// How the edge reads the MCP traffic of a route.

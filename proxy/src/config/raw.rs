@@ -187,6 +187,8 @@ pub(super) struct RawHost {
     pub rate_limit: Option<Value>,
     /// MCP awareness (every route, unless a route says otherwise).
     pub mcp: Option<RawMcp>,
+    /// Which caller may make which MCP call (every route, unless a route says otherwise).
+    pub policy: Option<Value>,
     /// ACME challenge for this host's names (default: `acme.challenge`).
     pub challenge: Option<String>,
 }
@@ -230,6 +232,8 @@ pub(super) struct RawRoute {
     pub rate_limit: Option<Value>,
     /// This route's own `mcp` settings, instead of the host's.
     pub mcp: Option<RawMcp>,
+    /// This route's own `policy` (`none`: every call), instead of the host's.
+    pub policy: Option<Value>,
 }
 
 /// The map form of `upstream:`.

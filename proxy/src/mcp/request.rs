@@ -77,6 +77,8 @@ pub struct Message {
     pub name: Option<String>,
     /// `params.protocolVersion` of an `initialize`.
     pub asked_version: Option<String>,
+    /// `params.arguments` of a `tools/call` or `prompts/get`, when an object.
+    pub arguments: Option<serde_json::Map<String, Value>>,
 }
 
 /// What the body turned out to be.
@@ -93,25 +95,38 @@ pub enum Body {
 /// A message as the upstream will read it. Parsed leniently, the way the SDKs' JSON readers
 /// do (a repeated key's last value wins, unknown and mistyped siblings are ignored): a body the
 /// upstream would run must never be one the edge cannot read.
-fn model(v: &Value) -> Message {
+fn model(mut v: Value) -> Message {
     let text = |v: &Value| v.as_str().map(str::to_string);
-    let method = v.get("method").and_then(Value::as_str);
+    let method = v.get("method").and_then(Value::as_str).map(str::to_string);
     let params = v.get("params");
     let param = |key: &str| params.and_then(|p| p.get(key)).and_then(text);
-    let name = match method {
+    let name = match method.as_deref() {
         Some("tools/call" | "prompts/get") => param("name"),
-        Some("resources/read") => param("uri"),
+        Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => param("uri"),
         _ => None,
     };
-    let asked_version = match method {
+    let asked_version = match method.as_deref() {
         Some("initialize") => param("protocolVersion"),
         _ => None,
     };
+    let id = v.get("id").map(Value::to_string);
+    let arguments = match method.as_deref() {
+        Some("tools/call" | "prompts/get") => v
+            .get_mut("params")
+            .and_then(|p| p.get_mut("arguments"))
+            .map(Value::take)
+            .and_then(|a| match a {
+                Value::Object(map) => Some(map),
+                _ => None,
+            }),
+        _ => None,
+    };
     Message {
-        id: v.get("id").map(Value::to_string),
-        method: method.map(str::to_string),
+        id,
+        method,
         name,
         asked_version,
+        arguments,
     }
 }
 
@@ -130,11 +145,15 @@ fn parse(body: &[u8]) -> Body {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(items)) => Body::Messages {
             batch: true,
-            messages: items.iter().filter(|v| v.is_object()).map(model).collect(),
+            messages: items
+                .into_iter()
+                .filter(Value::is_object)
+                .map(model)
+                .collect(),
         },
         Ok(v) if v.is_object() => Body::Messages {
             batch: false,
-            messages: vec![model(&v)],
+            messages: vec![model(v)],
         },
         _ => Body::NotJsonRpc,
     }
@@ -222,7 +241,8 @@ impl Request {
         self.body.as_ref()
     }
 
-    fn messages(&self) -> &[Message] {
+    /// The messages of the body, once finished (none unless it is JSON-RPC).
+    pub fn messages(&self) -> &[Message] {
         match &self.body {
             Some(Body::Messages { messages, .. }) => messages,
             _ => &[],

@@ -9,6 +9,7 @@ use pingora::Error;
 
 use super::ctx::Ctx;
 use super::EdgeProxy;
+use crate::access;
 use crate::reply::Answer;
 
 impl EdgeProxy {
@@ -56,7 +57,7 @@ impl EdgeProxy {
         if let Some(x) = ctx.exchange.as_mut() {
             x.request_body(model);
         }
-        if let Some(answer) = self.validate(ctx) {
+        if let Some(answer) = self.validate(ctx).or_else(|| authorize(ctx)) {
             // Refused, but it was a request: the route's budget pays for it.
             let _ = self.charge(ctx, false);
             return Err(late(ctx, answer));
@@ -105,11 +106,29 @@ impl EdgeProxy {
                 None
             }
             Err(refused) => {
-                let cors = crate::access::cors_headers(ctx.origin.as_deref());
+                let cors = access::cors_headers(ctx.origin.as_deref());
                 Some(refused.with_headers(cors))
             }
         }
     }
+}
+
+/// The route's policy on every message of the body; `Some`: the refusal to answer.
+fn authorize(ctx: &mut Ctx) -> Option<Answer> {
+    let metadata = ctx.body.policy.as_deref()?;
+    let route = ctx.route_entry()?;
+    let policy = route.config.policy.as_ref()?;
+    let messages = ctx.mcp.as_ref().map_or(&[][..], |m| m.messages());
+    let oauth = route
+        .config
+        .auth
+        .as_ref()
+        .is_some_and(|a| a.oauth.is_some());
+    let (verdicts, refusal) = access::policy::check(policy, ctx.identity.as_ref(), messages, oauth);
+    let answer =
+        refusal.map(|r| access::policy_refusal(&r, &route.config, metadata, ctx.origin.as_deref()));
+    ctx.verdicts = verdicts;
+    answer
 }
 
 /// A refusal decided once the body was read: the request fails, and `fail_to_proxy` writes

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use http::header::HeaderName;
 
+use crate::access::policy::Verdict;
 use crate::auth::Identity;
 use crate::limits::Budget;
 use crate::live::Snapshot;
@@ -42,6 +43,9 @@ pub struct BodyPlan {
     pub validate: Option<bool>,
     /// The caller's budgets are spent with the body's tool calls, once it is read.
     pub charge: bool,
+    /// The route's policy decides the body's calls before any of it is forwarded; the route's
+    /// metadata URL, for a 403 `insufficient_scope`.
+    pub policy: Option<String>,
 }
 
 /// Per-request state.
@@ -75,6 +79,8 @@ pub struct Ctx {
     pub mcp: Option<McpRequest>,
     /// The MCP calls of this request and their outcomes, as observed.
     pub exchange: Option<Exchange>,
+    /// The policy's verdict on each message of the body, in order.
+    pub verdicts: Vec<Verdict>,
     /// An answer decided once the body was read (the request is then failed, and
     /// `fail_to_proxy` writes it).
     pub late: Option<Answer>,
@@ -105,6 +111,7 @@ impl Ctx {
             budget: None,
             mcp: None,
             exchange: None,
+            verdicts: Vec::new(),
             late: None,
         }
     }

@@ -118,9 +118,12 @@ impl EdgeProxy {
         ctx: &mut Ctx,
     ) -> pingora::proxy::FailToProxy {
         let code = if let Some(answer) = ctx.late.take() {
-            // Decided once the body was read.
+            // Decided once the body was read (or while it came). pingora closes the connection
+            // after a failed proxy whatever this returns, so the answer says so: a client that
+            // reused it would see its next request reset.
             let status = answer.status;
             if session.response_written().is_none() {
+                session.set_keepalive(None);
                 let _ = super::answer::send(session, ctx, answer).await;
             }
             status

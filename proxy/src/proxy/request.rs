@@ -95,6 +95,9 @@ impl EdgeProxy {
         if let Some(a) = plan_mcp(session, ctx) {
             return Ok(Some(a));
         }
+        if ctx.body.hold && entry.routes[i].config.policy.is_some() {
+            ctx.body.policy = Some(public.metadata_url(&entry.routes[i].config));
+        }
         if ctx.body.charge && session.is_body_empty() {
             // No body will come to spend the budgets with: spent now.
             if let Some(refused) = self.spend_held(ctx, false) {
@@ -284,6 +287,8 @@ fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
     let post = req.method == http::Method::POST;
     let declared = Declared::from_headers(|n| req.headers.get(n).map(|v| v.as_bytes()));
     let tools_budget = ctx.body.charge;
+    // A policy reads every call before any of the body is forwarded.
+    let policy = route.config.policy.is_some();
     if options.validate && post && options.strict {
         // Strict: a version from before header validation is refused (for `initialize`, which
         // carries no header yet, by the version its body asks for).
@@ -306,8 +311,8 @@ fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
             text(&declared.name),
         ));
     }
-    if post && (options.validate || tools_budget || options.observe) {
-        ctx.body.hold = options.validate || tools_budget;
+    if post && (options.validate || tools_budget || options.observe || policy) {
+        ctx.body.hold = options.validate || tools_budget || policy;
         ctx.body.validate = options.validate.then_some(options.strict);
         ctx.mcp = Some(McpRequest::new(declared));
     }

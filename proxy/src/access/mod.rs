@@ -3,6 +3,8 @@
 //! `rate_limit`. The proxy calls in once per request, after routing; every outcome is a
 //! [`Decision`], and every answer data ([`Answer`]) the request path writes.
 
+pub mod policy;
+
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use pingora::http::RequestHeader;
@@ -81,6 +83,9 @@ pub struct Admitted {
 }
 
 /// What access control decided about a request.
+// Returned once per request and unpacked at once: boxing `Allow` would cost an allocation on
+// every admitted request to save a move.
+#[allow(clippy::large_enum_variant)]
 pub enum Decision {
     /// It goes on, with what was learned.
     Allow(Admitted),
@@ -267,4 +272,36 @@ fn challenge(
         h.push((header::RETRY_AFTER, "5".into()));
     }
     Answer::json(denied.status(), denied.body()).with_headers(h)
+}
+
+/// The answer to a request the route's policy refuses: 403 `insufficient_scope` with every scope
+/// the call needs (the route's and the allowing rule's) when a scope would allow it; otherwise
+/// 403 with a JSON-RPC error naming what is not allowed (clients surface its message).
+/// `metadata` is the route's metadata URL (see [`PublicUrl::metadata_url`]).
+pub fn policy_refusal(
+    refusal: &policy::Refusal,
+    route: &Route,
+    metadata: &str,
+    origin: Option<&str>,
+) -> Answer {
+    let mut h = cors_headers(origin);
+    let oauth = route.auth.as_ref().and_then(|a| a.oauth.as_ref());
+    if let (Some(needs), Some(oauth)) = (&refusal.needs_scopes, oauth) {
+        let mut scopes = oauth.scopes.clone();
+        for s in needs {
+            if !scopes.contains(s) {
+                scopes.push(s.clone());
+            }
+        }
+        h.push((
+            header::WWW_AUTHENTICATE,
+            Denied::InsufficientScope.challenge(Some(metadata), &scopes),
+        ));
+        return Answer::json(403, Denied::InsufficientScope.body())
+            .with_headers(h)
+            .refused("policy");
+    }
+    Answer::json(403, policy::error_body(refusal))
+        .with_headers(h)
+        .refused("policy")
 }
