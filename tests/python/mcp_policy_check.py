@@ -10,6 +10,7 @@ Prints a list with, per step: {"ok": names or text} or {"rpc": code, "message": 
 import argparse
 import json
 
+from mcp import types
 from mcp.shared.exceptions import MCPError
 from sdk_session import client_factory, run, session
 
@@ -21,7 +22,7 @@ def text(result):
 async def listing(fetch, field, key):
     names, cursor = [], None
     while True:
-        page = await fetch(cursor)
+        page = await fetch(types.PaginatedRequestParams(cursor=cursor) if cursor else None)
         names += [getattr(item, key) for item in getattr(page, field)]
         cursor = page.next_cursor
         if not cursor:
@@ -31,11 +32,11 @@ async def listing(fetch, field, key):
 async def step(s, st):
     kind = st[0]
     if kind == "tools":
-        return await listing(lambda c: s.list_tools(cursor=c), "tools", "name")
+        return await listing(lambda p: s.list_tools(params=p), "tools", "name")
     if kind == "prompts":
-        return await listing(lambda c: s.list_prompts(cursor=c), "prompts", "name")
+        return await listing(lambda p: s.list_prompts(params=p), "prompts", "name")
     if kind == "resources":
-        return [str(u) for u in await listing(lambda c: s.list_resources(cursor=c), "resources", "uri")]
+        return [str(u) for u in await listing(lambda p: s.list_resources(params=p), "resources", "uri")]
     if kind == "call":
         r = await s.call_tool(st[1], st[2])
         return {"is_error": True, "text": text(r)} if r.is_error else text(r)

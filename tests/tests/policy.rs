@@ -16,7 +16,7 @@ const AUD: &str = "api://mcp-tests";
 
 /// The host block: `/mcp` (OAuth, rules on scopes, groups, claims and arguments) and
 /// `/keys/mcp` (API keys, a rule on the key's name), both in front of the tool server.
-fn host_yaml(tools: u16, issuer: &str, ca: &Path) -> String {
+fn host_yaml(tools: u16, json_tools: u16, issuer: &str, ca: &Path) -> String {
     format!(
         r#"hosts:
   localhost:
@@ -64,7 +64,7 @@ fn host_yaml(tools: u16, issuer: &str, ca: &Path) -> String {
           arguments: {{ topic: {{ equals: tls }} }}
   127.0.0.1:
     tls: none
-    upstream: "http://127.0.0.1:{tools}"
+    upstream: "http://127.0.0.1:{json_tools}"
     auth:
       api_keys:
         keys: {{ ci: "sha256:{ci}", other: "sha256:{other}" }}
@@ -141,12 +141,18 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     std::fs::write(tmp.path().join("ca.pem"), ca.pem()).unwrap();
     let auth = AuthServer::start(tmp.path(), &ca).await;
     let tools = ToolServer::start(tmp.path(), false).await;
+    let json_tools = ToolServer::start(tmp.path(), true).await;
     let ports = Ports::new();
     let cfg = format!(
         "{}storage: {}\n{}",
         ports.yaml(),
         tmp.path().join("certs").display(),
-        host_yaml(tools.port, &auth.issuer(), &tmp.path().join("ca.pem"))
+        host_yaml(
+            tools.port,
+            json_tools.port,
+            &auth.issuer(),
+            &tmp.path().join("ca.pem")
+        )
     );
     let edge = Edge::start(tmp.path(), &ports, &cfg).await;
     let url = format!("http://localhost:{}/mcp", ports.http);
@@ -194,6 +200,9 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
                 ["read", "docs://private/salaries"],
                 ["prompt", "summary", {"topic": "tls"}],
                 ["prompt", "summary", {"topic": "salaries"}],
+                ["tools"],
+                ["prompts"],
+                ["resources"],
             ]),
         )
         .await;
@@ -209,6 +218,11 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
         not_allowed(&r[7], "docs://private/salaries");
         assert!(ok(&r[8]).as_str().unwrap().contains("Summarise tls"));
         not_allowed(&r[9], "summary");
+        // Lists hold what this caller may call: `fast` (with some arguments), the prompt, the
+        // public document; nothing of `query`, `delete_item`, `slow`, `fail` or the salaries.
+        assert_eq!(ok(&r[10]), &json!(["fast"]));
+        assert_eq!(ok(&r[11]), &json!(["summary"]));
+        assert_eq!(ok(&r[12]), &json!(["docs://public/readme"]));
     }
 
     // A scope: `query`, on the databases of the rule only.
@@ -221,9 +235,11 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
             ["call", "query", {"db": "analytics", "sql": "select 1"}],
             ["call", "query", {"db": "production", "sql": "drop table users"}],
             ["call", "query", {"db": ["analytics"], "sql": "x"}],
+            ["tools"],
         ]),
     )
     .await;
+    assert_eq!(ok(&r[3]), &json!(["fast", "query"]));
     assert_eq!(ok(&r[0]), "analytics: select 1");
     not_allowed(&r[1], "query");
     // An argument that only looks like an allowed one (a list) is not one.
@@ -247,7 +263,12 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     not_allowed(&r[1], "delete_item");
     // A prefix is a prefix of the string: tools must not treat arguments as paths to resolve.
     assert_eq!(ok(&r[2]), "deleted /tmp/../etc/passwd");
+    let r = one(&url, &ops, json!(["tools"])).await;
+    assert_eq!(ok(&r), &json!(["fast", "delete_item"]));
     let reader = token(json!({"dept": "ops", "groups": ["readers"]}));
+    // A deny rule without argument conditions hides what it refuses.
+    let r = one(&url, &reader, json!(["tools"])).await;
+    assert_eq!(ok(&r), &json!(["fast"]));
     let r = one(
         &url,
         &reader,
@@ -264,15 +285,24 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     .await;
     not_allowed(&r, "delete_item");
 
-    // An API key's name: `ci` may call `fast`, `other` may not.
+    // An API key's name: `ci` may call `fast`, `other` may not (JSON answers, lists included).
     let keys_url = format!("http://127.0.0.1:{}/mcp", ports.http);
-    let r = one(
+    let r = steps(
         &keys_url,
+        "streamable",
         "Authorization:Bearer ci-key-0123456789abcdef",
-        json!(["call", "fast", {"text": "hi"}]),
+        json!([["call", "fast", {"text": "hi"}], ["tools"]]),
     )
     .await;
-    assert_eq!(ok(&r), "hi");
+    assert_eq!(ok(&r[0]), "hi");
+    assert_eq!(ok(&r[1]), &json!(["fast"]));
+    let r = one(
+        &keys_url,
+        "Authorization:Bearer other-key-0123456789abcdef",
+        json!(["tools"]),
+    )
+    .await;
+    assert_eq!(ok(&r), &json!([]));
     let r = one(
         &keys_url,
         "Authorization:Bearer other-key-0123456789abcdef",
@@ -411,7 +441,7 @@ async fn check_refuses_rules_that_never_match_or_are_shadowed() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = TestCa::new("test CA");
     std::fs::write(tmp.path().join("ca.pem"), ca.pem()).unwrap();
-    let base = host_yaml(1, "https://127.0.0.1:1", &tmp.path().join("ca.pem"));
+    let base = host_yaml(1, 2, "https://127.0.0.1:1", &tmp.path().join("ca.pem"));
     let check = |yaml: String| {
         let p = tmp.path().join("edge.yaml");
         std::fs::write(&p, yaml).unwrap();

@@ -3,6 +3,7 @@
 //! `rate_limit`. The proxy calls in once per request, after routing; every outcome is a
 //! [`Decision`], and every answer data ([`Answer`]) the request path writes.
 
+pub mod lists;
 pub mod policy;
 
 use bytes::Bytes;

@@ -121,6 +121,33 @@ pub fn decide(policy: &Policy, id: Option<&Identity>, m: &Message) -> Verdict {
     decide_with(policy, id, scopes, m)
 }
 
+/// Whether `id` may make the call `m` names with some arguments: what a list shows. A rule with
+/// argument conditions decides only when it allows (some arguments would pass it); one without
+/// decides either way; then `default`.
+pub fn may_call(policy: &Policy, id: Option<&Identity>, m: &Message) -> bool {
+    let Some(method) = m.method.as_deref() else {
+        return true;
+    };
+    let scopes = id.map_or(&[][..], |i| &i.scopes[..]);
+    for rule in &policy.rules {
+        let what = rule.what.pairs.iter().any(|(mg, ng)| {
+            crate::config::glob_match(mg, method)
+                && ng.as_ref().is_none_or(|g| {
+                    m.name
+                        .as_deref()
+                        .is_some_and(|n| crate::config::glob_match(g, n))
+                })
+        });
+        if !what || !who_matches(&rule.who, id, scopes) {
+            continue;
+        }
+        if rule.arguments.is_empty() || rule.effect == Effect::Allow {
+            return rule.effect == Effect::Allow;
+        }
+    }
+    policy.default == Effect::Allow || !NAMED_METHODS.contains(&method)
+}
+
 /// The scopes that would turn a refusal of `m` into an allow: those of an allowing rule whose
 /// other conditions the caller meets, when holding them is enough (first match still wins).
 fn missing_scopes(policy: &Policy, id: &Identity, m: &Message) -> Option<Vec<String>> {

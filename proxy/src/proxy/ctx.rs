@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use http::header::HeaderName;
 
+use crate::access::lists::ListFilter;
 use crate::access::policy::Verdict;
 use crate::auth::Identity;
 use crate::limits::Budget;
@@ -79,6 +80,8 @@ pub struct Ctx {
     pub mcp: Option<McpRequest>,
     /// The MCP calls of this request and their outcomes, as observed.
     pub exchange: Option<Exchange>,
+    /// Under a policy: list answers filtered for the caller on their way out.
+    pub lists: Option<ListFilter>,
     /// The policy's verdict on each message of the body, in order.
     pub verdicts: Vec<Verdict>,
     /// An answer decided once the body was read (the request is then failed, and
@@ -111,6 +114,7 @@ impl Ctx {
             budget: None,
             mcp: None,
             exchange: None,
+            lists: None,
             verdicts: Vec::new(),
             late: None,
         }

@@ -13,6 +13,7 @@ use pingora::Error;
 use super::ctx::Ctx;
 use super::upstream::hop_by_hop;
 use super::{EdgeProxy, SESSION_HEADER};
+use crate::access::lists::ListFilter;
 use crate::metrics;
 use crate::upstream::affinity::EndpointRewriter;
 
@@ -25,6 +26,31 @@ fn is_event_stream(resp: &ResponseHeader) -> bool {
                 .to_ascii_lowercase()
                 .starts_with("text/event-stream")
         })
+}
+
+/// Under a policy, list answers lose the entries the caller may not call: every event stream is
+/// read event by event, a JSON answer held when its request asked for a list.
+fn filter_lists(resp: &mut ResponseHeader, ctx: &mut Ctx, is_stream: bool) {
+    let Some(policy) = ctx.route_entry().and_then(|r| r.config.policy.clone()) else {
+        return;
+    };
+    if !resp.status.is_success() {
+        return;
+    }
+    let asked_list = ctx.mcp.as_ref().is_some_and(|m| {
+        m.messages().iter().any(|m| {
+            matches!(
+                m.method.as_deref(),
+                Some("tools/list" | "prompts/list" | "resources/list")
+            )
+        })
+    });
+    if !is_stream && !asked_list {
+        return;
+    }
+    // The length changes: pingora frames the body itself.
+    resp.remove_header(&header::CONTENT_LENGTH);
+    ctx.lists = Some(ListFilter::new(policy, ctx.identity.clone(), is_stream));
 }
 
 impl EdgeProxy {
@@ -63,7 +89,9 @@ impl EdgeProxy {
                     .inc();
             }
         }
-        self.seal_session(session, resp, ctx, is_stream)
+        self.seal_session(session, resp, ctx, is_stream)?;
+        filter_lists(resp, ctx, is_stream);
+        Ok(())
     }
 
     /// A replicated route's session ids name their replica, sealed so that no client can
@@ -119,7 +147,13 @@ impl EdgeProxy {
             let out = rw.feed(&self.sealer, &chunk, end_of_stream);
             *body = Some(Bytes::from(out));
         }
-        // What the client sees (session ids as sealed for it) is what is observed.
+        if let Some(f) = ctx.lists.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            let out = f.feed(&chunk, end_of_stream);
+            *body = Some(Bytes::from(out));
+        }
+        // What the client sees (session ids as sealed for it, lists as filtered for it) is what
+        // is observed.
         let Some(t) = ctx.target.as_ref() else {
             return;
         };

@@ -84,6 +84,10 @@ impl EdgeProxy {
                 req.insert_header(header::HOST, ctx.client_host.as_str())?;
             }
         }
+        if ctx.route_entry().is_some_and(|r| r.config.policy.is_some()) {
+            // Its list answers are read and filtered: asked for uncompressed.
+            req.remove_header(&header::ACCEPT_ENCODING);
+        }
         identity_headers(req, ctx)?;
         forwarding_headers(session, req, ctx)?;
         restore_session(req, ctx)
