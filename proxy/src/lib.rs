@@ -8,8 +8,9 @@
 //! ```text
 //! cli, server                commands; assembly and reload
 //! proxy, admin               the request path, by phase; metrics, health and the status page
-//! access, observe, status,   access decisions at the door; MCP calls observed; the status page;
-//! connections, health        connection caps; active health checks
+//! access, observe, audit,    access decisions at the door; MCP calls observed and audited; the
+//! status, connections,       status page; connection caps; active health checks
+//! health
 //! live                       the snapshot in force: config, routes, certificates
 //! routing                    the route table built from a Config
 //! limits, auth               rate budgets; API keys, JWT, introspection
@@ -28,6 +29,7 @@
 pub mod access;
 pub mod acme;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod certs;
 pub mod cli;

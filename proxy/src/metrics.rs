@@ -36,6 +36,11 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     /// Requests refused because their session id was not sealed by this proxy.
     pub session_rejected: IntCounterVec,
+    /// Audit records written, by sink (`stdout`, `file`).
+    pub audit_records: IntCounterVec,
+    /// Audit records lost, by reason (`queue_full`: the sink was slower than the calls;
+    /// `write_error`).
+    pub audit_dropped: IntCounterVec,
     /// ACME orders by host and result (`ok`, `error`).
     pub acme_orders: IntCounterVec,
     /// Certificates another replica ordered, installed from shared storage, by host.
@@ -302,6 +307,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "health_probes_total",
             "Active health probes of upstream replicas, by host, route and result",
             &["host", "route", "result"],
+        ),
+        audit_records: counter(
+            &r,
+            "audit_records_total",
+            "Audit records written, by sink",
+            &["sink"],
+        ),
+        audit_dropped: counter(
+            &r,
+            "audit_dropped_total",
+            "Audit records lost, by reason (queue_full, write_error)",
+            &["reason"],
         ),
         refused: counter(
             &r,

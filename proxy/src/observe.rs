@@ -140,6 +140,9 @@ pub struct Exchange {
     response: Option<Body>,
     status: u16,
     pub log: LogFields,
+    /// How each call ended, in body order (`None`: not known here: a legacy call answered on
+    /// its session's stream).
+    pub outcomes: Vec<Option<Outcome>>,
 }
 
 impl Exchange {
@@ -162,6 +165,7 @@ impl Exchange {
             response: None,
             status: 0,
             log: LogFields::default(),
+            outcomes: Vec::new(),
         }
     }
 
@@ -199,6 +203,7 @@ impl Exchange {
         let mut ids: Vec<&str> = calls.iter().filter_map(|c| c.id.as_deref()).collect();
         ids.sort_unstable();
         self.ambiguous = ids.windows(2).any(|w| w[0] == w[1]);
+        self.outcomes = vec![None; calls.len()];
         self.calls = calls.into_iter().map(|c| (c, false)).collect();
     }
 
@@ -284,6 +289,9 @@ impl Exchange {
     /// Counts call `i` as ended with `outcome`.
     fn count(&mut self, i: usize, outcome: Outcome, answered: bool, names: &NameLabels) {
         self.calls[i].1 = true;
+        if let Some(o) = self.outcomes.get_mut(i) {
+            *o = Some(outcome);
+        }
         let (method, tool) = self.labels(i, outcome, answered, names);
         record(
             &self.host,

@@ -210,6 +210,12 @@ impl Edge {
     /// Writes `config` (YAML, listen block included) to `dir/edge.yaml` and starts the proxy,
     /// waiting until `/readyz` says every listener is bound.
     pub async fn start(dir: &Path, ports: &Ports, config: &str) -> Self {
+        Self::start_with_stdout(dir, ports, config, Stdio::null()).await
+    }
+
+    /// [`Edge::start`] with its standard output (the audit log's `stdout` sink) sent to
+    /// `stdout`; `Stdio::piped()` leaves it for [`Edge::take_stdout`].
+    pub async fn start_with_stdout(dir: &Path, ports: &Ports, config: &str, stdout: Stdio) -> Self {
         install_crypto();
         let config_path = dir.join("edge.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -218,7 +224,7 @@ impl Edge {
             .args(["run", "--config"])
             .arg(&config_path)
             .env("MCP_EDGE_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start mcp-edge");
@@ -300,6 +306,11 @@ impl Edge {
         .await
         .expect("the proxy answers within 10 s");
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The edge's standard output, when started with it piped.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
     }
 
     /// Sends SIGHUP (reload).

@@ -143,10 +143,12 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     let tools = ToolServer::start(tmp.path(), false).await;
     let json_tools = ToolServer::start(tmp.path(), true).await;
     let ports = Ports::new();
+    let audit = tmp.path().join("audit.jsonl");
     let cfg = format!(
-        "{}storage: {}\n{}",
+        "{}storage: {}\naudit: {{ file: {}, values: [query, \"delete_*\"] }}\n{}",
         ports.yaml(),
         tmp.path().join("certs").display(),
+        audit.display(),
         host_yaml(
             tools.port,
             json_tools.port,
@@ -236,6 +238,8 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
             ["call", "query", {"db": "production", "sql": "drop table users"}],
             ["call", "query", {"db": ["analytics"], "sql": "x"}],
             ["tools"],
+            // The caller's own token as an argument: recorded masked.
+            ["call", "query", {"db": "reporting", "sql": analyst.trim_start_matches("Authorization:Bearer ")}],
         ]),
     )
     .await;
@@ -410,6 +414,75 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     let mut answer = String::new();
     s.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+
+    // The audit log: one record per call, with the decision, the rule and the outcome; never
+    // a credential, in the audit file or the edge's log.
+    let records: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let find = |pred: &dyn Fn(&Value) -> bool| -> Value {
+        records
+            .iter()
+            .find(|r| pred(r))
+            .cloned()
+            .unwrap_or_else(|| panic!("no such record among {records:#?}"))
+    };
+    let q = find(&|r| {
+        r["name"] == "query" && r["values"]["db"] == "analytics" && r["decision"] == "allow"
+    });
+    assert_eq!(q["decision"], "allow");
+    assert_eq!(q["rule"], "analysts-query");
+    assert_eq!(q["outcome"], "ok");
+    assert_eq!(q["status"], 200);
+    assert_eq!(q["caller"]["subject"], "u");
+    assert_eq!(q["caller"]["via"], "jwt");
+    assert_eq!(q["arguments"], json!(["db", "sql"]));
+    assert_eq!(q["values"]["sql"], "select 1");
+    assert!(q["replica"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+    assert!(q["request_id"].as_str().unwrap().len() == 16 && q["time"].is_string());
+    // The same call by a caller without the scope: refused, by the default.
+    let refused = find(&|r| r["name"] == "query" && r["decision"] == "deny");
+    assert_eq!(
+        (&refused["rule"], &refused["status"]),
+        (&json!("default"), &json!(403))
+    );
+    let masked = find(&|r| r["name"] == "query" && r["values"]["db"] == "reporting");
+    assert_eq!(masked["values"]["sql"], "***");
+    let d = find(&|r| r["name"] == "delete_item" && r["values"]["path"] == "/etc/passwd");
+    assert_eq!(
+        (&d["decision"], &d["rule"], &d["outcome"]),
+        (&json!("deny"), &json!("default"), &json!("refused"))
+    );
+    let f = find(&|r| r["name"] == "fast" && r["caller"]["key"] == "ci");
+    assert_eq!(f["caller"]["via"], "api_key");
+    assert!(
+        f.get("values").is_none(),
+        "values only for the tools listed: {f}"
+    );
+    assert_eq!(f["arguments"], json!(["text"]));
+    let everything = format!(
+        "{}\n{}",
+        std::fs::read_to_string(&audit).unwrap(),
+        edge.log()
+    );
+    for secret in [&plain, &analyst, &ops, &reader, &other_dept] {
+        let token = secret.trim_start_matches("Authorization:Bearer ");
+        assert!(!everything.contains(token), "a token reached a log");
+    }
+    for key in ["ci-key-0123456789abcdef", "other-key-0123456789abcdef"] {
+        assert!(!everything.contains(key), "an API key reached a log");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&audit).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     // What reached the server: the allowed calls, none of the refused ones.
     let log =

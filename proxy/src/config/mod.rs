@@ -4,6 +4,7 @@
 //! all problems of a file are reported in one run, not just the first.
 
 mod acme;
+mod audit;
 mod auth;
 mod dns;
 mod host;
@@ -23,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 pub use acme::*;
+pub use audit::AuditConfig;
 pub use auth::*;
 pub use dns::*;
 pub use host::normalize_origin;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 
 use super::acme::{build_acme, AcmeConfig, Challenge};
+use super::audit::{build_audit, AuditConfig};
 use super::auth::{AuthConfig, RateLimit};
 use super::host::build_host;
 use super::listen::{
@@ -40,6 +41,8 @@ pub struct Config {
     pub default_host: Option<HostName>,
     /// Hosts in file order.
     pub hosts: Vec<Arc<Host>>,
+    /// The audit log of MCP calls.
+    pub audit: AuditConfig,
 }
 
 impl Config {
@@ -241,6 +244,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
     let trusted_proxies =
         build_trusted_proxies(&raw.trusted_proxies, &root.key("trusted_proxies"), c);
     let acme = raw.acme.map(|a| build_acme(a, base, &root.key("acme"), c));
+    let audit = build_audit(raw.audit, base, &root.key("audit"), c);
     let hosts = build_hosts(raw.hosts, base, &root.key("hosts"), c);
     check_acme_hosts(&hosts, acme.as_ref(), listen.http.is_some(), &root, c);
     let default_host = build_default_host(
@@ -263,6 +267,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         trusted_proxies,
         default_host,
         hosts,
+        audit,
     })
 }
 

@@ -39,6 +39,8 @@ pub(super) struct RawConfig {
     /// replaced. Not capped per address either.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// One JSON line per MCP call: who called what, decided how, with what outcome.
+    pub audit: Option<super::audit::RawAudit>,
     /// The served hosts, keyed by their primary name.
     #[serde(default)]
     pub hosts: serde_yaml_ng::Mapping,

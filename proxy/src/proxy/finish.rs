@@ -9,6 +9,7 @@ use pingora::{Error, ErrorSource};
 use super::ctx::Ctx;
 use super::EdgeProxy;
 use crate::auth::Identity;
+use crate::mcp::Outcome;
 use crate::metrics;
 use crate::observe::LogFields;
 use crate::upstream::trust;
@@ -145,7 +146,8 @@ impl EdgeProxy {
         let m = metrics::get();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
-        let rpc = self.finish_exchange(e, ctx);
+        let (rpc, outcomes) = self.finish_exchange(e, ctx);
+        self.audit_calls(session, ctx, status, elapsed, &outcomes);
         let labels = [ctx.host_label(), ctx.route_label()];
         count_request(ctx, status, elapsed);
         let error_reason = e
@@ -202,13 +204,17 @@ impl EdgeProxy {
     }
 
     /// The MCP calls still unanswered are counted by how the exchange ended.
-    fn finish_exchange(&self, e: Option<&Error>, ctx: &mut Ctx) -> LogFields {
+    fn finish_exchange(
+        &self,
+        e: Option<&Error>,
+        ctx: &mut Ctx,
+    ) -> (LogFields, Vec<Option<Outcome>>) {
         let Some(mut x) = ctx.exchange.take() else {
-            return LogFields::default();
+            return Default::default();
         };
         if let Some(route) = ctx.route_entry() {
             x.finish(e.is_some(), &route.names, &self.legacy);
         }
-        x.log
+        (x.log, x.outcomes)
     }
 }

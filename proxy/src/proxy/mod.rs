@@ -14,6 +14,7 @@
 //! ```
 
 mod answer;
+mod audited;
 mod body;
 mod ctx;
 mod finish;
@@ -59,6 +60,8 @@ pub struct EdgeProxy {
     pub limiter: Arc<Limiter>,
     /// Legacy-transport calls waiting for their answer on their session's stream.
     pub legacy: Arc<LegacyCalls>,
+    /// One record per MCP call.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {

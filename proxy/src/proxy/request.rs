@@ -311,7 +311,9 @@ fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
             text(&declared.name),
         ));
     }
-    if post && (options.validate || tools_budget || options.observe || policy) {
+    // The audit log records every call of the body.
+    let audit = ctx.snap.as_ref().is_some_and(|s| s.config.audit.enabled());
+    if post && (options.validate || tools_budget || options.observe || policy || audit) {
         ctx.body.hold = options.validate || tools_budget || policy;
         ctx.body.validate = options.validate.then_some(options.strict);
         ctx.mcp = Some(McpRequest::new(declared));

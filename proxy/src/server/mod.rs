@@ -21,6 +21,7 @@ use pingora::services::listening::Service;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
+use crate::audit::Audit;
 use crate::certs::{self, CertError, FileWatch};
 use crate::config::{self, Config, ConfigErrors, Listen};
 use crate::connections::ConnectionGate;
@@ -91,6 +92,8 @@ pub struct Parts {
     pub storage: Storage,
     /// The sealer uses a key of its own until the shared one can be read.
     pub sealer_temporary: bool,
+    /// The audit log's writer, configured from `audit:` at start and on every reload.
+    pub audit: Arc<Audit>,
 }
 
 /// Builds everything `config` needs before a port is bound: storage opened, sealing key
@@ -112,6 +115,8 @@ pub fn build(config: Config) -> Result<Parts, StartError> {
     let table = Table::build(&config).map_err(StartError::Routes)?;
     let files = Arc::new(FileWatch::default());
     files.follow(&prepared);
+    let audit = Arc::new(Audit::default());
+    audit.configure(&config.audit);
     let live = Arc::new(Live::new(Snapshot {
         config: Arc::new(config),
         table: Arc::new(table),
@@ -125,6 +130,7 @@ pub fn build(config: Config) -> Result<Parts, StartError> {
         sealer: Arc::new(sealer),
         storage,
         sealer_temporary,
+        audit,
     })
 }
 
@@ -271,6 +277,7 @@ fn add_services(
             config_tx,
             path: path.to_path_buf(),
             storage: parts.storage.clone(),
+            audit: parts.audit.clone(),
         })),
     );
 
@@ -344,6 +351,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             auth: Arc::default(),
             limiter: Arc::default(),
             legacy: Arc::default(),
+            audit: parts.audit.clone(),
         },
         "mcp-edge proxy",
     );

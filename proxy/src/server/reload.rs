@@ -11,6 +11,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::watch;
 
+use crate::audit::Audit;
 use crate::certs::{self, CertError, FileWatch};
 use crate::config::{self, Config, ConfigErrors};
 use crate::live::Live;
@@ -48,6 +49,8 @@ pub struct Reloader {
     pub path: PathBuf,
     /// Opened at start; a changed `storage:` takes effect after a restart.
     pub storage: Storage,
+    /// Reconfigured (and its file reopened: SIGHUP after logrotate) on every reload.
+    pub audit: Arc<Audit>,
 }
 
 impl Reloader {
@@ -96,6 +99,7 @@ impl Reloader {
         self.live
             .replace(new.clone(), Arc::new(table), |cur| prepared.apply(cur));
         self.files.follow(&prepared);
+        self.audit.configure(&new.audit);
         self.config_tx.send_replace(new);
         Ok(())
     }

@@ -1,0 +1,383 @@
+//! The audit log: one JSON line per MCP call (who, what, decided how, with what outcome), to
+//! stdout, a file rotated by size, or both. Records are queued for one writer thread; when the
+//! sink is slower than the calls the queue fills and new records are dropped and counted, so a
+//! request never waits for the audit log. Credentials are never part of a record: the caller is
+//! named by subject, client and key name; argument values only for the tools the configuration
+//! lists, truncated, with secret-shaped values masked.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::auth::Identity;
+use crate::config::{glob_match, AuditConfig};
+use crate::metrics;
+
+/// What is written in place of a masked value.
+pub const MASK: &str = "***";
+
+/// Who called, as a record says it (never the credential).
+#[derive(Serialize, Default)]
+pub struct Caller<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+    /// How the credential was checked (`api_key`, `jwt`, `introspection`); `none`: an open route.
+    pub via: &'a str,
+    /// The client's address (the real client's behind `trusted_proxies`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+impl<'a> Caller<'a> {
+    pub fn of(id: Option<&'a Identity>, address: Option<String>) -> Self {
+        match id {
+            None => Self {
+                via: "none",
+                address,
+                ..Self::default()
+            },
+            Some(id) => Self {
+                subject: id.subject.as_deref(),
+                client_id: id.client_id.as_deref(),
+                key: id.key_name.as_deref(),
+                via: if id.via.is_empty() { "none" } else { id.via },
+                address,
+            },
+        }
+    }
+}
+
+/// One record: one MCP call.
+#[derive(Serialize)]
+pub struct Record<'a> {
+    pub time: String,
+    pub request_id: &'a str,
+    pub host: &'a str,
+    pub route: &'a str,
+    pub caller: Caller<'a>,
+    pub method: &'a str,
+    /// The JSON-RPC id (JSON text); none for a notification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    /// The tool or prompt name, or the resource URI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    /// The argument names, sorted.
+    pub arguments: Vec<&'a str>,
+    /// Argument values, for the tools `audit.values` lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<Map<String, Value>>,
+    /// `allow` or `deny` by the route's policy; `none`: the route has none.
+    pub decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'a str>,
+    /// `ok`, `tool_error`, `jsonrpc_error`, `http_error`, `cancelled`, `refused`, or
+    /// `accepted` (a legacy call, answered on its session's stream).
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    pub status: u16,
+    pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<&'a str>,
+}
+
+impl Record<'_> {
+    pub fn line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+/// Names whose values are secrets whatever they look like.
+const SECRET_NAMES: [&str; 9] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+    "authorization",
+    "credential",
+    "private_key",
+];
+
+/// Whether a string looks like a credential: a JWT, a bearer or basic header value, a PEM
+/// block, or a long unbroken run of key-like characters.
+pub fn looks_secret(v: &str) -> bool {
+    let t = v.trim();
+    let lower = t.to_ascii_lowercase();
+    if lower.starts_with("bearer ") || lower.starts_with("basic ") || t.contains("-----BEGIN") {
+        return true;
+    }
+    let keyish = |c: char| c.is_ascii_alphanumeric() || "-_+/=.".contains(c);
+    let jwt = t.split('.').count() == 3
+        && t.len() > 40
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let long_key = t.len() >= 32
+        && t.chars().all(keyish)
+        && t.chars().any(|c| c.is_ascii_digit())
+        && t.chars().any(|c| c.is_ascii_alphabetic());
+    jwt || long_key
+}
+
+/// The recorded form of an argument value: masked when its name or shape says secret,
+/// truncated to `max` characters, nested objects and arrays alike.
+pub fn recorded(name: &str, v: &Value, max: usize) -> Value {
+    let lname = name.to_ascii_lowercase();
+    if SECRET_NAMES.iter().any(|s| lname.contains(s)) {
+        return Value::from(MASK);
+    }
+    match v {
+        Value::String(s) if looks_secret(s) => Value::from(MASK),
+        Value::String(s) if s.chars().count() > max => {
+            let cut: String = s.chars().take(max).collect();
+            Value::from(format!("{cut}…"))
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .take(max)
+                .map(|i| recorded(name, i, max))
+                .collect(),
+        ),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .take(max)
+                .map(|(k, v)| (k.clone(), recorded(k, v, max)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The argument values of a call to `tool`, when the configuration records them.
+pub fn values_of(
+    cfg: &AuditConfig,
+    tool: Option<&str>,
+    args: &Map<String, Value>,
+) -> Option<Map<String, Value>> {
+    let tool = tool?;
+    if !cfg.values.iter().any(|g| glob_match(g, tool)) {
+        return None;
+    }
+    Some(
+        args.iter()
+            .map(|(k, v)| (k.clone(), recorded(k, v, cfg.max_value)))
+            .collect(),
+    )
+}
+
+/// The audit log's writer, shared by every request.
+#[derive(Default)]
+pub struct Audit {
+    tx: OnceLock<SyncSender<String>>,
+    enabled: AtomicBool,
+    /// Settings the writer takes up at its next record (or within a second).
+    pending: Mutex<Option<AuditConfig>>,
+    /// The settings the writer runs with.
+    current: Mutex<Option<AuditConfig>>,
+}
+
+impl Audit {
+    /// Applies `cfg` (at start and on every reload): the writer (re)opens its file. The queue's
+    /// size is fixed by the first configuration that enables the log.
+    pub fn configure(self: &Arc<Self>, cfg: &AuditConfig) {
+        self.enabled.store(cfg.enabled(), Ordering::Release);
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(cfg.clone());
+        if cfg.enabled() && self.tx.get().is_none() {
+            let (tx, rx) = sync_channel(cfg.buffer);
+            if self.tx.set(tx).is_ok() {
+                let this = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("mcp-edge-audit".into())
+                    .spawn(move || this.run(rx));
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start the audit writer");
+                }
+            }
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Queues one record; never waits.
+    pub fn send(&self, line: String) {
+        let Some(tx) = self.tx.get() else {
+            return;
+        };
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => metrics::get()
+                .audit_dropped
+                .with_label_values(&["queue_full"])
+                .inc(),
+            Err(TrySendError::Disconnected(_)) => metrics::get()
+                .audit_dropped
+                .with_label_values(&["write_error"])
+                .inc(),
+        }
+    }
+
+    fn run(&self, rx: Receiver<String>) {
+        let mut w = Writer::default();
+        loop {
+            let next = rx.recv_timeout(Duration::from_secs(1));
+            if let Some(cfg) = self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(cfg.clone());
+                w.configure(cfg);
+            }
+            match next {
+                Ok(line) => w.write(&line),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+/// The writer thread's state: the sinks and the open file.
+#[derive(Default)]
+struct Writer {
+    cfg: AuditConfig,
+    file: Option<File>,
+    size: u64,
+}
+
+impl Writer {
+    fn configure(&mut self, cfg: AuditConfig) {
+        self.cfg = cfg;
+        self.file = None;
+        self.open();
+    }
+
+    fn open(&mut self) {
+        let Some(path) = self.cfg.file.clone() else {
+            return;
+        };
+        match open_private(&path) {
+            Ok(f) => {
+                self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                self.file = Some(f);
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot open the audit file");
+            }
+        }
+    }
+
+    fn write(&mut self, line: &str) {
+        let m = metrics::get();
+        if self.cfg.stdout {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => m.audit_records.with_label_values(&["stdout"]).inc(),
+                Err(_) => m.audit_dropped.with_label_values(&["write_error"]).inc(),
+            }
+        }
+        let Some(path) = self.cfg.file.clone() else {
+            return;
+        };
+        if self.size > 0 && self.size + line.len() as u64 > self.cfg.max_size {
+            self.rotate(&path);
+        }
+        if self.file.is_none() {
+            self.open();
+        }
+        let written = self.file.as_mut().map(|f| f.write_all(line.as_bytes()));
+        match written {
+            Some(Ok(())) => {
+                self.size += line.len() as u64;
+                m.audit_records.with_label_values(&["file"]).inc();
+            }
+            _ => {
+                m.audit_dropped.with_label_values(&["write_error"]).inc();
+                // Tried again with a fresh handle next time.
+                self.file = None;
+            }
+        }
+    }
+
+    /// `FILE` → `FILE.1` → … → `FILE.keep` (the oldest removed), then a new `FILE`.
+    fn rotate(&mut self, path: &Path) {
+        self.file = None;
+        let numbered = |i: usize| -> PathBuf {
+            let mut p = path.as_os_str().to_owned();
+            p.push(format!(".{i}"));
+            PathBuf::from(p)
+        };
+        if self.cfg.keep == 0 {
+            let _ = std::fs::remove_file(path);
+        } else {
+            let _ = std::fs::remove_file(numbered(self.cfg.keep));
+            for i in (1..self.cfg.keep).rev() {
+                let _ = std::fs::rename(numbered(i), numbered(i + 1));
+            }
+            let _ = std::fs::rename(path, numbered(1));
+        }
+        self.size = 0;
+        self.open();
+    }
+}
+
+/// Opens `path` for appending, created 0600 (records may hold argument values).
+fn open_private(path: &Path) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_are_masked_by_name_and_by_shape() {
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyIiwiZXhwIjo5OTk5fQ.c2lnbmF0dXJlLWJ5dGVz";
+        for secret in [
+            jwt,
+            "Bearer abc",
+            "sk-live-0123456789abcdefghijklmnopqrstuv",
+            "-----BEGIN PRIVATE KEY-----\nMII",
+        ] {
+            assert_eq!(recorded("q", &json!(secret), 128), json!(MASK), "{secret}");
+        }
+        assert_eq!(recorded("db_password", &json!("hunter2"), 128), json!(MASK));
+        assert_eq!(recorded("sql", &json!("select 1"), 128), json!("select 1"));
+        assert_eq!(recorded("sql", &json!("abcdef"), 3), json!("abc…"));
+        assert_eq!(
+            recorded("opts", &json!({"token": "x", "n": 3}), 128),
+            json!({"token": MASK, "n": 3})
+        );
+        // An ordinary long sentence is not a key.
+        assert!(!looks_secret(
+            "the quick brown fox jumps over the lazy dog 42 times"
+        ));
+    }
+}

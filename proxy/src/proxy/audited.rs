@@ -1,0 +1,107 @@
+//! The audit records of a request, written as it ends: one per JSON-RPC call of its body, with
+//! the caller, the policy's decision and rule, and the call's outcome as observed.
+
+use std::time::Duration;
+
+use pingora::proxy::Session;
+
+use super::ctx::Ctx;
+use super::EdgeProxy;
+use crate::audit::{values_of, Caller, Record};
+use crate::mcp::Outcome;
+
+/// How a call ended, as a record says it, with its JSON-RPC error code.
+fn outcome_of(
+    refused: bool,
+    observed: Option<Outcome>,
+    status: u16,
+    request: bool,
+) -> (&'static str, Option<i64>) {
+    if refused {
+        return ("refused", None);
+    }
+    match observed {
+        Some(Outcome::JsonRpcError(code)) => ("jsonrpc_error", Some(code)),
+        Some(o) => (o.label(), None),
+        None if status == 202 && request => ("accepted", None),
+        None if status == 202 || (200..300).contains(&status) => ("ok", None),
+        None if status >= 400 => ("http_error", None),
+        None => ("cancelled", None),
+    }
+}
+
+impl EdgeProxy {
+    /// Queues the records of this request's calls (none unless the audit log is on and the
+    /// body was read).
+    pub(super) fn audit_calls(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        status: u16,
+        elapsed: Duration,
+        outcomes: &[Option<Outcome>],
+    ) {
+        if !self.audit.enabled() {
+            return;
+        }
+        let (Some(model), Some(snap)) = (ctx.mcp.as_ref(), ctx.snap.as_ref()) else {
+            return;
+        };
+        let cfg = &snap.config.audit;
+        let request_id = format!("{:016x}", rand::random::<u64>());
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let refused = ctx.verdicts.iter().any(|v| !v.allowed);
+        let replica = match (&ctx.pool, ctx.replica) {
+            (Some(p), Some(i)) => Some(p.url(i).url.as_str()),
+            _ => None,
+        };
+        let address = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        let policy = ctx.route_entry().is_some_and(|r| r.config.policy.is_some());
+        let mut call = 0;
+        for (i, m) in model.messages().iter().enumerate() {
+            let Some(method) = m.method.as_deref() else {
+                continue;
+            };
+            let verdict = ctx.verdicts.get(i);
+            let observed = outcomes.get(call).copied().flatten();
+            call += 1;
+            let (outcome, error_code) = outcome_of(refused, observed, status, m.id.is_some());
+            let mut arguments: Vec<&str> = m
+                .arguments
+                .iter()
+                .flat_map(|a| a.keys().map(String::as_str))
+                .collect();
+            arguments.sort_unstable();
+            let record = Record {
+                time: time.clone(),
+                request_id: &request_id,
+                host: ctx.host_label(),
+                route: ctx.route_label(),
+                caller: Caller::of(ctx.identity.as_ref(), address.clone()),
+                method,
+                id: m.id.as_deref(),
+                name: m.name.as_deref().map(crate::mcp::bounded),
+                arguments,
+                values: m
+                    .arguments
+                    .as_ref()
+                    .and_then(|a| values_of(cfg, m.name.as_deref(), a)),
+                decision: match verdict {
+                    _ if !policy => "none",
+                    Some(v) if !v.allowed => "deny",
+                    _ => "allow",
+                },
+                rule: verdict.and_then(|v| v.rule.as_deref()),
+                outcome,
+                error_code,
+                status,
+                latency_ms: elapsed.as_secs_f64() * 1000.0,
+                replica,
+            };
+            self.audit.send(record.line());
+        }
+    }
+}
