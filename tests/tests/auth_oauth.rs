@@ -100,6 +100,21 @@ async fn the_sdk_oauth_clients_find_their_way_from_a_401_to_a_tool_call_on_both_
     let edge = tls_edge(tmp.path(), &ca, &host).await;
     let base = format!("https://localhost:{}", edge.https.port());
     let ca_pem = tmp.path().join("ca.pem");
+    // README's own shape (host-wide `upstream:` and `auth:`): the metadata answers at every
+    // URL a client derives from `/mcp` or `/sse`, naming the resource its tokens are for.
+    let client = edge.client(ca.root_store(), &["localhost"]);
+    for url in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource/sse",
+        "/.well-known/oauth-protected-resource",
+        "/mcp/.well-known/oauth-protected-resource",
+    ] {
+        let r = client.get(format!("{base}{url}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        let m: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(m["resource"], format!("{base}/"), "{url}");
+        assert_eq!(m["authorization_servers"][0], auth.issuer(), "{url}");
+    }
     let machine = [
         "--client-id",
         "machine",
@@ -178,6 +193,21 @@ async fn every_wrong_token_is_refused_with_its_reason_and_rotation_needs_no_rest
     let resource = format!("{base}/mcp");
     let metadata_url = format!("{base}/.well-known/oauth-protected-resource/mcp");
     let client = edge.client(ca.root_store(), &["localhost"]);
+    // The twin of metadata everywhere: a path the open route `/` serves has none (the request
+    // goes to the upstream like any other), and `/mcp`'s is the same at either spelling.
+    for (url, metadata) in [
+        ("/.well-known/oauth-protected-resource/elsewhere", false),
+        ("/elsewhere/.well-known/oauth-protected-resource", false),
+        ("/mcp/.well-known/oauth-protected-resource", true),
+        ("/.well-known/oauth-protected-resource/mcp/x", true),
+    ] {
+        let r = client.get(format!("{base}{url}")).send().await.unwrap();
+        let text = r.text().await.unwrap();
+        assert_eq!(text.contains("authorization_servers"), metadata, "{url}: {text}");
+        if metadata {
+            assert!(text.contains(&format!("\"{base}/mcp\"")), "{url}: {text}");
+        }
+    }
     let get = |token: Option<String>, extra: Option<(&'static str, &'static str)>| {
         let mut r = client.get(format!("{resource}/x"));
         if let Some(t) = token {

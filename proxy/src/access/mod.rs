@@ -124,11 +124,21 @@ fn preflight(origin: Option<&str>) -> Answer {
     Answer::new(204, "text/plain", Bytes::new()).with_headers(h)
 }
 
-/// The route whose metadata `path` asks for: `/.well-known/oauth-protected-resource/mcp` the
-/// route `/mcp`; the bare path the route `/`, or the host's only OAuth route.
+/// The route whose metadata `path` asks for, in every form a client derives from its MCP URL
+/// (`https://host/mcp`): RFC 9728's `/.well-known/oauth-protected-resource/mcp` (the route that
+/// serves `/mcp`, whether it is `/mcp` or a host-wide `/`), the bare `/.well-known/…` (the route
+/// `/`, or the host's only OAuth route), and the path-appended `/mcp/.well-known/…` some
+/// clients try. Only a route with OAuth has metadata.
 fn metadata_route<'a>(host: &'a Host, path: &str) -> Option<&'a Route> {
-    let rest = path.strip_prefix(METADATA_PATH)?;
     let has_oauth = |r: &&Route| r.auth.as_ref().is_some_and(|a| a.oauth.is_some());
+    let served = |p: &str| host.route_index(p).map(|i| &host.routes[i]).filter(has_oauth);
+    let Some(rest) = path.strip_prefix(METADATA_PATH) else {
+        // Path-appended: `/mcp/.well-known/oauth-protected-resource`.
+        let prefix = path
+            .strip_suffix(METADATA_PATH)
+            .or_else(|| path.strip_suffix(&format!("{METADATA_PATH}/")))?;
+        return served(if prefix.is_empty() { "/" } else { prefix });
+    };
     if rest.is_empty() || rest == "/" {
         let mut oauth = host.routes.iter().filter(has_oauth);
         let root = host.routes.iter().find(|r| r.path == "/").filter(has_oauth);
@@ -140,10 +150,7 @@ fn metadata_route<'a>(host: &'a Host, path: &str) -> Option<&'a Route> {
     if !rest.starts_with('/') {
         return None;
     }
-    host.routes
-        .iter()
-        .filter(has_oauth)
-        .find(|r| r.path == rest)
+    served(rest)
 }
 
 /// The answer to a request for protected resource metadata (or its preflight); `None`: the path
@@ -155,7 +162,7 @@ pub fn well_known(
     path: &str,
     origin: Option<&str>,
 ) -> Option<Answer> {
-    if !path.starts_with(METADATA_PATH) {
+    if !path.contains(METADATA_PATH) {
         return None;
     }
     let route = metadata_route(host, path)?;
