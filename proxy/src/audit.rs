@@ -8,7 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -102,13 +102,18 @@ impl Record<'_> {
 }
 
 /// Names whose values are secrets whatever they look like.
-const SECRET_NAMES: [&str; 9] = [
+const SECRET_NAMES: [&str; 14] = [
     "password",
     "passwd",
+    "pwd",
+    "passphrase",
     "secret",
     "token",
     "apikey",
     "api_key",
+    "api-key",
+    "accesskey",
+    "access_key",
     "authorization",
     "credential",
     "private_key",
@@ -120,6 +125,10 @@ pub fn looks_secret(v: &str) -> bool {
     let t = v.trim();
     let lower = t.to_ascii_lowercase();
     if lower.starts_with("bearer ") || lower.starts_with("basic ") || t.contains("-----BEGIN") {
+        return true;
+    }
+    // A URL with a password in it (`postgres://user:pw@host`).
+    if url::Url::parse(t).is_ok_and(|u| u.password().is_some()) {
         return true;
     }
     let keyish = |c: char| c.is_ascii_alphanumeric() || "-_+/=.".contains(c);
@@ -181,10 +190,15 @@ pub fn values_of(
     )
 }
 
+/// The most bytes of records waiting for the writer; past it, records are dropped like past
+/// `audit.buffer` records.
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
 /// The audit log's writer, shared by every request.
 #[derive(Default)]
 pub struct Audit {
     tx: OnceLock<SyncSender<String>>,
+    queued_bytes: AtomicUsize,
     enabled: AtomicBool,
     /// Settings the writer takes up at its next record (or within a second).
     pending: Mutex<Option<AuditConfig>>,
@@ -221,7 +235,20 @@ impl Audit {
         let Some(tx) = self.tx.get() else {
             return;
         };
-        match tx.try_send(line) {
+        let len = line.len();
+        if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > MAX_QUEUED_BYTES {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            metrics::get()
+                .audit_dropped
+                .with_label_values(&["queue_full"])
+                .inc();
+            return;
+        }
+        let sent = tx.try_send(line);
+        if sent.is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => metrics::get()
                 .audit_dropped
@@ -248,7 +275,10 @@ impl Audit {
                 w.configure(cfg);
             }
             match next {
-                Ok(line) => w.write(&line),
+                Ok(line) => {
+                    self.queued_bytes.fetch_sub(line.len(), Ordering::AcqRel);
+                    w.write(&line);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -340,15 +370,24 @@ impl Writer {
     }
 }
 
-/// Opens `path` for appending, created 0600 (records may hold argument values).
+/// Opens `path` for appending, 0600 (records may hold argument values), never through a
+/// symbolic link.
 fn open_private(path: &Path) -> std::io::Result<File> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::other("is a symbolic link"));
+    }
     let mut o = OpenOptions::new();
     o.create(true).append(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         o.mode(0o600);
+        let f = o.open(path)?;
+        // A file that was there before keeps no wider mode.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(f)
     }
+    #[cfg(not(unix))]
     o.open(path)
 }
 
@@ -369,6 +408,11 @@ mod tests {
             assert_eq!(recorded("q", &json!(secret), 128), json!(MASK), "{secret}");
         }
         assert_eq!(recorded("db_password", &json!("hunter2"), 128), json!(MASK));
+        assert_eq!(
+            recorded("dsn", &json!("postgres://u:pw@db/x"), 128),
+            json!(MASK)
+        );
+        assert_eq!(recorded("accessKey", &json!("x"), 128), json!(MASK));
         assert_eq!(recorded("sql", &json!("select 1"), 128), json!("select 1"));
         assert_eq!(recorded("sql", &json!("abcdef"), 3), json!("abc…"));
         assert_eq!(

@@ -274,14 +274,37 @@ def metadata():
     }
 
 
+# Test controls: which documents fail (500), and how often each was asked for.
+FAILING = set()
+COUNTS = {"metadata": 0, "jwks": 0}
+
+
 @app.get("/.well-known/oauth-authorization-server")
 def well_known():
+    COUNTS["metadata"] += 1
+    if "metadata" in FAILING:
+        return jsonify({"error": "down"}), 500
     return jsonify(metadata())
 
 
 @app.get("/jwks")
 def jwks():
+    COUNTS["jwks"] += 1
+    if "jwks" in FAILING:
+        return jsonify({"error": "down"}), 500
     return jsonify(KeySet(KEYS).as_dict(private=False))
+
+
+@app.post("/test/fail")
+def fail():
+    what, on = request.form["what"], request.form["on"] == "1"
+    (FAILING.add if on else FAILING.discard)(what)
+    return jsonify({"failing": sorted(FAILING)})
+
+
+@app.get("/test/counts")
+def counts():
+    return jsonify(COUNTS)
 
 
 @app.route("/authorize", methods=["GET"])

@@ -186,6 +186,14 @@ async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
         .get_from("127.0.0.3", "/x", &bearer("mcpe_guess"))
         .await;
     assert_eq!(raw_status(&raw), 429, "{raw}");
+    // Past that budget the address is refused before any credential is checked: a right
+    // guess gets the same 429 as a wrong one (it would have got 200 and told the guesser).
+    let raw = edge.get_from("127.0.0.3", "/x", &bearer(&e)).await;
+    assert_eq!(raw_status(&raw), 429, "{raw}");
+    assert_eq!(
+        raw_header(&raw, "ratelimit-policy"),
+        Some("\"credentials\";q=3;w=60")
+    );
     // Another caller, from the same address, has its own budget.
     let raw = edge.get_from("127.0.0.1", "/x", &bearer(&b)).await;
     assert_eq!(raw_status(&raw), 200);
@@ -230,8 +238,16 @@ async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
     assert_eq!(
         edge.metric("mcp_edge_rate_limited_total{host=\"h.test\",limit=\"default\",route=\"/\"}")
             .await,
+        1.0,
+        "caller a once"
+    );
+    assert_eq!(
+        edge.metric(
+            "mcp_edge_rate_limited_total{host=\"h.test\",limit=\"credentials\",route=\"/\"}"
+        )
+        .await,
         2.0,
-        "caller a once, the guessing address once"
+        "the guessing address: its fourth guess, then its right key"
     );
     assert_eq!(
         edge.metric(
@@ -240,6 +256,68 @@ async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
         .await,
         2.0
     );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_balancer_each_real_client_has_its_own_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let (k, k_hash) = new_key("k");
+    let edge = plain_host_edge(
+        tmp.path(),
+        "trusted_proxies: [127.0.0.1/32, 10.0.0.0/8]\n",
+        &format!(
+            "    auth:\n      api_keys:\n        keys: {{ k: \"{k_hash}\" }}\n    rate_limit: {{ requests: 2, per: 1h }}\n    upstream: \"{}\"\n",
+            up.url()
+        ),
+    )
+    .await;
+    // The balancer (127.0.0.1, trusted) appends the client it saw; an inner proxy
+    // (10.0.0.7, trusted) may stand between; the client's own entry (left) is never read.
+    let via = |client: &str| format!("x-forwarded-for: 203.0.113.66, {client}, 10.0.0.7\r\n");
+    for _ in 0..2 {
+        let raw = edge
+            .get_from(
+                "127.0.0.1",
+                "/x",
+                &format!("{}{}", via("198.51.100.1"), bearer("mcpe_guess")),
+            )
+            .await;
+        assert_eq!(raw_status(&raw), 401);
+    }
+    let raw = edge
+        .get_from(
+            "127.0.0.1",
+            "/x",
+            &format!("{}{}", via("198.51.100.1"), bearer(&k)),
+        )
+        .await;
+    assert_eq!(raw_status(&raw), 429, "the guesser is out: {raw}");
+    // Another client behind the same balancer is not locked out with it.
+    let raw = edge
+        .get_from(
+            "127.0.0.1",
+            "/x",
+            &format!("{}{}", via("198.51.100.2"), bearer(&k)),
+        )
+        .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    // The twin: from an address that is not a trusted proxy, a forged X-Forwarded-For changes
+    // nothing: every guess spends 127.0.0.3's own budget.
+    for (i, forged) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].iter().enumerate() {
+        let raw = edge
+            .get_from(
+                "127.0.0.3",
+                "/x",
+                &format!("x-forwarded-for: {forged}\r\n{}", bearer("mcpe_guess")),
+            )
+            .await;
+        assert_eq!(
+            raw_status(&raw),
+            if i < 2 { 401 } else { 429 },
+            "{forged}: {raw}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -203,7 +203,11 @@ async fn every_wrong_token_is_refused_with_its_reason_and_rotation_needs_no_rest
     ] {
         let r = client.get(format!("{base}{url}")).send().await.unwrap();
         let text = r.text().await.unwrap();
-        assert_eq!(text.contains("authorization_servers"), metadata, "{url}: {text}");
+        assert_eq!(
+            text.contains("authorization_servers"),
+            metadata,
+            "{url}: {text}"
+        );
         if metadata {
             assert!(text.contains(&format!("\"{base}/mcp\"")), "{url}: {text}");
         }
@@ -596,4 +600,82 @@ async fn tokens_shaped_by_entra_okta_and_auth0_are_accepted_through_audiences_an
             .unwrap();
         assert_eq!(r.status(), 403, "{name} without the scope");
     }
+}
+
+#[tokio::test]
+async fn a_failing_metadata_or_jwks_endpoint_is_asked_again_only_after_a_back_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let auth = AuthServer::start(tmp.path(), &ca).await;
+    let as_client = auth.client(&ca);
+    let set_failing = |what: &'static str, on: bool| {
+        as_client
+            .post(format!("{}/test/fail", auth.issuer()))
+            .form(&[("what", what), ("on", if on { "1" } else { "0" })])
+            .send()
+    };
+    let counts = || async {
+        let r = as_client
+            .get(format!("{}/test/counts", auth.issuer()))
+            .send()
+            .await
+            .unwrap();
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    set_failing("metadata", true).await.unwrap();
+    set_failing("jwks", true).await.unwrap();
+    let up = Upstream::start("a").await;
+    let host = format!(
+        "    routes:\n      - path: /mcp\n        upstream: \"{}\"\n{}",
+        up.url(),
+        oauth_block(&auth.issuer(), tmp.path(), "mcp:tools", "        "),
+    );
+    let edge = tls_edge(tmp.path(), &ca, &host).await;
+    let base = format!("https://localhost:{}", edge.https.port());
+    let client = edge.client(ca.root_store(), &["localhost"]);
+    let iss = auth.issuer();
+    let token = |kid: &str| {
+        let c = json!({"iss": iss, "aud": format!("{base}/mcp"), "sub": "s", "scope": "mcp:tools",
+                       "iat": now(), "exp": now() + 600});
+        mint(&auth.k1, kid, c)
+    };
+    let status = |t: String| {
+        let r = client.get(format!("{base}/mcp/x")).bearer_auth(t).send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    // Metadata down: fifty tokens, a handful of requests to the server, every token 503.
+    for _ in 0..50 {
+        assert_eq!(status(token("k1")).await, 503);
+    }
+    let c = counts().await;
+    assert!(c["metadata"].as_u64().unwrap() <= 5, "{c}");
+    // Metadata back, keys down: a hundred tokens naming keys never seen.
+    set_failing("metadata", false).await.unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the metadata after its back-off",
+        || async {
+            (counts().await["jwks"].as_u64()? > 0 || status(token("k1")).await != 503).then_some(())
+        },
+    )
+    .await;
+    let before = counts().await["jwks"].as_u64().unwrap();
+    for i in 0..100 {
+        assert_eq!(status(token(&format!("unknown-{i}"))).await, 503);
+    }
+    let c = counts().await;
+    assert!(
+        c["jwks"].as_u64().unwrap() - before <= 5,
+        "{c} (from {before})"
+    );
+    // Both back: a good token is accepted once the back-off ends, without a restart.
+    set_failing("jwks", false).await.unwrap();
+    wait_for(Duration::from_secs(10), "a token accepted", || async {
+        (status(token("k1")).await == 200).then_some(())
+    })
+    .await;
+    assert!(
+        edge.log().matches("cannot fetch the issuer's keys").count() <= 10,
+        "a failure is logged per fetch, not per token"
+    );
 }

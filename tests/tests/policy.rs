@@ -57,7 +57,7 @@ fn host_yaml(tools: u16, json_tools: u16, issuer: &str, ca: &Path) -> String {
           arguments: {{ text: {{ regex: "^[a-z ]+$" }} }}
         - name: public-docs
           effect: allow
-          resources: ["docs://public/*"]
+          resources: ["docs://public/*", "file:///public/*"]
         - name: summary-prompt
           effect: allow
           prompts: [summary]
@@ -385,6 +385,44 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["id"], 7);
     assert_eq!(body["error"]["code"], -32003);
+    // Bodies a server reads but serde_json does not (NaN, UTF-16), compressed or in another
+    // charset: never forwarded unread.
+    let raw_post = |body: Vec<u8>, extra: &'static [(&'static str, &'static str)]| {
+        let mut r = client
+            .post(&url)
+            .header("authorization", plain.trim_start_matches("Authorization:"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json");
+        for (k, v) in extra {
+            r = r.header(*k, *v);
+        }
+        r.body(body).send()
+    };
+    let nan = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_item","arguments":{"path":"/srv/nan"}},"x":NaN}"#;
+    let r = raw_post(nan.to_vec(), &[]).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("-32700"));
+    let utf16: Vec<u8> = String::from_utf8_lossy(&nan[..nan.len() - 9])
+        .replace("/srv/nan", "/srv/utf16")
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    assert_eq!(raw_post(utf16, &[]).await.unwrap().status(), 400);
+    let gz = raw_post(b"\x1f\x8b".to_vec(), &[("content-encoding", "gzip")]);
+    assert_eq!(gz.await.unwrap().status(), 415);
+    let charset = call("delete_item", json!({"path": "/srv/charset"})).to_string();
+    let r = raw_post(
+        charset.into_bytes(),
+        &[("content-type", "application/json; charset=utf-16")],
+    );
+    assert_eq!(r.await.unwrap().status(), 415);
+    // A resource URI that a URL parser reads as another one is decided as both.
+    let escape = json!({"jsonrpc": "2.0", "id": 9, "method": "resources/read",
+                        "params": {"uri": "file:///public/../secret"}});
+    let r = raw_post(escape.to_string().into_bytes(), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     // A batch with one refused call is refused whole, sent in pieces or at once.
     let batch = json!([
         call("fast", json!({"text": "ok"})),
@@ -545,8 +583,8 @@ async fn check_refuses_rules_that_never_match_or_are_shadowed() {
         ("who: { keys: [ci] }", "who: { keys: [cj] }", "no API key named \"cj\""),
         // Arguments on resources, which carry none.
         (
-            "resources: [\"docs://public/*\"]",
-            "resources: [\"docs://public/*\"]\n          arguments: { a: { equals: b } }",
+            "resources: [\"docs://public/*\", \"file:///public/*\"]",
+            "resources: [\"docs://public/*\", \"file:///public/*\"]\n          arguments: { a: { equals: b } }",
             "only tools/call and prompts/get carry arguments",
         ),
         // Methods that exclude the tools named.

@@ -131,7 +131,11 @@ fn preflight(origin: Option<&str>) -> Answer {
 /// clients try. Only a route with OAuth has metadata.
 fn metadata_route<'a>(host: &'a Host, path: &str) -> Option<&'a Route> {
     let has_oauth = |r: &&Route| r.auth.as_ref().is_some_and(|a| a.oauth.is_some());
-    let served = |p: &str| host.route_index(p).map(|i| &host.routes[i]).filter(has_oauth);
+    let served = |p: &str| {
+        host.route_index(p)
+            .map(|i| &host.routes[i])
+            .filter(has_oauth)
+    };
     let Some(rest) = path.strip_prefix(METADATA_PATH) else {
         // Path-appended: `/mcp/.well-known/oauth-protected-resource`.
         let prefix = path
@@ -174,6 +178,46 @@ pub fn well_known(
     Some(Answer::json(200, body).with_headers(cors_headers(origin)))
 }
 
+/// The address a request comes from: the peer's, or behind `trusted` proxies (a balancer) the
+/// client's as the nearest of them says: the rightmost `X-Forwarded-For` entry that is not
+/// itself a trusted proxy (what the client wrote itself stands to the left of what the balancer
+/// appended, and is never reached), else `X-Real-IP`, else the peer.
+pub fn real_client(
+    peer: std::net::IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let parse = |s: &str| -> Option<std::net::IpAddr> {
+        let s = s.trim();
+        s.parse()
+            .ok()
+            .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+    };
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for entry in entries.iter().rev() {
+        match parse(entry) {
+            Some(ip) if is_trusted(&ip) => continue,
+            Some(ip) => return ip,
+            // Not an address where the balancer writes one: counted as the balancer's own.
+            None => return peer,
+        }
+    }
+    headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse)
+        .unwrap_or(peer)
+}
+
 /// Who asks, as access control sees it.
 pub struct Caller<'a> {
     pub req: &'a RequestHeader,
@@ -210,6 +254,12 @@ pub async fn check(
         if is_preflight(caller.req) {
             return Decision::Answer(preflight(caller.origin));
         }
+        // An address that spent its budget on refused credentials is refused before any
+        // credential is checked: past it, a right guess costs a guesser the same 429.
+        let guard = budget(caller.address());
+        if let Some(Err(refusal)) = guard.as_ref().map(|g| g.failures(limiter, false)) {
+            return Decision::Answer(refusal.with_headers(cors_headers(caller.origin)));
+        }
         let resource = public.resource(route);
         match authn.check(auth, &resource, &caller.req.headers).await {
             Ok(id) => {
@@ -222,10 +272,11 @@ pub async fn check(
                 m.auth_results
                     .with_label_values(&[labels.0, labels.1, denied.label()])
                     .inc();
-                // Refusals spend the client address's budget too, so guessing keys or
-                // tokens (each one a signature check) is throttled like any other traffic.
-                if let Some(b) = budget(caller.address()) {
-                    if let Err(refusal) = b.spend(limiter, &[]) {
+                // A refused credential spends the client address's budget of failures, so
+                // guessing keys or tokens (each one a signature check) is throttled. Asking
+                // without one (every OAuth client's first request) guesses nothing.
+                if let (Some(g), true) = (&guard, denied.is_a_guess()) {
+                    if let Err(refusal) = g.failures(limiter, true) {
                         return Decision::Answer(refusal.with_headers(cors_headers(caller.origin)));
                     }
                 }

@@ -118,13 +118,37 @@ fn decide_with(policy: &Policy, id: Option<&Identity>, scopes: &[String], m: &Me
 /// The policy's verdict on one message from `id`.
 pub fn decide(policy: &Policy, id: Option<&Identity>, m: &Message) -> Verdict {
     let scopes = id.map_or(&[][..], |i| &i.scopes[..]);
-    decide_with(policy, id, scopes, m)
+    let raw = decide_with(policy, id, scopes, m);
+    match normalized(m) {
+        // The URI as a server's URL parser reads it (`..` resolved, `%2e`, scheme case):
+        // allowed only when both spellings are.
+        Some(n) if raw.allowed => decide_with(policy, id, scopes, &n),
+        _ => raw,
+    }
+}
+
+/// A resource call whose URI a URL parser reads differently from its text (the Python SDK
+/// types it as a URL: `file:///public/../secret` is `file:///secret` there), as so read.
+fn normalized(m: &Message) -> Option<Message> {
+    if !m.method.as_deref()?.starts_with("resources/") {
+        return None;
+    }
+    let uri = m.name.as_deref()?;
+    let parsed = url::Url::parse(uri).ok()?.to_string();
+    (parsed != uri).then(|| Message {
+        name: Some(parsed),
+        ..m.clone()
+    })
 }
 
 /// Whether `id` may make the call `m` names with some arguments: what a list shows. A rule with
 /// argument conditions decides only when it allows (some arguments would pass it); one without
 /// decides either way; then `default`.
 pub fn may_call(policy: &Policy, id: Option<&Identity>, m: &Message) -> bool {
+    may_call_as(policy, id, m) && normalized(m).is_none_or(|n| may_call_as(policy, id, &n))
+}
+
+fn may_call_as(policy: &Policy, id: Option<&Identity>, m: &Message) -> bool {
     let Some(method) = m.method.as_deref() else {
         return true;
     };

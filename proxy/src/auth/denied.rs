@@ -46,6 +46,15 @@ impl Denied {
         }
     }
 
+    /// Whether the request offered a credential that turned out wrong (what a guesser does),
+    /// as opposed to none, another scheme, or an authorization server that cannot be asked.
+    pub fn is_a_guess(self) -> bool {
+        !matches!(
+            self,
+            Self::Missing | Self::UnsupportedScheme | Self::IssuerUnavailable
+        )
+    }
+
     pub fn status(self) -> u16 {
         match self {
             Self::InsufficientScope => 403,

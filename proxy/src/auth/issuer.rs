@@ -1,6 +1,8 @@
 //! One authorization server as a resource server needs it: its metadata (RFC 8414, or OpenID
 //! discovery), found from the issuer identifier and refreshed hourly; its signing keys (JWKS),
-//! cached, refetched when a token names a key not yet seen, at most once per `min_refresh`.
+//! cached, refetched when a token names a key not yet seen, at most once per `min_refresh`. A
+//! failed fetch is not retried for every token: each fetch backs off (1 s, doubling to a
+//! minute) and tokens meanwhile get the failure without a request to the server.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,44 @@ pub enum IssuerError {
     Fetch(#[from] FetchError),
     #[error("{0}")]
     Metadata(String),
+    /// A recent fetch failed: not tried again before its back-off ends.
+    #[error("backing off after a failed fetch ({0:?} left)")]
+    BackingOff(Duration),
+}
+
+impl IssuerError {
+    /// Whether this is news (worth a log line) rather than a failure already logged.
+    pub fn is_backing_off(&self) -> bool {
+        matches!(self, Self::BackingOff(_))
+    }
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// When a failed fetch may be tried again.
+#[derive(Default)]
+struct Backoff {
+    until: Option<Instant>,
+    step: Duration,
+}
+
+impl Backoff {
+    fn check(&self) -> Result<(), IssuerError> {
+        match self.until {
+            Some(t) if t > Instant::now() => Err(IssuerError::BackingOff(t - Instant::now())),
+            _ => Ok(()),
+        }
+    }
+
+    fn record<T>(&mut self, r: &Result<T, IssuerError>) {
+        if r.is_ok() {
+            *self = Self::default();
+        } else {
+            self.step = (self.step * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+            self.until = Some(Instant::now() + self.step);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -37,6 +77,8 @@ pub struct Issuer {
     min_refresh: Duration,
     metadata: Mutex<Option<Cached<Metadata>>>,
     keys: Mutex<Option<Cached<JwkSet>>>,
+    metadata_backoff: std::sync::Mutex<Backoff>,
+    keys_backoff: std::sync::Mutex<Backoff>,
 }
 
 /// The well-known URLs for `issuer`: RFC 8414 §3.1 (inserted between host and path), then
@@ -64,6 +106,8 @@ impl Issuer {
             min_refresh,
             metadata: Mutex::new(None),
             keys: Mutex::new(None),
+            metadata_backoff: Default::default(),
+            keys_backoff: Default::default(),
         }
     }
 
@@ -72,12 +116,23 @@ impl Issuer {
         &self.client
     }
 
-    /// The server's metadata, fetched when missing or older than an hour.
+    /// The server's metadata, fetched when missing or older than an hour (backing off after
+    /// a failure).
     pub async fn metadata(&self) -> Result<Metadata, IssuerError> {
         let mut cached = self.metadata.lock().await;
         if let Some(c) = cached.as_ref().filter(|c| c.at.elapsed() < MAX_AGE) {
             return Ok(c.value.clone());
         }
+        lock(&self.metadata_backoff).check()?;
+        let r = self.fetch_metadata(&mut cached).await;
+        lock(&self.metadata_backoff).record(&r);
+        r
+    }
+
+    async fn fetch_metadata(
+        &self,
+        cached: &mut Option<Cached<Metadata>>,
+    ) -> Result<Metadata, IssuerError> {
         let mut last = None;
         for url in discovery_urls(&self.issuer) {
             match self.client.get(&url).await {
@@ -129,12 +184,10 @@ impl Issuer {
                 return Ok(found);
             }
         }
-        let uri = self.metadata().await?.jwks_uri.ok_or_else(|| {
-            IssuerError::Metadata(format!("{} publishes no jwks_uri", self.issuer))
-        })?;
-        let doc = self.client.get(&uri).await?;
-        let set: JwkSet = serde_json::from_value(doc)
-            .map_err(|e| IssuerError::Metadata(format!("{uri}: not a JWK set: {e}")))?;
+        lock(&self.keys_backoff).check()?;
+        let r = self.fetch_keys().await;
+        lock(&self.keys_backoff).record(&r);
+        let set = r?;
         let found = find(&set);
         *cached = Some(Cached {
             value: set,
@@ -142,6 +195,19 @@ impl Issuer {
         });
         Ok(found)
     }
+
+    async fn fetch_keys(&self) -> Result<JwkSet, IssuerError> {
+        let uri = self.metadata().await?.jwks_uri.ok_or_else(|| {
+            IssuerError::Metadata(format!("{} publishes no jwks_uri", self.issuer))
+        })?;
+        let doc = self.client.get(&uri).await?;
+        serde_json::from_value(doc)
+            .map_err(|e| IssuerError::Metadata(format!("{uri}: not a JWK set: {e}")))
+    }
+}
+
+fn lock(m: &std::sync::Mutex<Backoff>) -> std::sync::MutexGuard<'_, Backoff> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -347,7 +347,9 @@ impl Authenticator {
             .key(head["kid"].as_str())
             .await
             .map_err(|e| {
-                tracing::warn!(issuer = %oauth.issuer, error = %e, "cannot fetch the issuer's keys");
+                if !e.is_backing_off() {
+                    tracing::warn!(issuer = %oauth.issuer, error = %e, "cannot fetch the issuer's keys");
+                }
                 Denied::IssuerUnavailable
             })?
             .ok_or(Denied::UnknownKey)?;
@@ -406,7 +408,10 @@ impl Authenticator {
         let endpoint = issuer
             .metadata()
             .await
-            .map_err(|e| unavailable(&e))?
+            .map_err(|e| match e.is_backing_off() {
+                true => Denied::IssuerUnavailable,
+                false => unavailable(&e),
+            })?
             .introspection_endpoint
             .ok_or_else(|| unavailable(&"the issuer publishes no introspection_endpoint"))?;
         let answer = issuer

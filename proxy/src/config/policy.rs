@@ -115,8 +115,8 @@ impl Condition {
     /// Whether an argument's value meets the condition (a missing argument meets none).
     pub fn holds(&self, v: &serde_json::Value) -> bool {
         match self {
-            Self::Equals(x) => v == x,
-            Self::OneOf(xs) => xs.contains(v),
+            Self::Equals(x) => same(v, x),
+            Self::OneOf(xs) => xs.iter().any(|x| same(v, x)),
             Self::Prefix(p) => v.as_str().is_some_and(|s| s.starts_with(p.as_str())),
             Self::Regex(r) => v.as_str().is_some_and(|s| r.is_match(s)),
         }
@@ -132,6 +132,14 @@ impl Condition {
             (Prefix(p), Prefix(q)) => p.starts_with(q.as_str()),
             _ => false,
         }
+    }
+}
+
+/// JSON equality, numbers by value (`1000`, `1000.0` and `1e3` are one number to a server).
+fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) if a.is_number() && b.is_number() => x == y,
+        _ => a == b,
     }
 }
 
@@ -227,6 +235,13 @@ mod tests {
         let s = |x: &str| serde_json::Value::from(x);
         assert!(Condition::Equals(s("analytics")).holds(&s("analytics")));
         assert!(!Condition::Equals(s("analytics")).holds(&s("analytics ")));
+        let n = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        for same_number in ["1000", "1000.0", "1e3"] {
+            assert!(
+                Condition::Equals(n("1000")).holds(&n(same_number)),
+                "{same_number}"
+            );
+        }
         assert!(Condition::Prefix("/public/".into()).holds(&s("/public/a")));
         assert!(!Condition::Prefix("/public/".into()).holds(&serde_json::json!(["/public/a"])));
         let re = Condition::Regex(regex::Regex::new("^[a-z]+$").unwrap());

@@ -42,6 +42,9 @@ fn refusal(headers: Vec<(HeaderName, String)>) -> Answer {
     .with_headers(headers)
 }
 
+/// The budget name of refused credentials (metric label `limit`).
+const CREDENTIALS: &str = "credentials";
+
 /// A caller's budgets on one route.
 pub struct Budget {
     /// Metric labels: host and route.
@@ -96,6 +99,21 @@ impl Budget {
             Ok(())
         } else {
             Err(self.refuse("default", self.limit.default, d))
+        }
+    }
+
+    /// Checks (`spend: false`) or spends one unit of the address's budget of refused
+    /// credentials (the route's rate, kept apart from its requests). `Err`: the budget is gone;
+    /// the 429 to answer, before any credential is looked at.
+    pub fn failures(&self, limiter: &Limiter, spend: bool) -> Result<(), Answer> {
+        let (key, rate, now) = (self.key(CREDENTIALS), self.limit.default, Instant::now());
+        let d = match spend {
+            true => limiter.check(&key, rate, now),
+            false => limiter.peek(&key, rate, now),
+        };
+        match d.allowed {
+            true => Ok(()),
+            false => Err(self.refuse(CREDENTIALS, rate, d)),
         }
     }
 

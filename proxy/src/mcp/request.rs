@@ -214,6 +214,11 @@ impl Request {
         Err(TooLarge)
     }
 
+    /// Whether no byte of a body was seen.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() && !self.too_large
+    }
+
     /// Whether the body grew past `MAX_PARSED` (it will not be read).
     pub fn too_large(&self) -> bool {
         self.too_large

@@ -8,7 +8,11 @@ use pingora::proxy::Session;
 use super::ctx::Ctx;
 use super::EdgeProxy;
 use crate::audit::{values_of, Caller, Record};
+use crate::mcp::request::{Body as RequestBody, Message, Request as McpRequest};
 use crate::mcp::Outcome;
+
+/// The most argument names a record lists.
+const MAX_ARGUMENTS: usize = 64;
 
 /// How a call ended, as a record says it, with its JSON-RPC error code.
 fn outcome_of(
@@ -28,6 +32,34 @@ fn outcome_of(
         None if status >= 400 => ("http_error", None),
         None => ("cancelled", None),
     }
+}
+
+/// A body the edge could not read (not JSON it reads, or too large to copy) still made a
+/// request: one record says so, with what its headers declared.
+fn unread_call(model: &McpRequest) -> Option<Message> {
+    let unread = match model.body() {
+        Some(RequestBody::TooLarge) => true,
+        Some(RequestBody::NotJsonRpc) => !model.is_empty(),
+        _ => false,
+    };
+    let method = model.declared.method.text().unwrap_or("_unread");
+    unread.then(|| Message {
+        method: Some(method.to_string()),
+        name: model.declared.name.text().map(str::to_string),
+        ..Message::default()
+    })
+}
+
+/// The sorted argument names of a call, bounded.
+fn argument_names(m: &Message) -> Vec<&str> {
+    let mut names: Vec<&str> = m
+        .arguments
+        .iter()
+        .flat_map(|a| a.keys().map(|k| crate::mcp::bounded(k)))
+        .take(MAX_ARGUMENTS)
+        .collect();
+    names.sort_unstable();
+    names
 }
 
 impl EdgeProxy {
@@ -55,13 +87,20 @@ impl EdgeProxy {
             (Some(p), Some(i)) => Some(p.url(i).url.as_str()),
             _ => None,
         };
-        let address = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+        let address = ctx.client_ip.map(|ip| ip.to_string()).or_else(|| {
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string())
+        });
         let policy = ctx.route_entry().is_some_and(|r| r.config.policy.is_some());
+        let declared = unread_call(model);
+        let messages = match &declared {
+            Some(d) => std::slice::from_ref(d),
+            None => model.messages(),
+        };
         let mut call = 0;
-        for (i, m) in model.messages().iter().enumerate() {
+        for (i, m) in messages.iter().enumerate() {
             let Some(method) = m.method.as_deref() else {
                 continue;
             };
@@ -69,12 +108,6 @@ impl EdgeProxy {
             let observed = outcomes.get(call).copied().flatten();
             call += 1;
             let (outcome, error_code) = outcome_of(refused, observed, status, m.id.is_some());
-            let mut arguments: Vec<&str> = m
-                .arguments
-                .iter()
-                .flat_map(|a| a.keys().map(String::as_str))
-                .collect();
-            arguments.sort_unstable();
             let record = Record {
                 time: time.clone(),
                 request_id: &request_id,
@@ -82,9 +115,9 @@ impl EdgeProxy {
                 route: ctx.route_label(),
                 caller: Caller::of(ctx.identity.as_ref(), address.clone()),
                 method,
-                id: m.id.as_deref(),
+                id: m.id.as_deref().map(crate::mcp::bounded),
                 name: m.name.as_deref().map(crate::mcp::bounded),
-                arguments,
+                arguments: argument_names(m),
                 values: m
                     .arguments
                     .as_ref()
@@ -92,7 +125,9 @@ impl EdgeProxy {
                 decision: match verdict {
                     _ if !policy => "none",
                     Some(v) if !v.allowed => "deny",
-                    _ => "allow",
+                    Some(_) => "allow",
+                    // Refused before the policy was asked (header validation, a budget).
+                    None => "none",
                 },
                 rule: verdict.and_then(|v| v.rule.as_deref()),
                 outcome,

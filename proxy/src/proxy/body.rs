@@ -10,6 +10,7 @@ use pingora::Error;
 use super::ctx::Ctx;
 use super::EdgeProxy;
 use crate::access;
+use crate::mcp::request::Body as RequestBody;
 use crate::reply::Answer;
 
 impl EdgeProxy {
@@ -118,7 +119,14 @@ fn authorize(ctx: &mut Ctx) -> Option<Answer> {
     let metadata = ctx.body.policy.as_deref()?;
     let route = ctx.route_entry()?;
     let policy = route.config.policy.as_ref()?;
-    let messages = ctx.mcp.as_ref().map_or(&[][..], |m| m.messages());
+    let model = ctx.mcp.as_ref()?;
+    if matches!(model.body(), Some(RequestBody::NotJsonRpc)) && !model.is_empty() {
+        // A body the edge cannot read may still be one a server reads (NaN, deep nesting,
+        // UTF-16): under a policy it is never forwarded unread.
+        let body = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: the body is not JSON-RPC the edge can read"}}"#;
+        return Some(Answer::json(400, body).refused("policy_unreadable"));
+    }
+    let messages = model.messages();
     let oauth = route
         .config
         .auth

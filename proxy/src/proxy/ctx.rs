@@ -70,6 +70,8 @@ pub struct Ctx {
     /// Connection attempts moved to another replica.
     pub retried: usize,
     pub body: BodyPlan,
+    /// The client's address: the peer's, or the real client's behind `trusted_proxies`.
+    pub client_ip: Option<std::net::IpAddr>,
     /// Who called, when the route checks credentials.
     pub identity: Option<Identity>,
     /// Rate-limit headers for the response.
@@ -109,6 +111,7 @@ impl Ctx {
                 limit: u64::MAX,
                 ..BodyPlan::default()
             },
+            client_ip: None,
             identity: None,
             rate_headers: Vec::new(),
             budget: None,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header;
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::Error;
@@ -156,15 +157,22 @@ impl EdgeProxy {
 
     /// Access control: credentials and rate limits, decided by `access`.
     async fn admit(&self, session: &Session, ctx: &mut Ctx, public: &PublicUrl<'_>) -> Step {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = ctx
+            .snap
+            .as_ref()
+            .map_or(&[][..], |s| &s.config.trusted_proxies[..]);
+        ctx.client_ip =
+            peer.map(|p| access::real_client(p, &session.req_header().headers, trusted));
         let Some(route) = ctx.route_entry() else {
             return Ok(None);
         };
         let caller = Caller {
             req: session.req_header(),
-            client: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
+            client: ctx.client_ip,
             origin: ctx.origin.as_deref(),
         };
         let labels = (&*route.host_label, &*route.label);
@@ -289,6 +297,11 @@ fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
     let tools_budget = ctx.body.charge;
     // A policy reads every call before any of the body is forwarded.
     let policy = route.config.policy.is_some();
+    if policy && post {
+        if let Some(a) = unreadable_encoding(req) {
+            return Some(a);
+        }
+    }
     if options.validate && post && options.strict {
         // Strict: a version from before header validation is refused (for `initialize`, which
         // carries no header yet, by the version its body asks for).
@@ -319,6 +332,35 @@ fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
         ctx.mcp = Some(McpRequest::new(declared));
     }
     None
+}
+
+/// A body the policy could not read as the server will: compressed (servers inflate it), or
+/// in a charset other than UTF-8 (servers decode it). 415, never forwarded unread.
+fn unreadable_encoding(req: &RequestHeader) -> Option<Answer> {
+    let text = |name| {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("\u{0}").trim().to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    };
+    let coded = text(header::CONTENT_ENCODING)
+        .iter()
+        .any(|e| !e.is_empty() && e != "identity");
+    let charset = text(header::CONTENT_TYPE).iter().any(|t| {
+        t.split(';').skip(1).any(|p| {
+            p.trim()
+                .strip_prefix("charset=")
+                .is_some_and(|c| !matches!(c.trim_matches('"'), "utf-8" | "utf8"))
+        })
+    });
+    (coded || charset).then(|| {
+        Answer::text(
+            415,
+            "this route's policy reads the body: send it uncompressed, in UTF-8\n",
+        )
+        .refused("policy_unreadable")
+    })
 }
 
 /// The entry of the request's host in the route table.

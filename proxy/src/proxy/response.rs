@@ -45,12 +45,28 @@ fn filter_lists(resp: &mut ResponseHeader, ctx: &mut Ctx, is_stream: bool) {
             )
         })
     });
-    if !is_stream && !asked_list {
+    let coded = resp
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
+    if !asked_list && (!is_stream || coded) {
         return;
     }
     // The length changes: pingora frames the body itself.
     resp.remove_header(&header::CONTENT_LENGTH);
-    ctx.lists = Some(ListFilter::new(policy, ctx.identity.clone(), is_stream));
+    let sse = is_stream && !coded;
+    if coded {
+        // Compressed although it was asked not to be: the list cannot be read, and the error
+        // that replaces it is not compressed.
+        resp.remove_header(&header::CONTENT_ENCODING);
+        let _ = resp.insert_header(header::CONTENT_TYPE, "application/json");
+    }
+    ctx.lists = Some(ListFilter::new(
+        policy,
+        ctx.identity.clone(),
+        sse,
+        asked_list,
+    ));
 }
 
 impl EdgeProxy {
@@ -149,8 +165,13 @@ impl EdgeProxy {
         }
         if let Some(f) = ctx.lists.as_mut() {
             let chunk = body.take().unwrap_or_default();
+            let before = f.unreadable;
             let out = f.feed(&chunk, end_of_stream);
             *body = Some(Bytes::from(out));
+            if f.unreadable > before {
+                tracing::warn!(host = %ctx.host_label(), "a list answer could not be read to filter it: not shown");
+                ctx.count_refused("list_unreadable");
+            }
         }
         // What the client sees (session ids as sealed for it, lists as filtered for it) is what
         // is observed.
