@@ -62,7 +62,8 @@ pub async fn write(session: &mut Session, answer: &Answer) -> Result<bool> {
     resp.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     for (k, v) in &answer.headers {
-        resp.insert_header(k.clone(), v.as_str())?;
+        // Appended: a challenge may be given in two schemes (Bearer and DPoP).
+        resp.append_header(k.clone(), v.as_str())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session

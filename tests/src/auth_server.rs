@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{free_port, https_client, python, wait_for, TestCa};
+use crate::{free_port, https_client, python, wait_for, Edge, Ports, TestCa};
 
 /// The authorization server, killed on drop.
 pub struct AuthServer {
@@ -128,4 +128,30 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// An edge serving `localhost` over TLS (a leaf of `ca`) with `host` (the rest of the host's
+/// YAML, indented).
+pub async fn tls_edge(dir: &Path, ca: &TestCa, host: &str) -> Edge {
+    let (cert, key) = ca.leaf(&["localhost"]);
+    std::fs::write(dir.join("edge.pem"), cert).unwrap();
+    std::fs::write(dir.join("edge.key"), key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  localhost:\n    tls: {{ cert: {}, key: {} }}\n{host}",
+        ports.yaml(),
+        dir.join("certs").display(),
+        dir.join("edge.pem").display(),
+        dir.join("edge.key").display(),
+    );
+    Edge::start(dir, &ports, &cfg).await
+}
+
+/// The `auth: oauth:` block for `issuer` (its CA in `dir/ca.pem`), requiring `scopes`.
+pub fn oauth_block(issuer: &str, dir: &Path, scopes: &str, indent: &str) -> String {
+    format!(
+        "{indent}auth:\n{indent}  oauth:\n{indent}    issuer: {issuer}\n{indent}    ca: {}\n{indent}    scopes: [{scopes}]\n{indent}    jwks_min_refresh: 1s\n{indent}    introspection_cache: 1s\n{indent}    introspection: {{ client_id: edge, client_secret: edge-secret }}\n",
+        dir.join("ca.pem").display()
+    )
 }

@@ -10,34 +10,9 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::json;
 
-use mcp_edge_tests::auth_server::{mint, now, AuthServer};
+use mcp_edge_tests::auth_server::{mint, now, oauth_block, tls_edge, AuthServer};
 use mcp_edge_tests::upstream::Upstream;
 use mcp_edge_tests::*;
-
-/// An edge serving `localhost` over TLS (a leaf of `ca`) with `host` (the rest of the host's
-/// YAML, indented).
-async fn tls_edge(dir: &Path, ca: &TestCa, host: &str) -> Edge {
-    let (cert, key) = ca.leaf(&["localhost"]);
-    std::fs::write(dir.join("edge.pem"), cert).unwrap();
-    std::fs::write(dir.join("edge.key"), key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    let ports = Ports::new();
-    let cfg = format!(
-        "{}storage: {}\nhosts:\n  localhost:\n    tls: {{ cert: {}, key: {} }}\n{host}",
-        ports.yaml(),
-        dir.join("certs").display(),
-        dir.join("edge.pem").display(),
-        dir.join("edge.key").display(),
-    );
-    Edge::start(dir, &ports, &cfg).await
-}
-
-fn oauth_block(issuer: &str, dir: &Path, scopes: &str, indent: &str) -> String {
-    format!(
-        "{indent}auth:\n{indent}  oauth:\n{indent}    issuer: {issuer}\n{indent}    ca: {}\n{indent}    scopes: [{scopes}]\n{indent}    jwks_min_refresh: 1s\n{indent}    introspection_cache: 1s\n{indent}    introspection: {{ client_id: edge, client_secret: edge-secret }}\n",
-        dir.join("ca.pem").display()
-    )
-}
 
 /// Runs `tests/python/mcp_oauth_check.py`; on failure, shows the authorization server's log.
 async fn sdk(

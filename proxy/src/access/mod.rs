@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderName};
 use pingora::http::RequestHeader;
 
-use crate::auth::{self, Authenticator, Denied, Identity};
-use crate::config::{Host, Route};
+use crate::auth::{self, Authenticator, Denied, Identity, Scheme};
+use crate::config::{Dpop, Host, Route};
 use crate::limits::{Budget, Limiter};
 use crate::metrics;
 use crate::reply::Answer;
@@ -241,7 +241,6 @@ pub async fn check(
     public: &PublicUrl<'_>,
     caller: &Caller<'_>,
 ) -> Decision {
-    let m = metrics::get();
     let mut admitted = Admitted::default();
     let budget = |who: String| {
         route.rate_limit.as_ref().map(|limit| Budget {
@@ -251,37 +250,9 @@ pub async fn check(
         })
     };
     if let Some(auth) = &route.auth {
-        if is_preflight(caller.req) {
-            return Decision::Answer(preflight(caller.origin));
-        }
-        // An address that spent its budget on refused credentials is refused before any
-        // credential is checked: past it, a right guess costs a guesser the same 429.
-        let guard = budget(caller.address());
-        if let Some(Err(refusal)) = guard.as_ref().map(|g| g.failures(limiter, false)) {
-            return Decision::Answer(refusal.with_headers(cors_headers(caller.origin)));
-        }
-        let resource = public.resource(route);
-        match authn.check(auth, &resource, &caller.req.headers).await {
-            Ok(id) => {
-                m.auth_results
-                    .with_label_values(&[labels.0, labels.1, "ok"])
-                    .inc();
-                admitted.identity = Some(id);
-            }
-            Err(denied) => {
-                m.auth_results
-                    .with_label_values(&[labels.0, labels.1, denied.label()])
-                    .inc();
-                // A refused credential spends the client address's budget of failures, so
-                // guessing keys or tokens (each one a signature check) is throttled. Asking
-                // without one (every OAuth client's first request) guesses nothing.
-                if let (Some(g), true) = (&guard, denied.is_a_guess()) {
-                    if let Err(refusal) = g.failures(limiter, true) {
-                        return Decision::Answer(refusal.with_headers(cors_headers(caller.origin)));
-                    }
-                }
-                return Decision::Answer(challenge(denied, auth, route, public, caller.origin));
-            }
+        match authenticate(authn, limiter, labels, auth, route, public, caller, budget).await {
+            Ok(id) => admitted.identity = Some(id),
+            Err(answer) => return Decision::Answer(answer),
         }
     }
     let who = admitted
@@ -311,6 +282,55 @@ pub async fn check(
     Decision::Allow(admitted)
 }
 
+/// A route's credential check, guarded by the address's budget of refused credentials (`budget`
+/// makes the address's budget): the caller, or the answer (preflight, challenge, 429).
+#[allow(clippy::too_many_arguments)]
+async fn authenticate(
+    authn: &Authenticator,
+    limiter: &Limiter,
+    labels: (&str, &str),
+    auth: &crate::config::AuthConfig,
+    route: &Route,
+    public: &PublicUrl<'_>,
+    caller: &Caller<'_>,
+    budget: impl Fn(String) -> Option<Budget>,
+) -> Result<Identity, Answer> {
+    let m = metrics::get();
+    if is_preflight(caller.req) {
+        return Err(preflight(caller.origin));
+    }
+    // An address that spent its budget on refused credentials is refused before any
+    // credential is checked: past it, a right guess costs a guesser the same 429.
+    let guard = budget(caller.address());
+    if let Some(Err(refusal)) = guard.as_ref().map(|g| g.failures(limiter, false)) {
+        return Err(refusal.with_headers(cors_headers(caller.origin)));
+    }
+    let resource = public.resource(route);
+    let url = format!("{}{}", public.base(), caller.req.uri.path());
+    let presented = auth::Presented {
+        method: caller.req.method.as_str(),
+        url: &url,
+    };
+    let checked = authn
+        .check(auth, &resource, &caller.req.headers, &presented)
+        .await;
+    let label = checked.as_ref().map_or_else(|d| d.label(), |_| "ok");
+    m.auth_results
+        .with_label_values(&[labels.0, labels.1, label])
+        .inc();
+    checked.map_err(|denied| {
+        // A refused credential spends the client address's budget of failures, so guessing
+        // keys or tokens (each one a signature check) is throttled. Asking without one
+        // (every OAuth client's first request) guesses nothing.
+        if let (Some(g), true) = (&guard, denied.is_a_guess()) {
+            if let Err(refusal) = g.failures(limiter, true) {
+                return refusal.with_headers(cors_headers(caller.origin));
+            }
+        }
+        challenge(denied, auth, route, public, caller.origin)
+    })
+}
+
 /// The 401/403/503 of a refused credential, with its RFC 6750 challenge.
 fn challenge(
     denied: Denied,
@@ -323,10 +343,18 @@ fn challenge(
     let metadata = oauth.map(|_| public.metadata_url(route));
     let scopes = oauth.map_or(&[][..], |o| &o.scopes[..]);
     let mut h = cors_headers(origin);
-    h.push((
-        header::WWW_AUTHENTICATE,
-        denied.challenge(metadata.as_deref(), scopes),
-    ));
+    let dpop = oauth.map_or(Dpop::Off, |o| o.dpop);
+    let schemes: &[Scheme] = match dpop {
+        Dpop::Off => &[Scheme::Bearer],
+        Dpop::Allowed => &[Scheme::Bearer, Scheme::DPoP],
+        Dpop::Required => &[Scheme::DPoP],
+    };
+    for scheme in schemes {
+        h.push((
+            header::WWW_AUTHENTICATE,
+            denied.challenge_for(*scheme, metadata.as_deref(), scopes),
+        ));
+    }
     if denied == Denied::IssuerUnavailable {
         h.push((header::RETRY_AFTER, "5".into()));
     }

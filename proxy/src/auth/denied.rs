@@ -23,6 +23,20 @@ pub enum Denied {
     BadApiKey,
     /// The authorization server could not be reached to check the token.
     IssuerUnavailable,
+    /// A DPoP proof missing where the scheme needs one, malformed, for another request or
+    /// token, stale, or replayed (RFC 9449 `invalid_dpop_proof`).
+    InvalidDpopProof,
+    /// A bearer token where the route requires DPoP: answered like another scheme.
+    DpopRequired,
+    /// A DPoP-bound token presented as a bearer token, or under DPoP without the key it names.
+    DpopBinding,
+}
+
+/// The authentication scheme a challenge is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    DPoP,
 }
 
 impl Denied {
@@ -43,6 +57,9 @@ impl Denied {
             Self::Inactive => "inactive",
             Self::BadApiKey => "bad_api_key",
             Self::IssuerUnavailable => "issuer_unavailable",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::DpopRequired => "dpop_required",
+            Self::DpopBinding => "dpop_binding",
         }
     }
 
@@ -51,7 +68,7 @@ impl Denied {
     pub fn is_a_guess(self) -> bool {
         !matches!(
             self,
-            Self::Missing | Self::UnsupportedScheme | Self::IssuerUnavailable
+            Self::Missing | Self::UnsupportedScheme | Self::IssuerUnavailable | Self::DpopRequired
         )
     }
 
@@ -66,8 +83,12 @@ impl Denied {
     /// RFC 6750 §3.1; none for a request that carried no credentials.
     fn error_code(self) -> Option<&'static str> {
         match self {
-            Self::Missing | Self::UnsupportedScheme | Self::IssuerUnavailable => None,
+            Self::Missing
+            | Self::UnsupportedScheme
+            | Self::IssuerUnavailable
+            | Self::DpopRequired => None,
             Self::InsufficientScope => Some("insufficient_scope"),
+            Self::InvalidDpopProof => Some("invalid_dpop_proof"),
             // A bearer credential that is not a token is an invalid token (RFC 6750 §3.1;
             // `invalid_request` is for a request that is malformed, answered 400).
             _ => Some("invalid_token"),
@@ -91,13 +112,35 @@ impl Denied {
             Self::Inactive => "the token is not active",
             Self::BadApiKey => "unknown API key",
             Self::IssuerUnavailable => "the authorization server cannot be reached; try again",
+            Self::InvalidDpopProof => {
+                "the DPoP proof is missing, malformed, stale, replayed, or for another request"
+            }
+            Self::DpopRequired => "authorization required: use Authorization: DPoP",
+            Self::DpopBinding => "the token is bound to a DPoP key this request does not prove",
         }
     }
 
     /// The `WWW-Authenticate` value (RFC 6750 §3, RFC 9728 §5.1).
     pub fn challenge(self, metadata_url: Option<&str>, scopes: &[String]) -> String {
+        self.challenge_for(Scheme::Bearer, metadata_url, scopes)
+    }
+
+    /// The challenge of `scheme` (a `DPoP` one lists the proof algorithms, RFC 9449 §7.1); a
+    /// proof's error is only said in the `DPoP` challenge.
+    pub fn challenge_for(
+        self,
+        scheme: Scheme,
+        metadata_url: Option<&str>,
+        scopes: &[String],
+    ) -> String {
         let mut parts = Vec::new();
-        if let Some(code) = self.error_code() {
+        if scheme == Scheme::DPoP {
+            parts.push(format!("algs=\"{}\"", super::dpop::algs()));
+        }
+        let code = self
+            .error_code()
+            .filter(|_| scheme == Scheme::DPoP || self != Self::InvalidDpopProof);
+        if let Some(code) = code {
             parts.push(format!("error=\"{code}\""));
             parts.push(format!("error_description=\"{}\"", self.description()));
         }
@@ -108,7 +151,11 @@ impl Denied {
         if !scopes.is_empty() {
             parts.push(format!("scope=\"{}\"", scopes.join(" ")));
         }
-        format!("Bearer {}", parts.join(", "))
+        let name = match scheme {
+            Scheme::Bearer => "Bearer",
+            Scheme::DPoP => "DPoP",
+        };
+        format!("{name} {}", parts.join(", "))
     }
 
     /// The JSON body of the refusal.

@@ -7,9 +7,10 @@
 
 pub mod claims;
 mod denied;
+pub mod dpop;
 pub mod issuer;
 
-pub use denied::Denied;
+pub use denied::{Denied, Scheme};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,7 @@ use http::HeaderMap;
 use jsonwebtoken::{DecodingKey, Validation};
 use subtle::ConstantTimeEq;
 
-use crate::config::{ApiKeys, AuthConfig, ClaimMap, OAuthConfig};
+use crate::config::{ApiKeys, AuthConfig, ClaimMap, Dpop, OAuthConfig};
 use crate::outbound::JsonClient;
 use crate::pem::sha256;
 use issuer::Issuer;
@@ -47,6 +48,8 @@ pub struct Identity {
     pub via: &'static str,
     /// The token's claims (or the introspection answer), for policies on claim values.
     pub claims: Option<Arc<serde_json::Value>>,
+    /// The thumbprint of the DPoP key the token is bound to (`cnf.jkt`).
+    pub cnf_jkt: Option<String>,
 }
 
 impl Identity {
@@ -64,13 +67,25 @@ impl Identity {
 
 /// RFC 9728 protected resource metadata for a resource protected by `oauth`.
 pub fn resource_metadata(resource: &str, oauth: &OAuthConfig) -> String {
-    serde_json::json!({
+    let mut m = serde_json::json!({
         "resource": resource,
         "authorization_servers": [oauth.issuer],
         "scopes_supported": oauth.scopes,
         "bearer_methods_supported": ["header"],
-    })
-    .to_string()
+    });
+    if oauth.dpop != Dpop::Off {
+        let algs: Vec<String> = dpop::ALGORITHMS.iter().map(|a| format!("{a:?}")).collect();
+        m["dpop_signing_alg_values_supported"] = algs.into();
+        m["dpop_bound_access_tokens_required"] = (oauth.dpop == Dpop::Required).into();
+    }
+    m.to_string()
+}
+
+/// The request a credential comes with: what a DPoP proof must name.
+pub struct Presented<'a> {
+    pub method: &'a str,
+    /// The request's public URL (`https://host/path`), without query.
+    pub url: &'a str,
 }
 
 /// An issuer, the extra roots trusted for it (DER) and its key-refetch floor.
@@ -122,6 +137,8 @@ pub struct Authenticator {
     introspected: Answers,
     /// Verified JWTs, by SHA-256 of issuer, resource, accepted algorithms and token.
     verified: Answers,
+    /// DPoP proof ids lately accepted.
+    replays: dpop::Replays,
 }
 
 fn unix_now() -> u64 {
@@ -130,8 +147,9 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The bearer token of `Authorization: Bearer …`; `Err` for a header that is there but not one.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Denied> {
+/// The credential of `Authorization: Bearer …` or `DPoP …`; `Err` for a header that is there
+/// but not one.
+fn credential(headers: &HeaderMap) -> Result<Option<(Scheme, &str)>, Denied> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(v) = values.next() else {
         return Ok(None);
@@ -141,14 +159,45 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Denied> {
     }
     let v = v.to_str().map_err(|_| Denied::Malformed)?;
     let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::DPoP
+    } else {
         return Err(Denied::UnsupportedScheme);
-    }
+    };
     let token = token.trim();
     if token.is_empty() {
         return Err(Denied::Malformed);
     }
-    Ok(Some(token))
+    Ok(Some((scheme, token)))
+}
+
+/// The DPoP rules of `oauth` for a token presented under `scheme` with `identity`: a proof of
+/// the key the token names when presented under DPoP, none of a bound token as a bearer token.
+fn check_binding(
+    oauth: &OAuthConfig,
+    scheme: Scheme,
+    identity: &Identity,
+    headers: &HeaderMap,
+    prove: impl FnOnce(&str) -> Result<String, Denied>,
+) -> Result<(), Denied> {
+    match (scheme, oauth.dpop, identity.cnf_jkt.as_deref()) {
+        (Scheme::Bearer, Dpop::Required, _) => Err(Denied::DpopRequired),
+        (Scheme::Bearer, _, None) => Ok(()),
+        (Scheme::Bearer, _, Some(_)) | (Scheme::DPoP, _, None) => Err(Denied::DpopBinding),
+        (Scheme::DPoP, _, Some(jkt)) => {
+            let mut proofs = headers.get_all("dpop").iter();
+            let (Some(proof), None) = (proofs.next(), proofs.next()) else {
+                return Err(Denied::InvalidDpopProof);
+            };
+            let proof = proof.to_str().map_err(|_| Denied::InvalidDpopProof)?;
+            match prove(proof)? == jkt {
+                true => Ok(()),
+                false => Err(Denied::DpopBinding),
+            }
+        }
+    }
 }
 
 /// The key named by `presented`, comparing its SHA-256 with every stored hash in constant time.
@@ -200,6 +249,7 @@ fn identity_of(claims: &serde_json::Value, via: &'static str, map: &ClaimMap) ->
         bearer: true,
         via,
         claims: Some(Arc::new(claims.clone())),
+        cnf_jkt: claims["cnf"]["jkt"].as_str().map(str::to_string),
     }
 }
 
@@ -234,6 +284,25 @@ fn audience_has(aud: &serde_json::Value, accepted: &[&str]) -> bool {
     }
 }
 
+/// The caller named by an API key in its own header (`api_keys.header`); `None`: the route
+/// has no such header, or the request does not carry it.
+fn header_key(auth: &AuthConfig, headers: &HeaderMap) -> Option<Result<Identity, Denied>> {
+    let keys = auth.api_keys.as_ref()?;
+    let v = headers.get(keys.header.as_ref()?)?;
+    let Ok(v) = v.to_str() else {
+        return Some(Err(Denied::BadApiKey));
+    };
+    Some(
+        match_key(keys, v.trim())
+            .map(|name| Identity {
+                key_name: Some(name.to_string()),
+                via: "api_key",
+                ..Identity::default()
+            })
+            .ok_or(Denied::BadApiKey),
+    )
+}
+
 impl Authenticator {
     /// Checks the request's credentials against `auth` for `resource` (the audience tokens must
     /// carry).
@@ -242,26 +311,20 @@ impl Authenticator {
         auth: &AuthConfig,
         resource: &str,
         headers: &HeaderMap,
+        presented: &Presented<'_>,
     ) -> Result<Identity, Denied> {
-        // An API key in its own header.
-        if let Some(keys) = &auth.api_keys {
-            if let Some(h) = &keys.header {
-                if let Some(v) = headers.get(h) {
-                    let v = v.to_str().map_err(|_| Denied::BadApiKey)?;
-                    return match_key(keys, v.trim())
-                        .map(|name| Identity {
-                            key_name: Some(name.to_string()),
-                            via: "api_key",
-                            ..Identity::default()
-                        })
-                        .ok_or(Denied::BadApiKey);
-                }
-            }
+        if let Some(keyed) = header_key(auth, headers) {
+            return keyed;
         }
-        let Some(token) = bearer(headers)? else {
+        let Some((scheme, token)) = credential(headers)? else {
             return Err(Denied::Missing);
         };
-        if let Some(keys) = auth.api_keys.as_ref().filter(|k| k.header.is_none()) {
+        let dpop_off = auth.oauth.as_ref().is_none_or(|o| o.dpop == Dpop::Off);
+        if scheme == Scheme::DPoP && dpop_off {
+            return Err(Denied::UnsupportedScheme);
+        }
+        let keys = auth.api_keys.as_ref().filter(|k| k.header.is_none());
+        if let Some(keys) = keys.filter(|_| scheme == Scheme::Bearer) {
             if let Some(name) = match_key(keys, token) {
                 return Ok(Identity {
                     key_name: Some(name.to_string()),
@@ -298,6 +361,15 @@ impl Authenticator {
         } else {
             return Err(Denied::Malformed);
         };
+        check_binding(oauth, scheme, &identity, headers, |proof| {
+            let expected = dpop::Expected {
+                method: presented.method,
+                url: presented.url,
+                token,
+                now: unix_now(),
+            };
+            dpop::check(proof, &expected, &self.replays)
+        })?;
         if !oauth.scopes.iter().all(|s| identity.scopes.contains(s)) {
             return Err(Denied::InsufficientScope);
         }

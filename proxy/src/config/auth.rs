@@ -50,6 +50,20 @@ pub struct OAuthConfig {
     pub audiences: Vec<String>,
     /// Which claims say who the caller is, what it may do and which groups it is in.
     pub claims: ClaimMap,
+    /// Sender-constrained tokens (RFC 9449).
+    pub dpop: Dpop,
+}
+
+/// Whether tokens may, or must, be proven with a DPoP key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dpop {
+    /// `Authorization: DPoP` refused; bearer tokens only.
+    #[default]
+    Off,
+    /// Bearer tokens, and DPoP-bound tokens with their proof.
+    Allowed,
+    /// DPoP-bound tokens with their proof only.
+    Required,
 }
 
 /// Where an identity provider puts the caller's identity in its tokens: Entra ID's `scp` is a
@@ -125,22 +139,6 @@ impl IdentityHeaders {
     }
 }
 
-/// How often a caller may call a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimit {
-    pub default: Rate,
-    /// `tools/call` of these tools (by `Mcp-Name`), each with its own budget.
-    pub tools: Vec<(String, Rate)>,
-}
-
-/// `requests` per `per`, with up to `burst` at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub requests: u32,
-    pub per: Duration,
-    pub burst: u32,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
@@ -169,6 +167,8 @@ struct RawOAuth {
     forward_token: bool,
     audiences: Option<Vec<String>>,
     claims: Option<RawClaimMap>,
+    /// `allowed` or `required`: DPoP-bound tokens (RFC 9449).
+    dpop: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -204,16 +204,6 @@ struct RawIdentity {
     client_id: Option<String>,
     scopes: Option<String>,
     key: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRate {
-    requests: u32,
-    per: String,
-    burst: Option<u32>,
-    #[serde(default)]
-    tools: serde_yaml_ng::Mapping,
 }
 
 const DEFAULT_ALGORITHMS: [jsonwebtoken::Algorithm; 5] = [
@@ -424,6 +414,9 @@ fn build_oauth(o: RawOAuth, base: &Path, p: &KeyPath, c: &mut Collector) -> Opti
     let audiences = o.audiences.unwrap_or_default();
     ok &= check_audiences(&audiences, &p.key("audiences"), c);
     let claims = build_claim_map(o.claims, &p.key("claims"), c);
+    let dpop = build_dpop(o.dpop.as_deref(), &p.key("dpop"), c);
+    ok &= dpop.is_some();
+    let dpop = dpop.unwrap_or_default();
     ok.then(|| OAuthConfig {
         issuer: o.issuer,
         resource: o.resource,
@@ -440,7 +433,20 @@ fn build_oauth(o: RawOAuth, base: &Path, p: &KeyPath, c: &mut Collector) -> Opti
         forward_token: o.forward_token,
         audiences,
         claims,
+        dpop,
     })
+}
+
+fn build_dpop(raw: Option<&str>, p: &KeyPath, c: &mut Collector) -> Option<Dpop> {
+    match raw {
+        None | Some("off") => Some(Dpop::Off),
+        Some("allowed") => Some(Dpop::Allowed),
+        Some("required") => Some(Dpop::Required),
+        Some(other) => {
+            c.err(p, format!("{other:?}: expected allowed, required or off"));
+            None
+        }
+    }
 }
 
 /// `sha256:HEX` → the digest.
@@ -519,66 +525,4 @@ fn build_api_keys(k: RawApiKeys, base: &Path, p: &KeyPath, c: &mut Collector) ->
         return None;
     }
     Some(ApiKeys { header, keys })
-}
-
-/// `rate_limit:` of a host or route: `none`, or the map. `Some(None)` is `none`.
-pub(super) fn build_rate_limit(
-    v: Value,
-    p: &KeyPath,
-    c: &mut Collector,
-) -> Option<Option<RateLimit>> {
-    if matches!(&v, Value::String(s) if s == "none") {
-        return Some(None);
-    }
-    let raw = c.deserialize::<RawRate>(v, p)?;
-    let default = build_rate(raw.requests, &raw.per, raw.burst, p, c)?;
-    let mut tools = Vec::new();
-    for (name, v) in raw.tools {
-        let Value::String(name) = name else {
-            c.err(&p.key("tools"), "tool names must be strings");
-            continue;
-        };
-        let tp = p.key("tools").key(&name);
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct RawToolRate {
-            requests: u32,
-            per: String,
-            burst: Option<u32>,
-        }
-        if let Some(r) = c.deserialize::<RawToolRate>(v, &tp) {
-            if let Some(rate) = build_rate(r.requests, &r.per, r.burst, &tp, c) {
-                tools.push((name, rate));
-            }
-        }
-    }
-    Some(Some(RateLimit { default, tools }))
-}
-
-fn build_rate(
-    requests: u32,
-    per: &str,
-    burst: Option<u32>,
-    p: &KeyPath,
-    c: &mut Collector,
-) -> Option<Rate> {
-    let per = opt_duration(c, &p.key("per"), Some(per), Duration::from_secs(60));
-    if requests == 0 {
-        c.err(&p.key("requests"), "must be at least 1");
-        return None;
-    }
-    if per < Duration::from_millis(1) {
-        c.err(&p.key("per"), "must be at least 1ms");
-        return None;
-    }
-    let burst = burst.unwrap_or(requests);
-    if burst == 0 {
-        c.err(&p.key("burst"), "must be at least 1");
-        return None;
-    }
-    Some(Rate {
-        requests,
-        per,
-        burst,
-    })
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use serde_yaml_ng::Value;
 
 use super::acme::Challenge;
-use super::auth::{build_auth, build_rate_limit, AuthConfig, RateLimit};
+use super::auth::{build_auth, AuthConfig};
 use super::model::*;
 use super::policy::Policy;
 use super::policy_yaml::build_policy;
+use super::rate::{build_rate_limit, RateLimit};
 use super::raw::{RawHost, RawMcp, RawRoute, RawTlsFiles};
 use super::upstream::build_upstream;
 use super::{Collector, KeyPath};

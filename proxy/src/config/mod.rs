@@ -13,6 +13,7 @@ mod listen;
 mod model;
 mod policy;
 mod policy_yaml;
+mod rate;
 mod raw;
 mod storage;
 mod upstream;
@@ -31,6 +32,7 @@ pub use host::normalize_origin;
 pub use listen::*;
 pub use model::*;
 pub use policy::*;
+pub use rate::{Rate, RateLimit};
 pub use storage::*;
 pub use upstream::*;
 

@@ -8,13 +8,14 @@ use serde_yaml_ng::Value;
 
 use super::acme::{build_acme, AcmeConfig, Challenge};
 use super::audit::{build_audit, AuditConfig};
-use super::auth::{AuthConfig, RateLimit};
+use super::auth::AuthConfig;
 use super::host::build_host;
 use super::listen::{
     build_limits, build_listen, build_timeouts, build_trusted_proxies, ClientTimeouts, Limits,
     Listen,
 };
 use super::policy::Policy;
+use super::rate::RateLimit;
 use super::raw::{RawConfig, RawHost};
 use super::storage::StorageConfig;
 use super::upstream::Upstream;

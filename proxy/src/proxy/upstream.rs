@@ -111,6 +111,8 @@ fn identity_headers(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     if id.bearer && !forward {
         req.remove_header(&header::AUTHORIZATION);
     }
+    // A DPoP proof names this request at this edge: nothing for the upstream to use.
+    req.remove_header("dpop");
     if let Some(h) = auth.api_keys.as_ref().and_then(|k| k.header.as_ref()) {
         req.remove_header(h);
     }
