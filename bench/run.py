@@ -199,6 +199,8 @@ class McpEdge(Proxy):
         super().__init__(pki, upstream)
         self.upstream_yaml = upstream_yaml
         self.host_yaml = host_yaml
+        # Top-level keys (`audit:`…), unindented.
+        self.top_yaml = ""
 
     def command(self):
         metrics = free_port()
@@ -210,7 +212,7 @@ threads: {CORES}
 watch_interval: 100ms
 # As nginx's worker_connections below: the caps are not what is measured.
 limits: {{ connections: 19000, connections_per_address: 19000 }}
-hosts:
+{self.top_yaml}hosts:
   localhost:
     tls: {{ cert: {self.cert}, key: {self.key} }}
     upstream: {up}
@@ -554,6 +556,33 @@ def mcp_parsing(pki, results):
             log(f"  mcp parsing {kind} run {i + 1}: {r}")
 
 
+def policy_and_audit(pki, results):
+    """mcp-edge with an API key (the baseline), the same with a policy of 20 rules (the call is
+    allowed by the last: every rule is tried), and with the audit log on (a file), HTTP/1.1
+    keep-alive with the h1 figure's tools/call POST."""
+    key = "mcpe_bench-key"
+    auth = (f"    auth:\n      api_keys:\n        keys: {{ bench: \"sha256:"
+            f"{hashlib.sha256(key.encode()).hexdigest()}\" }}\n")
+    rules = "".join(
+        f"        - {{ name: r{i}, effect: allow, who: {{ keys: [bench] }}, tools: [tool_{i}_*],"
+        f" arguments: {{ q: {{ regex: \"^[a-z]+$\" }} }} }}\n" for i in range(19))
+    rules += "        - { name: last, effect: allow, who: authenticated, tools: [search_docs] }\n"
+    kinds = {
+        "none": auth,
+        "rules20": auth + "    policy:\n      default: deny\n      rules:\n" + rules,
+        "audit": auth,
+    }
+    header = ["-H", f"Authorization: Bearer {key}"]
+    for i in range(RUNS):
+        for kind, host_yaml in kinds.items():
+            px = McpEdge(pki, results["_upstream"], None, host_yaml)
+            if kind == "audit":
+                px.top_yaml = f"audit: {{ file: {px.dir / 'audit.jsonl'} }}\n"
+            r = on_fresh_proxy(px, lambda p: wrk(p.url("/mcp"), 64, header))
+            results.setdefault("policy", {}).setdefault(kind, []).append(r)
+            log(f"  policy/audit {kind} run {i + 1}: {r}")
+
+
 def prepare():
     """The descriptor limit, the certificates and the upstream every proxy forwards to:
     (pki, upstream port)."""
@@ -576,6 +605,8 @@ def main():
         auth_overhead(pki, results)
     if wanted("mcp"):
         mcp_parsing(pki, results)
+    if wanted("policy"):
+        policy_and_audit(pki, results)
     import bench_acme
     import bench_churn
     if wanted("acme"):
@@ -664,6 +695,14 @@ def report(results):
     if on and off:
         extra.append(f"MCP parsing, mcp-edge, HTTP/1.1 requests/s: on {fmt(on['median'])} vs off "
                      f"{fmt(off['median'])} ({on['median'] / off['median']:.2f}×).")
+    policy = {k: median_spread([r.get("rps") for r in v]) for k, v in results.get("policy", {}).items()}
+    if all(policy.get(k) for k in ("none", "rules20", "audit")):
+        base = policy["none"]["median"]
+        extra.append("Policy and audit, mcp-edge with an API key, HTTP/1.1 requests/s: "
+                     + ", ".join(f"{k} {fmt(policy[k]['median'])} ({policy[k]['median'] / base:.3f}×)"
+                                 for k in ("none", "rules20", "audit"))
+                     + " (rules20: 20 rules, the call allowed by the last, so every rule is tried "
+                       "and the body held; audit: one JSON line per call to a file).")
     replicas = results.get("acme_replicas", [])
     three = median_spread([r.get("ms") for r in replicas])
     one = median_spread([r.get("ms") for r in results.get("mcp-edge", {}).get("acme", [])])
