@@ -347,7 +347,10 @@ impl Writer {
                 .and_then(|()| out.flush());
             match written {
                 Ok(()) => m.audit_records.with_label_values(&["stdout"]).inc_by(n),
-                Err(_) => m.audit_dropped.with_label_values(&["write_error"]).inc_by(n),
+                Err(_) => m
+                    .audit_dropped
+                    .with_label_values(&["write_error"])
+                    .inc_by(n),
             }
         }
         let Some(path) = self.cfg.file.clone() else {

@@ -625,3 +625,59 @@ async fn three_replicas_place_one_dns_01_order_per_host() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_replica_without_acme_hosts_sees_redis_go_and_come_back_at_once_and_certs_only_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path(), None).await;
+    let ports = Ports::new();
+    let local = dir.path().join("local");
+    let yaml = format!(
+        "{}storage:\n  dir: {}\n  redis: \"{}\"\nhosts:\n  h.test:\n    tls: self-signed\n    upstream: http://127.0.0.1:9\n",
+        ports.yaml(),
+        local.display(),
+        redis.url()
+    );
+    let edge = Edge::start(dir.path(), &ports, &yaml).await;
+    assert_eq!(edge.metric("mcp_edge_storage_available").await, 1.0);
+
+    // No ACME host, no request touching storage: the edge still notices within seconds, and
+    // says so once.
+    redis.kill();
+    wait_for(
+        Duration::from_secs(10),
+        "storage seen unavailable",
+        || async { (edge.try_metric("mcp_edge_storage_available").await? == 0.0).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // several health checks fail meanwhile
+    let down = edge
+        .log()
+        .matches("shared storage became unreachable")
+        .count();
+    assert_eq!(down, 1, "one line per outage:\n{}", edge.log());
+    redis.restart().await;
+    wait_for(Duration::from_secs(10), "storage seen back", || async {
+        (edge.try_metric("mcp_edge_storage_available").await? == 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        edge.log().contains("shared storage reachable again"),
+        "{}",
+        edge.log()
+    );
+
+    // `certs` reads: it copies nothing from Redis into the directory it is given.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let report_yaml = dir.path().join("report.yaml");
+    std::fs::write(
+        &report_yaml,
+        yaml.replace(&local.display().to_string(), &empty.display().to_string()),
+    )
+    .unwrap();
+    let report = certs_report(&report_yaml);
+    assert!(report.contains("h.test"), "{report}");
+    let copied: Vec<_> = std::fs::read_dir(&empty).unwrap().collect();
+    assert!(copied.is_empty(), "certs wrote {copied:?}");
+}

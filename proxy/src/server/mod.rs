@@ -103,6 +103,7 @@ pub struct Parts {
 /// serves, and the rest follows when it is back. Storage that refuses (credentials) does.
 pub fn build(config: Config) -> Result<Parts, StartError> {
     let storage = Storage::open(&config.storage)?;
+    storage.watch_health();
     match Storage::block_on(storage.ping()) {
         Ok(()) => {}
         Err(e) if e.is_unavailable() => {

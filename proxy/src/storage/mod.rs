@@ -120,6 +120,9 @@ pub trait Backend: Send + Sync {
     async fn ping(&self) -> Result<(), StorageError> {
         Ok(())
     }
+    /// Starts asking the store, every second, whether it answers: `storage_available` and one
+    /// log line per change follow at once, whatever else uses the store.
+    fn watch_health(&self) {}
 }
 
 /// The store in use and this replica's name in its locks.
@@ -148,18 +151,24 @@ impl Storage {
     /// Opens the configured store: the directory (created and proved writable) and, with
     /// `redis`, a client that connects on first use. Nothing here waits for Redis.
     pub fn open(config: &StorageConfig) -> Result<Self, StorageError> {
-        Self::open_dir(config, dir::Dir::open(&config.dir)?)
+        Self::open_dir(config, dir::Dir::open(&config.dir)?, true)
     }
 
-    /// Opens the configured store to look at it: the directory is neither created nor tidied.
+    /// Opens the configured store to look at it: the directory is neither created, tidied nor
+    /// written (what Redis holds is not copied into it).
     pub fn open_for_reading(config: &StorageConfig) -> Result<Self, StorageError> {
-        Self::open_dir(config, dir::Dir::at(&config.dir))
+        let storage = Self::open_dir(config, dir::Dir::at(&config.dir), false)?;
+        Ok(storage)
     }
 
-    fn open_dir(config: &StorageConfig, dir: dir::Dir) -> Result<Self, StorageError> {
+    fn open_dir(
+        config: &StorageConfig,
+        dir: dir::Dir,
+        write_copy: bool,
+    ) -> Result<Self, StorageError> {
         let backend: Arc<dyn Backend> = match &config.redis {
             None => Arc::new(dir),
-            Some(r) => Arc::new(redis::Redis::open(r, dir)?),
+            Some(r) => Arc::new(redis::Redis::open(r, dir, write_copy)?),
         };
         Ok(Self {
             backend,
@@ -233,6 +242,11 @@ impl Storage {
 
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.backend.ping().await
+    }
+
+    /// See [`Backend::watch_health`]; for a serving process.
+    pub fn watch_health(&self) {
+        self.backend.watch_health();
     }
 
     pub fn changes(&self) -> Option<broadcast::Receiver<Change>> {

@@ -28,6 +28,9 @@ const OP_TIMEOUT: Duration = Duration::from_secs(3);
 const CHALLENGE_TTL: Duration = Duration::from_secs(600);
 /// Longest wait between attempts to re-subscribe.
 const MAX_RESUBSCRIBE: Duration = Duration::from_secs(10);
+/// How often a serving process asks Redis whether it answers, and how long it waits.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -51,13 +54,21 @@ pub(super) struct Redis {
     /// `HOST:PORT/DB`, for messages.
     at: String,
     copy: Option<Dir>,
+    /// Reads refresh the local copy (not when the store is only looked at: `certs`).
+    write_copy: bool,
     changes: OnceLock<broadcast::Sender<Change>>,
+    health: OnceLock<()>,
 }
 
 impl Redis {
-    pub(super) fn open(config: &RedisConfig, copy: Dir) -> Result<Self, StorageError> {
+    pub(super) fn open(
+        config: &RedisConfig,
+        copy: Dir,
+        write_copy: bool,
+    ) -> Result<Self, StorageError> {
         let mut r = Self::open_without_copy(config)?;
         r.copy = Some(copy);
+        r.write_copy = write_copy;
         Ok(r)
     }
 
@@ -106,7 +117,9 @@ impl Redis {
             prefix: config.prefix.clone(),
             at,
             copy: None,
+            write_copy: false,
             changes: OnceLock::new(),
+            health: OnceLock::new(),
         })
     }
 
@@ -176,7 +189,9 @@ impl Redis {
 
     /// Keeps the local copy equal to what Redis holds.
     fn refresh_copy(&self, key: &Key, value: &[u8]) {
-        let Some(copy) = &self.copy else { return };
+        let Some(copy) = self.copy.as_ref().filter(|_| self.write_copy) else {
+            return;
+        };
         if key.is_challenge() || copy.read(key).ok().flatten().as_deref() == Some(value) {
             return;
         }
@@ -457,6 +472,30 @@ impl Backend for Redis {
             tx
         });
         Some(tx.subscribe())
+    }
+
+    fn watch_health(&self) {
+        if self.health.set(()).is_err() {
+            return;
+        }
+        let (conn, at) = (self.conn.clone(), self.at.clone());
+        self.handle.spawn(async move {
+            let mut up = true;
+            loop {
+                tokio::time::sleep(HEALTH_EVERY).await;
+                let mut c = conn.clone();
+                let cmd = redis::cmd("PING");
+                let ping = cmd.query_async::<String>(&mut c);
+                let answered = matches!(tokio::time::timeout(HEALTH_TIMEOUT, ping).await, Ok(Ok(_)));
+                metrics::get().storage_available.set(i64::from(answered));
+                match (up, answered) {
+                    (true, false) => tracing::error!(%at, "shared storage became unreachable: certificates and session keys are served from the local copy; orders wait"),
+                    (false, true) => tracing::info!(%at, "shared storage reachable again"),
+                    _ => {}
+                }
+                up = answered;
+            }
+        });
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
