@@ -5,7 +5,7 @@
 //! The caps are read from the live configuration on every accept, so a reload changes them.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use pingora::apps::Permit;
@@ -53,19 +53,6 @@ impl Drop for Admitted {
 
 /// The address a client is counted under: IPv4 as is (also when mapped into IPv6), IPv6 by
 /// its /64, the smallest block one subscriber is commonly given.
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
 impl ConnectionGate {
     pub fn new(live: Arc<Live>, open_files: u64) -> Self {
         Self {
@@ -91,9 +78,9 @@ impl pingora::apps::ConnectionGate for ConnectionGate {
         let (total_cap, per_address_cap) = config.limits.connection_caps(self.open_files);
         // A trusted proxy carries many clients' connections: only the total applies to it.
         let address = peer
-            .map(|p| p.ip())
+            .map(|p| p.ip().to_canonical())
             .filter(|ip| !config.trusted_proxies.iter().any(|n| n.contains(ip)))
-            .map(address_key);
+            .map(crate::limits::address_key);
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if c.total >= total_cap {
             return Self::refuse("connections");
@@ -117,6 +104,7 @@ impl pingora::apps::ConnectionGate for ConnectionGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::address_key;
 
     #[test]
     fn ipv6_counts_by_64_and_mapped_v4_as_v4() {

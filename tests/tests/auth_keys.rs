@@ -194,6 +194,10 @@ async fn a_caller_over_its_rate_gets_429_while_another_is_served() {
         raw_header(&raw, "ratelimit-policy"),
         Some("\"credentials\";q=3;w=60")
     );
+    // A request with no credential guesses nothing: still the plain 401 (a client's discovery
+    // from behind the same address goes on).
+    let raw = edge.get_from("127.0.0.3", "/x", "").await;
+    assert_eq!(raw_status(&raw), 401, "{raw}");
     // Another caller, from the same address, has its own budget.
     let raw = edge.get_from("127.0.0.1", "/x", &bearer(&b)).await;
     assert_eq!(raw_status(&raw), 200);

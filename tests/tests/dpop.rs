@@ -254,6 +254,25 @@ async fn a_bound_token_passes_with_its_proof_and_every_wrong_proof_is_refused() 
         Some(forged),
     );
     assert_eq!(r.await.unwrap().status(), 401);
+    // A key too short for its curve (jsonwebtoken slices an Ed25519 key unchecked): refused,
+    // the process unharmed.
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    let short = format!(
+        "{}.{}.AAAA",
+        b64(
+            &json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": "AA"}})
+        ),
+        b64(&json!({"htm": "GET", "htu": url("/mcp/x"), "iat": now(), "jti": "j14"}))
+    );
+    let r = send(
+        get.clone(),
+        "/mcp/x",
+        Some(format!("DPoP {bound}")),
+        Some(short),
+    );
+    assert_eq!(r.await.unwrap().status(), 401);
 
     // Asking without credentials: a challenge in each scheme the route takes.
     let r = send(get.clone(), "/mcp/x", None, None).await.unwrap();
@@ -315,6 +334,9 @@ async fn a_bound_token_passes_with_its_proof_and_every_wrong_proof_is_refused() 
         .to_str()
         .unwrap()
         .contains("error="));
+    let mut edge = edge;
+    assert!(edge.is_running());
+    assert!(!edge.log().contains("panicked"), "{}", edge.log());
     wait_for(Duration::from_secs(5), "the refusals counted", || async {
         (edge
             .try_metric("mcp_edge_auth_results_total{host=\"localhost\",result=\"invalid_dpop_proof\",route=\"/mcp\"}")

@@ -181,21 +181,24 @@ pub fn well_known(
 /// The address a request comes from: the peer's, or behind `trusted` proxies (a balancer) the
 /// client's as the nearest of them says: the rightmost `X-Forwarded-For` entry that is not
 /// itself a trusted proxy (what the client wrote itself stands to the left of what the balancer
-/// appended, and is never reached), else `X-Real-IP`, else the peer.
+/// appended, and is never reached), else the peer. IPv4-mapped IPv6 addresses are read as IPv4
+/// (a dual-stack listener sees the balancer so).
 pub fn real_client(
     peer: std::net::IpAddr,
     headers: &http::HeaderMap,
     trusted: &[ipnet::IpNet],
 ) -> std::net::IpAddr {
     let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer = peer.to_canonical();
     if !is_trusted(&peer) {
         return peer;
     }
     let parse = |s: &str| -> Option<std::net::IpAddr> {
         let s = s.trim();
-        s.parse()
+        s.parse::<std::net::IpAddr>()
             .ok()
             .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+            .map(|ip| ip.to_canonical())
     };
     let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
@@ -211,11 +214,7 @@ pub fn real_client(
             None => return peer,
         }
     }
-    headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse)
-        .unwrap_or(peer)
+    peer
 }
 
 /// Who asks, as access control sees it.
@@ -226,9 +225,12 @@ pub struct Caller<'a> {
 }
 
 impl Caller<'_> {
+    /// The key of an address's budgets: IPv6 by its /64 (one host holds a whole one).
     fn address(&self) -> String {
-        self.client
-            .map_or_else(|| "ip:-".into(), |ip| format!("ip:{ip}"))
+        self.client.map_or_else(
+            || "ip:-".into(),
+            |ip| format!("ip:{}", crate::limits::address_key(ip)),
+        )
     }
 }
 
@@ -301,12 +303,36 @@ async fn authenticate(
     }
     // An address that spent its budget on refused credentials is refused before any
     // credential is checked: past it, a right guess costs a guesser the same 429.
+    // A request without any credential guesses nothing and is not held back (an OAuth
+    // client's discovery starts so, from behind the same NAT as a guesser maybe).
+    let offers = caller.req.headers.contains_key(header::AUTHORIZATION)
+        || auth
+            .api_keys
+            .as_ref()
+            .and_then(|k| k.header.as_ref())
+            .is_some_and(|h| caller.req.headers.contains_key(h));
     let guard = budget(caller.address());
-    if let Some(Err(refusal)) = guard.as_ref().map(|g| g.failures(limiter, false)) {
+    let spent = guard
+        .as_ref()
+        .filter(|_| offers)
+        .map(|g| g.failures(limiter, false));
+    if let Some(Err(refusal)) = spent {
         return Err(refusal.with_headers(cors_headers(caller.origin)));
     }
     let resource = public.resource(route);
-    let url = format!("{}{}", public.base(), caller.req.uri.path());
+    // Behind a balancer that terminates TLS the edge sees http; the configured resource names
+    // the origin clients use.
+    let origin = auth
+        .oauth
+        .as_ref()
+        .and_then(|o| o.resource.as_deref())
+        .and_then(|r| url::Url::parse(r).ok())
+        .map(|u| u.origin().ascii_serialization());
+    let url = format!(
+        "{}{}",
+        origin.unwrap_or_else(|| public.base()),
+        caller.req.uri.path()
+    );
     let presented = auth::Presented {
         method: caller.req.method.as_str(),
         url: &url,
@@ -391,4 +417,40 @@ pub fn policy_refusal(
     Answer::json(403, policy::error_body(refusal))
         .with_headers(h)
         .refused("policy")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_real_client_is_the_rightmost_untrusted_forwarded_address() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, v.parse().unwrap());
+            }
+            h
+        };
+        let balancer: std::net::IpAddr = "10.0.0.5".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.5".parse().unwrap();
+        let xff = headers(&[("x-forwarded-for", "203.0.113.9, 198.51.100.7, 10.0.0.9")]);
+        for peer in [balancer, mapped] {
+            assert_eq!(
+                real_client(peer, &xff, &trusted).to_string(),
+                "198.51.100.7",
+                "{peer}"
+            );
+        }
+        // X-Real-IP is not read: a balancer that sets only X-Forwarded-For passes the client's.
+        let real_ip = headers(&[("x-real-ip", "192.0.2.1")]);
+        assert_eq!(real_client(balancer, &real_ip, &trusted), balancer);
+        // From anyone else, nothing forwarded counts.
+        let stranger: std::net::IpAddr = "192.0.2.50".parse().unwrap();
+        assert_eq!(real_client(stranger, &xff, &trusted), stranger);
+        // Garbage where the balancer writes: the balancer's own address.
+        let junk = headers(&[("x-forwarded-for", "1.2.3.4, not-an-address")]);
+        assert_eq!(real_client(balancer, &junk, &trusted), balancer);
+    }
 }

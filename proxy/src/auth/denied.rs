@@ -68,7 +68,14 @@ impl Denied {
     pub fn is_a_guess(self) -> bool {
         !matches!(
             self,
-            Self::Missing | Self::UnsupportedScheme | Self::IssuerUnavailable | Self::DpopRequired
+            Self::Missing
+                | Self::UnsupportedScheme
+                | Self::IssuerUnavailable
+                | Self::DpopRequired
+                // A valid token without a scope (a step-up), or a proof a clock skewed: not
+                // a guess at a credential.
+                | Self::InsufficientScope
+                | Self::InvalidDpopProof
         )
     }
 

@@ -25,11 +25,13 @@ pub const ALGORITHMS: [Algorithm; 6] = [
 ];
 
 /// How old a proof may be, and how far in the future its `iat` may lie (clock skew).
-pub const MAX_AGE: Duration = Duration::from_secs(300);
+pub const MAX_AGE: Duration = Duration::from_secs(120);
 const SKEW: u64 = 30;
 
-/// Proof ids seen, kept until their proof could no longer be accepted anyway.
-const MAX_SEEN: usize = 100_000;
+/// Keys whose proof ids are remembered at once; each key's ids at once (a key past it is
+/// refused until its older proofs expire: one token holder cannot crowd out the others).
+const MAX_KEYS: usize = 100_000;
+const MAX_IDS_PER_KEY: usize = 20_000;
 
 /// The `algs` of a `DPoP` challenge.
 pub fn algs() -> String {
@@ -50,27 +52,38 @@ pub struct Expected<'a> {
     pub now: u64,
 }
 
-/// The ids of the proofs accepted lately (per key), bounded: a replay is refused.
+/// The ids of the proofs accepted lately, per key, bounded: a replay is refused.
 #[derive(Default)]
-pub struct Replays(Mutex<HashMap<[u8; 32], Instant>>);
+pub struct Replays(Mutex<HashMap<String, HashMap<[u8; 32], Instant>>>);
 
 impl Replays {
     /// Records `jti` of key `jkt`; `false`: seen before (or no room to remember it).
     fn first_use(&self, jkt: &str, jti: &str) -> bool {
-        let key = super::sha256(format!("{jkt}\0{jti}").as_bytes());
+        let id = super::sha256(jti.as_bytes());
         let now = Instant::now();
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.get(&key).is_some_and(|until| *until > now) {
-            return false;
-        }
-        if seen.len() >= MAX_SEEN {
-            seen.retain(|_, until| *until > now);
-            if seen.len() >= MAX_SEEN {
-                // Full of live ids: a proof that cannot be remembered is not accepted.
+        let mut keys = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !keys.contains_key(jkt) && keys.len() >= MAX_KEYS {
+            keys.retain(|_, ids| {
+                ids.retain(|_, until| *until > now);
+                !ids.is_empty()
+            });
+            if keys.len() >= MAX_KEYS {
                 return false;
             }
         }
-        seen.insert(key, now + MAX_AGE + Duration::from_secs(SKEW));
+        let ids = keys.entry(jkt.to_string()).or_default();
+        if ids.get(&id).is_some_and(|until| *until > now) {
+            return false;
+        }
+        if ids.len() >= MAX_IDS_PER_KEY {
+            ids.retain(|_, until| *until > now);
+            if ids.len() >= MAX_IDS_PER_KEY {
+                // This key's live ids fill its share: a proof that cannot be remembered is not
+                // accepted (other keys are unaffected).
+                return false;
+            }
+        }
+        ids.insert(id, now + MAX_AGE + Duration::from_secs(SKEW));
         true
     }
 }
@@ -100,6 +113,45 @@ pub fn thumbprint(jwk: &Value) -> Option<String> {
     Some(b64(&super::sha256(canonical.as_bytes())))
 }
 
+/// Whether the public key in `jwk` is one `alg` verifies with, of a sound size: a curve point
+/// of the curve's length (jsonwebtoken slices an Ed25519 key without checking it), an RSA
+/// modulus of 2048 to 8192 bits.
+fn key_fits(jwk: &Value, alg: Algorithm) -> bool {
+    let len = |k: &str| {
+        jwk[k]
+            .as_str()
+            .and_then(|v| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(v)
+                    .ok()
+            })
+            .map(|b| b.len())
+    };
+    let (kty, crv) = (jwk["kty"].as_str(), jwk["crv"].as_str());
+    match alg {
+        Algorithm::ES256 => {
+            kty == Some("EC")
+                && crv == Some("P-256")
+                && len("x") == Some(32)
+                && len("y") == Some(32)
+        }
+        Algorithm::ES384 => {
+            kty == Some("EC")
+                && crv == Some("P-384")
+                && len("x") == Some(48)
+                && len("y") == Some(48)
+        }
+        Algorithm::EdDSA => kty == Some("OKP") && crv == Some("Ed25519") && len("x") == Some(32),
+        Algorithm::RS256 | Algorithm::PS256 | Algorithm::PS384 => {
+            kty == Some("RSA")
+                && len("n").is_some_and(|n| (256..=1024).contains(&n))
+                && len("e").is_some_and(|e| (1..=8).contains(&e))
+                && jwk.get("oth").is_none()
+        }
+        _ => false,
+    }
+}
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -113,8 +165,14 @@ fn comparable(url: &str) -> Option<String> {
     Some(u.to_string())
 }
 
-/// Checks `proof` against the request; `Ok`: the thumbprint of the key that signed it.
-pub fn check(proof: &str, expected: &Expected<'_>, replays: &Replays) -> Result<String, Denied> {
+/// Checks `proof` against the request and the key the token is bound to (`jkt`, its
+/// `cnf.jkt`): `Err(DpopBinding)` for a proof by another key, before its id is remembered.
+pub fn check(
+    proof: &str,
+    jkt: &str,
+    expected: &Expected<'_>,
+    replays: &Replays,
+) -> Result<(), Denied> {
     let bad = Denied::InvalidDpopProof;
     let head = proof.split('.').next().unwrap_or_default();
     let header: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -130,7 +188,10 @@ pub fn check(proof: &str, expected: &Expected<'_>, replays: &Replays) -> Result<
         .and_then(|a| a.parse::<Algorithm>().ok())
         .filter(|a| ALGORITHMS.contains(a))
         .ok_or(bad)?;
-    let jkt = thumbprint(&header["jwk"]).ok_or(bad)?;
+    if header.get("crit").is_some() || !key_fits(&header["jwk"], alg) {
+        return Err(bad);
+    }
+    let proven = thumbprint(&header["jwk"]).ok_or(bad)?;
     let jwk: jsonwebtoken::jwk::Jwk =
         serde_json::from_value(header["jwk"].clone()).map_err(|_| bad)?;
     let key = DecodingKey::from_jwk(&jwk).map_err(|_| bad)?;
@@ -159,10 +220,13 @@ pub fn check(proof: &str, expected: &Expected<'_>, replays: &Replays) -> Result<
     let jti = text("jti")
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or(bad)?;
-    if !replays.first_use(&jkt, jti) {
+    if proven != jkt {
+        return Err(Denied::DpopBinding);
+    }
+    if !replays.first_use(jkt, jti) {
         return Err(bad);
     }
-    Ok(jkt)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -180,7 +180,7 @@ fn check_binding(
     scheme: Scheme,
     identity: &Identity,
     headers: &HeaderMap,
-    prove: impl FnOnce(&str) -> Result<String, Denied>,
+    prove: impl FnOnce(&str, &str) -> Result<(), Denied>,
 ) -> Result<(), Denied> {
     match (scheme, oauth.dpop, identity.cnf_jkt.as_deref()) {
         (Scheme::Bearer, Dpop::Required, _) => Err(Denied::DpopRequired),
@@ -192,10 +192,7 @@ fn check_binding(
                 return Err(Denied::InvalidDpopProof);
             };
             let proof = proof.to_str().map_err(|_| Denied::InvalidDpopProof)?;
-            match prove(proof)? == jkt {
-                true => Ok(()),
-                false => Err(Denied::DpopBinding),
-            }
+            prove(proof, jkt)
         }
     }
 }
@@ -361,14 +358,14 @@ impl Authenticator {
         } else {
             return Err(Denied::Malformed);
         };
-        check_binding(oauth, scheme, &identity, headers, |proof| {
+        check_binding(oauth, scheme, &identity, headers, |proof, jkt| {
             let expected = dpop::Expected {
                 method: presented.method,
                 url: presented.url,
                 token,
                 now: unix_now(),
             };
-            dpop::check(proof, &expected, &self.replays)
+            dpop::check(proof, jkt, &expected, &self.replays)
         })?;
         if !oauth.scopes.iter().all(|s| identity.scopes.contains(s)) {
             return Err(Denied::InsufficientScope);

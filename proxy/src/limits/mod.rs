@@ -42,6 +42,19 @@ fn refusal(headers: Vec<(HeaderName, String)>) -> Answer {
     .with_headers(headers)
 }
 
+/// What a client address is counted by: IPv4 as itself (an IPv4-mapped IPv6 address too), IPv6
+/// by its /64, which one host usually holds whole.
+pub fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// The budget name of refused credentials (metric label `limit`).
 const CREDENTIALS: &str = "credentials";
 

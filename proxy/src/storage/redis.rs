@@ -180,10 +180,13 @@ impl Redis {
                 reason: format!("the operation failed: {e}"),
             }),
         };
-        metrics::get().storage_available.set(i64::from(!matches!(
-            result,
-            Err(StorageError::Unavailable { .. })
-        )));
+        if self.health.get().is_none() {
+            // Without the health loop (a command, not a serving process), operations say it.
+            metrics::get().storage_available.set(i64::from(!matches!(
+                result,
+                Err(StorageError::Unavailable { .. })
+            )));
+        }
         result
     }
 
@@ -480,20 +483,23 @@ impl Backend for Redis {
         }
         let (conn, at) = (self.conn.clone(), self.at.clone());
         self.handle.spawn(async move {
-            let mut up = true;
+            let (mut up, mut failed) = (true, 0);
             loop {
                 tokio::time::sleep(HEALTH_EVERY).await;
                 let mut c = conn.clone();
                 let cmd = redis::cmd("PING");
                 let ping = cmd.query_async::<String>(&mut c);
                 let answered = matches!(tokio::time::timeout(HEALTH_TIMEOUT, ping).await, Ok(Ok(_)));
-                metrics::get().storage_available.set(i64::from(answered));
-                match (up, answered) {
+                // Two failures in a row: one PING stuck behind a slow command is no outage.
+                failed = if answered { 0 } else { failed + 1 };
+                let now_up = answered || (up && failed < 2);
+                metrics::get().storage_available.set(i64::from(now_up));
+                match (up, now_up) {
                     (true, false) => tracing::error!(%at, "shared storage became unreachable: certificates and session keys are served from the local copy; orders wait"),
                     (false, true) => tracing::info!(%at, "shared storage reachable again"),
                     _ => {}
                 }
-                up = answered;
+                up = now_up;
             }
         });
     }
