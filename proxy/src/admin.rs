@@ -38,9 +38,40 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+/// Whether the request may read `/metrics` and `/status`: no token configured, or the bearer
+/// token whose SHA-256 is configured (compared in constant time).
+fn allowed(session: &ServerSession, token: Option<&[u8; 32]>) -> bool {
+    let Some(hash) = token else {
+        return true;
+    };
+    let presented = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| crate::pem::sha256(t.trim().as_bytes()));
+    presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &hash[..])))
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path();
+        let guarded = matches!(path, "/metrics" | "/status");
+        if guarded && !allowed(session, self.live.load().config.admin_token.as_ref()) {
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                b"a bearer token is required (admin.token)\n".to_vec(),
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"mcp-edge admin\""),
+            );
+            return r;
+        }
         match session.req_header().uri.path() {
             "/metrics" => {
                 self.window.note();

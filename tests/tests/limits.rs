@@ -318,3 +318,71 @@ fn check_names_the_key_of_a_bad_limit_proxy_or_health_check() {
         assert!(text.contains(key), "{key} not named:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn the_admin_listener_can_require_a_token_and_says_when_it_is_open_to_all() {
+    use sha2::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let token = "mcpe_prometheus-0123456789abcdef";
+    let hash: String = sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let e = edge(
+        tmp.path(),
+        &format!("admin: {{ token: \"sha256:{hash}\" }}\nlimits: {{ connections: 1000000 }}\n"),
+        &format!("    upstream: \"{}\"\n", up.url()),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, auth: Option<&str>| {
+        let mut r = client.get(format!("http://{}{path}", e.metrics));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send()
+    };
+    for path in ["/metrics", "/status"] {
+        let r = get(path, None).await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        let wrong = get(path, Some("Bearer mcpe_guess")).await.unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let hash_itself = get(path, Some(&format!("Bearer sha256:{hash}")))
+            .await
+            .unwrap();
+        assert_eq!(hash_itself.status(), 401, "{path}");
+        let right = get(path, Some(&format!("Bearer {token}"))).await.unwrap();
+        assert_eq!(right.status(), 200, "{path}");
+    }
+    // Health checks need no token.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(get(path, None).await.unwrap().status(), 200, "{path}");
+    }
+    // A cap the open-files limit cannot back is lowered, and said.
+    assert!(e.log().contains("lowered to"), "{}", e.log());
+    assert!(!e.log().contains("serves /metrics and /status to anyone"));
+
+    // Bound beyond loopback without a token: a warning at start.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let open = format!(
+        "listen:\n  http: \"127.0.0.1:{}\"\n  https: \"127.0.0.1:{}\"\n  metrics: \"0.0.0.0:{}\"\nstorage: {}\nhosts:\n  h.test:\n    tls: none\n    upstream: \"{}\"\n",
+        ports.http,
+        ports.https,
+        ports.metrics,
+        tmp2.path().join("certs").display(),
+        up.url()
+    );
+    let e2 = Edge::start(tmp2.path(), &ports, &open).await;
+    assert!(
+        e2.log()
+            .contains("serves /metrics and /status to anyone who reaches it"),
+        "{}",
+        e2.log()
+    );
+}

@@ -49,7 +49,9 @@ impl Limits {
         // Each client connection may hold an upstream connection too; some descriptors are
         // kept for listeners, files and the admin listener.
         let budget = usize::try_from(open_files.saturating_sub(64) / 2).unwrap_or(usize::MAX);
-        let total = self.connections.unwrap_or(budget.max(1));
+        // A cap the descriptors cannot back would end in "too many open files": lowered (and
+        // said at start, see `caps_warning`).
+        let total = self.connections.unwrap_or(budget).min(budget).max(1);
         let per_address = self
             .connections_per_address
             .unwrap_or_else(|| DEFAULT_PER_ADDRESS.min(total.div_ceil(2)));
@@ -58,6 +60,20 @@ impl Limits {
 }
 
 const DEFAULT_PER_ADDRESS: usize = 1024;
+
+impl Limits {
+    /// The warning of a `limits.connections` the open-files limit cannot back, if it is one.
+    pub fn caps_warning(&self, open_files: u64) -> Option<String> {
+        let configured = self.connections?;
+        let (total, _) = self.connection_caps(open_files);
+        (total < configured).then(|| {
+            format!(
+                "limits.connections {configured} needs about {} open files, the limit is {open_files}: lowered to {total} (raise LimitNOFILE / ulimit -n)",
+                configured * 2 + 64
+            )
+        })
+    }
+}
 
 /// Listen addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]

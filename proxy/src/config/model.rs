@@ -44,6 +44,8 @@ pub struct Config {
     pub hosts: Vec<Arc<Host>>,
     /// The audit log of MCP calls.
     pub audit: AuditConfig,
+    /// The SHA-256 of the bearer token `/metrics` and `/status` require; `None`: open.
+    pub admin_token: Option<[u8; 32]>,
 }
 
 impl Config {
@@ -246,6 +248,16 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         build_trusted_proxies(&raw.trusted_proxies, &root.key("trusted_proxies"), c);
     let acme = raw.acme.map(|a| build_acme(a, base, &root.key("acme"), c));
     let audit = build_audit(raw.audit, base, &root.key("audit"), c);
+    let admin_token =
+        raw.admin
+            .and_then(|a| a.token)
+            .and_then(|t| match super::auth::parse_key_hash(&t) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    c.err(&root.key("admin").key("token"), e);
+                    None
+                }
+            });
     let hosts = build_hosts(raw.hosts, base, &root.key("hosts"), c);
     check_acme_hosts(&hosts, acme.as_ref(), listen.http.is_some(), &root, c);
     let default_host = build_default_host(
@@ -269,6 +281,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         default_host,
         hosts,
         audit,
+        admin_token,
     })
 }
 

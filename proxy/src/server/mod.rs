@@ -202,6 +202,13 @@ fn server_options(
     options.h1_max_headers = Some(limits.header_count);
     let open_files = raise_open_files_limit();
     let (total, per_address) = limits.connection_caps(open_files);
+    if let Some(w) = limits.caps_warning(open_files) {
+        tracing::warn!("{w}");
+    }
+    let metrics_at = config.listen.metrics;
+    if !metrics_at.ip().is_loopback() && config.admin_token.is_none() {
+        tracing::warn!(listen = %metrics_at, "the admin listener serves /metrics and /status to anyone who reaches it: bind it to loopback, or set admin.token");
+    }
     tracing::info!(
         open_files,
         connections = total,
