@@ -386,3 +386,104 @@ async fn the_admin_listener_can_require_a_token_and_says_when_it_is_open_to_all(
         e2.log()
     );
 }
+
+/// Accepts connections and never answers (`reset: false`), or resets each at once.
+async fn bad_replica(reset: bool) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            if reset {
+                // Read the request, begin an answer, then reset: a replica that dies mid-way.
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut s = s;
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-ty").await;
+                    let _ = s.set_linger(Some(Duration::ZERO));
+                });
+            } else {
+                held.push(s);
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_replica_that_takes_requests_and_never_answers_or_resets_leaves_the_round_robin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = Upstream::start("good").await;
+    let silent = bad_replica(false).await;
+    let resetting = bad_replica(true).await;
+    let e = edge(
+        tmp.path(),
+        "",
+        &format!(
+            "    upstream:\n      urls: [\"{}\", \"http://127.0.0.1:{silent}\", \"http://127.0.0.1:{resetting}\"]\n      response_header_timeout: 1s\n",
+            good.url()
+        ),
+    )
+    .await;
+    // A POST is not replayed (it may have run): round robin, one to each replica: the good
+    // one's 200, the silent one's 504 at the timeout, the resetting one's 502; each bad one
+    // then leaves the round robin.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let head = "POST /x HTTP/1.1\r\nhost: h.test\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n";
+        let raw = e.raw_exchange(head, &[b"{}"], Duration::ZERO).await;
+        statuses.push(raw_status(&raw));
+    }
+    assert_eq!(statuses, [200, 504, 502]);
+    let down = |port: u16| {
+        format!("mcp_edge_upstream_replica_up{{host=\"h.test\",replica=\"http://127.0.0.1:{port}\",route=\"/\"}}")
+    };
+    assert_eq!(e.metric(&down(silent)).await, 0.0);
+    assert_eq!(e.metric(&down(resetting)).await, 0.0);
+    let log = e.log();
+    assert_eq!(
+        log.matches("it took a request and did not answer").count(),
+        2,
+        "{log}"
+    );
+    // Idempotent requests meanwhile: every one answered by `good`.
+    for i in 0..6 {
+        let raw = get_from(&e, "127.0.0.1", "/x", "").await;
+        assert_eq!(raw_status(&raw), 200, "request {i}: {raw}");
+        assert_eq!(raw_json(&raw)["replica"], "good", "request {i}");
+    }
+}
+
+#[tokio::test]
+async fn an_idempotent_request_on_a_silent_or_resetting_replica_is_retried_on_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = Upstream::start("good").await;
+    let silent = bad_replica(false).await;
+    let resetting = bad_replica(true).await;
+    let e = edge(
+        tmp.path(),
+        "",
+        &format!(
+            "    upstream:\n      urls: [\"{}\", \"http://127.0.0.1:{silent}\", \"http://127.0.0.1:{resetting}\"]\n      response_header_timeout: 1s\n",
+            good.url()
+        ),
+    )
+    .await;
+    // Round robin lands requests 2 and 3 on the bad replicas: each is retried on another and
+    // answered; the bad ones leave the round robin.
+    for i in 0..9 {
+        let raw = get_from(&e, "127.0.0.1", "/x", "").await;
+        assert_eq!(raw_status(&raw), 200, "request {i}: {raw}");
+        assert_eq!(raw_json(&raw)["replica"], "good", "request {i}");
+    }
+    assert_eq!(
+        e.log()
+            .matches("it took a request and did not answer")
+            .count(),
+        2,
+        "{}",
+        e.log()
+    );
+}

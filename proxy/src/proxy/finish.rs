@@ -112,6 +112,74 @@ impl EdgeProxy {
         e
     }
 
+    /// An error once the upstream connection was made. A replica that took the request and
+    /// then gave no response header (the response-header timeout) or dropped the connection
+    /// leaves the round robin like one that refused it; a request whose replay is safe (an
+    /// idempotent method, its body still in pingora's retry buffer, nothing answered yet,
+    /// outside a session) is tried once more on another replica. A reused connection the
+    /// upstream had closed is pingora's to retry, and no fault of the replica.
+    pub(super) fn proxy_error(
+        &self,
+        session: &Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        reused: bool,
+    ) -> Box<Error> {
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        let stale = reused && matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
+        let fault = e.esource() == &ErrorSource::Upstream
+            && !stale
+            && session.response_written().is_none()
+            && matches!(
+                e.etype(),
+                ReadTimedout
+                    | ConnectionClosed
+                    | ReadError
+                    | WriteError
+                    | H1Error
+                    | InvalidHTTPHeader
+            );
+        if stale {
+            e.retry.decide_reuse(reused);
+            if !replayable {
+                e.set_retry(false);
+            }
+            return e;
+        }
+        e.set_retry(false);
+        let (Some(pool), Some(i)) = (ctx.pool.clone(), ctx.replica) else {
+            return e;
+        };
+        if !fault || !pool.is_replicated() {
+            return e;
+        }
+        if pool.mark_down(i) {
+            metrics::get()
+                .replica_up
+                .with_label_values(&[ctx.host_label(), ctx.route_label(), &pool.url(i).url])
+                .set(0);
+            tracing::warn!(
+                host = %ctx.host_label(),
+                replica = %pool.url(i).url,
+                reason = upstream_reason(&e),
+                "replica out of the round robin for {}s: it took a request and did not answer",
+                crate::upstream::DOWN_FOR.as_secs()
+            );
+        }
+        if replayable
+            && !ctx.in_session
+            && ctx.retried + 1 < pool.upstream.urls.len()
+            && pool.up_count() > 0
+        {
+            ctx.retried += 1;
+            ctx.replica = None;
+            e.set_retry(true);
+        }
+        e
+    }
+
     pub(super) async fn proxy_failed(
         &self,
         session: &mut Session,

@@ -159,6 +159,17 @@ impl ProxyHttp for EdgeProxy {
         self.connect_failed(ctx, e)
     }
 
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        self.proxy_error(session, e, ctx, client_reused)
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
         // pingora's own line carries the request URI with its query string (tokens, session
         // ids): never logged. `logging` writes the access line, and for an upstream failure a
