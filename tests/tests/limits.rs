@@ -402,6 +402,8 @@ async fn bad_replica(reset: bool) -> u16 {
                     let mut buf = [0u8; 4096];
                     let _ = s.read(&mut buf).await;
                     let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-ty").await;
+                    // A zero linger resets on drop without blocking (what the deprecation is about).
+                    #[allow(deprecated)]
                     let _ = s.set_linger(Some(Duration::ZERO));
                 });
             } else {
@@ -412,14 +414,13 @@ async fn bad_replica(reset: bool) -> u16 {
     port
 }
 
-#[tokio::test]
-async fn a_replica_that_takes_requests_and_never_answers_or_resets_leaves_the_round_robin() {
-    let tmp = tempfile::tempdir().unwrap();
-    let good = Upstream::start("good").await;
+/// An edge whose upstream is `good`, a silent replica and a resetting one (1 s response-header
+/// timeout); the two bad replicas' ports.
+async fn good_silent_resetting(dir: &Path, good: &Upstream) -> (Edge, u16, u16) {
     let silent = bad_replica(false).await;
     let resetting = bad_replica(true).await;
     let e = edge(
-        tmp.path(),
+        dir,
         "",
         &format!(
             "    upstream:\n      urls: [\"{}\", \"http://127.0.0.1:{silent}\", \"http://127.0.0.1:{resetting}\"]\n      response_header_timeout: 1s\n",
@@ -427,6 +428,14 @@ async fn a_replica_that_takes_requests_and_never_answers_or_resets_leaves_the_ro
         ),
     )
     .await;
+    (e, silent, resetting)
+}
+
+#[tokio::test]
+async fn a_replica_that_takes_requests_and_never_answers_or_resets_leaves_the_round_robin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = Upstream::start("good").await;
+    let (e, silent, resetting) = good_silent_resetting(tmp.path(), &good).await;
     // A POST is not replayed (it may have run): round robin, one to each replica: the good
     // one's 200, the silent one's 504 at the timeout, the resetting one's 502; each bad one
     // then leaves the round robin.
@@ -460,17 +469,7 @@ async fn a_replica_that_takes_requests_and_never_answers_or_resets_leaves_the_ro
 async fn an_idempotent_request_on_a_silent_or_resetting_replica_is_retried_on_another() {
     let tmp = tempfile::tempdir().unwrap();
     let good = Upstream::start("good").await;
-    let silent = bad_replica(false).await;
-    let resetting = bad_replica(true).await;
-    let e = edge(
-        tmp.path(),
-        "",
-        &format!(
-            "    upstream:\n      urls: [\"{}\", \"http://127.0.0.1:{silent}\", \"http://127.0.0.1:{resetting}\"]\n      response_header_timeout: 1s\n",
-            good.url()
-        ),
-    )
-    .await;
+    let (e, _, _) = good_silent_resetting(tmp.path(), &good).await;
     // Round robin lands requests 2 and 3 on the bad replicas: each is retried on another and
     // answered; the bad ones leave the round robin.
     for i in 0..9 {

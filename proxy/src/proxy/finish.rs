@@ -79,6 +79,23 @@ fn count_request(ctx: &Ctx, status: u16, elapsed: std::time::Duration) {
     }
 }
 
+/// Takes replica `i` out of the round robin (once: one log line), for `why`.
+fn take_out(ctx: &Ctx, pool: &crate::upstream::Pool, i: usize, why: &str, reason: &str) {
+    if pool.mark_down(i) {
+        metrics::get()
+            .replica_up
+            .with_label_values(&[ctx.host_label(), ctx.route_label(), &pool.url(i).url])
+            .set(0);
+        tracing::warn!(
+            host = %ctx.host_label(),
+            replica = %pool.url(i).url,
+            reason,
+            "replica out of the round robin for {}s: {why}",
+            crate::upstream::DOWN_FOR.as_secs()
+        );
+    }
+}
+
 impl EdgeProxy {
     pub(super) fn connect_failed(&self, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         let (Some(pool), Some(i)) = (ctx.pool.clone(), ctx.replica) else {
@@ -91,18 +108,7 @@ impl EdgeProxy {
         if !unreachable {
             return e;
         }
-        if pool.mark_down(i) {
-            metrics::get()
-                .replica_up
-                .with_label_values(&[ctx.host_label(), ctx.route_label(), &pool.url(i).url])
-                .set(0);
-            tracing::warn!(
-                host = %ctx.host_label(),
-                replica = %pool.url(i).url,
-                "replica out of the round robin for {}s: its connection failed",
-                crate::upstream::DOWN_FOR.as_secs()
-            );
-        }
+        take_out(ctx, &pool, i, "its connection failed", "connect");
         // Nothing was sent yet: a request outside a session may try another replica.
         if !ctx.in_session && ctx.retried + 1 < pool.upstream.urls.len() && pool.up_count() > 0 {
             ctx.retried += 1;
@@ -155,19 +161,8 @@ impl EdgeProxy {
         if !fault || !pool.is_replicated() {
             return e;
         }
-        if pool.mark_down(i) {
-            metrics::get()
-                .replica_up
-                .with_label_values(&[ctx.host_label(), ctx.route_label(), &pool.url(i).url])
-                .set(0);
-            tracing::warn!(
-                host = %ctx.host_label(),
-                replica = %pool.url(i).url,
-                reason = upstream_reason(&e),
-                "replica out of the round robin for {}s: it took a request and did not answer",
-                crate::upstream::DOWN_FOR.as_secs()
-            );
-        }
+        let why = "it took a request and did not answer";
+        take_out(ctx, &pool, i, why, upstream_reason(&e));
         if replayable
             && !ctx.in_session
             && ctx.retried + 1 < pool.upstream.urls.len()
