@@ -114,7 +114,8 @@ impl EdgeProxy {
                 host: ctx.host_label(),
                 route: ctx.route_label(),
                 caller: Caller::of(ctx.identity.as_ref(), address.clone()),
-                method,
+                // Methods are the client's text too: bounded like names.
+                method: crate::mcp::bounded(method),
                 id: m.id.as_deref().map(crate::mcp::bounded),
                 name: m.name.as_deref().map(crate::mcp::bounded),
                 arguments: argument_names(m),
