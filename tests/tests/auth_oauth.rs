@@ -78,18 +78,40 @@ async fn the_sdk_oauth_clients_find_their_way_from_a_401_to_a_tool_call_on_both_
     // README's own shape (host-wide `upstream:` and `auth:`): the metadata answers at every
     // URL a client derives from `/mcp` or `/sse`, naming the resource its tokens are for.
     let client = edge.client(ca.root_store(), &["localhost"]);
-    for url in [
-        "/.well-known/oauth-protected-resource/mcp",
-        "/.well-known/oauth-protected-resource/sse",
-        "/.well-known/oauth-protected-resource",
-        "/mcp/.well-known/oauth-protected-resource",
+    // The resource each names is the MCP URL the client derived it from (RFC 9728 §3.3).
+    for (url, resource) in [
+        ("/.well-known/oauth-protected-resource/mcp", "/mcp"),
+        ("/.well-known/oauth-protected-resource/sse", "/sse"),
+        ("/.well-known/oauth-protected-resource", "/"),
+        ("/mcp/.well-known/oauth-protected-resource", "/mcp"),
     ] {
         let r = client.get(format!("{base}{url}")).send().await.unwrap();
         assert_eq!(r.status(), 200, "{url}");
         let m: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(m["resource"], format!("{base}/"), "{url}");
+        assert_eq!(m["resource"], format!("{base}{resource}"), "{url}");
         assert_eq!(m["authorization_servers"][0], auth.issuer(), "{url}");
     }
+    // A token for that resource is taken on its path; for another path of the host it is not.
+    let iss = auth.issuer();
+    let for_resource = |aud: String| {
+        let c = json!({"iss": iss, "aud": aud, "sub": "s", "scope": "mcp:tools",
+                       "iat": now(), "exp": now() + 600});
+        mint(&auth.k1, "k1", c)
+    };
+    let r = client
+        .get(format!("{base}/mcp"))
+        .bearer_auth(for_resource(format!("{base}/mcp")))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 401);
+    let r = client
+        .get(format!("{base}/sse"))
+        .bearer_auth(for_resource(format!("{base}/mcp")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     let machine = [
         "--client-id",
         "machine",
@@ -184,7 +206,16 @@ async fn every_wrong_token_is_refused_with_its_reason_and_rotation_needs_no_rest
             "{url}: {text}"
         );
         if metadata {
-            assert!(text.contains(&format!("\"{base}/mcp\"")), "{url}: {text}");
+            // `/mcp`'s resource, or the deeper URL a client derived the path from.
+            let named = if url.ends_with("/x") {
+                "/mcp/x"
+            } else {
+                "/mcp"
+            };
+            assert!(
+                text.contains(&format!("\"{base}{named}\"")),
+                "{url}: {text}"
+            );
         }
     }
     let get = |token: Option<String>, extra: Option<(&'static str, &'static str)>| {

@@ -19,6 +19,9 @@ use crate::reply::Answer;
 /// Where RFC 9728 metadata lives; a route's is this plus the route's path.
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
+/// The most path prefixes of a request accepted as its resource identifier.
+const MAX_PREFIXES: usize = 8;
+
 /// Headers a browser client sends to a protected route, and those it may read back.
 const ALLOW_HEADERS: &str =
     "authorization, content-type, accept, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name, last-event-id";
@@ -58,6 +61,39 @@ impl<'a> PublicUrl<'a> {
             .and_then(|a| a.oauth.as_ref())
             .and_then(|o| o.resource.clone());
         configured.unwrap_or_else(|| format!("{}{}", self.base(), route.path))
+    }
+
+    /// The resource identifiers a token for a request to `path` on `route` may name: the
+    /// route's, and without a configured one the request URL's own path prefixes within the
+    /// route (a client of `https://host/mcp` on a host-wide route asks for that, RFC 9728 §3.3),
+    /// space-separated.
+    pub fn resources(&self, route: &Route, path: &str) -> String {
+        let mut out = self.resource(route);
+        let configured = route
+            .auth
+            .as_ref()
+            .and_then(|a| a.oauth.as_ref())
+            .is_some_and(|o| o.resource.is_some());
+        if configured {
+            return out;
+        }
+        let base = self.base();
+        let within = path
+            .strip_prefix(route.path.trim_end_matches('/'))
+            .unwrap_or("");
+        let mut prefix = route.path.trim_end_matches('/').to_string();
+        for segment in within
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .take(MAX_PREFIXES)
+        {
+            prefix.push('/');
+            prefix.push_str(segment);
+            out.push(' ');
+            out.push_str(&base);
+            out.push_str(&prefix);
+        }
+        out
     }
 
     /// Where `route`'s metadata is served.
@@ -129,12 +165,14 @@ fn preflight(origin: Option<&str>) -> Answer {
 /// serves `/mcp`, whether it is `/mcp` or a host-wide `/`), the bare `/.well-known/…` (the route
 /// `/`, or the host's only OAuth route), and the path-appended `/mcp/.well-known/…` some
 /// clients try. Only a route with OAuth has metadata.
-fn metadata_route<'a>(host: &'a Host, path: &str) -> Option<&'a Route> {
+fn metadata_route<'a, 'p>(host: &'a Host, path: &'p str) -> Option<(&'a Route, Option<&'p str>)> {
     let has_oauth = |r: &&Route| r.auth.as_ref().is_some_and(|a| a.oauth.is_some());
-    let served = |p: &str| {
-        host.route_index(p)
+    let served = |p: &'p str| {
+        let route = host
+            .route_index(p)
             .map(|i| &host.routes[i])
-            .filter(has_oauth)
+            .filter(has_oauth)?;
+        Some((route, Some(p)))
     };
     let Some(rest) = path.strip_prefix(METADATA_PATH) else {
         // Path-appended: `/mcp/.well-known/oauth-protected-resource`.
@@ -146,10 +184,11 @@ fn metadata_route<'a>(host: &'a Host, path: &str) -> Option<&'a Route> {
     if rest.is_empty() || rest == "/" {
         let mut oauth = host.routes.iter().filter(has_oauth);
         let root = host.routes.iter().find(|r| r.path == "/").filter(has_oauth);
-        return root.or_else(|| match (oauth.next(), oauth.next()) {
+        let route = root.or_else(|| match (oauth.next(), oauth.next()) {
             (Some(only), None) => Some(only),
             _ => None,
-        });
+        })?;
+        return Some((route, None));
     }
     if !rest.starts_with('/') {
         return None;
@@ -169,12 +208,20 @@ pub fn well_known(
     if !path.contains(METADATA_PATH) {
         return None;
     }
-    let route = metadata_route(host, path)?;
+    let (route, derived_from) = metadata_route(host, path)?;
     let oauth = route.auth.as_ref().and_then(|a| a.oauth.as_ref())?;
     if is_preflight(req) {
         return Some(preflight(origin));
     }
-    let body = auth::resource_metadata(&public.resource(route), oauth);
+    // The resource a client derived this URL from (RFC 9728 §3.3): its MCP URL, which tokens
+    // may then name (`PublicUrl::resources`); a configured resource is named as written.
+    let resource = match derived_from.map(|p| p.trim_end_matches('/')) {
+        Some(p) if oauth.resource.is_none() && p.len() > route.path.trim_end_matches('/').len() => {
+            format!("{}{p}", public.base())
+        }
+        _ => public.resource(route),
+    };
+    let body = auth::resource_metadata(&resource, oauth);
     Some(Answer::json(200, body).with_headers(cors_headers(origin)))
 }
 
@@ -319,7 +366,7 @@ async fn authenticate(
     if let Some(Err(refusal)) = spent {
         return Err(refusal.with_headers(cors_headers(caller.origin)));
     }
-    let resource = public.resource(route);
+    let resource = public.resources(route, caller.req.uri.path());
     // Behind a balancer that terminates TLS the edge sees http; the configured resource names
     // the origin clients use.
     let origin = auth

@@ -250,10 +250,11 @@ fn identity_of(claims: &serde_json::Value, via: &'static str, map: &ClaimMap) ->
     }
 }
 
-/// The `aud` values a token may carry: `oauth.audiences`, else the resource identifier.
+/// The `aud` values a token may carry: `oauth.audiences`, else the resource identifiers
+/// (`resource` lists them, space-separated: URLs hold no spaces).
 fn accepted_audiences<'a>(oauth: &'a OAuthConfig, resource: &'a str) -> Vec<&'a str> {
     if oauth.audiences.is_empty() {
-        vec![resource]
+        resource.split(' ').collect()
     } else {
         oauth.audiences.iter().map(String::as_str).collect()
     }
@@ -301,8 +302,8 @@ fn header_key(auth: &AuthConfig, headers: &HeaderMap) -> Option<Result<Identity,
 }
 
 impl Authenticator {
-    /// Checks the request's credentials against `auth` for `resource` (the audience tokens must
-    /// carry).
+    /// Checks the request's credentials against `auth` for `resource` (the resource
+    /// identifiers a token may be for, space-separated: its audience must be one).
     pub async fn check(
         &self,
         auth: &AuthConfig,
