@@ -68,22 +68,25 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
+/// Whether `rule`'s what (method and name globs) matches a call of `method` naming `name`.
+fn what_matches(rule: &Rule, method: &str, name: Option<&str>) -> bool {
+    rule.what.pairs.iter().any(|(mg, ng)| {
+        crate::config::glob_match(mg, method)
+            && ng
+                .as_ref()
+                .is_none_or(|g| name.is_some_and(|n| crate::config::glob_match(g, n)))
+    })
+}
+
 /// Whether `rule`'s what and arguments match `m` (who aside).
 fn call_matches(rule: &Rule, method: &str, m: &Message) -> bool {
-    let name = m.name.as_deref();
-    let what = rule.what.pairs.iter().any(|(mg, ng)| {
-        crate::config::glob_match(mg, method)
-            && match ng {
-                None => true,
-                Some(g) => name.is_some_and(|n| crate::config::glob_match(g, n)),
-            }
-    });
-    what && rule.arguments.iter().all(|(arg, cond)| {
-        m.arguments
-            .as_ref()
-            .and_then(|a| a.get(arg))
-            .is_some_and(|v| cond.holds(v))
-    })
+    what_matches(rule, method, m.name.as_deref())
+        && rule.arguments.iter().all(|(arg, cond)| {
+            m.arguments
+                .as_ref()
+                .and_then(|a| a.get(arg))
+                .is_some_and(|v| cond.holds(v))
+        })
 }
 
 fn decide_with(policy: &Policy, id: Option<&Identity>, scopes: &[String], m: &Message) -> Verdict {
@@ -154,15 +157,7 @@ fn may_call_as(policy: &Policy, id: Option<&Identity>, m: &Message) -> bool {
     };
     let scopes = id.map_or(&[][..], |i| &i.scopes[..]);
     for rule in &policy.rules {
-        let what = rule.what.pairs.iter().any(|(mg, ng)| {
-            crate::config::glob_match(mg, method)
-                && ng.as_ref().is_none_or(|g| {
-                    m.name
-                        .as_deref()
-                        .is_some_and(|n| crate::config::glob_match(g, n))
-                })
-        });
-        if !what || !who_matches(&rule.who, id, scopes) {
+        if !what_matches(rule, method, m.name.as_deref()) || !who_matches(&rule.who, id, scopes) {
             continue;
         }
         if rule.arguments.is_empty() || rule.effect == Effect::Allow {

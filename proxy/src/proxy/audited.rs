@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use pingora::proxy::Session;
-
 use super::ctx::Ctx;
 use super::EdgeProxy;
 use crate::audit::{values_of, Caller, Record};
@@ -67,7 +65,6 @@ impl EdgeProxy {
     /// body was read).
     pub(super) fn audit_calls(
         &self,
-        session: &Session,
         ctx: &Ctx,
         status: u16,
         elapsed: Duration,
@@ -87,12 +84,9 @@ impl EdgeProxy {
             (Some(p), Some(i)) => Some(p.url(i).url.as_str()),
             _ => None,
         };
-        let address = ctx.client_ip.map(|ip| ip.to_string()).or_else(|| {
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string())
-        });
+        // Set by access control for every routed request (the real client's behind trusted
+        // proxies); a request with a body model was routed.
+        let address = ctx.client_ip.map(|ip| ip.to_string());
         let policy = ctx.route_entry().is_some_and(|r| r.config.policy.is_some());
         let declared = unread_call(model);
         let messages = match &declared {

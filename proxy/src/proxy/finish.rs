@@ -79,6 +79,16 @@ fn count_request(ctx: &Ctx, status: u16, elapsed: std::time::Duration) {
     }
 }
 
+/// Has pingora try the request once more, on another replica (a new pick), when it is outside
+/// a session, tries remain and another replica is up.
+fn retry_elsewhere(ctx: &mut Ctx, pool: &crate::upstream::Pool, e: &mut Error) {
+    if !ctx.in_session && ctx.retried + 1 < pool.upstream.urls.len() && pool.up_count() > 0 {
+        ctx.retried += 1;
+        ctx.replica = None;
+        e.set_retry(true);
+    }
+}
+
 /// Takes replica `i` out of the round robin (once: one log line), for `why`.
 fn take_out(ctx: &Ctx, pool: &crate::upstream::Pool, i: usize, why: &str, reason: &str) {
     if pool.mark_down(i) {
@@ -110,11 +120,7 @@ impl EdgeProxy {
         }
         take_out(ctx, &pool, i, "its connection failed", "connect");
         // Nothing was sent yet: a request outside a session may try another replica.
-        if !ctx.in_session && ctx.retried + 1 < pool.upstream.urls.len() && pool.up_count() > 0 {
-            ctx.retried += 1;
-            ctx.replica = None;
-            e.set_retry(true);
-        }
+        retry_elsewhere(ctx, &pool, &mut e);
         e
     }
 
@@ -163,14 +169,8 @@ impl EdgeProxy {
         }
         let why = "it took a request and did not answer";
         take_out(ctx, &pool, i, why, upstream_reason(&e));
-        if replayable
-            && !ctx.in_session
-            && ctx.retried + 1 < pool.upstream.urls.len()
-            && pool.up_count() > 0
-        {
-            ctx.retried += 1;
-            ctx.replica = None;
-            e.set_retry(true);
+        if replayable {
+            retry_elsewhere(ctx, &pool, &mut e);
         }
         e
     }
@@ -210,7 +210,7 @@ impl EdgeProxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
         let (rpc, outcomes) = self.finish_exchange(e, ctx);
-        self.audit_calls(session, ctx, status, elapsed, &outcomes);
+        self.audit_calls(ctx, status, elapsed, &outcomes);
         let labels = [ctx.host_label(), ctx.route_label()];
         count_request(ctx, status, elapsed);
         let error_reason = e
