@@ -230,6 +230,15 @@ impl Audit {
         self.enabled.load(Ordering::Acquire)
     }
 
+    /// Waits (at most `limit`) until every queued record is written: before the process exits.
+    pub fn flush(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.queued_bytes.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Queues one record; never waits.
     pub fn send(&self, line: String) {
         let Some(tx) = self.tx.get() else {
@@ -291,8 +300,9 @@ impl Audit {
                 }
             }
             let bytes: usize = batch.iter().map(String::len).sum();
-            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             w.write(&batch);
+            // Counted until written, so `flush` knows when every record is out.
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             batch.clear();
         }
     }

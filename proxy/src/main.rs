@@ -10,9 +10,16 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The version, or the whole version string a build was given in `MCP_EDGE_VERSION` (a
+/// package's `0.4.0-1`, or a test's second build).
+const VERSION: &str = match option_env!("MCP_EDGE_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// Puts MCP servers on public HTTPS: TLS per host, automatic certificates, MCP-aware proxying.
 #[derive(Parser)]
-#[command(name = "mcp-edge", version)]
+#[command(name = "mcp-edge", version = VERSION)]
 struct Cli {
     /// Log format.
     #[arg(
@@ -39,6 +46,11 @@ enum Command {
         /// The YAML configuration file.
         #[arg(long, short, env = "MCP_EDGE_CONFIG")]
         config: PathBuf,
+        /// Take the listening sockets over from the running mcp-edge with this process id (a
+        /// new binary replacing it without dropping a connection): it is sent SIGQUIT, hands
+        /// them over through `listen.upgrade_socket`, stops accepting and drains.
+        #[arg(long, value_name = "PID")]
+        upgrade_from: Option<u32>,
     },
     /// List each host's certificate: names, issuer, expiry, next renewal, last ACME error.
     Certs {
@@ -80,6 +92,16 @@ enum Command {
         /// Replace items the destination holds with other content.
         #[arg(long)]
         overwrite: bool,
+    },
+    /// Check a configuration file, then have the running mcp-edge PID apply it (SIGHUP); a
+    /// file with errors is reported and nothing is signalled (systemd's `ExecReload`).
+    Reload {
+        /// The YAML configuration file.
+        #[arg(long, short, env = "MCP_EDGE_CONFIG")]
+        config: PathBuf,
+        /// The running mcp-edge's process id.
+        #[arg(long)]
+        pid: u32,
     },
     /// Validate a configuration file without binding any port; exits non-zero on errors.
     Check {
@@ -163,6 +185,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::ApiKey { name } => answer(mcp_edge::cli::api_key(&name)),
         Command::Check { config } => answer(mcp_edge::cli::check(&config)),
+        Command::Reload { config, pid } => answer(mcp_edge::cli::check(&config).and_then(|ok| {
+            mcp_edge::server::signal_running(pid, nix::sys::signal::Signal::SIGHUP)
+                .map(|()| format!("{ok}\nreload sent to {pid}"))
+                .map_err(|e| e.to_string())
+        })),
         Command::Certs { config } => match mcp_edge::config::load(&config)
             .map_err(|e| e.to_string())
             .and_then(|c| mcp_edge::cli::certs::report(&c))
@@ -193,9 +220,13 @@ fn main() -> ExitCode {
             finish(mcp_edge::cli::storage_copy::copy(&from, &to, &options))
         }
         Command::UpstreamCert { url, server_name } => upstream_cert(&url, server_name.as_deref()),
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            upgrade_from,
+        } => {
             init_logging(cli.log_format);
-            match mcp_edge::server::run(&config) {
+            tracing::info!(version = VERSION, "mcp-edge starting");
+            match mcp_edge::server::run(&config, upgrade_from) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

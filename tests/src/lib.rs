@@ -46,6 +46,26 @@ pub fn edge_bin() -> PathBuf {
     target.join("debug").join("mcp-edge")
 }
 
+/// The repository's root directory.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs `cmd` and returns its standard output; panics with everything it said if it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A free loopback port, below the kernel's ephemeral range (32768+), so that no outgoing
 /// connection of this or another process can take it between a proxy's stop and its restart.
 /// Ports are handed out in turn from a per-process starting point, each checked bindable.
@@ -216,19 +236,36 @@ impl Edge {
     /// [`Edge::start`] with its standard output (the audit log's `stdout` sink) sent to
     /// `stdout`; `Stdio::piped()` leaves it for [`Edge::take_stdout`].
     pub async fn start_with_stdout(dir: &Path, ports: &Ports, config: &str, stdout: Stdio) -> Self {
-        install_crypto();
         let config_path = dir.join("edge.yaml");
         std::fs::write(&config_path, config).unwrap();
-        let log = dir.join("edge.log");
-        let child = Command::new(edge_bin())
+        let mut edge = Self::spawn(&edge_bin(), dir, ports, &[], "edge.log", stdout);
+        edge.wait_ready().await;
+        edge
+    }
+
+    /// Starts `bin run --config dir/edge.yaml ARGS` (the file written already) without waiting,
+    /// its log in `dir/LOG`: another build, or a process that takes the listeners over.
+    pub fn spawn(
+        bin: &Path,
+        dir: &Path,
+        ports: &Ports,
+        args: &[&str],
+        log: &str,
+        stdout: Stdio,
+    ) -> Self {
+        install_crypto();
+        let config_path = dir.join("edge.yaml");
+        let log = dir.join(log);
+        let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config_path)
+            .args(args)
             .env("MCP_EDGE_LOG", "info")
             .stdout(stdout)
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start mcp-edge");
-        let mut edge = Self {
+        Self {
             child,
             dir: dir.to_path_buf(),
             config_path,
@@ -236,13 +273,17 @@ impl Edge {
             https: ([127, 0, 0, 1], ports.https).into(),
             metrics: ([127, 0, 0, 1], ports.metrics).into(),
             log,
-        };
-        let url = format!("http://{}/readyz", edge.metrics);
+        }
+    }
+
+    /// Waits until `/readyz` says every listener is bound (panics if the process exits).
+    pub async fn wait_ready(&mut self) {
+        let url = format!("http://{}/readyz", self.metrics);
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Some(status)) = edge.child.try_wait() {
-                panic!("mcp-edge exited with {status}:\n{}", edge.log());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("mcp-edge exited with {status}:\n{}", self.log());
             }
             if let Ok(r) = client.get(&url).send().await {
                 if r.status() == 200 {
@@ -252,11 +293,22 @@ impl Edge {
             assert!(
                 Instant::now() < deadline,
                 "mcp-edge not ready:\n{}",
-                edge.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        edge
+    }
+
+    /// Waits (at most `limit`) for the process to exit; its status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn log(&self) -> String {

@@ -6,29 +6,11 @@
 //! certificate surviving `down`/`up`, and the acme-demo profile serving a pebble certificate.
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mcp_edge_tests::*;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A docker CLI that builds with BuildKit (which skips the unused Rust builder stage): `docker`
 /// with buildx, or a pre-23 CLI with BuildKit built in.
@@ -40,7 +22,7 @@ fn buildkit_docker() -> PathBuf {
     {
         return PathBuf::from("docker");
     }
-    let which = run(Command::new("which").args(["-a", "docker"]));
+    let which = run_ok(Command::new("which").args(["-a", "docker"]));
     for cand in which.lines() {
         let v = Command::new(cand)
             .args(["version", "--format", "{{.Client.Version}}"])
@@ -84,7 +66,7 @@ impl Stack {
     fn compose(&self, args: &[&str]) -> Command {
         let c = compose_cmd();
         let mut cmd = Command::new(&c[0]);
-        cmd.args(&c[1..]).current_dir(root());
+        cmd.args(&c[1..]).current_dir(project_root());
         cmd.args([
             "--profile",
             "acme-demo",
@@ -137,8 +119,8 @@ async fn served_leaf(port: u16, sni: &str, roots: rustls::RootCertStore) -> Opti
 #[tokio::test]
 async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_acme_demo() {
     install_crypto();
-    let root = root();
-    run(&mut Command::new(root.join("scripts/docker-base-image")));
+    let root = project_root();
+    run_ok(&mut Command::new(root.join("scripts/docker-base-image")));
 
     // The binaries, built on the host (Debian 12, like the runtime image), stripped.
     let bins = root.join("target/docker-bins");
@@ -146,7 +128,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     for b in [edge_bin(), docs_bin()] {
         let to = bins.join(b.file_name().unwrap());
         std::fs::copy(&b, &to).unwrap();
-        run(Command::new("strip").arg(&to));
+        run_ok(Command::new("strip").arg(&to));
     }
 
     let project = format!("mcpedgetest{}", std::process::id());
@@ -154,20 +136,22 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     let mut images = Vec::new();
     for target in ["proxy", "backend", "pebble", "prometheus", "ha-tools"] {
         let tag = format!("{project}-{target}:test");
-        run(Command::new(&docker)
-            .current_dir(&root)
-            .env("DOCKER_BUILDKIT", "1")
-            .args([
-                "build",
-                "-q",
-                "--target",
-                target,
-                "--build-arg",
-                "BINARIES=prebuilt",
-                "-t",
-                &tag,
-                ".",
-            ]));
+        run_ok(
+            Command::new(&docker)
+                .current_dir(&root)
+                .env("DOCKER_BUILDKIT", "1")
+                .args([
+                    "build",
+                    "-q",
+                    "--target",
+                    target,
+                    "--build-arg",
+                    "BINARIES=prebuilt",
+                    "-t",
+                    &tag,
+                    ".",
+                ]),
+        );
         images.push(tag);
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -208,7 +192,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
         ],
         images,
     };
-    run(&mut stack.compose(&["up", "-d", "--no-build"]));
+    run_ok(&mut stack.compose(&["up", "-d", "--no-build"]));
 
     // The proxy's generated certificate, read from its volume; then served on the published port.
     let cert_path = "/var/lib/mcp-edge/certs/localhost.self-signed.cert.pem";
@@ -222,7 +206,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
         assert!(
             Instant::now() < deadline,
             "the stack did not come up:\n{}",
-            run(&mut stack.compose(&["logs", "--no-color", "--tail", "50"]))
+            run_ok(&mut stack.compose(&["logs", "--no-color", "--tail", "50"]))
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -290,7 +274,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
         assert!(
             Instant::now() < deadline,
             "no pebble certificate served:\n{}",
-            run(&mut stack.compose(&[
+            run_ok(&mut stack.compose(&[
                 "logs",
                 "--no-color",
                 "--tail",
@@ -322,7 +306,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
         assert!(
             Instant::now() < deadline,
             "Prometheus never scraped the proxy: {scraped:?}\n{}",
-            run(&mut stack.compose(&["logs", "--no-color", "--tail", "30", "prometheus"]))
+            run_ok(&mut stack.compose(&["logs", "--no-color", "--tail", "30", "prometheus"]))
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -357,7 +341,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
         assert!(
             Instant::now() < deadline,
             "the ha profile did not come up:\n{}",
-            run(&mut stack.compose(&[
+            run_ok(&mut stack.compose(&[
                 "logs",
                 "--no-color",
                 "--tail",
@@ -390,8 +374,8 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     assert_eq!(v["doc_is_error"], false, "{v}");
 
     // down (volumes kept) and up: the same certificate is served.
-    run(&mut stack.compose(&["down", "--timeout", "5"]));
-    run(&mut stack.compose(&["up", "-d", "--no-build"]));
+    run_ok(&mut stack.compose(&["down", "--timeout", "5"]));
+    run_ok(&mut stack.compose(&["up", "-d", "--no-build"]));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(again) = served_leaf(https, "localhost", roots_from_pem(&cert_pem)).await {

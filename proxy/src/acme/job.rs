@@ -205,9 +205,8 @@ async fn order_now(
     }
 }
 
-/// Waits until something accepts TCP connections on `addr` (the port-80 listener), at most
-/// `limit`.
-pub(super) async fn wait_listening(addr: SocketAddr, limit: Duration) {
+/// Waits until something accepts TCP connections on `addr`, at most `limit`; whether it did.
+pub(super) async fn wait_listening(addr: SocketAddr, limit: Duration) -> bool {
     let target = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
@@ -220,9 +219,9 @@ pub(super) async fn wait_listening(addr: SocketAddr, limit: Duration) {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(target).await.is_ok() {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tracing::warn!(%addr, "the HTTP listener does not accept connections yet; ordering anyway");
+    false
 }

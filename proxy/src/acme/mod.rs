@@ -33,7 +33,8 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use client::{capturing_retry_after, Accounts, Failure};
-use job::{run_job, wait_listening};
+use job::run_job;
+use job::wait_listening;
 use schedule::{AriPick, HostStatus, StatusFile};
 use slot::{newer, order_failed, publish_details, Current, Slot};
 
@@ -77,6 +78,30 @@ pub fn profile_offered(config: &Config) -> Result<Option<String>, String> {
 }
 
 /// The storage lock one replica holds while it orders `host`'s certificate.
+/// How many certificate jobs (an order, or waiting for another replica's) are under way: a
+/// stopping process lets them finish within its grace period, so no order is left half done.
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn jobs_running() -> usize {
+    RUNNING.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Counts one job in [`RUNNING`] while it is held.
+struct Running;
+
+impl Running {
+    fn start() -> Self {
+        RUNNING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 pub fn lock_name(host: &str) -> String {
     format!("issue_cert_{host}")
 }
@@ -185,7 +210,10 @@ impl BackgroundService for AcmeManager {
         // The CA validates at once (on port 80, or on the TLS listener without it): be sure it
         // accepts connections first.
         let listen = config.borrow().listen.clone();
-        wait_listening(listen.http.unwrap_or(listen.https), Duration::from_secs(10)).await;
+        let first = listen.http.unwrap_or(listen.https);
+        if !wait_listening(first, Duration::from_secs(10)).await {
+            tracing::warn!(addr = %first, "the listener does not accept connections yet; ordering anyway");
+        }
         loop {
             let current = config.borrow_and_update().clone();
             st.sync(&current);
@@ -309,7 +337,9 @@ impl State {
             let ctx = ctx.clone();
             let proofs = self.proofs.clone();
             let tx = self.tx.clone();
+            let running = Running::start();
             tokio::spawn(async move {
+                let _running = running;
                 let _permit = ctx.permits.clone().acquire_owned().await;
                 let (host, names) = (job.host.clone(), job.names.clone());
                 let run = capturing_retry_after(run_job(&ctx, &proofs, &job));

@@ -1,6 +1,7 @@
 //! The server's own settings: listen addresses, client timeouts and limits, trusted proxies.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::model::opt_duration;
@@ -84,7 +85,14 @@ pub struct Listen {
     pub metrics: SocketAddr,
     /// Port put in http→https redirects (443 is left out of the URL).
     pub redirect_https_port: u16,
+    /// Where a new process waits for the listening sockets of the running one (`run
+    /// --upgrade-from`); the running one sends them there on SIGQUIT.
+    pub upgrade_socket: PathBuf,
 }
+
+/// The upgrade socket's default: systemd's `RuntimeDirectory=mcp-edge` (a directory only the
+/// service's user can write, so nobody else can stand in for the new process).
+pub const DEFAULT_UPGRADE_SOCKET: &str = "/run/mcp-edge/upgrade.sock";
 
 fn listen_addr(c: &mut Collector, path: &KeyPath, v: Option<&str>, default: &str) -> SocketAddr {
     let s = v.unwrap_or(default);
@@ -98,7 +106,12 @@ fn listen_addr(c: &mut Collector, path: &KeyPath, v: Option<&str>, default: &str
     }
 }
 
-pub(super) fn build_listen(raw: &RawListen, lp: &KeyPath, c: &mut Collector) -> Listen {
+pub(super) fn build_listen(
+    raw: &RawListen,
+    base: &Path,
+    lp: &KeyPath,
+    c: &mut Collector,
+) -> Listen {
     let https = listen_addr(c, &lp.key("https"), raw.https.as_deref(), "0.0.0.0:443");
     let listen = Listen {
         http: match raw.http.as_deref() {
@@ -113,6 +126,14 @@ pub(super) fn build_listen(raw: &RawListen, lp: &KeyPath, c: &mut Collector) -> 
             "127.0.0.1:9100",
         ),
         redirect_https_port: raw.redirect_https_port.unwrap_or(https.port()),
+        upgrade_socket: match raw.upgrade_socket.as_deref() {
+            Some("") => {
+                c.err(&lp.key("upgrade_socket"), "must be a path");
+                PathBuf::new()
+            }
+            Some(p) => base.join(p),
+            None => PathBuf::from(DEFAULT_UPGRADE_SOCKET),
+        },
     };
     let ports: Vec<(&str, SocketAddr)> = [
         ("http", listen.http),

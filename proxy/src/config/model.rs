@@ -224,7 +224,7 @@ pub(super) fn opt_duration(
 
 pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector) -> Option<Config> {
     let root = KeyPath::default();
-    let listen = build_listen(&raw.listen, &root.key("listen"), c);
+    let listen = build_listen(&raw.listen, base, &root.key("listen"), c);
     let storage = super::storage::build_storage(raw.storage.clone(), base, c);
     let threads = build_threads(raw.threads, &root.key("threads"), c);
     let shutdown_grace = opt_duration(

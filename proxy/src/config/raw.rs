@@ -107,6 +107,8 @@ pub(super) struct RawListen {
     pub metrics: Option<String>,
     /// Port written into http→https redirects (default: the port of `https`).
     pub redirect_https_port: Option<u16>,
+    /// Unix socket through which a new process takes the listeners over (`run --upgrade-from`).
+    pub upgrade_socket: Option<String>,
 }
 
 /// `acme:`

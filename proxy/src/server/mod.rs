@@ -1,8 +1,10 @@
 //! Assembly: the listeners, the services and the live snapshot they share, built from a
 //! configuration; reloading it while it runs is `reload`.
 
+mod lifecycle;
 mod reload;
 
+pub use lifecycle::{notify, signal_running, UpgradeError};
 pub use reload::{ReloadError, Reloader};
 
 use std::net::{SocketAddr, TcpListener};
@@ -60,6 +62,8 @@ pub enum StartError {
     Certs(Vec<CertError>),
     #[error("upstreams: {}", join(.0))]
     Routes(Vec<RouteError>),
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
 }
 
 /// Checks that each listen address can be bound, so a busy port stops the process at once with
@@ -324,16 +328,19 @@ fn add_services(
     }
 }
 
-/// Loads `path`, binds every listener and serves until SIGTERM/SIGINT. Returns only on a
+/// Loads `path`, binds every listener (or takes them over from the running process
+/// `upgrade_from`) and serves until a signal stops it (`lifecycle`). Returns only on a
 /// start-up error; on shutdown the process exits.
-pub fn run(path: &Path) -> Result<(), StartError> {
+pub fn run(path: &Path, upgrade_from: Option<u32>) -> Result<(), StartError> {
     let config = config::load(path)?;
     match acme::profile_offered(&config) {
         Ok(None) => {}
         Ok(Some(note)) => tracing::warn!("{note}; orders use it anyway"),
         Err(e) => return Err(StartError::Acme(e)),
     }
-    check_bind(&config)?;
+    if upgrade_from.is_none() {
+        check_bind(&config)?;
+    }
     let listen = config.listen.clone();
     let grace = config.shutdown_grace;
     let threads = config.threads;
@@ -342,12 +349,24 @@ pub fn run(path: &Path) -> Result<(), StartError> {
 
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(grace.as_secs()),
+        // `lifecycle::Drain` exits when drained or at the end of the grace period; pingora's
+        // own timer is the fallback.
+        grace_period_seconds: Some(grace.as_secs() + 2),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 256,
+        upgrade_sock: listen.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: upgrade_from.is_some(),
+        ..Default::default()
+    };
+    if let Some(old) = upgrade_from {
+        lifecycle::request_sockets(&listen.upgrade_socket, old)?;
+    }
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // Takes the listening sockets over when upgrading (exits if none arrive within 5 s; the
+    // running process then keeps them and serves on).
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -372,6 +391,20 @@ pub fn run(path: &Path) -> Result<(), StartError> {
 
     server.add_service(proxy);
     add_services(&mut server, &parts, &listen, path, config_now);
+    server.add_service(background_service(
+        "mcp-edge drain",
+        lifecycle::Drain {
+            grace,
+            audit: parts.audit.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "mcp-edge ready",
+        lifecycle::Ready {
+            listen: listen.clone(),
+            upgraded: upgrade_from.is_some(),
+        },
+    ));
     let http = listen.http.map_or("none".to_string(), |a| a.to_string());
     tracing::info!(%http, https = %listen.https, metrics = %listen.metrics, storage = %parts.storage.describe(), "mcp-edge started");
     server.run_forever()

@@ -80,6 +80,10 @@ use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
 const TASK_BUFFER_SIZE: usize = 4;
 
+/// mcp-edge patch: how long a keep-alive connection parked between requests at shutdown still
+/// waits for its next one (which is answered, with `Connection: close`).
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
+
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 
@@ -330,14 +334,24 @@ where
     {
         // phase 1 read request header
 
-        let res = tokio::select! {
+        // mcp-edge patch: a connection parked between requests when the service shuts down
+        // waits a moment longer for its next request (answered with `Connection: close`)
+        // before it is dropped: a client that had just sent one got a reset, unpatched.
+        let res = {
+        let read = downstream_session.read_request();
+        tokio::pin!(read);
+        tokio::select! {
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
+            res = &mut read => { res }
             _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
+                match tokio::time::timeout(SHUTDOWN_LINGER, &mut read).await {
+                    Ok(res) => res,
+                    // service shutting down, dropping the connection to stop more req from coming in
+                    Err(_) => return None,
+                }
             }
-        };
+        }
+        }; // mcp-edge patch: the end
         match res {
             Ok(true) => {
                 // TODO: check n==0

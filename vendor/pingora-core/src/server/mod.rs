@@ -244,10 +244,13 @@ impl Server {
             .send(ExecutionPhase::Running)
             .ok();
 
+        // mcp-edge patch: a hand-over that fails keeps this process serving (unpatched, it
+        // stopped anyway, and nothing served the ports until a restart).
+        loop {
         match run_args.shutdown_signal.recv().await {
             ShutdownSignal::FastShutdown => {
                 info!("SIGINT received, exiting");
-                ShutdownType::Quick
+                return ShutdownType::Quick; // mcp-edge patch: out of the loop
             }
             ShutdownSignal::GracefulTerminate => {
                 // we receive a graceful terminate, all instances are instructed to stop
@@ -268,7 +271,7 @@ impl Server {
                     .send(ExecutionPhase::GracefulTerminate)
                     .ok();
 
-                ShutdownType::Graceful
+                return ShutdownType::Graceful; // mcp-edge patch: out of the loop
             }
             ShutdownSignal::GracefulUpgrade => {
                 // TODO: still need to select! on signals in case a fast shutdown is needed
@@ -295,6 +298,10 @@ impl Server {
                                 error!("Unable to send listener sockets to new process: {e}");
                                 #[cfg(all(not(debug_assertions), feature = "sentry"))]
                                 sentry::capture_error(&e);
+                                // mcp-edge patch: nobody took the sockets: keep serving
+                                error!("listener sockets not handed over: this process keeps serving");
+                                self.execution_phase_watch.send(ExecutionPhase::Running).ok();
+                                continue;
                             }
                         }
                         true
@@ -319,9 +326,10 @@ impl Server {
                     }
                 }
                 info!("Broadcast graceful shutdown complete");
-                ShutdownType::Graceful
+                return ShutdownType::Graceful; // mcp-edge patch: out of the loop
             }
         }
+        } // mcp-edge patch: the end of the loop
     }
 
     #[cfg(windows)]
