@@ -582,3 +582,44 @@ fn every_container_of_mcp_edge_in_compose_may_drain_before_it_is_killed() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_service_manager_hears_ready_once_the_listeners_accept_and_stopping_on_sigterm() {
+    let up = Upstream::start("r1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nhosts:\n  plain.test:\n    tls: none\n    upstream: {}\n",
+        ports.yaml(),
+        dir.path().join("certs").display(),
+        up.url()
+    );
+    std::fs::write(dir.path().join("edge.yaml"), cfg).unwrap();
+    // systemd's side of the notify protocol: a datagram socket named by NOTIFY_SOCKET.
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(edge_bin())
+        .args(["run", "--config"])
+        .arg(dir.path().join("edge.yaml"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means accepting: both proxy listeners take a connection at once.
+    for port in [ports.http, ports.https] {
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening when ready");
+    }
+    send_signal(&child, "-TERM");
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "exits after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
