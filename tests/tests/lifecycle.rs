@@ -412,9 +412,13 @@ async fn a_new_build_takes_the_listeners_over_under_load_and_sessions_go_on() {
     );
     let new_log = new.log();
     assert!(
-        new_log.contains(&format!("version=\"{v_new}\"")) && new_log.contains("ready"),
+        new_log.contains(&format!("version=\"{v_new}\""))
+            && new_log.contains("ready: every listener accepts"),
         "{new_log}"
     );
+    // The new process names itself for the next upgrade.
+    let named = std::fs::read_to_string(run_dir.join("u.sock.pid")).unwrap();
+    assert_eq!(named.trim(), new.pid().to_string());
 
     // The stream on the old process had the grace period, then closed; the sessions go on,
     // each on its replica, through the new process.
@@ -450,7 +454,8 @@ async fn an_upgrade_that_cannot_be_done_leaves_the_running_process_serving() {
         .unwrap();
     let url = format!("http://plain.test:{}/x", old.http.port());
 
-    // A world-writable socket directory: refused before the running process is signalled.
+    // A socket directory others can reach (world-writable, or only readable: anyone could
+    // connect and hand over sockets of their own): refused before anything is signalled.
     let ports = Ports {
         http: old.http.port(),
         https: old.https.port(),
@@ -481,7 +486,21 @@ async fn an_upgrade_that_cannot_be_done_leaves_the_running_process_serving() {
         .expect("refused at once");
     assert!(!st.success());
     let log = refused.log();
-    assert!(log.contains("writable by others"), "{log}");
+    assert!(log.contains("open to group or others"), "{log}");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut refused = Edge::spawn(
+        &current,
+        dir.path(),
+        &ports,
+        &["--upgrade-from", &pid],
+        "refused-755.log",
+        Stdio::null(),
+    );
+    assert!(!refused
+        .wait_exit(Duration::from_secs(10))
+        .unwrap()
+        .success());
+    assert!(refused.log().contains("mode 755"), "{}", refused.log());
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
 
     // Not an mcp-edge: refused (no SIGQUIT to a stranger).
@@ -500,7 +519,8 @@ async fn an_upgrade_that_cannot_be_done_leaves_the_running_process_serving() {
         .unwrap()
         .success());
     assert!(
-        refused.log().contains("is not a running mcp-edge"),
+        refused.log().contains("not {stranger}")
+            || refused.log().contains(&format!("not {stranger}")),
         "{}",
         refused.log()
     );

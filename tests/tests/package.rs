@@ -136,7 +136,7 @@ install -d -o mcp-edge -g mcp-edge -m 0700 /var/lib/mcp-edge
 setpriv --reuid=mcp-edge --regid=mcp-edge --init-groups --inh-caps=-all,+net_bind_service \
   --ambient-caps=-all,+net_bind_service --bounding-set=-all,+net_bind_service \
   mcp-edge run --config /etc/mcp-edge/mcp-edge.yaml 2>/tmp/edge.log &
-MCP_DOCS_DIR=/usr/share/doc/mcp-edge/docs setpriv --reuid=nobody --regid=nogroup --clear-groups \
+MCP_DOCS_DIR=/usr/share/mcp-docs/docs setpriv --reuid=nobody --regid=nogroup --clear-groups \
   mcp-docs 2>/tmp/docs.log &
 get() { # PORT HOST PATH
   exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
@@ -149,6 +149,7 @@ echo "readyz: $(get 9100 localhost /readyz)"
 echo "port 80: $(get 80 mcp.example.com /mcp)"
 for i in $(seq 100); do get 8080 localhost /healthz 2>/dev/null | grep -q 200 && break; sleep 0.1; done
 echo "docs: $(get 8080 localhost /healthz)"
+echo "corpus: $(ls /usr/share/mcp-docs/docs | grep -c '\.md$') pages"
 for p in /proc/[0-9]*; do
   [ "$(cat "$p/comm" 2>/dev/null)" = mcp-edge ] && echo "edge user: $(stat -c %U "$p")"
 done
@@ -191,4 +192,10 @@ echo "reloads: $(grep -c 'configuration reloaded' /tmp/edge.log)"
     ] {
         assert!(out.contains(expect), "{expect} missing:\n{out}");
     }
+    let pages: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("corpus: "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(pages >= 3, "mcp-docs ships its corpus:\n{out}");
 }

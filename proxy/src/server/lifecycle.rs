@@ -73,7 +73,7 @@ impl BackgroundService for Ready {
             "READY=1".to_string()
         };
         notify(&state);
-        tracing::info!("ready");
+        tracing::info!("ready: every listener accepts");
     }
 }
 
@@ -155,17 +155,19 @@ pub enum UpgradeError {
         dir: String,
         why: String,
     },
+    #[error("--upgrade-from {pid}: {file} {why}; a running mcp-edge of this version with this listen.upgrade_socket names itself there")]
+    NotAnnounced { pid: u32, file: String, why: String },
     #[error("process {pid}: {why}")]
     NotMcpEdge { pid: u32, why: String },
     #[error("process {pid}: cannot signal it: {source}")]
     Signal { pid: u32, source: nix::Error },
 }
 
-/// Readies the take-over of the listening sockets of process `old`: checks that nobody else
-/// could stand in at `socket` (its directory is ours or root's and writable by no one else)
-/// and that `old` is an mcp-edge, then asks it (SIGQUIT) to send them. It retries for a few
-/// seconds while this process starts listening there; a hand-over that fails leaves it serving.
-pub(super) fn request_sockets(socket: &Path, old: u32) -> Result<(), UpgradeError> {
+/// Checks that nobody but this user (or root) can reach the directory of `socket`: owned by
+/// this user or root, no access for group or others. Anyone who could connect there could
+/// hand the new process sockets of their own; anyone who could write there could receive
+/// port 443's.
+fn private_dir(socket: &Path) -> Result<(), UpgradeError> {
     let dir = socket.parent().unwrap_or(Path::new("/"));
     let unsafe_dir = |why: String| UpgradeError::UnsafeDirectory {
         path: socket.display().to_string(),
@@ -180,11 +182,73 @@ pub(super) fn request_sockets(socket: &Path, old: u32) -> Result<(), UpgradeErro
             meta.uid()
         )));
     }
-    if meta.mode() & 0o022 != 0 {
+    if meta.mode() & 0o077 != 0 {
         return Err(unsafe_dir(format!(
-            "is writable by others (mode {:o}): another user could take the sockets",
+            "is open to group or others (mode {:o}; 700 wanted)",
             meta.mode() & 0o7777
         )));
+    }
+    Ok(())
+}
+
+/// The file by which a running process names itself as the one serving at `socket`.
+fn pid_file(socket: &Path) -> std::path::PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".pid");
+    name.into()
+}
+
+/// Names this process in `socket`'s pid file (0600, replaced atomically) when its directory is
+/// private, so a later `run --upgrade-from` can tell it is the one listening and using that
+/// socket. Called once the listening sockets are this process's (after a take-over, too).
+pub(super) fn announce(socket: &Path) {
+    if let Err(e) = private_dir(socket) {
+        tracing::info!(reason = %e, "upgrades by socket hand-over are off");
+        return;
+    }
+    let file = pid_file(socket);
+    let tmp = file.with_extension("pid.tmp");
+    let written = (|| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(f, "{}", std::process::id())?;
+        std::fs::rename(&tmp, &file)
+    })();
+    match written {
+        Ok(()) => {
+            tracing::info!(file = %file.display(), "upgrades by socket hand-over: run --upgrade-from this process id")
+        }
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "cannot name this process for upgrades")
+        }
+    }
+}
+
+/// Readies the take-over of the listening sockets of process `old`: checks that nobody else
+/// could stand in at `socket` (`private_dir`) and that `old` named itself there (a build
+/// without this, or with another socket, is never signalled), then asks it (SIGQUIT) to send
+/// them. It retries for a few seconds while this process starts listening there; a hand-over
+/// that fails leaves it serving.
+pub(super) fn request_sockets(socket: &Path, old: u32) -> Result<(), UpgradeError> {
+    private_dir(socket)?;
+    let file = pid_file(socket);
+    let named = std::fs::read_to_string(&file).map_err(|e| UpgradeError::NotAnnounced {
+        pid: old,
+        file: file.display().to_string(),
+        why: format!("cannot be read ({e})"),
+    })?;
+    if named.trim().parse::<u32>().ok() != Some(old) {
+        return Err(UpgradeError::NotAnnounced {
+            pid: old,
+            file: file.display().to_string(),
+            why: format!("names process {:?}, not {old}", named.trim()),
+        });
     }
     signal_running(old, nix::sys::signal::Signal::SIGQUIT)?;
     tracing::info!(

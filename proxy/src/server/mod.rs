@@ -351,7 +351,7 @@ pub fn run(path: &Path, upgrade_from: Option<u32>) -> Result<(), StartError> {
         threads,
         // `lifecycle::Drain` exits when drained or at the end of the grace period; pingora's
         // own timer is the fallback.
-        grace_period_seconds: Some(grace.as_secs() + 2),
+        grace_period_seconds: Some(grace.as_secs() + 3),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 256,
         upgrade_sock: listen.upgrade_socket.to_string_lossy().into_owned(),
@@ -368,6 +368,7 @@ pub fn run(path: &Path, upgrade_from: Option<u32>) -> Result<(), StartError> {
     // Takes the listening sockets over when upgrading (exits if none arrive within 5 s; the
     // running process then keeps them and serves on).
     server.bootstrap();
+    lifecycle::announce(&listen.upgrade_socket);
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
