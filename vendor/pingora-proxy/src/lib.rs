@@ -342,12 +342,12 @@ where
         tokio::pin!(read);
         tokio::select! {
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = &mut read => { res }
+            res = &mut read => { res } // mcp-edge patch: the pinned read
             _ = self.await_shutdown() => {
                 match tokio::time::timeout(SHUTDOWN_LINGER, &mut read).await {
                     Ok(res) => res,
                     // service shutting down, dropping the connection to stop more req from coming in
-                    Err(_) => return None,
+                    Err(_) => return None, // mcp-edge patch: after the linger
                 }
             }
         }
