@@ -66,6 +66,18 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits (at most `limit`) for `child` to exit; its status, if it did.
+pub fn wait_child_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 /// A free loopback port, below the kernel's ephemeral range (32768+), so that no outgoing
 /// connection of this or another process can take it between a proxy's stop and its restart.
 /// Ports are handed out in turn from a per-process starting point, each checked bindable.
@@ -301,14 +313,7 @@ impl Edge {
 
     /// Waits (at most `limit`) for the process to exit; its status, if it did.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_child_exit(&mut self.child, limit)
     }
 
     pub fn log(&self) -> String {
@@ -890,14 +895,7 @@ impl DocsServer {
 
     /// Waits for the process to exit, at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_child_exit(&mut self.child, limit)
     }
 }
 

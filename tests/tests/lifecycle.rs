@@ -637,9 +637,5 @@ async fn the_service_manager_hears_ready_once_the_listeners_accept_and_stopping_
     send_signal(&child, "-TERM");
     let n = sock.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "exits after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_child_exit(&mut child, Duration::from_secs(10)).expect("exits after SIGTERM");
 }
