@@ -7,11 +7,13 @@ ARG BASE_IMAGE=debian:bookworm-slim
 # on a machine without an image registry, sets this to `prebuilt` (binaries built on the host).
 ARG BINARIES=build
 
-# ---- build: both binaries, release, stripped ----------------------------------------------
+# ---- build: mcp-docs (release), mcp-edge static on musl with its dependency list and SBOM ---
 FROM ${RUST_IMAGE} AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake \
- && apt-get clean && rm -rf /var/lib/apt/lists/*
+ && apt-get install -y --no-install-recommends cmake musl-tools \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \
+ && rustup target add x86_64-unknown-linux-musl \
+ && cargo install --locked --quiet cargo-auditable@0.7.7 cargo-cyclonedx@0.5.9
 WORKDIR /src
 # Dependencies first: this layer is reused while only the sources change.
 COPY Cargo.toml Cargo.lock ./
@@ -25,13 +27,17 @@ RUN mkdir -p proxy/src backend/src backend/benches tests/src bench/src \
  && echo 'fn main() {}' > proxy/src/main.rs && touch proxy/src/lib.rs \
  && echo 'fn main() {}' > backend/src/main.rs && touch backend/src/lib.rs \
  && echo 'fn main() {}' > backend/benches/search.rs && touch tests/src/lib.rs bench/src/lib.rs \
- && cargo build --release --locked -p mcp-edge -p mcp-docs
+ && cargo build --release --locked -p mcp-docs \
+ && CC_x86_64_unknown_linux_musl=musl-gcc \
+    cargo build --release --locked --target x86_64-unknown-linux-musl -p mcp-edge
 COPY proxy proxy
 COPY backend backend
+COPY scripts/static-build scripts/
 RUN touch proxy/src/*.rs backend/src/*.rs \
- && cargo build --release --locked -p mcp-edge -p mcp-docs \
- && mkdir /out && cp target/release/mcp-edge target/release/mcp-docs /out/ \
- && strip /out/mcp-edge /out/mcp-docs
+ && cargo build --release --locked -p mcp-docs \
+ && scripts/static-build \
+ && mkdir /out && cp target/static/mcp-edge target/static/mcp-edge.cdx.json target/release/mcp-docs /out/ \
+ && strip /out/mcp-docs
 
 # ---- prebuilt: binaries built outside Docker (target/docker-bins/) ---------------------------
 # (The wildcard keeps this unused stage harmless for builders that build every stage.)
@@ -47,14 +53,25 @@ RUN apt-get update \
  && apt-get clean && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin mcp
 
-# ---- proxy ------------------------------------------------------------------------------------
-FROM runtime AS proxy
+# ---- proxy: nothing but the static binary, CA roots and its SBOM (no shell, no libc) ---------
+# The health check is the binary itself (`mcp-edge health`); user 10001 needs no /etc/passwd.
+FROM runtime AS proxy-files
+RUN mkdir -p /var/lib/mcp-edge/certs /etc/mcp-edge /run/mcp-edge \
+ && chown 10001:10001 /var/lib/mcp-edge/certs /run/mcp-edge \
+ && chmod 0700 /var/lib/mcp-edge/certs /run/mcp-edge
+
+FROM scratch AS proxy
+COPY --from=proxy-files /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=proxy-files /var/lib/mcp-edge /var/lib/mcp-edge
+COPY --from=proxy-files /etc/mcp-edge /etc/mcp-edge
+COPY --from=proxy-files /run/mcp-edge /run/mcp-edge
 COPY --from=binaries /out/mcp-edge /usr/local/bin/mcp-edge
-RUN mkdir -p /var/lib/mcp-edge/certs /etc/mcp-edge \
- && chown mcp:mcp /var/lib/mcp-edge/certs && chmod 0700 /var/lib/mcp-edge/certs
-USER mcp
+COPY --from=binaries /out/mcp-edge.cdx.json /usr/share/doc/mcp-edge/sbom.cdx.json
+USER 10001:10001
 ENV MCP_EDGE_CONFIG=/etc/mcp-edge/compose.yaml
 EXPOSE 80 443
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/mcp-edge", "health"]
 ENTRYPOINT ["/usr/local/bin/mcp-edge"]
 CMD ["run"]
 

@@ -1,5 +1,5 @@
 //! The metrics and health listener: `/metrics`, `/healthz`, `/readyz`, and the status page
-//! (`/status`).
+//! (`/status`); plain HTTP, or HTTPS with optional client certificates (`admin.tls`).
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -15,10 +15,12 @@ use crate::live::Live;
 use crate::metrics;
 use crate::status::{self, Window};
 
-/// The admin listener's app: the listen addresses (bound once, never reloaded) and, for the
-/// status page, the live snapshot.
+/// The admin listener's app: the listen addresses (bound once, never reloaded), whether
+/// `/metrics` and `/status` need a client certificate (`admin.tls.client_ca`, read at start)
+/// and, for the status page, the live snapshot.
 pub struct Admin {
     pub listen: Listen,
+    pub client_certificate: bool,
     pub live: Arc<Live>,
     pub window: Window,
 }
@@ -55,22 +57,48 @@ fn allowed(session: &ServerSession, token: Option<&[u8; 32]>) -> bool {
     presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &hash[..])))
 }
 
+/// Whether the connection presented a client certificate: rustls keeps one only after it
+/// chained to `admin.tls.client_ca`, so its presence is the verification.
+fn has_client_certificate(session: &ServerSession) -> bool {
+    session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .is_some_and(|tls| !tls.cert_digest.is_empty())
+}
+
+/// The refusal of a guarded path: what is missing, and how to present it.
+fn refused(missing_certificate: bool) -> Response<Vec<u8>> {
+    if missing_certificate {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            b"a client certificate is required (admin.tls.client_ca)\n".to_vec(),
+        );
+    }
+    let mut r = reply(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        b"a bearer token is required (admin.token)\n".to_vec(),
+    );
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"mcp-edge admin\""),
+    );
+    r
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path();
         let guarded = matches!(path, "/metrics" | "/status");
-        if guarded && !allowed(session, self.live.load().config.admin_token.as_ref()) {
-            let mut r = reply(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                b"a bearer token is required (admin.token)\n".to_vec(),
-            );
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer realm=\"mcp-edge admin\""),
-            );
-            return r;
+        if guarded {
+            let missing_certificate = self.client_certificate && !has_client_certificate(session);
+            if missing_certificate
+                || !allowed(session, self.live.load().config.admin.token.as_ref())
+            {
+                return refused(missing_certificate);
+            }
         }
         match session.req_header().uri.path() {
             "/metrics" => {
@@ -104,4 +132,44 @@ impl ServeHttp for Admin {
             _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         }
     }
+}
+
+/// Always the one certificate of `admin.tls`.
+#[derive(Debug)]
+struct OneCertificate(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for OneCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The admin listener's TLS: its certificate and, with `client_ca`, client certificates that
+/// must chain to it when presented (connections without one are accepted: probes of `/healthz`
+/// and `/readyz` need none; `/metrics` and `/status` refuse them).
+pub fn tls_settings(
+    tls: &crate::config::AdminTls,
+) -> Result<pingora::listeners::tls::TlsSettings, String> {
+    let pair = crate::pem::load_key_pair(&tls.cert, &tls.key).map_err(|e| e.to_string())?;
+    let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
+        &tls.cert.to_string_lossy(),
+        &tls.key.to_string_lossy(),
+    )
+    .map_err(|e| e.to_string())?;
+    settings.set_cert_resolver(Arc::new(OneCertificate(pair.certified)));
+    if let Some(ca) = &tls.client_ca {
+        let roots = crate::config::client_roots(ca)?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(crate::pem::ring_provider()),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("{}: {e}", ca.display()))?;
+        settings.set_client_cert_verifier(verifier);
+    }
+    Ok(settings)
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -103,6 +104,19 @@ enum Command {
         #[arg(long)]
         pid: u32,
     },
+    /// Ask the running mcp-edge's admin listener whether it is ready (`/readyz`; `--live`:
+    /// `/healthz`): exits 0 on 200, 1 otherwise. The container image's health check.
+    Health {
+        /// The YAML configuration file (its `listen.metrics` is asked).
+        #[arg(long, short, env = "MCP_EDGE_CONFIG")]
+        config: PathBuf,
+        /// Only whether the process answers (`/healthz`), not whether its listeners accept.
+        #[arg(long)]
+        live: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
     /// Validate a configuration file without binding any port; exits non-zero on errors.
     Check {
         /// The YAML configuration file.
@@ -190,6 +204,19 @@ fn main() -> ExitCode {
                 .map(|()| format!("{ok}\nreload sent to {pid}"))
                 .map_err(|e| e.to_string())
         })),
+        Command::Health {
+            config,
+            live,
+            timeout,
+        } => finish(
+            mcp_edge::config::load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    let path = if live { "/healthz" } else { "/readyz" };
+                    mcp_edge::cli::health::probe(&c, path, Duration::from_secs(timeout))
+                })
+                .map(|ok| format!("{ok}\n")),
+        ),
         Command::Certs { config } => match mcp_edge::config::load(&config)
             .map_err(|e| e.to_string())
             .and_then(|c| mcp_edge::cli::certs::report(&c))

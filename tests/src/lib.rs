@@ -46,6 +46,66 @@ pub fn edge_bin() -> PathBuf {
     target.join("debug").join("mcp-edge")
 }
 
+/// The static musl build of mcp-edge that the container image ships (`scripts/static-build`:
+/// release, stripped, with its dependency list inside); its SBOM is `mcp-edge.cdx.json` beside
+/// it. Built once per test binary (a no-op when up to date).
+pub fn static_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let root = project_root();
+    BUILD.call_once(|| {
+        run_ok(&mut Command::new(root.join("scripts/static-build")));
+    });
+    root.join("target/static/mcp-edge")
+}
+
+/// A docker CLI that builds with BuildKit (which skips the unused Rust builder stage): `docker`
+/// with buildx, or a pre-23 CLI with BuildKit built in.
+pub fn buildkit_docker() -> PathBuf {
+    if Command::new("docker")
+        .args(["buildx", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return PathBuf::from("docker");
+    }
+    let which = run_ok(Command::new("which").args(["-a", "docker"]));
+    for cand in which.lines() {
+        let v = Command::new(cand)
+            .args(["version", "--format", "{{.Client.Version}}"])
+            .output();
+        if let Ok(v) = v {
+            let ver = String::from_utf8_lossy(&v.stdout);
+            if ver
+                .split('.')
+                .next()
+                .and_then(|m| m.trim().parse::<u32>().ok())
+                .is_some_and(|m| m < 23)
+            {
+                return PathBuf::from(cand);
+            }
+        }
+    }
+    panic!("no docker CLI here builds with BuildKit (no buildx, no docker < 23): cannot skip the Rust builder stage without a registry");
+}
+
+/// `target/docker-bins`, what the Dockerfile's `BINARIES=prebuilt` copies: mcp-docs built here
+/// (Debian 12, like the runtime image), stripped; mcp-edge static on musl with its SBOM
+/// (`scripts/static-build`), as the image ships it.
+pub fn docker_bins() {
+    let bins = project_root().join("target/docker-bins");
+    std::fs::create_dir_all(&bins).unwrap();
+    let docs = bins.join("mcp-docs");
+    std::fs::copy(docs_bin(), &docs).unwrap();
+    run_ok(Command::new("strip").arg(&docs));
+    let edge = static_bin();
+    std::fs::copy(&edge, bins.join("mcp-edge")).unwrap();
+    std::fs::copy(
+        edge.with_file_name("mcp-edge.cdx.json"),
+        bins.join("mcp-edge.cdx.json"),
+    )
+    .unwrap();
+}
+
 /// The repository's root directory.
 pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

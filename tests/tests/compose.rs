@@ -12,36 +12,6 @@ use std::time::{Duration, Instant};
 
 use mcp_edge_tests::*;
 
-/// A docker CLI that builds with BuildKit (which skips the unused Rust builder stage): `docker`
-/// with buildx, or a pre-23 CLI with BuildKit built in.
-fn buildkit_docker() -> PathBuf {
-    if Command::new("docker")
-        .args(["buildx", "version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return PathBuf::from("docker");
-    }
-    let which = run_ok(Command::new("which").args(["-a", "docker"]));
-    for cand in which.lines() {
-        let v = Command::new(cand)
-            .args(["version", "--format", "{{.Client.Version}}"])
-            .output();
-        if let Ok(v) = v {
-            let ver = String::from_utf8_lossy(&v.stdout);
-            if ver
-                .split('.')
-                .next()
-                .and_then(|m| m.trim().parse::<u32>().ok())
-                .is_some_and(|m| m < 23)
-            {
-                return PathBuf::from(cand);
-            }
-        }
-    }
-    panic!("no docker CLI here builds with BuildKit (no buildx, no docker < 23): cannot skip the Rust builder stage without a registry");
-}
-
 /// `docker compose` (v2) or `docker-compose` (v1).
 fn compose_cmd() -> Vec<String> {
     if Command::new("docker")
@@ -86,15 +56,43 @@ impl Stack {
         cmd
     }
 
+    /// A text file from a service's container (`docker cp`: the proxy's image has no `cat`).
     fn exec_cat(&self, service: &str, path: &str) -> Option<String> {
-        let out = self
-            .compose(&["exec", "-T", service, "cat", path])
+        let id = self.container(service)?;
+        let dir = tempfile::tempdir().ok()?;
+        let to = dir.path().join("file");
+        let copied = Command::new("docker")
+            .args(["cp", &format!("{id}:{path}")])
+            .arg(&to)
             .output()
             .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        if !copied.status.success() {
+            return None;
+        }
+        std::fs::read_to_string(&to)
+            .ok()
             .filter(|s| s.contains("BEGIN CERTIFICATE"))
+    }
+
+    fn container(&self, service: &str) -> Option<String> {
+        let out = self.compose(&["ps", "-q", service]).output().ok()?;
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!id.is_empty()).then_some(id)
+    }
+
+    /// What docker's health check says of a service: `healthy`, `starting`, `unhealthy`.
+    fn health(&self, service: &str) -> String {
+        let Some(id) = self.container(service) else {
+            return "no container".into();
+        };
+        run_ok(Command::new("docker").args([
+            "inspect",
+            "--format",
+            "{{if .State.Health}}{{.State.Health.Status}}{{else}}no health check{{end}}",
+            &id,
+        ]))
+        .trim()
+        .to_string()
     }
 }
 
@@ -122,14 +120,7 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
     let root = project_root();
     run_ok(&mut Command::new(root.join("scripts/docker-base-image")));
 
-    // The binaries, built on the host (Debian 12, like the runtime image), stripped.
-    let bins = root.join("target/docker-bins");
-    std::fs::create_dir_all(&bins).unwrap();
-    for b in [edge_bin(), docs_bin()] {
-        let to = bins.join(b.file_name().unwrap());
-        std::fs::copy(&b, &to).unwrap();
-        run_ok(Command::new("strip").arg(&to));
-    }
+    docker_bins();
 
     let project = format!("mcpedgetest{}", std::process::id());
     let docker = buildkit_docker();
@@ -210,6 +201,19 @@ async fn docker_compose_up_serves_docs_over_tls_survives_restart_and_runs_the_ac
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // The image's own health check (the binary asking its admin listener; no shell in it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let health = stack.health("proxy");
+        if health == "healthy" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy's health check says {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let ca = tmp.path().join("localhost.pem");
     std::fs::write(&ca, &cert_pem).unwrap();
 

@@ -486,3 +486,156 @@ async fn an_idempotent_request_on_a_silent_or_resetting_replica_is_retried_on_an
         e.log()
     );
 }
+
+/// A client of the admin listener over TLS trusting `ca`, presenting `identity` (chain, key).
+fn admin_client(ca: &TestCa, identity: Option<(&str, &str)>) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject;
+    let builder = rustls::ClientConfig::builder().with_root_certificates(ca.root_store());
+    let tls = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(
+                rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
+}
+
+/// `mcp-edge health --config FILE`: whether it succeeded, and what it printed.
+fn health(config: &Path) -> (bool, String) {
+    let out = std::process::Command::new(edge_bin())
+        .args(["health", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_admin_listener_can_serve_tls_and_require_a_client_certificate() {
+    install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let up = Upstream::start("a").await;
+    let server_ca = TestCa::new("admin listener CA");
+    let scrapers = TestCa::new("scrapers");
+    let stranger = TestCa::new("stranger");
+    let (cert, key) = server_ca.leaf(&["127.0.0.1"]);
+    let (other_cert, other_key) = server_ca.leaf(&["127.0.0.1"]);
+    for (name, text) in [
+        ("admin.pem", cert.as_str()),
+        ("admin.key", key.as_str()),
+        ("other.pem", other_cert.as_str()),
+        ("other.key", other_key.as_str()),
+        ("scrapers.pem", &scrapers.pem()),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let ports = Ports::new();
+    let config = |cert: &str, key: &str, ca: &str| {
+        format!(
+            "{}storage: {}\nadmin:\n  tls: {{ cert: {cert}, key: {key}, client_ca: {ca} }}\nhosts:\n  h.test:\n    tls: none\n    upstream: \"{}\"\n",
+            ports.yaml(),
+            dir.join("certs").display(),
+            up.url()
+        )
+    };
+    std::fs::write(
+        dir.join("edge.yaml"),
+        config("admin.pem", "admin.key", "scrapers.pem"),
+    )
+    .unwrap();
+    let mut e = Edge::spawn(
+        &edge_bin(),
+        dir,
+        &ports,
+        &[],
+        "edge.log",
+        std::process::Stdio::null(),
+    );
+    // `mcp-edge health` speaks TLS to it, trusting the configured certificate: ready soon.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, text) = health(&e.config_path);
+        if ok {
+            assert!(text.contains("/readyz: ready"), "{text}");
+            break;
+        }
+        assert!(
+            e.wait_exit(Duration::ZERO).is_none(),
+            "exited:\n{}",
+            e.log()
+        );
+        assert!(Instant::now() < deadline, "{text}\n{}", e.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!e.log().contains("serves /metrics and /status to anyone"));
+
+    let base = format!("https://127.0.0.1:{}", ports.metrics);
+    let scraper = scrapers.leaf(&["prometheus"]);
+    let with_cert = admin_client(&server_ca, Some((&scraper.0, &scraper.1)));
+    let without = admin_client(&server_ca, None);
+    for path in ["/metrics", "/status"] {
+        let ok = with_cert.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(ok.status(), 200, "{path}");
+        let refused = without.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(refused.status(), 403, "{path}");
+        assert!(refused
+            .text()
+            .await
+            .unwrap()
+            .contains("admin.tls.client_ca"));
+    }
+    // Probes need no certificate.
+    for path in ["/healthz", "/readyz"] {
+        let r = without.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    // A certificate from another CA: the handshake is refused. Plain HTTP: no answer.
+    let forged = stranger.leaf(&["prometheus"]);
+    let r = admin_client(&server_ca, Some((&forged.0, &forged.1)))
+        .get(format!("{base}/metrics"))
+        .send()
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    let plain = reqwest::get(format!("http://127.0.0.1:{}/metrics", ports.metrics)).await;
+    assert!(plain.is_err(), "{plain:?}");
+
+    // The health probe takes no other certificate than the configured one.
+    std::fs::write(
+        dir.join("pinned-other.yaml"),
+        config("other.pem", "other.key", "scrapers.pem"),
+    )
+    .unwrap();
+    let (ok, text) = health(&dir.join("pinned-other.yaml"));
+    assert!(
+        !ok && text.contains("not the certificate of admin.tls.cert"),
+        "{text}"
+    );
+
+    // Bad files are named by their key.
+    let (ok, text) = run_check(dir, &config("admin.pem", "admin.key", "missing.pem"));
+    assert!(!ok && text.contains("admin.tls.client_ca"), "{text}");
+    let (ok, text) = run_check(dir, &config("admin.pem", "other.pem", "scrapers.pem"));
+    assert!(!ok && text.contains("admin.tls.key"), "{text}");
+    let (ok, text) = run_check(dir, &config("admin.pem", "other.key", "scrapers.pem"));
+    assert!(
+        !ok && text.contains("does not belong to the certificate"),
+        "{text}"
+    );
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+}

@@ -1,7 +1,8 @@
-//! The reports of the command line: `check`, `certs`, `upstream-cert`, `storage-copy`. Nothing
+//! The reports of the command line: `check`, `certs`, `health`, `upstream-cert`, `storage-copy`. Nothing
 //! on the request path uses this module.
 
 pub mod certs;
+pub mod health;
 pub mod storage_copy;
 pub mod upstream_cert;
 

@@ -4,6 +4,7 @@
 //! all problems of a file are reported in one run, not just the first.
 
 mod acme;
+mod admin;
 mod audit;
 mod auth;
 mod dns;
@@ -25,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 pub use acme::*;
+pub use admin::{client_roots, AdminConfig, AdminTls};
 pub use audit::AuditConfig;
 pub use auth::*;
 pub use dns::*;

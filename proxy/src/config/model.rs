@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 
 use super::acme::{build_acme, AcmeConfig, Challenge};
+use super::admin::AdminConfig;
 use super::audit::{build_audit, AuditConfig};
 use super::auth::AuthConfig;
 use super::host::build_host;
@@ -44,8 +45,8 @@ pub struct Config {
     pub hosts: Vec<Arc<Host>>,
     /// The audit log of MCP calls.
     pub audit: AuditConfig,
-    /// The SHA-256 of the bearer token `/metrics` and `/status` require; `None`: open.
-    pub admin_token: Option<[u8; 32]>,
+    /// Who may read `/metrics` and `/status`: a bearer token, a client certificate, both.
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -248,16 +249,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         build_trusted_proxies(&raw.trusted_proxies, &root.key("trusted_proxies"), c);
     let acme = raw.acme.map(|a| build_acme(a, base, &root.key("acme"), c));
     let audit = build_audit(raw.audit, base, &root.key("audit"), c);
-    let admin_token =
-        raw.admin
-            .and_then(|a| a.token)
-            .and_then(|t| match super::auth::parse_key_hash(&t) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    c.err(&root.key("admin").key("token"), e);
-                    None
-                }
-            });
+    let admin = super::admin::build_admin(raw.admin, base, &root.key("admin"), c);
     let hosts = build_hosts(raw.hosts, base, &root.key("hosts"), c);
     check_acme_hosts(&hosts, acme.as_ref(), listen.http.is_some(), &root, c);
     let default_host = build_default_host(
@@ -281,7 +273,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         default_host,
         hosts,
         audit,
-        admin_token,
+        admin,
     })
 }
 

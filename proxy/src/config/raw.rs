@@ -42,20 +42,12 @@ pub(super) struct RawConfig {
     /// One JSON line per MCP call: who called what, decided how, with what outcome.
     pub audit: Option<super::audit::RawAudit>,
     /// The admin (metrics) listener: `{ token: sha256:HEX }` to require a bearer token for
-    /// `/metrics` and `/status`.
-    pub admin: Option<RawAdmin>,
+    /// `/metrics` and `/status`; `tls: { cert, key, client_ca }` for HTTPS and client
+    /// certificates.
+    pub admin: Option<super::admin::RawAdmin>,
     /// The served hosts, keyed by their primary name.
     #[serde(default)]
     pub hosts: serde_yaml_ng::Mapping,
-}
-
-/// `admin:`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAdmin {
-    /// `sha256:HEX` of the bearer token `/metrics` and `/status` require (from
-    /// `mcp-edge api-key NAME`); `/healthz` and `/readyz` stay open.
-    pub token: Option<String>,
 }
 
 /// `timeouts:` (durations like 30s)

@@ -58,6 +58,8 @@ pub enum StartError {
     },
     #[error("TLS listener: {0}")]
     Tls(#[source] Box<pingora::Error>),
+    #[error("admin.tls: {0}")]
+    AdminTls(String),
     #[error("certificates: {}", join(.0))]
     Certs(Vec<CertError>),
     #[error("upstreams: {}", join(.0))]
@@ -210,8 +212,8 @@ fn server_options(
         tracing::warn!("{w}");
     }
     let metrics_at = config.listen.metrics;
-    if !metrics_at.ip().is_loopback() && config.admin_token.is_none() {
-        tracing::warn!(listen = %metrics_at, "the admin listener serves /metrics and /status to anyone who reaches it: bind it to loopback, or set admin.token");
+    if !metrics_at.ip().is_loopback() && config.admin.is_open() {
+        tracing::warn!(listen = %metrics_at, "the admin listener serves /metrics and /status to anyone who reaches it: bind it to loopback, or set admin.token or admin.tls.client_ca");
     }
     tracing::info!(
         open_files,
@@ -269,16 +271,25 @@ fn add_services(
     listen: &Listen,
     path: &Path,
     config_now: Arc<Config>,
-) {
+) -> Result<(), StartError> {
+    let admin_tls = config_now.admin.tls.clone();
     let mut admin = Service::new(
         "mcp-edge admin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(Admin {
             listen: listen.clone(),
+            client_certificate: admin_tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
             live: parts.live.clone(),
             window: Default::default(),
         }),
     );
-    admin.add_tcp(&listen.metrics.to_string());
+    match admin_tls {
+        Some(tls) => admin.add_tls_with_settings(
+            &listen.metrics.to_string(),
+            None,
+            crate::admin::tls_settings(&tls).map_err(StartError::AdminTls)?,
+        ),
+        None => admin.add_tcp(&listen.metrics.to_string()),
+    }
 
     let (config_tx, config_rx) = watch::channel(config_now);
     let reloader = background_service(
@@ -326,6 +337,7 @@ fn add_services(
             },
         ));
     }
+    Ok(())
 }
 
 /// Loads `path`, binds every listener (or takes them over from the running process
@@ -391,7 +403,7 @@ pub fn run(path: &Path, upgrade_from: Option<u32>) -> Result<(), StartError> {
     add_listeners(&mut proxy, &listen, &parts.live, &parts.alpn)?;
 
     server.add_service(proxy);
-    add_services(&mut server, &parts, &listen, path, config_now);
+    add_services(&mut server, &parts, &listen, path, config_now)?;
     server.add_service(background_service(
         "mcp-edge drain",
         lifecycle::Drain {
