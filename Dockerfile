@@ -66,7 +66,7 @@ COPY --from=proxy-files /var/lib/mcp-edge /var/lib/mcp-edge
 COPY --from=proxy-files /etc/mcp-edge /etc/mcp-edge
 COPY --from=proxy-files /run/mcp-edge /run/mcp-edge
 COPY --from=binaries /out/mcp-edge /usr/local/bin/mcp-edge
-COPY --from=binaries /out/mcp-edge.cdx.json /usr/share/doc/mcp-edge/sbom.cdx.json
+COPY --from=binaries /out/mcp-edge.cdx.json /usr/share/mcp-edge/sbom.cdx.json
 USER 10001:10001
 ENV MCP_EDGE_CONFIG=/etc/mcp-edge/compose.yaml
 EXPOSE 80 443

@@ -105,7 +105,8 @@ enum Command {
         pid: u32,
     },
     /// Ask the running mcp-edge's admin listener whether it is ready (`/readyz`; `--live`:
-    /// `/healthz`): exits 0 on 200, 1 otherwise. The container image's health check.
+    /// `/healthz`): exits 0 on 200, 1 otherwise. The container image's health check. Reads
+    /// only `listen.metrics` and `admin.tls.cert` of the file: the rest may be mid-edit.
     Health {
         /// The YAML configuration file (its `listen.metrics` is asked).
         #[arg(long, short, env = "MCP_EDGE_CONFIG")]
@@ -113,8 +114,8 @@ enum Command {
         /// Only whether the process answers (`/healthz`), not whether its listeners accept.
         #[arg(long)]
         live: bool,
-        /// Seconds to wait for the answer.
-        #[arg(long, default_value_t = 3)]
+        /// Seconds the whole probe may take (below the orchestrator's own probe timeout).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout: u64,
     },
     /// Validate a configuration file without binding any port; exits non-zero on errors.
@@ -209,11 +210,10 @@ fn main() -> ExitCode {
             live,
             timeout,
         } => finish(
-            mcp_edge::config::load(&config)
-                .map_err(|e| e.to_string())
-                .and_then(|c| {
+            mcp_edge::cli::health::target(&config)
+                .and_then(|t| {
                     let path = if live { "/healthz" } else { "/readyz" };
-                    mcp_edge::cli::health::probe(&c, path, Duration::from_secs(timeout))
+                    mcp_edge::cli::health::probe(&t, path, Duration::from_secs(timeout))
                 })
                 .map(|ok| format!("{ok}\n")),
         ),

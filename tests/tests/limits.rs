@@ -615,6 +615,73 @@ async fn the_admin_listener_can_serve_tls_and_require_a_client_certificate() {
     let plain = reqwest::get(format!("http://127.0.0.1:{}/metrics", ports.metrics)).await;
     assert!(plain.is_err(), "{plain:?}");
 
+    // A reload adds a token: both are needed now (the certificate alone gets 401). A reload
+    // that drops admin.tls changes nothing until a restart, and says so.
+    let token = "mcpe_scraper-token-0123456789";
+    let hash: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let reloaded = |n: usize| {
+        let done = e.log().matches("configuration reloaded").count() >= n;
+        async move { done.then_some(()) }
+    };
+    std::fs::write(
+        dir.join("edge.yaml"),
+        config("admin.pem", "admin.key", "scrapers.pem")
+            .replace("admin:\n", &format!("admin:\n  token: \"sha256:{hash}\"\n")),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "the reload adding a token", || {
+        reloaded(1)
+    })
+    .await;
+    let cert_only = with_cert
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cert_only.status(), 401);
+    let both = with_cert
+        .get(format!("{base}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), 200);
+    let token_only = without
+        .get(format!("{base}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token_only.status(), 403);
+    std::fs::write(
+        dir.join("edge.yaml"),
+        format!(
+            "{}storage: {}\nhosts:\n  h.test:\n    tls: none\n    upstream: \"{}\"\n",
+            ports.yaml(),
+            dir.join("certs").display(),
+            up.url()
+        ),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "the reload dropping admin", || {
+        reloaded(2)
+    })
+    .await;
+    assert!(
+        e.log()
+            .contains("admin.tls changed: it takes effect only after a restart"),
+        "{}",
+        e.log()
+    );
+    let still = without.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(still.status(), 403, "a reload opened /metrics");
+
     // The health probe takes no other certificate than the configured one.
     std::fs::write(
         dir.join("pinned-other.yaml"),

@@ -10,9 +10,11 @@ use std::process::Command;
 
 use mcp_edge_tests::*;
 
-/// Builds both packages from the debug binaries (the release ones take a clean build).
+/// Builds both packages: mcp-edge from the static build the image ships, mcp-docs from the
+/// debug build (its release build would take a clean build of its own).
 fn packages() -> (PathBuf, PathBuf) {
     edge_bin();
+    static_bin();
     let out = run_ok(Command::new(project_root().join("scripts/package-deb")).arg("--debug"));
     let debs: Vec<PathBuf> = out.lines().map(|l| project_root().join(l.trim())).collect();
     let find = |name: &str| {
@@ -40,9 +42,13 @@ fn the_packages_hold_hardened_units_and_install_into_a_fresh_debian_project_root
         "./usr/bin/mcp-edge",
         "./lib/systemd/system/mcp-edge.service",
         "./etc/mcp-edge/mcp-edge.yaml",
+        "./usr/share/mcp-edge/sbom.cdx.json",
     ] {
         assert!(contents.contains(path), "{path} missing:\n{contents}");
     }
+    // The static build (no libc6 dependency; it runs on any Debian of this CPU).
+    let control = run_ok(Command::new("dpkg-deb").arg("-f").arg(&edge).arg("Depends"));
+    assert_eq!(control.trim(), "passwd");
     let yaml_line = contents
         .lines()
         .find(|l| l.ends_with("./etc/mcp-edge/mcp-edge.yaml"))

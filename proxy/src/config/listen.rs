@@ -90,6 +90,9 @@ pub struct Listen {
     pub upgrade_socket: PathBuf,
 }
 
+/// `listen.metrics` when the file names none.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9100";
+
 /// The upgrade socket's default: systemd's `RuntimeDirectory=mcp-edge` (a directory only the
 /// service's user can write, so nobody else can stand in for the new process).
 pub const DEFAULT_UPGRADE_SOCKET: &str = "/run/mcp-edge/upgrade.sock";
@@ -123,7 +126,7 @@ pub(super) fn build_listen(
             c,
             &lp.key("metrics"),
             raw.metrics.as_deref(),
-            "127.0.0.1:9100",
+            DEFAULT_METRICS,
         ),
         redirect_https_port: raw.redirect_https_port.unwrap_or(https.port()),
         upgrade_socket: match raw.upgrade_socket.as_deref() {

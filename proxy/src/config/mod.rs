@@ -304,19 +304,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         }],
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let base = if base.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        base
-    };
-    parse(&text, &base, path).map_err(|errors| ConfigErrors {
+    parse(&text, &base_dir(path), path).map_err(|errors| ConfigErrors {
         file: path.to_path_buf(),
         errors,
     })
+}
+
+/// The folder relative paths of the configuration file `path` start from: its own.
+pub fn base_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Parses configuration text; relative paths are resolved against `base`.

@@ -211,10 +211,7 @@ fn server_options(
     if let Some(w) = limits.caps_warning(open_files) {
         tracing::warn!("{w}");
     }
-    let metrics_at = config.listen.metrics;
-    if !metrics_at.ip().is_loopback() && config.admin.is_open() {
-        tracing::warn!(listen = %metrics_at, "the admin listener serves /metrics and /status to anyone who reaches it: bind it to loopback, or set admin.token or admin.tls.client_ca");
-    }
+    warn_if_admin_open(config);
     tracing::info!(
         open_files,
         connections = total,
@@ -225,6 +222,15 @@ fn server_options(
     let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
     h2.max_concurrent_streams(limits.h2_streams);
     (options, h2)
+}
+
+/// Says so when `/metrics` and `/status` are open to whoever reaches a non-loopback admin
+/// address (at start, and after each reload).
+pub(super) fn warn_if_admin_open(config: &Config) {
+    let at = config.listen.metrics;
+    if !at.ip().is_loopback() && config.admin.is_open() {
+        tracing::warn!(listen = %at, "the admin listener serves /metrics and /status to anyone who reaches it: bind it to loopback, or set admin.token or admin.tls.client_ca");
+    }
 }
 
 /// Port 80 and the TLS listener, certificates chosen by SNI from `live`.
@@ -271,23 +277,23 @@ fn add_services(
     listen: &Listen,
     path: &Path,
     config_now: Arc<Config>,
-) -> Result<(), StartError> {
-    let admin_tls = config_now.admin.tls.clone();
-    let mut admin = Service::new(
-        "mcp-edge admin".to_string(),
-        pingora::apps::http_app::HttpServer::new_app(Admin {
-            listen: listen.clone(),
-            client_certificate: admin_tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-            live: parts.live.clone(),
-            window: Default::default(),
-        }),
-    );
+    admin_tls: Option<TlsSettings>,
+) {
+    let mut app = pingora::apps::http_app::HttpServer::new_app(Admin {
+        listen: listen.clone(),
+        client_certificate: (config_now.admin.tls.as_ref()).is_some_and(|t| t.client_ca.is_some()),
+        live: parts.live.clone(),
+        window: Default::default(),
+    });
+    // The proxy listeners' header and handshake deadlines: a peer that connects and stalls
+    // does not hold a socket for long.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h1_header_timeout = Some(config_now.timeouts.header);
+    options.tls_handshake_timeout = Some(config_now.timeouts.tls_handshake);
+    app.server_options = Some(options);
+    let mut admin = Service::new("mcp-edge admin".to_string(), app);
     match admin_tls {
-        Some(tls) => admin.add_tls_with_settings(
-            &listen.metrics.to_string(),
-            None,
-            crate::admin::tls_settings(&tls).map_err(StartError::AdminTls)?,
-        ),
+        Some(tls) => admin.add_tls_with_settings(&listen.metrics.to_string(), None, tls),
         None => admin.add_tcp(&listen.metrics.to_string()),
     }
 
@@ -337,7 +343,6 @@ fn add_services(
             },
         ));
     }
-    Ok(())
 }
 
 /// Loads `path`, binds every listener (or takes them over from the running process
@@ -373,6 +378,11 @@ pub fn run(path: &Path, upgrade_from: Option<u32>) -> Result<(), StartError> {
         upgrade: upgrade_from.is_some(),
         ..Default::default()
     };
+    // Everything that can fail is done before the running process is asked for its sockets.
+    let admin_tls = (config_now.admin.tls.as_ref())
+        .map(crate::admin::tls_settings)
+        .transpose()
+        .map_err(StartError::AdminTls)?;
     if let Some(old) = upgrade_from {
         lifecycle::request_sockets(&listen.upgrade_socket, old)?;
     }
@@ -403,7 +413,7 @@ pub fn run(path: &Path, upgrade_from: Option<u32>) -> Result<(), StartError> {
     add_listeners(&mut proxy, &listen, &parts.live, &parts.alpn)?;
 
     server.add_service(proxy);
-    add_services(&mut server, &parts, &listen, path, config_now)?;
+    add_services(&mut server, &parts, &listen, path, config_now, admin_tls);
     server.add_service(background_service(
         "mcp-edge drain",
         lifecycle::Drain {

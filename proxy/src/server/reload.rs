@@ -93,6 +93,13 @@ impl Reloader {
             tracing::warn!("storage changed: it takes effect only after a restart");
             new.storage = old.config.storage.clone();
         }
+        if new.admin.tls != old.config.admin.tls {
+            // The admin listener's TLS (and whether it asks for client certificates) is set
+            // once; keep describing what is in force, so is_open() below tells the truth.
+            tracing::warn!("admin.tls changed: it takes effect only after a restart");
+            new.admin.tls = old.config.admin.tls.clone();
+        }
+        super::warn_if_admin_open(&new);
         let prepared = certs::prepare(&new, &self.storage).map_err(ReloadError::Certs)?;
         let table = Table::build(&new).map_err(ReloadError::Routes)?;
         let new = Arc::new(new);
