@@ -160,6 +160,9 @@ pub fn tls_settings(
     )
     .map_err(|e| e.to_string())?;
     settings.set_cert_resolver(Arc::new(OneCertificate(pair.certified)));
+    // Each connection shows its client certificate anew: one that expired, or whose CA was
+    // replaced, does not live on in a resumed session.
+    crate::pem::without_session_resumption(&mut settings);
     if let Some(ca) = &tls.client_ca {
         let roots = crate::config::client_roots(ca)?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(

@@ -41,6 +41,16 @@ pub fn ring_provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
+/// Turns TLS session resumption off on a listener: no session cache, no TLS 1.3 tickets, so
+/// every connection makes a full handshake and its client certificate (if any) is verified
+/// again, at that moment (a resumed session keeps the chain verified when it began).
+pub fn without_session_resumption(settings: &mut pingora::listeners::tls::TlsSettings) {
+    settings.set_server_config_adjust(Box::new(|config| {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }));
+}
+
 impl KeyPairError {
     /// Whether the problem is in the key file (else the certificate file).
     pub fn is_about_key(&self) -> bool {

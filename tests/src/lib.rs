@@ -652,6 +652,34 @@ pub fn san_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Connects `n` times in turn with one client configuration (so one session cache), each time
+/// sending `GET /healthz` with `Connection: close` and reading the answer to its end (TLS 1.3
+/// tickets arrive after the handshake); how each handshake went: `Full` or `Resumed`.
+pub async fn handshake_kinds(
+    addr: SocketAddr,
+    sni: &str,
+    config: rustls::ClientConfig,
+    n: usize,
+) -> Vec<rustls::HandshakeKind> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut kinds = Vec::new();
+    for _ in 0..n {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from(sni.to_string()).unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind().unwrap());
+        tls.write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+    }
+    kinds
+}
+
 /// An HTTPS client that accepts any server certificate (for self-signed IP hosts, where the
 /// test checks which certificate was served by other means).
 pub fn insecure_client() -> reqwest::Client {

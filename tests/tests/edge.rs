@@ -852,3 +852,43 @@ async fn sigterm_stops_within_the_configured_grace_period() {
     );
     assert!(edge.log().contains("SIGTERM received"));
 }
+
+#[tokio::test]
+async fn tls_sessions_resume_unless_listen_session_resumption_is_false() {
+    install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("a").await;
+    let ca = TestCa::new("resumption CA");
+    let (cert, key) = ca.leaf(&["a.test"]);
+    let cert_path = write(tmp.path(), "a.pem", &cert);
+    let key_path = write(tmp.path(), "a.key", &key);
+    for (setting, want) in [
+        ("", rustls::HandshakeKind::Resumed),
+        ("  session_resumption: false\n", rustls::HandshakeKind::Full),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = Ports::new();
+        let cfg = format!(
+            "{}storage: {}\nhosts:\n  a.test:\n    tls: {{ cert: {cert_path}, key: {key_path} }}\n    upstream: \"{}\"\n",
+            ports.yaml().replacen("listen:\n", &format!("listen:\n{setting}"), 1),
+            dir.path().join("certs").display(),
+            up.url()
+        );
+        let e = Edge::start(dir.path(), &ports, &cfg).await;
+        for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let client = rustls::ClientConfig::builder_with_protocol_versions(&[versions])
+                .with_root_certificates(ca.root_store())
+                .with_no_client_auth();
+            let kinds = handshake_kinds(e.https, "a.test", client, 3).await;
+            assert_eq!(
+                kinds[0],
+                rustls::HandshakeKind::Full,
+                "{setting:?} {versions:?}"
+            );
+            assert!(
+                kinds[1..].iter().all(|k| *k == want),
+                "{setting:?} {versions:?}: {kinds:?}"
+            );
+        }
+    }
+}

@@ -605,6 +605,31 @@ async fn the_admin_listener_can_serve_tls_and_require_a_client_certificate() {
         let r = without.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
+    // No session is resumed: each connection's certificate is verified anew.
+    let scraper_tls = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::ClientConfig::builder()
+            .with_root_certificates(server_ca.root_store())
+            .with_client_auth_cert(
+                rustls::pki_types::CertificateDer::pem_slice_iter(scraper.0.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(scraper.1.as_bytes()).unwrap(),
+            )
+            .unwrap()
+    };
+    let kinds = handshake_kinds(
+        ([127, 0, 0, 1], ports.metrics).into(),
+        "127.0.0.1",
+        scraper_tls,
+        3,
+    )
+    .await;
+    assert!(
+        kinds.iter().all(|k| *k == rustls::HandshakeKind::Full),
+        "{kinds:?}"
+    );
+
     // A certificate from another CA: the handshake is refused. Plain HTTP: no answer.
     let forged = stranger.leaf(&["prometheus"]);
     let r = admin_client(&server_ca, Some((&forged.0, &forged.1)))

@@ -88,6 +88,8 @@ pub struct Listen {
     /// Where a new process waits for the listening sockets of the running one (`run
     /// --upgrade-from`); the running one sends them there on SIGQUIT.
     pub upgrade_socket: PathBuf,
+    /// Whether the https listener lets clients resume TLS sessions.
+    pub session_resumption: bool,
 }
 
 /// `listen.metrics` when the file names none.
@@ -137,6 +139,7 @@ pub(super) fn build_listen(
             Some(p) => base.join(p),
             None => PathBuf::from(DEFAULT_UPGRADE_SOCKET),
         },
+        session_resumption: raw.session_resumption.unwrap_or(true),
     };
     let ports: Vec<(&str, SocketAddr)> = [
         ("http", listen.http),

@@ -101,6 +101,9 @@ pub(super) struct RawListen {
     pub redirect_https_port: Option<u16>,
     /// Unix socket through which a new process takes the listeners over (`run --upgrade-from`).
     pub upgrade_socket: Option<String>,
+    /// TLS session resumption on the https listener (true): a returning client skips the full
+    /// handshake. `false`: every connection pays a full handshake (benchmarks, strict setups).
+    pub session_resumption: Option<bool>,
 }
 
 /// `acme:`

@@ -249,6 +249,9 @@ fn add_listeners(
     }
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeHook { live: live.clone() }))
         .map_err(StartError::Tls)?;
+    if !listen.session_resumption {
+        crate::pem::without_session_resumption(&mut tls);
+    }
     tls.set_cert_resolver(Arc::new(WithChallenges {
         inner: live.clone(),
         challenges: alpn.clone(),
@@ -345,6 +348,34 @@ fn add_services(
     }
 }
 
+/// The proxy service on port 80 and the TLS listener, with the client-side options of `config`.
+fn proxy_service(
+    server: &Server,
+    parts: &Parts,
+    config: &Config,
+) -> Result<Service<pingora::proxy::HttpProxy<EdgeProxy>>, StartError> {
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgeProxy {
+            live: parts.live.clone(),
+            challenges: parts.challenges.clone(),
+            sealer: parts.sealer.clone(),
+            auth: Arc::default(),
+            limiter: Arc::default(),
+            legacy: Arc::default(),
+            audit: parts.audit.clone(),
+        },
+        "mcp-edge proxy",
+    );
+    if let Some(app) = proxy.app_logic_mut() {
+        let (options, h2) = server_options(config, &parts.live);
+        app.server_options = Some(options);
+        app.h2_options = Some(h2);
+    }
+    add_listeners(&mut proxy, &config.listen, &parts.live, &parts.alpn)?;
+    Ok(proxy)
+}
+
 /// Loads `path`, binds every listener (or takes them over from the running process
 /// `upgrade_from`) and serves until a signal stops it (`lifecycle`). Returns only on a
 /// start-up error; on shutdown the process exits.
@@ -392,26 +423,7 @@ pub fn run(path: &Path, upgrade_from: Option<u32>) -> Result<(), StartError> {
     server.bootstrap();
     lifecycle::announce(&listen.upgrade_socket);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        EdgeProxy {
-            live: parts.live.clone(),
-            challenges: parts.challenges.clone(),
-            sealer: parts.sealer.clone(),
-            auth: Arc::default(),
-            limiter: Arc::default(),
-            legacy: Arc::default(),
-            audit: parts.audit.clone(),
-        },
-        "mcp-edge proxy",
-    );
-    if let Some(app) = proxy.app_logic_mut() {
-        let (options, h2) = server_options(&config_now, &parts.live);
-        app.server_options = Some(options);
-        app.h2_options = Some(h2);
-    }
-    add_listeners(&mut proxy, &listen, &parts.live, &parts.alpn)?;
-
+    let proxy = proxy_service(&server, &parts, &config_now)?;
     server.add_service(proxy);
     add_services(&mut server, &parts, &listen, path, config_now, admin_tls);
     server.add_service(background_service(

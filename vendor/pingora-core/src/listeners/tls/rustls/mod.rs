@@ -38,7 +38,12 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
+    adjust: Option<AdjustServerConfig>, // mcp-edge patch: see set_server_config_adjust
 }
+
+// mcp-edge patch: what `set_server_config_adjust` takes.
+/// Changes a listener's rustls `ServerConfig` once it is built (session storage, tickets, …).
+pub type AdjustServerConfig = Box<dyn FnOnce(&mut ServerConfig) + Send + Sync>;
 
 pub struct Acceptor {
     pub acceptor: RusTlsAcceptor,
@@ -94,6 +99,9 @@ impl TlsSettings {
         if let Some(alpn_protocols) = self.alpn_protocols {
             config.alpn_protocols = alpn_protocols;
         }
+        if let Some(adjust) = self.adjust {
+            adjust(&mut config); // mcp-edge patch: the application's last word on the config
+        }
 
         Acceptor {
             acceptor: RusTlsAcceptor::from(Arc::new(config)),
@@ -120,6 +128,13 @@ impl TlsSettings {
     /// Offer exactly these ALPN protocols (wire names, in preference order).
     pub fn set_alpn_protocols(&mut self, protocols: Vec<Vec<u8>>) {
         self.alpn_protocols = Some(protocols);
+    }
+
+    // mcp-edge patch: settings TlsSettings has no setter for (e.g. session resumption off:
+    // `session_storage = NoServerSessionStorage`, `send_tls13_tickets = 0`).
+    /// Have `adjust` change the rustls `ServerConfig` after `build()` has made it.
+    pub fn set_server_config_adjust(&mut self, adjust: AdjustServerConfig) {
+        self.adjust = Some(adjust);
     }
 
     /// Configure mTLS by providing a rustls client certificate verifier.
@@ -208,6 +223,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
+            adjust: None, // mcp-edge patch
         })
     }
 
@@ -228,6 +244,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
+            adjust: None, // mcp-edge patch
         })
     }
 }
