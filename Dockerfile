@@ -10,9 +10,9 @@ ARG BINARIES=build
 # ---- build: mcp-docs (release), mcp-edge static on musl with its dependency list and SBOM ---
 FROM ${RUST_IMAGE} AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake musl-tools \
+ && apt-get install -y --no-install-recommends cmake musl-tools python3 binutils \
  && apt-get clean && rm -rf /var/lib/apt/lists/* \
- && rustup target add x86_64-unknown-linux-musl \
+ && rustup target add "$(uname -m)-unknown-linux-musl" \
  && cargo install --locked --quiet cargo-auditable@0.7.7 cargo-cyclonedx@0.5.9
 WORKDIR /src
 # Dependencies first: this layer is reused while only the sources change.
@@ -28,8 +28,8 @@ RUN mkdir -p proxy/src backend/src backend/benches tests/src bench/src \
  && echo 'fn main() {}' > backend/src/main.rs && touch backend/src/lib.rs \
  && echo 'fn main() {}' > backend/benches/search.rs && touch tests/src/lib.rs bench/src/lib.rs \
  && cargo build --release --locked -p mcp-docs \
- && CC_x86_64_unknown_linux_musl=musl-gcc \
-    cargo build --release --locked --target x86_64-unknown-linux-musl -p mcp-edge
+ && env "CC_$(uname -m)_unknown_linux_musl=musl-gcc" \
+    cargo build --release --locked --target "$(uname -m)-unknown-linux-musl" -p mcp-edge
 COPY proxy proxy
 COPY backend backend
 COPY scripts/static-build scripts/
@@ -54,7 +54,9 @@ RUN apt-get update \
  && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin mcp
 
 # ---- proxy: nothing but the static binary, CA roots and its SBOM (no shell, no libc) ---------
-# The health check is the binary itself (`mcp-edge health`); user 10001 needs no /etc/passwd.
+# The health check is the binary itself, asking the admin listener at its default address
+# without reading the configuration (override it when listen.metrics is elsewhere or speaks
+# TLS: `mcp-edge health --address ADDR [--tls-cert FILE]`); user 10001 needs no /etc/passwd.
 FROM runtime AS proxy-files
 RUN mkdir -p /var/lib/mcp-edge/certs /etc/mcp-edge /run/mcp-edge \
  && chown 10001:10001 /var/lib/mcp-edge/certs /run/mcp-edge \
@@ -71,7 +73,7 @@ USER 10001:10001
 ENV MCP_EDGE_CONFIG=/etc/mcp-edge/compose.yaml
 EXPOSE 80 443
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["/usr/local/bin/mcp-edge", "health"]
+  CMD ["/usr/local/bin/mcp-edge", "health", "--address", "127.0.0.1:9100"]
 ENTRYPOINT ["/usr/local/bin/mcp-edge"]
 CMD ["run"]
 

@@ -1,4 +1,4 @@
-"""mcp-edge next to nginx and Caddy, on this machine, in one run. Entry point: bench/run.
+"""mcp-edge next to nginx, Caddy and HAProxy, on this machine, in one run. Entry point: bench/run.
 
 Every proxy terminates TLS (the same ECDSA P-256 certificate, keep-alive on) in front of the same
 upstream (bench-upstream), pinned to core 0; the load generators, the upstream and the clients
@@ -44,7 +44,7 @@ CHURN = int(os.environ.get("BENCH_CHURN", "200"))
 IDLE = int(os.environ.get("BENCH_IDLE", "10000"))
 IDLE_HOLD = int(os.environ.get("BENCH_IDLE_SECONDS", "90"))
 # A partial run (while working on one figure): BENCH_ONLY=h1,mem and/or BENCH_PROXIES=mcp-edge,nginx.
-# Figures: h1 h2 handshakes sse leave mem idle swap upstream auth mcp acme churn, and cost (the
+# Figures: h1 h1get h2 h2few handshakes sse leave mem idle swap upstream auth mcp acme churn, and cost (the
 # per-request cost model, bench/bench_cost.py: only when named). A partial run writes
 # bench/results/partial/ (not committed), never BENCHMARKS.md.
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
@@ -206,7 +206,9 @@ class McpEdge(Proxy):
         metrics = free_port()
         up = self.upstream_yaml or f"http://127.0.0.1:{self.upstream}"
         (self.dir / "edge.yaml").write_text(f"""
-listen: {{ http: "127.0.0.1:{self.http_port}", https: "127.0.0.1:{self.port}", metrics: "127.0.0.1:{metrics}" }}
+# No TLS session resumption, as nginx (tickets off, no session cache), Caddy and HAProxy below:
+# the handshake figure is full handshakes for all four.
+listen: {{ http: "127.0.0.1:{self.http_port}", https: "127.0.0.1:{self.port}", metrics: "127.0.0.1:{metrics}", session_resumption: false }}
 storage: {self.dir / 'store'}
 threads: {CORES}
 watch_interval: 100ms
@@ -280,28 +282,75 @@ https://localhost:{self.port} {{
   }}
 }}
 """)
+        # The Caddyfile has no switch for TLS session tickets; its JSON form does (Go's TLS server
+        # keeps no session cache, so with tickets off every handshake is a full one).
+        adapted = subprocess.run(["caddy", "adapt", "--config", self.dir / "Caddyfile", "--adapter",
+                                  "caddyfile"], capture_output=True, text=True, check=True,
+                                 env={**os.environ, "HOME": str(self.dir)})
+        config = json.loads(adapted.stdout)
+        config.setdefault("apps", {}).setdefault("tls", {})["session_tickets"] = {"disabled": True}
+        (self.dir / "caddy.json").write_text(json.dumps(config))
         return ["env", f"HOME={self.dir}", f"XDG_DATA_HOME={self.dir}", f"XDG_CONFIG_HOME={self.dir}",
-                "caddy", "run", "--config", self.dir / "Caddyfile", "--adapter", "caddyfile"]
+                "caddy", "run", "--config", self.dir / "caddy.json"]
 
     def swap_cert(self, src):
         super().swap_cert(src)
         # Caddy caches certificates loaded from files; a config reload re-reads them.
-        subprocess.run(["caddy", "reload", "--force", "--config", self.dir / "Caddyfile", "--adapter",
-                        "caddyfile", "--address", f"127.0.0.1:{self.admin}"],
+        subprocess.run(["caddy", "reload", "--force", "--config", self.dir / "caddy.json",
+                        "--address", f"127.0.0.1:{self.admin}"],
                        capture_output=True, env={**os.environ, "HOME": str(self.dir)})
 
 
-PROXIES = [McpEdge, Nginx, Caddy]
+class HAProxy(Proxy):
+    """Debian's HAProxy (master-worker, so a certificate swap is a SIGUSR2 reload), one thread
+    per core, no TLS tickets and no session cache."""
+    name = "haproxy"
+
+    def command(self):
+        self.pem = self.dir / "combined.pem"
+        self.pem.write_bytes(self.cert.read_bytes() + self.key.read_bytes())
+        (self.dir / "haproxy.cfg").write_text(f"""
+global
+  nbthread {CORES}
+  # Two descriptors per proxied connection within this machine's hard limit of 20,000.
+  maxconn 9900
+  ssl-default-bind-options no-tls-tickets
+  tune.ssl.cachesize 0
+  pidfile {self.dir}/haproxy.pid
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout http-keep-alive 1h
+frontend fe
+  bind 127.0.0.1:{self.port} ssl crt {self.pem} alpn h2,http/1.1
+  default_backend up
+backend up
+  http-reuse always
+  server up 127.0.0.1:{self.upstream}
+""")
+        return ["haproxy", "-W", "-db", "-f", self.dir / "haproxy.cfg"]
+
+    def swap_cert(self, src):
+        super().swap_cert(src)
+        self.pem.write_bytes(self.cert.read_bytes() + self.key.read_bytes())
+        self.proc.send_signal(signal.SIGUSR2)
+
+
+PROXIES = [McpEdge, Nginx, Caddy, HAProxy]
 
 
 # ---- measurements ---------------------------------------------------------------------------
 
-def wrk(url, conns, extra=()):
+def wrk(url, conns, extra=(), get=False):
+    """wrk on one thread: an MCP `tools/call` POST per request, or (`get`) a small GET."""
     lua = WORK / "post.lua"
     lua.write_text('wrk.method = "POST"\nwrk.body = \'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
                    '"params":{"name":"search_docs","arguments":{"query":"tls"}}}\'\n'
                    'wrk.headers["Content-Type"] = "application/json"\n')
-    out = run(["wrk", "-t1", f"-c{conns}", f"-d{SECONDS}s", "--latency", "-s", lua, *extra, url])
+    script = [] if get else ["-s", lua]
+    out = run(["wrk", "-t1", f"-c{conns}", f"-d{SECONDS}s", "--latency", *script, *extra, url])
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
     def ms(label):
@@ -320,13 +369,14 @@ def wrk(url, conns, extra=()):
     return {"rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99"), "errors": errors, "requests": reqs}
 
 
-def h2load(url):
+def h2load(url, conns=64, streams=10):
+    """h2load: `conns` connections × `streams` concurrent streams of MCP-shaped POSTs."""
     body = WORK / "body.json"
     body.write_text('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}')
     logf = WORK / "h2load.log"
     if logf.exists():
         logf.unlink()
-    out = run(["h2load", "-c", "64", "-m", "10", "-D", str(SECONDS), "-d", body,
+    out = run(["h2load", "-c", str(conns), "-m", str(streams), "-D", str(SECONDS), "-d", body,
                "-H", "content-type: application/json", "--log-file", logf, url])
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     lat = sorted(int(line.split()[2]) for line in logf.read_text().splitlines() if line.strip())
@@ -438,7 +488,9 @@ def measure_all(pki, upstream, results):
             px = cls(pki, upstream).start()
             try:
                 for key, fn in [("h1", lambda: wrk(px.url("/mcp"), 64)),
+                                ("h1get", lambda: wrk(px.url("/open"), 64, get=True)),
                                 ("h2", lambda: h2load(px.url("/mcp"))),
+                                ("h2few", lambda: h2load(px.url("/mcp"), 8, 8)),
                                 ("handshakes", lambda: handshakes(px)),
                                 ("sse", lambda: sse_latency(px)),
                                 ("leave", lambda: leave(px))]:
@@ -639,13 +691,17 @@ def cell(results, proxy, key, field):
 
 def report(results):
     rows = [
-        ("HTTP/1.1 keep-alive requests/s (wrk, 64 conns)", "h1", "rps"),
+        ("HTTP/1.1 keep-alive requests/s (wrk, 64 conns, MCP POST)", "h1", "rps"),
         ("HTTP/1.1 p50 latency ms", "h1", "p50_ms"),
         ("HTTP/1.1 p99 latency ms", "h1", "p99_ms"),
+        ("HTTP/1.1 keep-alive requests/s (wrk, 64 conns, small GET of a JSON object)", "h1get", "rps"),
+        ("HTTP/1.1 GET p99 latency ms", "h1get", "p99_ms"),
         ("HTTP/2 requests/s (h2load, 64 conns × 10 streams)", "h2", "rps"),
         ("HTTP/2 p50 latency ms", "h2", "p50_ms"),
         ("HTTP/2 p99 latency ms", "h2", "p99_ms"),
-        ("Full TLS handshakes/s (new connection per request)", "handshakes", "hs"),
+        ("HTTP/2 requests/s (h2load, 8 conns × 8 streams)", "h2few", "rps"),
+        ("HTTP/2 8×8 p99 latency ms", "h2few", "p99_ms"),
+        ("Full TLS handshakes/s (new connection per request, resumption off everywhere)", "handshakes", "hs"),
     ] + [(f"Memory per idle SSE stream, KB ({n:,} streams)", f"mem{n}", "kb_per_stream")
          for n in STREAMS] + [
         (f"Memory per idle TLS connection, KB ({IDLE:,} connections)", "idle", "kb_per_conn"),
@@ -661,16 +717,18 @@ def report(results):
         ("Failed MCP sessions, legacy SSE", "churn_sse", "failed"),
     ]
     names = [p.name for p in PROXIES]
-    lines = ["| figure | " + " | ".join(names) + " | mcp-edge / nginx | mcp-edge / Caddy |",
-             "|---|" + "---|" * (len(names) + 2)]
+    lines = ["| figure | " + " | ".join(names) + " | mcp-edge / nginx | mcp-edge / Caddy | mcp-edge / HAProxy |",
+             "|---|" + "---|" * (len(names) + 3)]
     for label, key, field in rows:
-        cells, meds = [], []
+        cells, meds = [], {}
         for n in names:
             text, med = cell(results, n, key, field)
             cells.append(text)
-            meds.append(med)
-        ratio = lambda a, b: f"{a / b:.2f}×" if a is not None and b not in (None, 0) else "–"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio(meds[0], meds[1])} | {ratio(meds[0], meds[2])} |")
+            meds[n] = med
+        ratio = lambda b: (f"{meds['mcp-edge'] / meds[b]:.2f}×"
+                           if meds.get("mcp-edge") is not None and meds.get(b) not in (None, 0) else "–")
+        lines.append(f"| {label} | " + " | ".join(cells)
+                     + f" | {ratio('nginx')} | {ratio('caddy')} | {ratio('haproxy')} |")
     up = results.get("upstream", {})
     plain = median_spread([r.get("rps") for r in up.get("plain", [])])
     pinned = median_spread([r.get("rps") for r in up.get("pinned", [])])
@@ -729,6 +787,7 @@ def report(results):
     versions = {
         "nginx": tool_version(["nginx", "-v"]),
         "caddy": tool_version(["caddy", "version"]),
+        "haproxy": tool_version(["haproxy", "-v"]),
         "wrk": tool_version(["wrk", "-v"]),
         "h2load": tool_version(["h2load", "--version"]),
     }

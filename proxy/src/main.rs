@@ -105,12 +105,24 @@ enum Command {
         pid: u32,
     },
     /// Ask the running mcp-edge's admin listener whether it is ready (`/readyz`; `--live`:
-    /// `/healthz`): exits 0 on 200, 1 otherwise. The container image's health check. Reads
-    /// only `listen.metrics` and `admin.tls.cert` of the file: the rest may be mid-edit.
+    /// `/healthz`): exits 0 on 200, 1 otherwise. The container image's health check
+    /// (`--address`: no file read). From a file, only `listen.metrics` and `admin.tls.cert`.
     Health {
-        /// The YAML configuration file (its `listen.metrics` is asked).
-        #[arg(long, short, env = "MCP_EDGE_CONFIG")]
-        config: PathBuf,
+        /// The YAML configuration file (its `listen.metrics` is asked), unless --address.
+        #[arg(
+            long,
+            short,
+            env = "MCP_EDGE_CONFIG",
+            required_unless_present = "address"
+        )]
+        config: Option<PathBuf>,
+        /// The admin listener's address: no configuration file is read (--config and
+        /// MCP_EDGE_CONFIG are ignored).
+        #[arg(long)]
+        address: Option<std::net::SocketAddr>,
+        /// With --address: the listener speaks TLS with this certificate (PEM; trusted alone).
+        #[arg(long, requires = "address")]
+        tls_cert: Option<PathBuf>,
         /// Only whether the process answers (`/healthz`), not whether its listeners accept.
         #[arg(long)]
         live: bool,
@@ -207,15 +219,21 @@ fn main() -> ExitCode {
         })),
         Command::Health {
             config,
+            address,
+            tls_cert,
             live,
             timeout,
         } => finish(
-            mcp_edge::cli::health::target(&config)
-                .and_then(|t| {
-                    let path = if live { "/healthz" } else { "/readyz" };
-                    mcp_edge::cli::health::probe(&t, path, Duration::from_secs(timeout))
-                })
-                .map(|ok| format!("{ok}\n")),
+            match (address, config) {
+                (Some(addr), _) => Ok(mcp_edge::cli::health::Target { addr, tls_cert }),
+                (None, Some(config)) => mcp_edge::cli::health::target(&config),
+                (None, None) => Err("--config or --address is needed".into()),
+            }
+            .and_then(|t| {
+                let path = if live { "/healthz" } else { "/readyz" };
+                mcp_edge::cli::health::probe(&t, path, Duration::from_secs(timeout))
+            })
+            .map(|ok| format!("{ok}\n")),
         ),
         Command::Certs { config } => match mcp_edge::config::load(&config)
             .map_err(|e| e.to_string())

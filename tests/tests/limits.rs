@@ -707,6 +707,42 @@ async fn the_admin_listener_can_serve_tls_and_require_a_client_certificate() {
     let still = without.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(still.status(), 403, "a reload opened /metrics");
 
+    // Given the address (no file read: the edits above do not matter), over TLS with the
+    // listener's certificate; plain HTTP to a TLS listener fails.
+    let at = format!("127.0.0.1:{}", ports.metrics);
+    let by_address = |args: &[&str]| {
+        std::process::Command::new(edge_bin())
+            .args(["health", "--address", &at])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let pinned = dir.join("admin.pem");
+    let ok = by_address(&["--tls-cert", pinned.to_str().unwrap()]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(!by_address(&[]).status.success());
+
+    // A listener that accepts and never answers: the probe gives up within its timeout, TLS
+    // handshake included.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_at = silent.local_addr().unwrap().to_string();
+    for tls in [true, false] {
+        let mut cmd = std::process::Command::new(edge_bin());
+        cmd.args(["health", "--timeout", "1", "--address", &silent_at]);
+        if tls {
+            cmd.args(["--tls-cert", pinned.to_str().unwrap()]);
+        }
+        let started = Instant::now();
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "tls {tls}: {:?}",
+            started.elapsed()
+        );
+    }
+    drop(silent);
+
     // The health probe takes no other certificate than the configured one.
     std::fs::write(
         dir.join("pinned-other.yaml"),

@@ -1,10 +1,10 @@
 //! `mcp-edge health`: the container health check. Asks the admin listener for `/readyz` (or
 //! `/healthz`) and succeeds on 200, so an image needs no shell, curl or `/dev/tcp` to be checked.
 //!
-//! It reads only what it needs of the configuration file (`listen.metrics`, `admin.tls.cert`):
-//! the health is the running process's, not the file's. A file mid-edit, or one a reload would
-//! refuse (the process then keeps serving the old configuration), must not make an orchestrator
-//! restart a process that serves.
+//! Where to ask: `--address` (and `--tls-cert`), which need no file at all (the image's health
+//! check: a file mid-edit, or one a reload would refuse while the process serves on, must not
+//! make an orchestrator restart it), or else `listen.metrics` and `admin.tls.cert` of the
+//! configuration file, read without validating the rest.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
@@ -127,7 +127,9 @@ fn exchange(
     request: &str,
     deadline: Instant,
 ) -> std::io::Result<Vec<u8>> {
+    // Over TLS the handshake happens inside this write, reading as well as writing.
     sock.set_write_timeout(left(deadline)?)?;
+    sock.set_read_timeout(left(deadline)?)?;
     stream.write_all(request.as_bytes())?;
     stream.flush()?;
     let mut answer = Vec::with_capacity(512);

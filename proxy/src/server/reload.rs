@@ -99,9 +99,9 @@ impl Reloader {
             tracing::warn!("admin.tls changed: it takes effect only after a restart");
             new.admin.tls = old.config.admin.tls.clone();
         }
-        super::warn_if_admin_open(&new);
         let prepared = certs::prepare(&new, &self.storage).map_err(ReloadError::Certs)?;
         let table = Table::build(&new).map_err(ReloadError::Routes)?;
+        super::warn_if_admin_open(&new);
         let new = Arc::new(new);
         self.live
             .replace(new.clone(), Arc::new(table), |cur| prepared.apply(cur));
