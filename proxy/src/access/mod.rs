@@ -291,10 +291,12 @@ pub async fn check(
     caller: &Caller<'_>,
 ) -> Decision {
     let mut admitted = Admitted::default();
-    let budget = |who: String| {
+    // `who` is asked only when the route has a rate limit: naming the caller formats its
+    // address, work a route without budgets would do on every request for nothing.
+    let budget = |who: &dyn Fn() -> String| {
         route.rate_limit.as_ref().map(|limit| Budget {
             labels: (labels.0.to_string(), labels.1.to_string()),
-            caller: who,
+            caller: who(),
             limit: limit.clone(),
         })
     };
@@ -304,12 +306,12 @@ pub async fn check(
             Err(answer) => return Decision::Answer(answer),
         }
     }
-    let who = admitted
-        .identity
-        .as_ref()
-        .and_then(Identity::caller)
-        .unwrap_or_else(|| caller.address());
-    if let Some(b) = budget(who) {
+    let who = || {
+        (admitted.identity.as_ref())
+            .and_then(Identity::caller)
+            .unwrap_or_else(|| caller.address())
+    };
+    if let Some(b) = budget(&who) {
         // A POST to a route with tool budgets spends the route's with its tool calls, once the
         // body says which (a call its tool refuses does not use up the route's); until then the
         // route's is only checked.
@@ -342,7 +344,7 @@ async fn authenticate(
     route: &Route,
     public: &PublicUrl<'_>,
     caller: &Caller<'_>,
-    budget: impl Fn(String) -> Option<Budget>,
+    budget: impl Fn(&dyn Fn() -> String) -> Option<Budget>,
 ) -> Result<Identity, Answer> {
     let m = metrics::get();
     if is_preflight(caller.req) {
@@ -358,7 +360,7 @@ async fn authenticate(
             .as_ref()
             .and_then(|k| k.header.as_ref())
             .is_some_and(|h| caller.req.headers.contains_key(h));
-    let guard = budget(caller.address());
+    let guard = budget(&|| caller.address());
     let spent = guard
         .as_ref()
         .filter(|_| offers)
