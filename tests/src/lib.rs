@@ -499,11 +499,12 @@ impl Drop for Edge {
 pub fn run_check(dir: &Path, yaml: &str) -> (bool, String) {
     let p = dir.join("check.yaml");
     std::fs::write(&p, yaml).unwrap();
-    let out = Command::new(edge_bin())
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    outcome(Command::new(edge_bin()).args(["check", "--config"]).arg(&p))
+}
+
+/// Runs `cmd`: whether it succeeded, and what it printed (standard output, then error).
+pub fn outcome(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

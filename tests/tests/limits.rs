@@ -487,11 +487,11 @@ async fn an_idempotent_request_on_a_silent_or_resetting_replica_is_retried_on_an
     );
 }
 
-/// A client of the admin listener over TLS trusting `ca`, presenting `identity` (chain, key).
-fn admin_client(ca: &TestCa, identity: Option<(&str, &str)>) -> reqwest::Client {
+/// TLS to the admin listener trusting `ca`, presenting `identity` (chain, key) if given.
+fn admin_tls(ca: &TestCa, identity: Option<(&str, &str)>) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
     let builder = rustls::ClientConfig::builder().with_root_certificates(ca.root_store());
-    let tls = match identity {
+    match identity {
         Some((chain, key)) => builder
             .with_client_auth_cert(
                 rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
@@ -501,27 +501,23 @@ fn admin_client(ca: &TestCa, identity: Option<(&str, &str)>) -> reqwest::Client 
             )
             .unwrap(),
         None => builder.with_no_client_auth(),
-    };
+    }
+}
+
+/// An HTTPS client of the admin listener ([`admin_tls`]).
+fn admin_client(ca: &TestCa, identity: Option<(&str, &str)>) -> reqwest::Client {
     reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
+        .use_preconfigured_tls(admin_tls(ca, identity))
         .build()
         .unwrap()
 }
 
 /// `mcp-edge health --config FILE`: whether it succeeded, and what it printed.
 fn health(config: &Path) -> (bool, String) {
-    let out = std::process::Command::new(edge_bin())
-        .args(["health", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    outcome(
+        std::process::Command::new(edge_bin())
+            .args(["health", "--config"])
+            .arg(config),
     )
 }
 
@@ -606,18 +602,7 @@ async fn the_admin_listener_can_serve_tls_and_require_a_client_certificate() {
         assert_eq!(r.status(), 200, "{path}");
     }
     // No session is resumed: each connection's certificate is verified anew.
-    let scraper_tls = {
-        use rustls::pki_types::pem::PemObject;
-        rustls::ClientConfig::builder()
-            .with_root_certificates(server_ca.root_store())
-            .with_client_auth_cert(
-                rustls::pki_types::CertificateDer::pem_slice_iter(scraper.0.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .unwrap(),
-                rustls::pki_types::PrivateKeyDer::from_pem_slice(scraper.1.as_bytes()).unwrap(),
-            )
-            .unwrap()
-    };
+    let scraper_tls = admin_tls(&server_ca, Some((&scraper.0, &scraper.1)));
     let kinds = handshake_kinds(
         ([127, 0, 0, 1], ports.metrics).into(),
         "127.0.0.1",

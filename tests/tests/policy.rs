@@ -556,18 +556,10 @@ async fn check_refuses_rules_that_never_match_or_are_shadowed() {
     let check = |yaml: String| {
         let p = tmp.path().join("edge.yaml");
         std::fs::write(&p, yaml).unwrap();
-        let out = std::process::Command::new(edge_bin())
-            .args(["check", "--config"])
-            .arg(&p)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
+        outcome(
+            std::process::Command::new(edge_bin())
+                .args(["check", "--config"])
+                .arg(&p),
         )
     };
     let (ok, out) = check(base.clone());
