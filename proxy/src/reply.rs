@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::Result;
 
 /// One answer the edge makes itself.
@@ -66,13 +66,13 @@ pub async fn write(session: &mut Session, answer: &Answer) -> Result<bool> {
         resp.append_header(k.clone(), v.as_str())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session
-            .write_response_body(Some(answer.body.clone()), true)
-            .await?;
-    }
+    session.write_response_header(Box::new(resp)).await?;
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        answer.body.clone()
+    };
+    // The end of the answer: HTTP/1 finishes the body, HTTP/2 ends the stream (HEAD too).
+    session.write_response_body(body, true).await?;
     Ok(true)
 }

@@ -2,7 +2,7 @@
 //! 429, 421, 431, -32020, and the 502/504 of a failed upstream. Every phase returns a decision;
 //! this turns it into bytes on the wire and counts what was refused.
 
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::Result;
 
 use super::ctx::Ctx;

@@ -3,7 +3,7 @@
 //! `logging` (metrics, the access line, the MCP outcomes still open).
 
 use pingora::prelude::*;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::{Error, ErrorSource};
 
 use super::ctx::Ctx;
@@ -138,7 +138,7 @@ impl EdgeProxy {
         reused: bool,
     ) -> Box<Error> {
         let replayable = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
+            && !session.retry_buffer_truncated()
             && session.response_written().is_none();
         let stale = reused && matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
         let fault = e.esource() == &ErrorSource::Upstream

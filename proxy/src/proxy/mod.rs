@@ -1,8 +1,10 @@
 //! The request path, for both listeners: on the HTTP port ACME challenges, redirects and
 //! `tls: none` hosts; on the TLS port the MCP traffic of every TLS host. One file per phase, in
-//! the order pingora calls them:
+//! the order they run; HTTP/1 requests are driven by the edge's own loop (`h1.rs`), HTTP/2
+//! streams by pingora-proxy through [`ProxyHttp`]:
 //!
 //! ```text
+//! h1.rs         the HTTP/1 loop: head, phases, body and response relayed in one task
 //! request.rs    request_filter: host, TLS name, Origin, path, route, access, MCP plan, session
 //!   plain.rs      the HTTP listener's own answers (challenges, redirects)
 //! body.rs       request_body_filter: limits; the body into the one MCP model; held checks
@@ -18,6 +20,7 @@ mod audited;
 mod body;
 mod ctx;
 mod finish;
+mod h1;
 mod plain;
 mod request;
 mod response;
@@ -29,6 +32,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::Error;
 
@@ -39,6 +43,7 @@ use crate::live::Live;
 use crate::observe::LegacyCalls;
 use crate::upstream::affinity::Sealer;
 pub use ctx::Ctx;
+pub use h1::EdgeApp;
 
 /// What the TLS handshake told us, carried on the connection's TLS digest.
 #[derive(Debug)]
@@ -50,7 +55,9 @@ pub struct TlsInfo {
 const SESSION_HEADER: &str = "mcp-session-id";
 
 /// The request path. It reads the live snapshot (routes, configuration), answers ACME
-/// challenges from the challenge store and seals session ids; nothing else.
+/// challenges from the challenge store and seals session ids; nothing else. Cloned for the two
+/// loops that drive it (HTTP/1 in `h1`, HTTP/2 in pingora-proxy): the same shared parts.
+#[derive(Clone)]
 pub struct EdgeProxy {
     pub live: Arc<Live>,
     pub challenges: Arc<ChallengeStore>,
@@ -64,7 +71,7 @@ pub struct EdgeProxy {
     pub audit: Arc<crate::audit::Audit>,
 }
 
-fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+fn header_str<'a>(session: &'a ServerSession, name: &str) -> Option<&'a str> {
     session
         .req_header()
         .headers
@@ -73,7 +80,7 @@ fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
 }
 
 /// The host the client asked for: lower case, without port and trailing dot.
-fn request_host(session: &Session) -> Option<String> {
+fn request_host(session: &ServerSession) -> Option<String> {
     let raw = session
         .req_header()
         .uri
@@ -99,7 +106,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        self.request_phase(session, ctx).await
+        self.request_phase(session.as_downstream_mut(), ctx).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -112,7 +119,7 @@ impl ProxyHttp for EdgeProxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.upstream_head(session, req, ctx)
+        self.upstream_head(session.client_addr(), req, ctx)
     }
 
     async fn response_filter(
@@ -121,7 +128,7 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.response_head(session, resp, ctx)
+        self.response_head(session.as_downstream(), resp, ctx)
     }
 
     async fn request_body_filter(
@@ -146,7 +153,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        self.log_request(session, e, ctx);
+        self.log_request(session.as_downstream(), e, ctx);
     }
 
     fn fail_to_connect(
@@ -167,7 +174,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        self.proxy_error(session, e, ctx, client_reused)
+        self.proxy_error(session.as_downstream(), e, ctx, client_reused)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
@@ -183,6 +190,6 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut Ctx,
     ) -> pingora::proxy::FailToProxy {
-        self.proxy_failed(session, e, ctx).await
+        self.proxy_failed(session.as_downstream_mut(), e, ctx).await
     }
 }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http::header;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::Result;
 
 use super::ctx::Ctx;

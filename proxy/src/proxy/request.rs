@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::Error;
 
 use super::ctx::{Ctx, Restore, Target};

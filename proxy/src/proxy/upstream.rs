@@ -5,7 +5,7 @@
 
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::prelude::*;
-use pingora::proxy::Session;
+use pingora::protocols::l4::socket::SocketAddr;
 use pingora::Error;
 
 use super::ctx::{Ctx, Restore};
@@ -70,7 +70,7 @@ impl EdgeProxy {
 
     pub(super) fn upstream_head(
         &self,
-        session: &Session,
+        client: Option<&SocketAddr>,
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -89,7 +89,7 @@ impl EdgeProxy {
             req.remove_header(&header::ACCEPT_ENCODING);
         }
         identity_headers(req, ctx)?;
-        forwarding_headers(session, req, ctx)?;
+        forwarding_headers(client, req, ctx)?;
         restore_session(req, ctx)
     }
 }
@@ -137,9 +137,12 @@ fn identity_headers(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
 /// What a client says about the path it came by is not evidence: every proxy-set header it sent
 /// is dropped, and ours are set. A configured proxy in front of us (a load balancer) is
 /// believed: its headers stay, and it is added to X-Forwarded-For.
-fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-    let peer_ip = session
-        .client_addr()
+fn forwarding_headers(
+    client: Option<&SocketAddr>,
+    req: &mut RequestHeader,
+    ctx: &Ctx,
+) -> Result<()> {
+    let peer_ip = client
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
     let trusted = peer_ip.is_some_and(|ip| {

@@ -30,7 +30,7 @@ use crate::connections::ConnectionGate;
 use crate::health::HealthChecker;
 use crate::http01::ChallengeStore;
 use crate::live::{Live, Snapshot};
-use crate::proxy::{EdgeProxy, TlsInfo};
+use crate::proxy::{EdgeApp, EdgeProxy, TlsInfo};
 use crate::routing::{RouteError, Table};
 use crate::storage::{self, Storage};
 use crate::tls::CertStore;
@@ -235,7 +235,7 @@ pub(super) fn warn_if_admin_open(config: &Config) {
 
 /// Port 80 and the TLS listener, certificates chosen by SNI from `live`.
 fn add_listeners(
-    proxy: &mut Service<pingora::proxy::HttpProxy<EdgeProxy>>,
+    proxy: &mut Service<EdgeApp>,
     listen: &Listen,
     live: &Arc<Live>,
     alpn: &Arc<AlpnChallenges>,
@@ -353,25 +353,24 @@ fn proxy_service(
     server: &Server,
     parts: &Parts,
     config: &Config,
-) -> Result<Service<pingora::proxy::HttpProxy<EdgeProxy>>, StartError> {
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        EdgeProxy {
-            live: parts.live.clone(),
-            challenges: parts.challenges.clone(),
-            sealer: parts.sealer.clone(),
-            auth: Arc::default(),
-            limiter: Arc::default(),
-            legacy: Arc::default(),
-            audit: parts.audit.clone(),
-        },
-        "mcp-edge proxy",
-    );
-    if let Some(app) = proxy.app_logic_mut() {
-        let (options, h2) = server_options(config, &parts.live);
-        app.server_options = Some(options);
-        app.h2_options = Some(h2);
-    }
+) -> Result<Service<EdgeApp>, StartError> {
+    let edge = EdgeProxy {
+        live: parts.live.clone(),
+        challenges: parts.challenges.clone(),
+        sealer: parts.sealer.clone(),
+        auth: Arc::default(),
+        limiter: Arc::default(),
+        legacy: Arc::default(),
+        audit: parts.audit.clone(),
+    };
+    // HTTP/2 connections go through pingora-proxy, HTTP/1 through the edge's own loop; the
+    // listeners' options are the same for both.
+    let mut h2 = pingora::proxy::http_proxy(&server.configuration, edge.clone());
+    let (options, h2_options) = server_options(config, &parts.live);
+    h2.server_options = Some(options);
+    h2.h2_options = Some(h2_options);
+    let app = EdgeApp::new(edge, h2, &server.configuration);
+    let mut proxy = Service::new("mcp-edge proxy".to_string(), app);
     add_listeners(&mut proxy, &config.listen, &parts.live, &parts.alpn)?;
     Ok(proxy)
 }
