@@ -122,6 +122,8 @@ async fn echo(
         "method": method.as_str(),
         "path": uri.path(),
         "query": uri.query(),
+        // Set when the request line carried an absolute-form target.
+        "target_authority": uri.authority().map(|a| a.as_str()),
         "headers": h,
         "body_len": body.len(),
         "body_sha256": hex_sha256(&body),

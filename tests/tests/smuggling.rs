@@ -47,7 +47,10 @@ async fn smuggling_shapes_get_one_answer_and_never_reach_the_upstream_as_request
         )
         .await;
     assert_eq!(statuses(&out), [200, 200], "{out}");
-    assert!(out.contains("\"body_len\":5") && out.contains("\"path\":\"/second\""), "{out}");
+    assert!(
+        out.contains("\"body_len\":5") && out.contains("\"path\":\"/second\""),
+        "{out}"
+    );
 
     // Content-Length and Transfer-Encoding both: chunked wins (RFC 9112 6.3), the length never
     // reaches the upstream, and the connection is closed after the answer, so what follows the
@@ -57,7 +60,10 @@ async fn smuggling_shapes_get_one_answer_and_never_reach_the_upstream_as_request
     ))
     .await;
     assert_eq!(statuses(&out), [200], "{out}");
-    assert!(out.contains("\"body_len\":0") && !out.contains("\"content-length\":\"5\""), "{out}");
+    assert!(
+        out.contains("\"body_len\":0") && !out.contains("\"content-length\":\"5\""),
+        "{out}"
+    );
     assert!(out.contains("Connection: close"), "{out}");
     assert!(!smuggled(&out), "{out}");
 
@@ -70,9 +76,10 @@ async fn smuggling_shapes_get_one_answer_and_never_reach_the_upstream_as_request
     assert!(!smuggled(&out), "{out}");
 
     // A header folded over two lines (obs-fold): refused.
-    let out = send(format!(
+    let out = send(
         "GET /echo HTTP/1.1\r\nhost: h.test\r\nx-folded: a\r\n b\r\nconnection: close\r\n\r\n"
-    ))
+            .to_string(),
+    )
     .await;
     assert_eq!(statuses(&out), [400], "{out}");
 
@@ -106,7 +113,48 @@ async fn smuggling_shapes_get_one_answer_and_never_reach_the_upstream_as_request
     )
     .await;
     assert_eq!(statuses(&out), [200], "{out}");
-    assert!(!out.contains("\"upgrade\"") && !out.contains("websocket"), "{out}");
+    assert!(
+        !out.contains("\"upgrade\"") && !out.contains("websocket"),
+        "{out}"
+    );
+
+    // An absolute-form target: the upstream gets the path in origin form and the Host the edge
+    // sets (an upstream would prefer a target's authority to Host). Its reject twin: a target
+    // whose authority is not the Host is refused.
+    let out = send(
+        "GET http://h.test/echo?x=1 HTTP/1.1\r\nhost: h.test\r\nconnection: close\r\n\r\n"
+            .to_string(),
+    )
+    .await;
+    assert_eq!(statuses(&out), [200], "{out}");
+    assert!(
+        out.contains("\"path\":\"/echo\"") && out.contains("\"query\":\"x=1\""),
+        "{out}"
+    );
+    assert!(out.contains("\"target_authority\":null"), "{out}");
+    assert!(out.contains(&format!("\"host\":\"{}\"", up.addr)), "{out}");
+    let out = send(
+        "GET http://elsewhere.test/echo HTTP/1.1\r\nhost: h.test\r\nconnection: close\r\n\r\n"
+            .to_string(),
+    )
+    .await;
+    assert_eq!(statuses(&out), [400], "{out}");
+
+    // Transfer-Encoding lists that end in chunked are read as chunked, and the upstream gets
+    // one `chunked` (the body is read de-chunked and chunked again), never the client's list,
+    // and nothing after the body's end as a request.
+    for te in [
+        "transfer-encoding: gzip, chunked\r\n",
+        "transfer-encoding: identity\r\ntransfer-encoding: chunked\r\n",
+    ] {
+        let out = send(format!(
+            "POST /echo HTTP/1.1\r\nhost: h.test\r\n{te}\r\n5\r\nhello\r\n0\r\n\r\n{SMUGGLED}"
+        ))
+        .await;
+        assert_eq!(statuses(&out), [200], "{te}: {out}");
+        assert!(out.contains("\"transfer-encoding\":\"chunked\""), "{out}");
+        assert!(out.contains("\"body_len\":5") && !smuggled(&out), "{out}");
+    }
 
     // Pipelined: the second request, sent before the first is answered, is not served: the
     // first is answered and the connection closed (the client sends it again, RFC 9112 9.3.2).

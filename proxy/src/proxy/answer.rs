@@ -19,7 +19,15 @@ pub(super) async fn send(session: &mut Session, ctx: &Ctx, answer: Answer) -> Re
 /// The answer to a request the upstream could not serve (`code` 0: the client is gone, nothing
 /// to write). pingora's own error response: an empty body with the status.
 pub(super) async fn send_error(session: &mut Session, code: u16) {
-    if code > 0 && session.response_written().is_none() {
+    if code > 0 && !answered(session) {
         let _ = session.respond_error(code).await;
     }
+}
+
+/// Whether the client has the final response's header already (a forwarded `100 Continue` is
+/// not an answer: the edge's own may still follow it).
+pub(super) fn answered(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational())
 }

@@ -1,6 +1,6 @@
-//! How a request ends: `fail_to_connect` (another replica, once, outside a session),
-//! `fail_to_proxy` (the answer decided after the body, or the status of a failure), and
-//! `logging` (metrics, the access line, the MCP outcomes still open).
+//! How a request ends: `connect_failed` and `proxy_error` (another replica, once, outside a
+//! session), `proxy_failed` (the answer decided after the body, or the status of a failure), and
+//! `log_request` (metrics, the access line, the MCP outcomes still open).
 
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession as Session;
@@ -175,30 +175,18 @@ impl EdgeProxy {
         e
     }
 
-    pub(super) async fn proxy_failed(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut Ctx,
-    ) -> pingora::proxy::FailToProxy {
-        let code = if let Some(answer) = ctx.late.take() {
-            // Decided once the body was read (or while it came). pingora closes the connection
-            // after a failed proxy whatever this returns, so the answer says so: a client that
-            // reused it would see its next request reset.
-            let status = answer.status;
-            if session.response_written().is_none() {
+    /// The answer to a request that failed (unless a response was already under way). The
+    /// connection is closed after it, and the answer says so: a client that reused it would see
+    /// its next request reset.
+    pub(super) async fn proxy_failed(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) {
+        if let Some(answer) = ctx.late.take() {
+            // Decided once the body was read (or while it came).
+            if !super::answer::answered(session) {
                 session.set_keepalive(None);
                 let _ = super::answer::send(session, ctx, answer).await;
             }
-            status
         } else {
-            let code = failure_status(e);
-            super::answer::send_error(session, code).await;
-            code
-        };
-        pingora::proxy::FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
+            super::answer::send_error(session, failure_status(e)).await;
         }
     }
 

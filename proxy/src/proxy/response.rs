@@ -69,6 +69,15 @@ fn filter_lists(resp: &mut ResponseHeader, ctx: &mut Ctx, is_stream: bool) {
     ));
 }
 
+/// An interim (1xx) response on its way out: no hop-by-hop headers, and no session id (one is
+/// only ever given, sealed, on the final response).
+pub(super) fn interim_head(resp: &mut ResponseHeader) {
+    for h in hop_by_hop(&resp.headers) {
+        resp.remove_header(&h);
+    }
+    resp.remove_header(SESSION_HEADER);
+}
+
 impl EdgeProxy {
     pub(super) fn response_head(
         &self,

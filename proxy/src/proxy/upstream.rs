@@ -25,6 +25,22 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
+/// Names a `Connection` header may not make hop-by-hop: framing (pingora's), Host, and the
+/// forwarding headers (`forwarding_headers` decides those: a trusted balancer's stay).
+fn end_to_end(name: &str) -> bool {
+    let fixed = [
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "forwarded",
+        "x-real-ip",
+    ];
+    fixed.iter().any(|f| name.eq_ignore_ascii_case(f))
+        || name
+            .get(..12)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-forwarded-"))
+}
+
 /// The hop-by-hop headers present in `headers`: the fixed set plus what `Connection` lists.
 /// Allocates nothing when there are none (most requests).
 pub(super) fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
@@ -39,11 +55,7 @@ pub(super) fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("content-length")
-                && !t.eq_ignore_ascii_case("transfer-encoding")
-        })
+        .filter(|t| !t.is_empty() && !end_to_end(t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok());
     for name in listed {
         if headers.contains_key(&name) && !present.contains(&name) {
@@ -142,9 +154,7 @@ fn forwarding_headers(
     req: &mut RequestHeader,
     ctx: &Ctx,
 ) -> Result<()> {
-    let peer_ip = client
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+    let peer_ip = client.and_then(|a| a.as_inet()).map(|a| a.ip());
     let trusted = peer_ip.is_some_and(|ip| {
         ctx.snap
             .as_ref()

@@ -363,13 +363,8 @@ fn proxy_service(
         legacy: Arc::default(),
         audit: parts.audit.clone(),
     };
-    // HTTP/2 connections go through pingora-proxy, HTTP/1 through the edge's own loop; the
-    // listeners' options are the same for both.
-    let mut h2 = pingora::proxy::http_proxy(&server.configuration, edge.clone());
     let (options, h2_options) = server_options(config, &parts.live);
-    h2.server_options = Some(options);
-    h2.h2_options = Some(h2_options);
-    let app = EdgeApp::new(edge, h2, &server.configuration);
+    let app = EdgeApp::new(edge, &server.configuration, options, h2_options);
     let mut proxy = Service::new("mcp-edge proxy".to_string(), app);
     add_listeners(&mut proxy, &config.listen, &parts.live, &parts.alpn)?;
     Ok(proxy)
