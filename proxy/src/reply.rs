@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession as Session;
+use pingora::protocols::http::{HttpTask, ServerSession as Session};
 use pingora::Result;
 
 /// One answer the edge makes itself.
@@ -65,14 +65,15 @@ pub async fn write(session: &mut Session, answer: &Answer) -> Result<bool> {
         // Appended: a challenge may be given in two schemes (Bearer and DPoP).
         resp.append_header(k.clone(), v.as_str())?;
     }
-    let head_only = session.req_header().method == http::Method::HEAD;
+    if session.req_header().method == http::Method::HEAD {
+        // The header is the whole answer (HTTP/2: END_STREAM on HEADERS).
+        let task = vec![HttpTask::Header(Box::new(resp), true)];
+        session.response_duplex_vec(task).await?;
+        return Ok(true);
+    }
     session.write_response_header(Box::new(resp)).await?;
-    let body = if head_only {
-        Bytes::new()
-    } else {
-        answer.body.clone()
-    };
-    // The end of the answer: HTTP/1 finishes the body, HTTP/2 ends the stream (HEAD too).
-    session.write_response_body(body, true).await?;
+    session
+        .write_response_body(answer.body.clone(), true)
+        .await?;
     Ok(true)
 }

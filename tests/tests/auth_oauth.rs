@@ -240,6 +240,18 @@ async fn every_wrong_token_is_refused_with_its_reason_and_rotation_needs_no_rest
         challenge,
         format!("Bearer resource_metadata=\"{metadata_url}\", scope=\"mcp:tools\"")
     );
+    // These requests are HTTP/2, whose authority is in the URI: a path the edge normalises
+    // keeps its host, and the challenge is the same.
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let r = client.get(format!("{resource}/%78")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], challenge.as_str());
+    // HEAD over HTTP/2, answered by the edge and by the upstream: the header ends the stream.
+    for url in [metadata_url.clone(), format!("{base}/elsewhere")] {
+        let r = client.head(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        assert!(r.bytes().await.unwrap().is_empty(), "{url}");
+    }
     let get_json = |url: String| {
         let r = client.get(url).send();
         async move { r.await.unwrap().json::<serde_json::Value>().await.unwrap() }

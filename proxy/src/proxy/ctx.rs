@@ -69,6 +69,9 @@ pub struct Ctx {
     pub in_session: bool,
     /// Connection attempts moved to another replica.
     pub retried: usize,
+    /// The whole request reached the upstream of this attempt: only then is a missing answer
+    /// the replica's fault (a client that never finishes its body is not).
+    pub request_sent: bool,
     pub body: BodyPlan,
     /// The client's address: the peer's, or the real client's behind `trusted_proxies`.
     pub client_ip: Option<std::net::IpAddr>,
@@ -107,6 +110,7 @@ impl Ctx {
             rewriter: None,
             in_session: false,
             retried: 0,
+            request_sent: false,
             body: BodyPlan {
                 limit: u64::MAX,
                 ..BodyPlan::default()

@@ -143,6 +143,7 @@ impl EdgeProxy {
         let stale = reused && matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
         let fault = e.esource() == &ErrorSource::Upstream
             && !stale
+            && (ctx.request_sent || e.etype() != &ReadTimedout)
             && session.response_written().is_none()
             && matches!(
                 e.etype(),

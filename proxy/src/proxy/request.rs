@@ -57,11 +57,13 @@ impl EdgeProxy {
         if let Some(a) = check_origin(session, &entry.host) {
             return Ok(Some(a));
         }
+        // The host before the path is normalised: an HTTP/2 request's authority is in its URI,
+        // which normalising rewrites.
+        let host = request_host(session).unwrap_or_default();
         let path = match normalized_path(session)? {
             Ok(p) => p,
             Err(a) => return Ok(Some(a)),
         };
-        let host = request_host(session).unwrap_or_default();
         let port = if ctx.tls {
             snap.config.listen.redirect_https_port
         } else {

@@ -41,6 +41,9 @@ use super::{Ctx, EdgeProxy};
 /// stops: a request already on its way is answered, with `Connection: close`.
 const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
 
+/// One read of an HTTP/2 request body may wait this long (pingora's HTTP/1 server: the same).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How a relay ended: whether each connection may serve another request.
 struct Relayed {
     client: bool,
@@ -135,8 +138,11 @@ impl EdgeApp {
     /// The request to its upstream, on another replica when the first one's connection fails
     /// (`connect_failed` and `proxy_error` decide). `(reuse the client connection, error)`.
     async fn forward(&self, ds: &mut ServerSession, ctx: &mut Ctx) -> (bool, Option<Box<Error>>) {
-        // What a retry replays: the body read so far (up to pingora's buffer).
-        ds.enable_retry_buffering();
+        // What a retry replays: the body read so far (up to pingora's buffer), for the methods
+        // a retry may send again.
+        if ds.req_header().method.is_idempotent() {
+            ds.enable_retry_buffering();
+        }
         let mut last = (false, None);
         for _ in 0..self.max_retries.max(1) {
             last = self.attempt(ds, ctx).await;
@@ -167,6 +173,7 @@ impl EdgeApp {
         };
         up.read_timeout = peer.options.read_timeout;
         up.write_timeout = peer.options.write_timeout;
+        ctx.request_sent = false;
         match self.relay(ds, &mut up, head, ctx).await {
             Ok(Relayed { client, upstream }) => {
                 if upstream {
@@ -205,9 +212,10 @@ impl EdgeApp {
         }
         let mut response_done = false;
         while !request_done || !response_done {
+            ctx.request_sent = request_done && send_error.is_none();
             tokio::select! {
                 // With the body read, an idle read: it notices a client that goes away.
-                body = ds.read_body_or_idle(request_done), if send_error.is_none() => {
+                body = read_body(ds, request_done), if send_error.is_none() => {
                     let body = body.map_err(|e| e.into_down())?;
                     let done = ds.is_body_done();
                     request_done = self.body(ds, up, body, done, ctx, &mut send_error).await?;
@@ -218,6 +226,12 @@ impl EdgeApp {
                         Err(e) => return Err(send_error.unwrap_or(e).into_up()),
                     };
                     response_done = self.response(ds, task, ctx).await?;
+                    if response_done && !request_done && ds.is_http2() {
+                        // Answered before the body ended (an upstream that refuses without
+                        // reading it): the stream is reset (NO_ERROR) rather than held open,
+                        // with its upstream connection, for a body nobody will read.
+                        return Ok(Relayed { client: false, upstream: false });
+                    }
                 }
             }
         }
@@ -311,13 +325,19 @@ impl EdgeApp {
                 }
                 self.edge.response_head(ds, &mut resp, ctx)?;
                 chunked_unless_framed(ds.req_header(), &mut resp, end);
+                if end {
+                    // A response without a body ends with its header (HTTP/2: END_STREAM on
+                    // HEADERS, which a 304 with a Content-Length needs).
+                    let task = vec![HttpTask::Header(resp, true)];
+                    ds.response_duplex_vec(task)
+                        .await
+                        .map_err(|e| e.into_down())?;
+                    return Ok(true);
+                }
                 ds.write_response_header(resp)
                     .await
                     .map_err(|e| e.into_down())?;
-                if end {
-                    ds.finish_body().await.map_err(|e| e.into_down())?;
-                }
-                Ok(end)
+                Ok(false)
             }
             HttpTask::Body(mut data, end) => {
                 self.edge.response_chunk(&mut data, end, ctx);
@@ -375,6 +395,19 @@ fn origin_form(req: &mut RequestHeader) -> Result<()> {
         .map_err(|e| Error::because(InvalidHTTPHeader, "request target", e))?;
     req.set_uri(uri);
     Ok(())
+}
+
+/// The next piece of the request body, or with the body read an idle read that notices a
+/// client going away. HTTP/2 gets the per-read deadline pingora's HTTP/1 server has (60 s):
+/// a stream whose body stalls ends as the client's failure, not as an upstream's silence.
+async fn read_body(ds: &mut ServerSession, done: bool) -> Result<Option<Bytes>> {
+    if done || !ds.is_http2() {
+        return ds.read_body_or_idle(done).await;
+    }
+    match tokio::time::timeout(BODY_READ_TIMEOUT, ds.read_body_or_idle(false)).await {
+        Ok(read) => read,
+        Err(_) => Error::e_explain(ReadTimedout, "reading an HTTP/2 request body"),
+    }
 }
 
 /// Reads the request head (HTTP/2: already read). A connection parked between requests when the service stops gets

@@ -207,15 +207,16 @@ fn forwarding_headers(
     Ok(())
 }
 
-/// The backend's own session id, in the header or query parameter it came in.
-fn restore_session(req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-    match ctx.restore.take() {
+/// The backend's own session id, in the header or query parameter it came in. Kept in `ctx`: a
+/// request sent again on a fresh connection (its pooled one was closed) carries it too.
+fn restore_session(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    match &ctx.restore {
         Some(Restore::Header(id)) => {
-            req.insert_header(SESSION_HEADER, id)?;
+            req.insert_header(SESSION_HEADER, id.as_str())?;
         }
         Some(Restore::Query { key, value }) => {
             let uri = &req.uri;
-            let query = affinity::replace_query_session(uri.query().unwrap_or(""), key, &value);
+            let query = affinity::replace_query_session(uri.query().unwrap_or(""), key, value);
             let new = format!("{}?{query}", uri.path());
             let uri = new
                 .parse::<http::Uri>()

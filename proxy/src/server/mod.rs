@@ -221,6 +221,8 @@ fn server_options(
     options.connection_gate = Some(Arc::new(ConnectionGate::new(live.clone(), open_files)));
     let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
     h2.max_concurrent_streams(limits.h2_streams);
+    // HTTP/2 requests get the header size limit HTTP/1 requests have (h2 refuses a larger list).
+    h2.max_header_list_size(u32::try_from(limits.header_size).unwrap_or(u32::MAX));
     (options, h2)
 }
 
