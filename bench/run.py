@@ -152,8 +152,8 @@ class Proxy:
     def __init__(self, pki, upstream):
         self.pki, self.upstream = pki, upstream
         self.port, self.http_port = free_port(), free_port()
-        self.dir = WORK / f"{self.name}-{self.port}"
-        self.dir.mkdir()
+        # A port can come back in one long run: the directory is per instance, not per port.
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-{self.port}-", dir=WORK))
         self.cert, self.key = self.dir / "cert.pem", self.dir / "key.pem"
         shutil.copy(pki / "leaf.pem", self.cert)
         shutil.copy(pki / "leaf.key", self.key)

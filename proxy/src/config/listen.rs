@@ -36,7 +36,7 @@ pub struct Limits {
     /// Open client connections per address (IPv6: per /64); `None`: 1024, at most half of the
     /// total.
     pub connections_per_address: Option<usize>,
-    /// Largest HTTP/1 request header, bytes.
+    /// Largest HTTP/1 request header, bytes (and HTTP/2 header list, as HTTP/2 counts it).
     pub header_size: usize,
     /// Most request header fields.
     pub header_count: usize,

@@ -1,6 +1,6 @@
 //! `request_body_filter`: the body against its limit, and, where the route reads it, into the
 //! request's one MCP model. A body held back (header validation, tool budgets) is forwarded
-//! whole once its checks pass; a refusal is the answer `fail_to_proxy` writes, and nothing of
+//! whole once its checks pass; a refusal is the answer `proxy_failed` writes, and nothing of
 //! the body reaches the upstream.
 
 use bytes::Bytes;
@@ -42,7 +42,7 @@ impl EdgeProxy {
                 }
             }
             if !end_of_stream {
-                // Held: an empty chunk, which pingora skips. `None` would tell it the body
+                // Held: an empty chunk, which the loop skips. `None` would tell it the body
                 // ended (it then closed a chunked body empty, or left a Content-Length one
                 // unwritten).
                 *body = Some(Bytes::new());
@@ -139,7 +139,7 @@ fn authorize(ctx: &mut Ctx) -> Option<Answer> {
     answer
 }
 
-/// A refusal decided once the body was read: the request fails, and `fail_to_proxy` writes
+/// A refusal decided once the body was read: the request fails, and `proxy_failed` writes
 /// `answer`.
 fn late(ctx: &mut Ctx, answer: Answer) -> Box<pingora::Error> {
     let status = answer.status;

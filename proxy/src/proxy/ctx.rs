@@ -90,7 +90,7 @@ pub struct Ctx {
     /// The policy's verdict on each message of the body, in order.
     pub verdicts: Vec<Verdict>,
     /// An answer decided once the body was read (the request is then failed, and
-    /// `fail_to_proxy` writes it).
+    /// `proxy_failed` writes it).
     pub late: Option<Answer>,
 }
 

@@ -79,7 +79,7 @@ fn count_request(ctx: &Ctx, status: u16, elapsed: std::time::Duration) {
     }
 }
 
-/// Has pingora try the request once more, on another replica (a new pick), when it is outside
+/// Has the loop try the request once more, on another replica (a new pick), when it is outside
 /// a session, tries remain and another replica is up.
 fn retry_elsewhere(ctx: &mut Ctx, pool: &crate::upstream::Pool, e: &mut Error) {
     if !ctx.in_session && ctx.retried + 1 < pool.upstream.urls.len() && pool.up_count() > 0 {
@@ -124,12 +124,12 @@ impl EdgeProxy {
         e
     }
 
-    /// An error once the upstream connection was made. A replica that took the request and
+    /// An error once the upstream connection was made. A replica that took the whole request and
     /// then gave no response header (the response-header timeout) or dropped the connection
     /// leaves the round robin like one that refused it; a request whose replay is safe (an
     /// idempotent method, its body still in pingora's retry buffer, nothing answered yet,
     /// outside a session) is tried once more on another replica. A reused connection the
-    /// upstream had closed is pingora's to retry, and no fault of the replica.
+    /// upstream had closed is the loop's to retry, and no fault of the replica.
     pub(super) fn proxy_error(
         &self,
         session: &Session,

@@ -1,4 +1,4 @@
-//! `request_filter`: everything decided from the request head, in order. Which host (and, on
+//! `request_phase`: everything decided from the request head, in order. Which host (and, on
 //! TLS, that it is the certificate's), its Origin, the normalised path, the route, access control,
 //! what the body will be read for, and the session's replica. Each step returns `Ok(None)` to go
 //! on or the [`Answer`] that ends the request.

@@ -52,7 +52,7 @@ fn filter_lists(resp: &mut ResponseHeader, ctx: &mut Ctx, is_stream: bool) {
     if !asked_list && (!is_stream || coded) {
         return;
     }
-    // The length changes: pingora frames the body itself.
+    // The length changes: the loop frames the body (chunked).
     resp.remove_header(&header::CONTENT_LENGTH);
     let sse = is_stream && !coded;
     if coded {
@@ -154,7 +154,7 @@ impl EdgeProxy {
             && session.req_header().method == http::Method::GET
             && !session.req_header().headers.contains_key(SESSION_HEADER);
         if legacy_stream {
-            // The first event's length changes: let pingora frame the body itself.
+            // The first event's length changes: the loop frames the body.
             resp.remove_header(&header::CONTENT_LENGTH);
             ctx.rewriter = Some(EndpointRewriter::new(replica));
         }

@@ -13,7 +13,7 @@
 //! request   request_phase                                      answered here, or on
 //! upstream  peer, pooled connection, upstream_head             another replica on a failed
 //! relay     body → upstream, response → client, both ways      connection (connect_failed,
-//! end       fail_to_proxy's answer, log, keep-alive            proxy_error)
+//! end       proxy_failed's answer, log, keep-alive             proxy_error)
 //! ```
 
 use std::sync::Arc;
@@ -339,22 +339,18 @@ impl EdgeApp {
                     .map_err(|e| e.into_down())?;
                 Ok(false)
             }
-            HttpTask::Body(mut data, end) => {
+            // The body's end may come as its own task (HTTP/1 trailers are not relayed).
+            HttpTask::Body(..) | HttpTask::Done | HttpTask::Trailer(_) => {
+                let (mut data, end) = match task {
+                    HttpTask::Body(data, end) => (data, end),
+                    _ => (None, true),
+                };
                 self.edge.response_chunk(&mut data, end, ctx);
                 let data = data.unwrap_or_default();
                 ds.write_response_body(data, end)
                     .await
                     .map_err(|e| e.into_down())?;
                 Ok(end)
-            }
-            HttpTask::Done | HttpTask::Trailer(_) => {
-                let mut none = None;
-                self.edge.response_chunk(&mut none, true, ctx);
-                let data = none.unwrap_or_default();
-                ds.write_response_body(data, true)
-                    .await
-                    .map_err(|e| e.into_down())?;
-                Ok(true)
             }
             HttpTask::Failed(e) => Err(e),
             HttpTask::UpgradedBody(..) => {

@@ -1,4 +1,4 @@
-//! `upstream_peer` and `upstream_request_filter`: the replica, and the request head it gets.
+//! `peer` and `upstream_head`: the replica, and the request head it gets.
 //! Hop-by-hop headers dropped, Host as the upstream expects it, the caller's identity in the
 //! route's headers (never the client's own values for them), the forwarding headers only we set
 //! (or a trusted balancer's), and the backend's own session id restored.
