@@ -214,3 +214,21 @@ async fn every_body_reaches_the_upstream_whole_on_every_route_over_http2() {
         }
     }
 }
+
+/// HTTP/2 header lists are held to `limits.header_size` (32 KiB by default) like HTTP/1 heads:
+/// a 40 KB header never reaches the upstream (h2 answers 431), a 20 KB one does.
+#[tokio::test]
+async fn http2_header_lists_get_the_header_size_limit() {
+    let up = Upstream::start("r1").await;
+    let s = setup(&up).await;
+    let client = s.edge.client(s.ca.root_store(), &["a.test"]);
+    let url = format!("https://a.test:{}/plain/x", s.edge.https.port());
+    let get = |size: usize| client.get(&url).header("x-big", "a".repeat(size)).send();
+    let fits = get(20_000).await.unwrap();
+    assert_eq!(fits.version(), reqwest::Version::HTTP_2);
+    assert_eq!(fits.status(), 200);
+    match get(40_000).await {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(!e.is_timeout(), "{e}"),
+    }
+}

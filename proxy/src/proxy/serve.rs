@@ -255,7 +255,7 @@ impl EdgeApp {
         origin_form(&mut req)?;
         if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
             // The body is read de-chunked and written chunked again: the upstream gets that one
-            // coding as the edge spells it (pingora's parser refuses any other list).
+            // coding as the edge spells it (pingora reads only a list that ends in chunked).
             req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         } else if has_body && !req.headers.contains_key(http::header::CONTENT_LENGTH) {
             // An HTTP/2 body of no declared length: chunked to the HTTP/1 upstream.
