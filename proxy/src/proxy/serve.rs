@@ -406,9 +406,9 @@ async fn read_body(ds: &mut ServerSession, done: bool) -> Result<Option<Bytes>> 
     }
 }
 
-/// Reads the request head (HTTP/2: already read). A connection parked between requests when the service stops gets
-/// [`SHUTDOWN_LINGER`] more for a request already on its way. `false`: no request (closed,
-/// refused with 400/431, or dropped at shutdown).
+/// Reads the request head (HTTP/2: already read). A connection parked between requests when
+/// the service stops gets [`SHUTDOWN_LINGER`] more for a request already on its way. `false`:
+/// no request (closed, refused with 400/431, or dropped at shutdown).
 async fn read_head(ds: &mut ServerSession, shutdown: &ShutdownWatch) -> bool {
     let mut stop = shutdown.clone();
     let res = {
