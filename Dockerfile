@@ -21,7 +21,7 @@ COPY proxy/Cargo.toml proxy/
 COPY backend/Cargo.toml backend/
 COPY tests/Cargo.toml tests/
 COPY bench/Cargo.toml bench/
-# pingora-core and pingora-proxy, patched (vendor/README.md)
+# pingora-core, patched (vendor/README.md)
 COPY vendor vendor
 RUN mkdir -p proxy/src backend/src backend/benches tests/src bench/src \
  && echo 'fn main() {}' > proxy/src/main.rs && touch proxy/src/lib.rs \

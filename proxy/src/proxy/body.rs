@@ -1,4 +1,4 @@
-//! `request_body_filter`: the body against its limit, and, where the route reads it, into the
+//! `body_phase`: the body against its limit, and, where the route reads it, into the
 //! request's one MCP model. A body held back (header validation, tool budgets) is forwarded
 //! whole once its checks pass; a refusal is the answer `proxy_failed` writes, and nothing of
 //! the body reaches the upstream.

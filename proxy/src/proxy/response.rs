@@ -1,4 +1,4 @@
-//! `response_filter` and `response_body_filter`: the upstream's answer on its way out. Hop-by-hop
+//! `response_head` and `response_chunk`: the upstream's answer on its way out. Hop-by-hop
 //! headers dropped, rate-limit headers added, streams marked unbuffered, session ids sealed for
 //! the replica that issued them (and rewritten in a legacy stream's `endpoint` event), and the
 //! MCP outcomes observed as they pass.
