@@ -66,9 +66,7 @@ pub async fn write(session: &mut Session, answer: &Answer) -> Result<bool> {
         resp.append_header(k.clone(), v.as_str())?;
     }
     if session.req_header().method == http::Method::HEAD {
-        // The header is the whole answer (HTTP/2: END_STREAM on HEADERS).
-        let task = vec![HttpTask::Header(Box::new(resp), true)];
-        session.response_duplex_vec(task).await?;
+        header_only(session, Box::new(resp)).await?;
         return Ok(true);
     }
     session.write_response_header(Box::new(resp)).await?;
@@ -76,4 +74,11 @@ pub async fn write(session: &mut Session, answer: &Answer) -> Result<bool> {
         .write_response_body(answer.body.clone(), true)
         .await?;
     Ok(true)
+}
+
+/// Writes a response that is its header alone and ends it there (HTTP/1: the body finished;
+/// HTTP/2: END_STREAM on the HEADERS frame, not an empty DATA frame after it).
+pub async fn header_only(session: &mut Session, resp: Box<ResponseHeader>) -> Result<()> {
+    let task = vec![HttpTask::Header(resp, true)];
+    session.response_duplex_vec(task).await.map(|_| ())
 }

@@ -116,15 +116,15 @@ impl EdgeApp {
             ds.set_keepalive(None);
         }
         let mut ctx = Ctx::new();
-        let (mut reuse, error) = match self.edge.request_phase(&mut ds, &mut ctx).await {
+        // A failed request never keeps its connection: `reuse` is false with every error.
+        let (reuse, error) = match self.edge.request_phase(&mut ds, &mut ctx).await {
             Ok(true) => (true, None),
             Ok(false) => self.forward(&mut ds, &mut ctx).await,
             Err(e) => (false, Some(e)),
         };
         if let Some(e) = error.as_deref() {
-            // The answer says `Connection: close`; the connection is not reused.
+            // The answer says `Connection: close`.
             self.edge.proxy_failed(&mut ds, e, &mut ctx).await;
-            reuse = false;
         }
         self.edge.log_request(&ds, error.as_deref(), &mut ctx);
         if !reuse {
@@ -247,7 +247,7 @@ impl EdgeApp {
 
     /// The upstream's request head: the client's, as the edge changes it (`upstream_head`),
     /// in HTTP/1.1 origin form, framed.
-    fn upstream_head(&self, ds: &mut ServerSession, ctx: &mut Ctx) -> Result<Box<RequestHeader>> {
+    fn upstream_head(&self, ds: &mut ServerSession, ctx: &Ctx) -> Result<Box<RequestHeader>> {
         let has_body = !ds.is_body_empty();
         let mut req = Box::new(ds.req_header().clone());
         req.set_version(Version::HTTP_11);
@@ -326,10 +326,8 @@ impl EdgeApp {
                 self.edge.response_head(ds, &mut resp, ctx)?;
                 chunked_unless_framed(ds.req_header(), &mut resp, end);
                 if end {
-                    // A response without a body ends with its header (HTTP/2: END_STREAM on
-                    // HEADERS, which a 304 with a Content-Length needs).
-                    let task = vec![HttpTask::Header(resp, true)];
-                    ds.response_duplex_vec(task)
+                    // A 304 with a Content-Length needs END_STREAM on its HEADERS.
+                    crate::reply::header_only(ds, resp)
                         .await
                         .map_err(|e| e.into_down())?;
                     return Ok(true);

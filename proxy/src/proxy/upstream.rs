@@ -84,7 +84,7 @@ impl EdgeProxy {
         &self,
         client: Option<&SocketAddr>,
         req: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &Ctx,
     ) -> Result<()> {
         for h in hop_by_hop(&req.headers) {
             req.remove_header(&h);
