@@ -164,8 +164,9 @@ impl EdgeApp {
             Ok(h) => h,
             Err(e) => return (false, Some(e)),
         };
-        let (mut up, reused) = match self.upstreams.get_http_session(&*peer).await {
+        let (mut up, reused) = match connect(&self.upstreams, &peer, ds).await {
             Ok(s) => s,
+            Err(e) if e.esource() == &ErrorSource::Downstream => return (false, Some(e)),
             Err(mut e) => {
                 e.as_up();
                 return (false, Some(self.edge.connect_failed(ctx, e).into_up()));
@@ -251,6 +252,9 @@ impl EdgeApp {
         let has_body = !ds.is_body_empty();
         let mut req = Box::new(ds.req_header().clone());
         req.set_version(Version::HTTP_11);
+        if ds.is_http2() {
+            join_cookies(&mut req)?;
+        }
         self.edge.upstream_head(ds.client_addr(), &mut req, ctx)?;
         origin_form(&mut req)?;
         if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
@@ -372,6 +376,25 @@ fn chunked_unless_framed(req: &RequestHeader, resp: &mut ResponseHeader, end: bo
     }
 }
 
+/// HTTP/2 clients may send each cookie as a field of its own; an HTTP/1 upstream reads one
+/// `Cookie` line (RFC 9113 §8.2.3: joined with "; ").
+fn join_cookies(req: &mut RequestHeader) -> Result<()> {
+    let cookies = req.headers.get_all(http::header::COOKIE);
+    if cookies.iter().nth(1).is_none() {
+        return Ok(());
+    }
+    let mut joined = Vec::new();
+    for (i, v) in cookies.iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    let value = http::HeaderValue::from_bytes(&joined)
+        .map_err(|e| Error::because(InvalidHTTPHeader, "joining cookie fields", e))?;
+    req.insert_header(http::header::COOKIE, value)
+}
+
 /// An absolute-form target (`GET http://host/path`) goes upstream in origin form: the upstream
 /// gets the authority the edge chose (Host, set by `upstream_head`), never the client's. pingora
 /// keeps the whole target in the raw path (its URI has no authority); an HTTP/2 request's URI
@@ -389,6 +412,31 @@ fn origin_form(req: &mut RequestHeader) -> Result<()> {
         .map_err(|e| Error::because(InvalidHTTPHeader, "request target", e))?;
     req.set_uri(uri);
     Ok(())
+}
+
+/// A connection to the upstream, from the pool or new. An HTTP/2 stream the client resets
+/// meanwhile stops it (a downstream error): a stream opened and reset at once (rapid reset)
+/// costs no upstream connection.
+async fn connect(
+    upstreams: &Connector,
+    peer: &HttpPeer,
+    ds: &mut ServerSession,
+) -> Result<(Upstream, bool)> {
+    let connecting = upstreams.get_http_session(peer);
+    let ServerSession::H2(h2) = ds else {
+        return connecting.await;
+    };
+    tokio::select! {
+        biased;
+        reset = h2.idle() => {
+            let why = match reset {
+                Ok(reason) => format!("the client reset the stream ({reason}) before it was forwarded"),
+                Err(_) => "the client's connection ended before the stream was forwarded".into(),
+            };
+            Err(Error::explain(ConnectionClosed, why).into_down())
+        }
+        connected = connecting => connected,
+    }
 }
 
 /// The next piece of the request body, or with the body read an idle read that notices a
