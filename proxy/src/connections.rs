@@ -2,6 +2,10 @@
 //! address. pingora asks before a connection's handshake (`ConnectionGate`), so a refused one
 //! costs an accept and a close, nothing more, and one address cannot take every descriptor.
 //!
+//! The upstream connections requests use are held to the same caps (`UpstreamGate`): the
+//! descriptor budget gives each client connection one, and the streams of one HTTP/2
+//! connection could otherwise hold `limits.h2_streams` each.
+//!
 //! The caps are read from the live configuration on every accept, so a reload changes them.
 
 use std::collections::HashMap;
@@ -9,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use pingora::apps::Permit;
+use prometheus::IntGauge;
 
 use crate::live::Live;
 use crate::metrics;
@@ -29,13 +34,54 @@ struct Counts {
     by_address: HashMap<IpAddr, usize>,
 }
 
-/// Held by an admitted connection; dropping it frees its place.
-struct Admitted {
-    counts: Arc<Mutex<Counts>>,
-    address: Option<IpAddr>,
+impl Counts {
+    /// One more place for `address` within the caps: `Err`: which cap refused it.
+    /// `gauge`: set to the total whenever it changes.
+    fn take(
+        counts: &Arc<Mutex<Self>>,
+        address: Option<IpAddr>,
+        (total_cap, per_address_cap): (usize, usize),
+        gauge: Option<&'static IntGauge>,
+    ) -> Result<Held, Cap> {
+        let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+        if c.total >= total_cap {
+            return Err(Cap::Total);
+        }
+        if let Some(a) = address {
+            let n = c.by_address.entry(a).or_insert(0);
+            if *n >= per_address_cap {
+                return Err(Cap::PerAddress);
+            }
+            *n += 1;
+        }
+        c.total += 1;
+        if let Some(g) = gauge {
+            g.set(c.total as i64);
+        }
+        Ok(Held {
+            counts: counts.clone(),
+            address,
+            gauge,
+        })
+    }
 }
 
-impl Drop for Admitted {
+/// The cap that refused a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    Total,
+    PerAddress,
+}
+
+/// A place within the caps; dropping it frees it.
+#[derive(Debug)]
+pub struct Held {
+    counts: Arc<Mutex<Counts>>,
+    address: Option<IpAddr>,
+    gauge: Option<&'static IntGauge>,
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         c.total = c.total.saturating_sub(1);
@@ -47,12 +93,20 @@ impl Drop for Admitted {
                 }
             }
         }
-        metrics::get().connections_open.set(c.total as i64);
+        if let Some(g) = self.gauge {
+            g.set(c.total as i64);
+        }
     }
 }
 
-/// The address a client is counted under: IPv4 as is (also when mapped into IPv6), IPv6 by
-/// its /64, the smallest block one subscriber is commonly given.
+/// The address a client is counted under (see [`crate::limits::address_key`]), `None` for a
+/// trusted proxy: it carries many clients' connections, so only the total applies to it.
+fn counted_address(config: &crate::config::Config, peer: Option<&SocketAddr>) -> Option<IpAddr> {
+    peer.map(|p| p.ip().to_canonical())
+        .filter(|ip| !config.trusted_proxies.iter().any(|n| n.contains(ip)))
+        .map(crate::limits::address_key)
+}
+
 impl ConnectionGate {
     pub fn new(live: Arc<Live>, open_files: u64) -> Self {
         Self {
@@ -61,43 +115,60 @@ impl ConnectionGate {
             counts: Arc::default(),
         }
     }
-
-    fn refuse(reason: &str) -> Option<Permit> {
-        metrics::get()
-            .connections_refused
-            .with_label_values(&[reason])
-            .inc();
-        None
-    }
 }
 
 impl pingora::apps::ConnectionGate for ConnectionGate {
     fn admit(&self, peer: Option<&SocketAddr>) -> Option<Permit> {
         let snap = self.live.load();
         let config = &snap.config;
-        let (total_cap, per_address_cap) = config.limits.connection_caps(self.open_files);
-        // A trusted proxy carries many clients' connections: only the total applies to it.
-        let address = peer
-            .map(|p| p.ip().to_canonical())
-            .filter(|ip| !config.trusted_proxies.iter().any(|n| n.contains(ip)))
-            .map(crate::limits::address_key);
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if c.total >= total_cap {
-            return Self::refuse("connections");
-        }
-        if let Some(a) = address {
-            let n = c.by_address.entry(a).or_insert(0);
-            if *n >= per_address_cap {
-                return Self::refuse("connections_per_address");
+        let caps = config.limits.connection_caps(self.open_files);
+        let address = counted_address(config, peer);
+        let gauge = Some(&metrics::get().connections_open);
+        match Counts::take(&self.counts, address, caps, gauge) {
+            Ok(held) => Some(Box::new(held)),
+            Err(cap) => {
+                let reason = match cap {
+                    Cap::Total => "connections",
+                    Cap::PerAddress => "connections_per_address",
+                };
+                metrics::get()
+                    .connections_refused
+                    .with_label_values(&[reason])
+                    .inc();
+                None
             }
-            *n += 1;
         }
-        c.total += 1;
-        metrics::get().connections_open.set(c.total as i64);
-        Some(Box::new(Admitted {
-            counts: self.counts.clone(),
-            address,
-        }))
+    }
+}
+
+/// Upstream connections in use, under the same caps as client connections: the descriptor
+/// budget gives each client connection one (`Limits::connection_caps`). An HTTP/1 connection
+/// uses one at a time, so its requests count toward the total only; HTTP/2 streams of one
+/// client could hold one each, so theirs count per client address too.
+#[derive(Debug)]
+pub struct UpstreamGate {
+    live: Arc<Live>,
+    open_files: u64,
+    counts: Arc<Mutex<Counts>>,
+}
+
+impl UpstreamGate {
+    pub fn new(live: Arc<Live>, open_files: u64) -> Self {
+        Self {
+            live,
+            open_files,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A place for one upstream connection of `client`'s request (`per_address`: an HTTP/2
+    /// stream's), held while the request uses it.
+    pub fn admit(&self, client: Option<&SocketAddr>, per_address: bool) -> Result<Held, Cap> {
+        let snap = self.live.load();
+        let config = &snap.config;
+        let caps = config.limits.connection_caps(self.open_files);
+        let address = counted_address(config, client).filter(|_| per_address);
+        Counts::take(&self.counts, address, caps, None)
     }
 }
 

@@ -752,3 +752,64 @@ async fn the_admin_listener_can_serve_tls_and_require_a_client_certificate() {
     );
     assert!(!text.contains("PRIVATE KEY"), "{text}");
 }
+
+/// The descriptor budget gives each client connection one upstream connection; HTTP/2 streams
+/// could hold one each. So the streams of one address hold at most `connections_per_address`
+/// upstream connections at once: one more gets 503 with Retry-After until a stream ends, while
+/// that address's HTTP/1 requests (one upstream connection per client connection, already
+/// capped) and other addresses are served.
+#[tokio::test]
+async fn http2_streams_of_one_address_hold_upstream_connections_within_its_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let up = Upstream::start("a").await;
+    let ca = TestCa::new("limits CA");
+    let (cert, key) = ca.leaf(&["a.test"]);
+    std::fs::write(d.join("a.pem"), cert).unwrap();
+    std::fs::write(d.join("a.key"), key).unwrap();
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\nlimits:\n  connections: 10\n  connections_per_address: 2\nhosts:\n  a.test:\n    tls: {{ cert: {}, key: {} }}\n    upstream: \"{u}\"\n  h.test:\n    tls: none\n    upstream: \"{u}\"\n",
+        ports.yaml(),
+        d.join("certs").display(),
+        d.join("a.pem").display(),
+        d.join("a.key").display(),
+        u = up.url(),
+    );
+    let edge = Edge::start(d, &ports, &cfg).await;
+    let client = edge.client(ca.root_store(), &["a.test"]);
+    let url = format!("https://a.test:{}/forever", edge.https.port());
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let s = client.get(&url).send().await.unwrap();
+        assert_eq!(s.version(), reqwest::Version::HTTP_2);
+        assert_eq!(s.status(), 200);
+        streams.push(s);
+    }
+    assert_eq!(up.open_streams(), 2);
+    // A third stream on the same connection: refused before any upstream connection.
+    let over = client.get(&url).send().await.unwrap();
+    assert_eq!(over.status(), 503);
+    assert_eq!(over.headers()["retry-after"], "1");
+    assert_eq!(
+        edge.metric("mcp_edge_requests_refused_total{host=\"a.test\",reason=\"upstream_connections_per_address\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(up.open_streams(), 2);
+    // HTTP/1 from the same address, on its second connection: served.
+    assert_eq!(
+        raw_status(&get_from(&edge, "127.0.0.1", "/x", "").await),
+        200
+    );
+    // A stream that ends frees its place.
+    drop(streams.remove(0));
+    wait_for(
+        Duration::from_secs(10),
+        "the stream's end upstream",
+        || async { (up.open_streams() == 1).then_some(()) },
+    )
+    .await;
+    let again = client.get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+}

@@ -100,11 +100,14 @@ async fn an_answer_before_the_body_is_read_reaches_the_client() {
     .await;
     let edge = edge_for(tmp.path(), &up.url).await;
     let body = vec![b'x'; 4_000_000];
+    // `connection: close`: when the whole body fit in the buffers before the upstream closed,
+    // the request was complete and its connection may stay open; the exchange reads to the
+    // close.
     let head = format!(
-        "POST /upload HTTP/1.1\r\nhost: h.test\r\ncontent-length: {}\r\n\r\n",
+        "POST /upload HTTP/1.1\r\nhost: h.test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    for _ in 0..5 {
+    for _ in 0..10 {
         let out = edge.raw_exchange(&head, &[&body], Duration::ZERO).await;
         assert_eq!(raw_status(&out), 413, "{}", first_head(&out));
         assert!(out.ends_with("nope\n"), "{}", first_head(&out));
@@ -299,19 +302,13 @@ async fn http2_streams_reset_at_once_cost_no_upstream_connection() {
     tokio::spawn(conn);
     let request = || http::Request::get("https://a.test/reset").body(()).unwrap();
     let streams = 200;
-    for i in 0..streams {
+    for _ in 0..streams {
         h2 = h2.ready().await.unwrap();
         let (_answer, mut body) = h2.send_request(request(), false).unwrap();
-        // The reset follows the stream's HEADERS after the edge had time to take the stream
-        // (a stream reset before it is taken never reaches the proxy loop).
-        if i % 2 == 1 {
-            tokio::task::yield_now().await;
-        }
+        // HEADERS and RST_STREAM go out together (the connection task writes both at once).
         body.send_reset(h2::Reason::CANCEL);
-        if i % 20 == 19 {
-            // Paced under h2's limit on streams reset before they are taken (20 at a time).
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
+        // Paced: h2 sends GOAWAY when more than 20 streams wait reset before they are taken.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     h2 = h2.ready().await.unwrap();
     let (answer, _) = h2.send_request(request(), true).unwrap();
@@ -320,11 +317,11 @@ async fn http2_streams_reset_at_once_cost_no_upstream_connection() {
         .expect("the stream not reset is answered")
         .unwrap();
     assert_eq!(answer.status(), 200);
-    // Without the check every stream made one (201 of 201); with it about 1 in 12 still does:
-    // its reset came while the connect was already done.
+    // Without the check every stream made one (201 of 201); with it only the last, which is
+    // not reset.
     let connections = up.connections();
     assert!(
-        connections <= streams / 4,
+        connections <= streams / 10,
         "{connections} upstream connections for {streams} reset streams"
     );
 }

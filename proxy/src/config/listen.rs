@@ -47,8 +47,9 @@ pub struct Limits {
 impl Limits {
     /// The total and per-address connection caps, given the open-files limit.
     pub fn connection_caps(&self, open_files: u64) -> (usize, usize) {
-        // Each client connection may hold an upstream connection too; some descriptors are
-        // kept for listeners, files and the admin listener.
+        // As many upstream connections in use as client connections (`UpstreamGate` holds
+        // them to it, HTTP/2 streams included); some descriptors are kept for listeners,
+        // files, idle pooled connections and the admin listener.
         let budget = usize::try_from(open_files.saturating_sub(64) / 2).unwrap_or(usize::MAX);
         // A cap the descriptors cannot back would end in "too many open files": lowered (and
         // said at start, see `caps_warning`).

@@ -36,6 +36,8 @@ use pingora::upstreams::peer::Peer;
 use pingora::Error;
 
 use super::{Ctx, EdgeProxy};
+use crate::connections::{Cap, UpstreamGate};
+use crate::reply::Answer;
 
 /// How long a connection parked between requests may still deliver one once the service
 /// stops: a request already on its way is answered, with `Connection: close`.
@@ -57,6 +59,8 @@ pub struct EdgeApp {
     max_retries: usize,
     server_options: HttpServerOptions,
     h2_options: H2Options,
+    /// Upstream connections in use, within the descriptor budget.
+    upstream_gate: UpstreamGate,
 }
 
 impl EdgeApp {
@@ -65,6 +69,7 @@ impl EdgeApp {
         conf: &ServerConf,
         server_options: HttpServerOptions,
         h2_options: H2Options,
+        upstream_gate: UpstreamGate,
     ) -> Self {
         Self {
             edge,
@@ -72,6 +77,7 @@ impl EdgeApp {
             max_retries: conf.max_retries,
             server_options,
             h2_options,
+            upstream_gate,
         }
     }
 }
@@ -163,6 +169,12 @@ impl EdgeApp {
         let head = match self.upstream_head(ds, ctx) {
             Ok(h) => h,
             Err(e) => return (false, Some(e)),
+        };
+        // Held while this request uses its upstream connection.
+        let client = ds.client_addr().and_then(|a| a.as_inet()).copied();
+        let _place = match self.upstream_gate.admit(client.as_ref(), ds.is_http2()) {
+            Ok(held) => held,
+            Err(cap) => return (false, Some(upstream_refused(ctx, cap))),
         };
         let (mut up, reused) = match connect(&self.upstreams, &peer, ds).await {
             Ok(s) => s,
@@ -412,6 +424,27 @@ fn origin_form(req: &mut RequestHeader) -> Result<()> {
         .map_err(|e| Error::because(InvalidHTTPHeader, "request target", e))?;
     req.set_uri(uri);
     Ok(())
+}
+
+/// 503 for a request whose upstream connection the descriptor budget cannot back (with
+/// Retry-After: places free as other requests end).
+fn upstream_refused(ctx: &mut Ctx, cap: Cap) -> Box<Error> {
+    let (reason, body) = match cap {
+        Cap::Total => (
+            "upstream_connections",
+            "too many upstream connections in use; try again\n",
+        ),
+        Cap::PerAddress => (
+            "upstream_connections_per_address",
+            "too many upstream connections in use for this client address; try again\n",
+        ),
+    };
+    let retry = (http::header::RETRY_AFTER, "1".to_string());
+    let answer = Answer::text(503, body)
+        .refused(reason)
+        .with_headers(vec![retry]);
+    ctx.late = Some(answer);
+    Error::explain(HTTPStatus(503), "upstream connections at their cap")
 }
 
 /// A connection to the upstream, from the pool or new. An HTTP/2 stream the client resets

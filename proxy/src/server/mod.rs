@@ -26,7 +26,7 @@ use crate::admin::Admin;
 use crate::audit::Audit;
 use crate::certs::{self, CertError, FileWatch};
 use crate::config::{self, Config, ConfigErrors, Listen};
-use crate::connections::ConnectionGate;
+use crate::connections::{ConnectionGate, UpstreamGate};
 use crate::health::HealthChecker;
 use crate::http01::ChallengeStore;
 use crate::live::{Live, Snapshot};
@@ -189,13 +189,15 @@ impl BackgroundService for SealKeyFollow {
     }
 }
 
-/// Client-side timeouts and limits of the proxy listeners, from the configuration at start.
+/// Client-side timeouts and limits of the proxy listeners, from the configuration at start;
+/// and the gate of upstream connections, under the same descriptor budget.
 fn server_options(
     config: &Config,
     live: &Arc<Live>,
 ) -> (
     pingora::apps::HttpServerOptions,
     pingora::protocols::http::v2::server::H2Options,
+    UpstreamGate,
 ) {
     let t = &config.timeouts;
     let limits = &config.limits;
@@ -223,7 +225,7 @@ fn server_options(
     h2.max_concurrent_streams(limits.h2_streams);
     // HTTP/2 requests get the header size limit HTTP/1 requests have (h2 refuses a larger list).
     h2.max_header_list_size(u32::try_from(limits.header_size).unwrap_or(u32::MAX));
-    (options, h2)
+    (options, h2, UpstreamGate::new(live.clone(), open_files))
 }
 
 /// Says so when `/metrics` and `/status` are open to whoever reaches a non-loopback admin
@@ -365,8 +367,14 @@ fn proxy_service(
         legacy: Arc::default(),
         audit: parts.audit.clone(),
     };
-    let (options, h2_options) = server_options(config, &parts.live);
-    let app = EdgeApp::new(edge, &server.configuration, options, h2_options);
+    let (options, h2_options, upstream_gate) = server_options(config, &parts.live);
+    let app = EdgeApp::new(
+        edge,
+        &server.configuration,
+        options,
+        h2_options,
+        upstream_gate,
+    );
     let mut proxy = Service::new("mcp-edge proxy".to_string(), app);
     add_listeners(&mut proxy, &config.listen, &parts.live, &parts.alpn)?;
     Ok(proxy)
