@@ -548,6 +548,24 @@ pub async fn plain_host_edge(dir: &Path, top: &str, host: &str) -> Edge {
     Edge::start(dir, &ports, &cfg).await
 }
 
+/// An edge with `top` (top-level YAML), a TLS host `a.test` (a certificate from the returned
+/// CA) whose upstream is `upstream`, and `hosts` (more hosts, indented as entries of `hosts:`).
+pub async fn tls_host_edge(dir: &Path, top: &str, upstream: &str, hosts: &str) -> (Edge, TestCa) {
+    let ca = TestCa::new("a.test CA");
+    let (cert, key) = ca.leaf(&["a.test"]);
+    std::fs::write(dir.join("a.pem"), cert).unwrap();
+    std::fs::write(dir.join("a.key"), key).unwrap();
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}storage: {}\n{top}hosts:\n  a.test:\n    tls: {{ cert: {}, key: {} }}\n    upstream: \"{upstream}\"\n{hosts}",
+        ports.yaml(),
+        dir.join("certs").display(),
+        dir.join("a.pem").display(),
+        dir.join("a.key").display(),
+    );
+    (Edge::start(dir, &ports, &cfg).await, ca)
+}
+
 impl Edge {
     /// `GET path` to host `h.test` on the plain listener from address `from`, with `extra`
     /// header lines; the raw answer.

@@ -761,22 +761,14 @@ async fn the_admin_listener_can_serve_tls_and_require_a_client_certificate() {
 #[tokio::test]
 async fn http2_streams_of_one_address_hold_upstream_connections_within_its_cap() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
     let up = Upstream::start("a").await;
-    let ca = TestCa::new("limits CA");
-    let (cert, key) = ca.leaf(&["a.test"]);
-    std::fs::write(d.join("a.pem"), cert).unwrap();
-    std::fs::write(d.join("a.key"), key).unwrap();
-    let ports = Ports::new();
-    let cfg = format!(
-        "{}storage: {}\nlimits:\n  connections: 10\n  connections_per_address: 2\nhosts:\n  a.test:\n    tls: {{ cert: {}, key: {} }}\n    upstream: \"{u}\"\n  h.test:\n    tls: none\n    upstream: \"{u}\"\n",
-        ports.yaml(),
-        d.join("certs").display(),
-        d.join("a.pem").display(),
-        d.join("a.key").display(),
-        u = up.url(),
-    );
-    let edge = Edge::start(d, &ports, &cfg).await;
+    let (edge, ca) = tls_host_edge(
+        tmp.path(),
+        "limits:\n  connections: 10\n  connections_per_address: 2\n",
+        &up.url(),
+        &format!("  h.test:\n    tls: none\n    upstream: \"{}\"\n", up.url()),
+    )
+    .await;
     let client = edge.client(ca.root_store(), &["a.test"]);
     let url = format!("https://a.test:{}/forever", edge.https.port());
     let mut streams = Vec::new();

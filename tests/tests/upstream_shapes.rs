@@ -262,23 +262,6 @@ async fn connection_cannot_strip_host_or_the_forwarding_headers() {
     assert!(h.get("x-drop").is_none(), "{echo}");
 }
 
-/// An edge with one TLS host, `a.test`, whose upstream is `url`; and its CA.
-async fn tls_edge(dir: &std::path::Path, url: &str) -> (Edge, TestCa) {
-    let ca = TestCa::new("upstream shapes CA");
-    let (cert, key) = ca.leaf(&["a.test"]);
-    std::fs::write(dir.join("a.pem"), cert).unwrap();
-    std::fs::write(dir.join("a.key"), key).unwrap();
-    let ports = Ports::new();
-    let cfg = format!(
-        "{}storage: {}\nhosts:\n  a.test:\n    tls: {{ cert: {}, key: {} }}\n    upstream: \"{url}\"\n",
-        ports.yaml(),
-        dir.join("certs").display(),
-        dir.join("a.pem").display(),
-        dir.join("a.key").display(),
-    );
-    (Edge::start(dir, &ports, &cfg).await, ca)
-}
-
 /// HTTP/2 streams opened and reset at once (rapid reset, CVE-2023-44487) cost the upstream
 /// nothing: a stream reset before its upstream connection is made never makes one. The
 /// client's connection stays usable (accept twin: a stream it does not reset is answered).
@@ -286,7 +269,7 @@ async fn tls_edge(dir: &std::path::Path, url: &str) -> (Edge, TestCa) {
 async fn http2_streams_reset_at_once_cost_no_upstream_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let up = Scripted::start(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await;
-    let (edge, ca) = tls_edge(tmp.path(), &up.url).await;
+    let (edge, ca) = tls_host_edge(tmp.path(), "", &up.url, "").await;
     install_crypto();
     let mut tls = rustls::ClientConfig::builder()
         .with_root_certificates(ca.root_store())
@@ -332,7 +315,7 @@ async fn http2_streams_reset_at_once_cost_no_upstream_connection() {
 async fn http2_cookie_fields_are_joined_for_the_upstream() {
     let tmp = tempfile::tempdir().unwrap();
     let up = Upstream::start("r1").await;
-    let (edge, ca) = tls_edge(tmp.path(), &up.url()).await;
+    let (edge, ca) = tls_host_edge(tmp.path(), "", &up.url(), "").await;
     let client = edge.client(ca.root_store(), &["a.test"]);
     let url = format!("https://a.test:{}/echo", edge.https.port());
     let r = client
