@@ -262,14 +262,9 @@ async fn connection_cannot_strip_host_or_the_forwarding_headers() {
     assert!(h.get("x-drop").is_none(), "{echo}");
 }
 
-/// HTTP/2 streams opened and reset at once (rapid reset, CVE-2023-44487) cost the upstream
-/// nothing: a stream reset before its upstream connection is made never makes one. The
-/// client's connection stays usable (accept twin: a stream it does not reset is answered).
-#[tokio::test]
-async fn http2_streams_reset_at_once_cost_no_upstream_connection() {
-    let tmp = tempfile::tempdir().unwrap();
-    let up = Scripted::start(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await;
-    let (edge, ca) = tls_host_edge(tmp.path(), "", &up.url, "").await;
+/// A raw HTTP/2 connection to `edge`'s TLS host `a.test` (the h2 crate's client: it sends what
+/// reqwest will not, and shows 1xx responses).
+async fn raw_h2(edge: &Edge, ca: &TestCa) -> h2::client::SendRequest<bytes::Bytes> {
     install_crypto();
     let mut tls = rustls::ClientConfig::builder()
         .with_root_certificates(ca.root_store())
@@ -281,8 +276,89 @@ async fn http2_streams_reset_at_once_cost_no_upstream_connection() {
         .connect(name, tcp)
         .await
         .unwrap();
-    let (mut h2, conn) = h2::client::handshake(stream).await.unwrap();
+    let (h2, conn) = h2::client::handshake(stream).await.unwrap();
     tokio::spawn(conn);
+    h2
+}
+
+/// An HTTP/2 client that sends `Expect: 100-continue` and waits for `100 Continue` before its
+/// body gets the upstream's 100 as an informational HEADERS frame, then sends the body, which
+/// arrives whole. Reject twin: an upstream that refuses at once (417) answers without a 100,
+/// and the body is never sent.
+#[tokio::test]
+async fn http2_expect_100_continue_gets_the_upstreams_100() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("r1").await;
+    let (edge, ca) = tls_host_edge(tmp.path(), "", &up.url(), "").await;
+    let mut h2 = raw_h2(&edge, &ca).await;
+    let body = vec![b'b'; 100_000];
+    let post = |path: &str| {
+        http::Request::post(format!("https://a.test{path}"))
+            .header("expect", "100-continue")
+            .header("content-length", body.len())
+            .body(())
+            .unwrap()
+    };
+
+    h2 = h2.ready().await.unwrap();
+    let (mut answer, mut send) = h2.send_request(post("/echo"), false).unwrap();
+    let interim = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::future::poll_fn(|cx| answer.poll_informational(cx)),
+    )
+    .await
+    .expect("100 Continue before the body (the client's own timer would be 1 s in curl)")
+    .expect("an informational response")
+    .unwrap();
+    assert_eq!(interim.status(), 100);
+    send.send_data(bytes::Bytes::from(body.clone()), true)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut recv = resp.into_body();
+    let mut echo = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.unwrap();
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        echo.extend_from_slice(&chunk);
+    }
+    let echo: serde_json::Value = serde_json::from_slice(&echo).unwrap();
+    assert_eq!(echo["body_len"], body.len(), "{echo}");
+
+    // Reject twin: the upstream refuses from the head alone; the client gets that answer, no
+    // 100, and never sends its body.
+    let refuses =
+        Scripted::start(b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n").await;
+    let dir = tmp.path().join("refuses");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (edge, ca) = tls_host_edge(&dir, "", &refuses.url, "").await;
+    let mut h2 = raw_h2(&edge, &ca).await;
+    h2 = h2.ready().await.unwrap();
+    let (mut answer, _send) = h2.send_request(post("/echo"), false).unwrap();
+    let interim = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::future::poll_fn(|cx| answer.poll_informational(cx)),
+    )
+    .await
+    .expect("the final answer within 5 s");
+    assert!(interim.is_none(), "{interim:?}");
+    let resp = answer.await.unwrap();
+    assert_eq!(resp.status(), 417);
+    assert_eq!(refuses.requests(), 1);
+}
+
+/// HTTP/2 streams opened and reset at once (rapid reset, CVE-2023-44487) cost the upstream
+/// nothing: a stream reset before its upstream connection is made never makes one. The
+/// client's connection stays usable (accept twin: a stream it does not reset is answered).
+#[tokio::test]
+async fn http2_streams_reset_at_once_cost_no_upstream_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Scripted::start(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await;
+    let (edge, ca) = tls_host_edge(tmp.path(), "", &up.url, "").await;
+    let mut h2 = raw_h2(&edge, &ca).await;
     let request = || http::Request::get("https://a.test/reset").body(()).unwrap();
     let streams = 200;
     for _ in 0..streams {

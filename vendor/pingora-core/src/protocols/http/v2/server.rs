@@ -627,10 +627,19 @@ impl HttpSession {
         }
 
         if header.status.is_informational() {
-            // ignore informational response 1xx header because send_response() can only be called once
-            // https://github.com/hyperium/h2/issues/167
-            debug!("ignoring informational headers");
-            return Ok(());
+            // mcp-edge patch: sent as an informational HEADERS frame (h2 0.4.11+), before the
+            // response: a client that sent `Expect: 100-continue` gets its 100 Continue
+            if self.response_written.is_some() || header.status == 101 {
+                debug!("ignoring informational headers");
+                return Ok(());
+            }
+            header.remove_header(&header::CONNECTION);
+            header.remove_header(&HeaderName::from_static("keep-alive"));
+            let resp = Response::from_parts(header.as_owned_parts(), ());
+            return self.send_response.send_informational(resp).or_err(
+                ErrorType::WriteError,
+                "while writing h2 informational response to downstream",
+            );
         }
 
         if self.response_written.as_ref().is_some() {
