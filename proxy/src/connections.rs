@@ -2,9 +2,9 @@
 //! address. pingora asks before a connection's handshake (`ConnectionGate`), so a refused one
 //! costs an accept and a close, nothing more, and one address cannot take every descriptor.
 //!
-//! The upstream connections requests use are held to the same caps (`UpstreamGate`): the
-//! descriptor budget gives each client connection one, and the streams of one HTTP/2
-//! connection could otherwise hold `limits.h2_streams` each.
+//! The upstream connections requests use are held to the same caps (`UpstreamGate`), in total
+//! and per client: the descriptor budget gives each client connection one, and the streams of
+//! one HTTP/2 connection could otherwise hold `limits.h2_streams` each.
 //!
 //! The caps are read from the live configuration on every accept, so a reload changes them.
 
@@ -142,9 +142,9 @@ impl pingora::apps::ConnectionGate for ConnectionGate {
 }
 
 /// Upstream connections in use, under the same caps as client connections: the descriptor
-/// budget gives each client connection one (`Limits::connection_caps`). An HTTP/1 connection
-/// uses one at a time, so its requests count toward the total only; HTTP/2 streams of one
-/// client could hold one each, so theirs count per client address too.
+/// budget gives each client connection one (`Limits::connection_caps`), and the streams of
+/// one HTTP/2 connection could otherwise hold `limits.h2_streams` each. Counted per client,
+/// the real one behind `trusted_proxies` (a balancer speaking HTTP/2 carries many).
 #[derive(Debug)]
 pub struct UpstreamGate {
     live: Arc<Live>,
@@ -161,14 +161,18 @@ impl UpstreamGate {
         }
     }
 
-    /// A place for one upstream connection of `client`'s request (`per_address`: an HTTP/2
-    /// stream's), held while the request uses it.
-    pub fn admit(&self, client: Option<&SocketAddr>, per_address: bool) -> Result<Held, Cap> {
-        let snap = self.live.load();
-        let config = &snap.config;
-        let caps = config.limits.connection_caps(self.open_files);
-        let address = counted_address(config, client).filter(|_| per_address);
-        Counts::take(&self.counts, address, caps, None)
+    /// A place for one upstream connection of a request from `client`, held while the
+    /// request uses it.
+    pub fn admit(&self, client: Option<IpAddr>) -> Result<Held, Cap> {
+        let caps = self
+            .live
+            .load()
+            .config
+            .limits
+            .connection_caps(self.open_files);
+        let address = client.map(|ip| crate::limits::address_key(ip.to_canonical()));
+        let gauge = Some(&metrics::get().upstream_connections_in_use);
+        Counts::take(&self.counts, address, caps, gauge)
     }
 }
 

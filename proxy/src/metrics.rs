@@ -63,6 +63,8 @@ pub struct Metrics {
     pub replica_up: IntGaugeVec,
     /// Client connections open now, both listeners.
     pub connections_open: IntGauge,
+    /// Upstream connections requests hold now (idle pooled ones not counted).
+    pub upstream_connections_in_use: IntGauge,
     /// Client connections closed before their handshake by a cap, by reason (`connections`,
     /// `connections_per_address`).
     pub connections_refused: IntCounterVec,
@@ -94,6 +96,14 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
 
 fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+/// A gauge without labels.
+fn one_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help)).expect("static metric definition");
     r.register(Box::new(g.clone()))
         .expect("metric registered once");
     g
@@ -148,13 +158,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     .expect("static metric definition");
     r.register(Box::new(stream_duration.clone()))
         .expect("metric registered once");
-    let connections_open = IntGauge::with_opts(Opts::new(
+    let connections_open = one_gauge(
+        &r,
         "connections_open",
         "Client connections open now, both listeners",
-    ))
-    .expect("static metric definition");
-    r.register(Box::new(connections_open.clone()))
-        .expect("metric registered once");
+    );
+    let upstream_connections_in_use = one_gauge(
+        &r,
+        "upstream_connections_in_use",
+        "Upstream connections requests hold now (idle pooled ones not counted)",
+    );
     Metrics {
         requests: counter(
             &r,
@@ -264,6 +277,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["host", "route", "replica"],
         ),
         connections_open,
+        upstream_connections_in_use,
         connections_refused: counter(
             &r,
             "connections_refused_total",

@@ -753,22 +753,43 @@ async fn the_admin_listener_can_serve_tls_and_require_a_client_certificate() {
     assert!(!text.contains("PRIVATE KEY"), "{text}");
 }
 
+/// Reads `s` until the first event of a stream arrives.
+async fn first_event(s: &mut tokio::net::TcpStream) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("data:") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the stream's first event")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// The descriptor budget gives each client connection one upstream connection; HTTP/2 streams
-/// could hold one each. So the streams of one address hold at most `connections_per_address`
-/// upstream connections at once: one more gets 503 with Retry-After until a stream ends, while
-/// that address's HTTP/1 requests (one upstream connection per client connection, already
-/// capped) and other addresses are served.
+/// could hold one each. So the upstream connections in use are held to the connection caps:
+/// one client address's (its HTTP/2 streams and HTTP/1 requests alike) to
+/// `connections_per_address`, all of them to `connections`. One more gets 503 with
+/// Retry-After and no upstream connection; other addresses are served meanwhile, and a place
+/// is free again once its request ends (refused requests hold none).
 #[tokio::test]
-async fn http2_streams_of_one_address_hold_upstream_connections_within_its_cap() {
+async fn upstream_connections_in_use_are_held_to_the_connection_caps() {
     let tmp = tempfile::tempdir().unwrap();
     let up = Upstream::start("a").await;
     let (edge, ca) = tls_host_edge(
         tmp.path(),
-        "limits:\n  connections: 10\n  connections_per_address: 2\n",
+        "limits:\n  connections: 4\n  connections_per_address: 2\n",
         &up.url(),
         &format!("  h.test:\n    tls: none\n    upstream: \"{}\"\n", up.url()),
     )
     .await;
+    let refused = |reason: &str| {
+        format!("mcp_edge_requests_refused_total{{host=\"{{}}\",reason=\"{reason}\"}}")
+    };
+    let in_use = || edge.metric("mcp_edge_upstream_connections_in_use");
+
+    // 127.0.0.1: two HTTP/2 streams on one connection fill its share.
     let client = edge.client(ca.root_store(), &["a.test"]);
     let url = format!("https://a.test:{}/forever", edge.https.port());
     let mut streams = Vec::new();
@@ -779,29 +800,53 @@ async fn http2_streams_of_one_address_hold_upstream_connections_within_its_cap()
         streams.push(s);
     }
     assert_eq!(up.open_streams(), 2);
-    // A third stream on the same connection: refused before any upstream connection.
-    let over = client.get(&url).send().await.unwrap();
-    assert_eq!(over.status(), 503);
-    assert_eq!(over.headers()["retry-after"], "1");
-    assert_eq!(
-        edge.metric("mcp_edge_requests_refused_total{host=\"a.test\",reason=\"upstream_connections_per_address\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(in_use().await, 2.0);
+    // A third stream, and an HTTP/1 request from the same address: refused, no upstream
+    // connection.
+    for _ in 0..3 {
+        let over = client.get(&url).send().await.unwrap();
+        assert_eq!(over.status(), 503);
+        assert_eq!(over.headers()["retry-after"], "1");
+    }
+    let h1 = get_from(&edge, "127.0.0.1", "/x", "").await;
+    assert_eq!(raw_status(&h1), 503, "{h1}");
+    let per_address = refused("upstream_connections_per_address");
+    assert_eq!(edge.metric(&per_address.replace("{}", "a.test")).await, 3.0);
+    assert_eq!(edge.metric(&per_address.replace("{}", "h.test")).await, 1.0);
     assert_eq!(up.open_streams(), 2);
-    // HTTP/1 from the same address, on its second connection: served.
-    assert_eq!(
-        raw_status(&get_from(&edge, "127.0.0.1", "/x", "").await),
-        200
-    );
-    // A stream that ends frees its place.
+    assert_eq!(in_use().await, 2.0);
+
+    // 127.0.0.2 is served: two HTTP/1 streams of its own fill the total.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_from(ip("127.0.0.2"), edge.http).await.unwrap();
+        s.write_all(b"GET /forever HTTP/1.1\r\nhost: h.test\r\n\r\n")
+            .await
+            .unwrap();
+        first_event(&mut s).await;
+        held.push(s);
+    }
+    assert_eq!(in_use().await, 4.0);
+    // 127.0.0.3, with no place of its own in use: the total refuses it.
+    let over = get_from(&edge, "127.0.0.3", "/x", "").await;
+    assert_eq!(raw_status(&over), 503, "{over}");
+    let total = refused("upstream_connections").replace("{}", "h.test");
+    assert_eq!(edge.metric(&total).await, 1.0);
+
+    // Requests that end give their places back: 127.0.0.3 and 127.0.0.1 are served again.
+    drop(held);
     drop(streams.remove(0));
     wait_for(
         Duration::from_secs(10),
-        "the stream's end upstream",
+        "the streams' end upstream",
         || async { (up.open_streams() == 1).then_some(()) },
     )
     .await;
+    assert_eq!(
+        raw_status(&get_from(&edge, "127.0.0.3", "/x", "").await),
+        200
+    );
     let again = client.get(&url).send().await.unwrap();
     assert_eq!(again.status(), 200);
+    assert_eq!(in_use().await, 2.0);
 }

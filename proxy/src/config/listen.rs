@@ -48,9 +48,10 @@ impl Limits {
     /// The total and per-address connection caps, given the open-files limit.
     pub fn connection_caps(&self, open_files: u64) -> (usize, usize) {
         // As many upstream connections in use as client connections (`UpstreamGate` holds
-        // them to it, HTTP/2 streams included); some descriptors are kept for listeners,
-        // files, idle pooled connections and the admin listener.
-        let budget = usize::try_from(open_files.saturating_sub(64) / 2).unwrap_or(usize::MAX);
+        // them to it, HTTP/2 streams included); the idle upstream pool and 64 more (listeners,
+        // files, outbound clients, the admin listener) are kept aside.
+        let reserved = 64 + UPSTREAM_POOL_SIZE as u64;
+        let budget = usize::try_from(open_files.saturating_sub(reserved) / 2).unwrap_or(usize::MAX);
         // A cap the descriptors cannot back would end in "too many open files": lowered (and
         // said at start, see `caps_warning`).
         let total = self.connections.unwrap_or(budget).min(budget).max(1);
@@ -63,6 +64,9 @@ impl Limits {
 
 const DEFAULT_PER_ADDRESS: usize = 1024;
 
+/// Idle upstream connections pingora's pool keeps, over all upstreams.
+pub const UPSTREAM_POOL_SIZE: usize = 256;
+
 impl Limits {
     /// The warning of a `limits.connections` the open-files limit cannot back, if it is one.
     pub fn caps_warning(&self, open_files: u64) -> Option<String> {
@@ -71,7 +75,7 @@ impl Limits {
         (total < configured).then(|| {
             format!(
                 "limits.connections {configured} needs about {} open files, the limit is {open_files}: lowered to {total} (raise LimitNOFILE / ulimit -n)",
-                configured * 2 + 64
+                configured * 2 + 64 + UPSTREAM_POOL_SIZE
             )
         })
     }

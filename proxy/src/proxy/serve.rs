@@ -46,6 +46,9 @@ const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
 /// One read of an HTTP/2 request body may wait this long (pingora's HTTP/1 server: the same).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Interim (1xx) responses relayed per request; an upstream that sends more fails it.
+const MAX_INTERIM: usize = 16;
+
 /// How a relay ended: whether each connection may serve another request.
 struct Relayed {
     client: bool,
@@ -109,7 +112,9 @@ impl EdgeApp {
         mut ds: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        if !read_head(&mut ds, shutdown).await {
+        if !read_head(&mut ds, shutdown).await || reset(&mut ds).is_some() {
+            // No request, or an HTTP/2 stream already reset (rapid reset: not even its request
+            // phase runs).
             return None;
         }
         if ds.req_header().method == Method::CONNECT {
@@ -149,6 +154,11 @@ impl EdgeApp {
         if ds.req_header().method.is_idempotent() {
             ds.enable_retry_buffering();
         }
+        // One upstream connection at a time, its place held across retries.
+        let _place = match self.upstream_gate.admit(ctx.client_ip) {
+            Ok(held) => held,
+            Err(cap) => return (false, Some(upstream_refused(ctx, cap))),
+        };
         let mut last = (false, None);
         for _ in 0..self.max_retries.max(1) {
             last = self.attempt(ds, ctx).await;
@@ -169,12 +179,6 @@ impl EdgeApp {
         let head = match self.upstream_head(ds, ctx) {
             Ok(h) => h,
             Err(e) => return (false, Some(e)),
-        };
-        // Held while this request uses its upstream connection.
-        let client = ds.client_addr().and_then(|a| a.as_inet()).copied();
-        let _place = match self.upstream_gate.admit(client.as_ref(), ds.is_http2()) {
-            Ok(held) => held,
-            Err(cap) => return (false, Some(upstream_refused(ctx, cap))),
         };
         let (mut up, reused) = match connect(&self.upstreams, &peer, ds).await {
             Ok(s) => s,
@@ -209,6 +213,10 @@ impl EdgeApp {
         head: Box<RequestHeader>,
         ctx: &mut Ctx,
     ) -> Result<Relayed> {
+        if let Some(e) = reset(ds) {
+            // Reset while its connection was taken from the pool: the upstream never sees it.
+            return Err(e);
+        }
         up.write_request_header(head)
             .await
             .map_err(|e| e.into_up())?;
@@ -224,6 +232,7 @@ impl EdgeApp {
                 .await?;
         }
         let mut response_done = false;
+        let mut interim = 0;
         while !request_done || !response_done {
             ctx.request_sent = request_done && send_error.is_none();
             tokio::select! {
@@ -238,6 +247,14 @@ impl EdgeApp {
                         Ok(t) => t,
                         Err(e) => return Err(send_error.unwrap_or(e).into_up()),
                     };
+                    if matches!(&task, HttpTask::Header(h, _) if h.status.is_informational()) {
+                        interim += 1;
+                        if interim > MAX_INTERIM {
+                            // Each restarts the header deadline; HTTP/2 queues them unread.
+                            return Error::e_explain(InvalidHTTPHeader, "too many 1xx responses")
+                                .map_err(|e| e.into_up());
+                        }
+                    }
                     response_done = self.response(ds, task, ctx).await?;
                     if response_done && !request_done && ds.is_http2() {
                         // Answered before the body ended (an upstream that refuses without
@@ -447,6 +464,23 @@ fn upstream_refused(ctx: &mut Ctx, cap: Cap) -> Box<Error> {
     Error::explain(HTTPStatus(503), "upstream connections at their cap")
 }
 
+/// `Some`: the client reset this HTTP/2 stream already (looked at without waiting).
+fn reset(ds: &mut ServerSession) -> Option<Box<Error>> {
+    let ServerSession::H2(h2) = ds else {
+        return None;
+    };
+    futures::FutureExt::now_or_never(h2.idle()).map(reset_error)
+}
+
+/// The error of a stream that ended (`idle()`'s answer) before it was forwarded.
+fn reset_error(idle: Result<impl std::fmt::Display>) -> Box<Error> {
+    let why = match idle {
+        Ok(reason) => format!("the client reset the stream ({reason}) before it was forwarded"),
+        Err(_) => "the client's connection ended before the stream was forwarded".into(),
+    };
+    Error::explain(ConnectionClosed, why).into_down()
+}
+
 /// A connection to the upstream, from the pool or new. An HTTP/2 stream the client resets
 /// meanwhile stops it (a downstream error): a stream opened and reset at once (rapid reset)
 /// costs no upstream connection.
@@ -461,13 +495,7 @@ async fn connect(
     };
     tokio::select! {
         biased;
-        reset = h2.idle() => {
-            let why = match reset {
-                Ok(reason) => format!("the client reset the stream ({reason}) before it was forwarded"),
-                Err(_) => "the client's connection ended before the stream was forwarded".into(),
-            };
-            Err(Error::explain(ConnectionClosed, why).into_down())
-        }
+        idle = h2.idle() => Err(reset_error(idle)),
         connected = connecting => connected,
     }
 }

@@ -405,7 +405,7 @@ pub fn run(path: &Path, upgrade_from: Option<u32>) -> Result<(), StartError> {
         // own timer is the fallback.
         grace_period_seconds: Some(grace.as_secs() + 3),
         graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: 256,
+        upstream_keepalive_pool_size: config::UPSTREAM_POOL_SIZE,
         upgrade_sock: listen.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };

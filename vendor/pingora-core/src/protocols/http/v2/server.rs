@@ -633,13 +633,18 @@ impl HttpSession {
                 debug!("ignoring informational headers");
                 return Ok(());
             }
-            header.remove_header(&header::CONNECTION);
+            // what h2 refuses in any HEADERS (RFC 9113 8.2.2)
+            for h in [header::TRANSFER_ENCODING, header::CONNECTION, header::UPGRADE, header::TE] {
+                header.remove_header(&h);
+            }
             header.remove_header(&HeaderName::from_static("keep-alive"));
+            header.remove_header(&HeaderName::from_static("proxy-connection"));
             let resp = Response::from_parts(header.as_owned_parts(), ());
-            return self.send_response.send_informational(resp).or_err(
-                ErrorType::WriteError,
-                "while writing h2 informational response to downstream",
-            );
+            if let Err(e) = self.send_response.send_informational(resp) {
+                // dropped as before, the final response still goes
+                debug!("ignoring informational headers h2 refused: {e}");
+            }
+            return Ok(());
         }
 
         if self.response_written.as_ref().is_some() {
