@@ -164,13 +164,15 @@ impl UpstreamGate {
     /// A place for one upstream connection of a request from `client`, held while the
     /// request uses it.
     pub fn admit(&self, client: Option<IpAddr>) -> Result<Held, Cap> {
-        let caps = self
-            .live
-            .load()
-            .config
-            .limits
-            .connection_caps(self.open_files);
-        let address = client.map(|ip| crate::limits::address_key(ip.to_canonical()));
+        let snap = self.live.load();
+        let config = &snap.config;
+        let caps = config.limits.connection_caps(self.open_files);
+        // A trusted proxy's own requests (no forwarded client it names) count toward the
+        // total only, as its connections do.
+        let address = client
+            .map(|ip| ip.to_canonical())
+            .filter(|ip| !config.trusted_proxies.iter().any(|n| n.contains(ip)))
+            .map(crate::limits::address_key);
         let gauge = Some(&metrics::get().upstream_connections_in_use);
         Counts::take(&self.counts, address, caps, gauge)
     }

@@ -779,7 +779,7 @@ async fn upstream_connections_in_use_are_held_to_the_connection_caps() {
     let up = Upstream::start("a").await;
     let (edge, ca) = tls_host_edge(
         tmp.path(),
-        "limits:\n  connections: 4\n  connections_per_address: 2\n",
+        "trusted_proxies: [127.0.0.4/32]\nlimits:\n  connections: 4\n  connections_per_address: 2\n",
         &up.url(),
         &format!("  h.test:\n    tls: none\n    upstream: \"{}\"\n", up.url()),
     )
@@ -849,4 +849,22 @@ async fn upstream_connections_in_use_are_held_to_the_connection_caps() {
     let again = client.get(&url).send().await.unwrap();
     assert_eq!(again.status(), 200);
     assert_eq!(in_use().await, 2.0);
+
+    // A trusted proxy's own requests (it names no client) count toward the total only: three
+    // streams from it, past the per-address two.
+    drop((again, streams));
+    wait_for(Duration::from_secs(10), "no place in use", || async {
+        (in_use().await == 0.0).then_some(())
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from(ip("127.0.0.4"), edge.http).await.unwrap();
+        s.write_all(b"GET /forever HTTP/1.1\r\nhost: h.test\r\n\r\n")
+            .await
+            .unwrap();
+        first_event(&mut s).await;
+        held.push(s);
+    }
+    assert_eq!(in_use().await, 3.0);
 }

@@ -69,6 +69,8 @@ pub struct Ctx {
     pub in_session: bool,
     /// Connection attempts moved to another replica.
     pub retried: usize,
+    /// Interim (1xx) responses relayed, over all attempts.
+    pub interim: usize,
     /// The whole request reached the upstream of this attempt: only then is a missing answer
     /// the replica's fault (a client that never finishes its body is not).
     pub request_sent: bool,
@@ -110,6 +112,7 @@ impl Ctx {
             rewriter: None,
             in_session: false,
             retried: 0,
+            interim: 0,
             request_sent: false,
             body: BodyPlan {
                 limit: u64::MAX,

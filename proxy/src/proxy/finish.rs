@@ -140,7 +140,10 @@ impl EdgeProxy {
         let replayable = session.req_header().method.is_idempotent()
             && !session.retry_buffer_truncated()
             && session.response_written().is_none();
-        let stale = reused && matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
+        // The pooled connection was closed under us: the upstream's side, not a client gone.
+        let stale = reused
+            && e.esource() == &ErrorSource::Upstream
+            && matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
         let fault = e.esource() == &ErrorSource::Upstream
             && !stale
             && (ctx.request_sent || e.etype() != &ReadTimedout)

@@ -213,10 +213,6 @@ impl EdgeApp {
         head: Box<RequestHeader>,
         ctx: &mut Ctx,
     ) -> Result<Relayed> {
-        if let Some(e) = reset(ds) {
-            // Reset while its connection was taken from the pool: the upstream never sees it.
-            return Err(e);
-        }
         up.write_request_header(head)
             .await
             .map_err(|e| e.into_up())?;
@@ -232,7 +228,6 @@ impl EdgeApp {
                 .await?;
         }
         let mut response_done = false;
-        let mut interim = 0;
         while !request_done || !response_done {
             ctx.request_sent = request_done && send_error.is_none();
             tokio::select! {
@@ -248,8 +243,8 @@ impl EdgeApp {
                         Err(e) => return Err(send_error.unwrap_or(e).into_up()),
                     };
                     if matches!(&task, HttpTask::Header(h, _) if h.status.is_informational()) {
-                        interim += 1;
-                        if interim > MAX_INTERIM {
+                        ctx.interim += 1;
+                        if ctx.interim > MAX_INTERIM {
                             // Each restarts the header deadline; HTTP/2 queues them unread.
                             return Error::e_explain(InvalidHTTPHeader, "too many 1xx responses")
                                 .map_err(|e| e.into_up());

@@ -405,7 +405,9 @@ pub fn run(path: &Path, upgrade_from: Option<u32>) -> Result<(), StartError> {
         // own timer is the fallback.
         grace_period_seconds: Some(grace.as_secs() + 3),
         graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: config::UPSTREAM_POOL_SIZE,
+        // pingora's pool holds this many per thread: about UPSTREAM_POOL_SIZE in all, as the
+        // descriptor budget reserves.
+        upstream_keepalive_pool_size: config::UPSTREAM_POOL_SIZE.div_ceil(threads.max(1)),
         upgrade_sock: listen.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
