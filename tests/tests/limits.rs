@@ -753,6 +753,17 @@ async fn the_admin_listener_can_serve_tls_and_require_a_client_certificate() {
     assert!(!text.contains("PRIVATE KEY"), "{text}");
 }
 
+/// An HTTP/1 request for an endless stream from `from` to host `h.test`, once its first event
+/// came: its upstream connection is in use while the connection is held.
+async fn hold_stream(edge: &Edge, from: &str) -> tokio::net::TcpStream {
+    let mut s = connect_from(ip(from), edge.http).await.unwrap();
+    s.write_all(b"GET /forever HTTP/1.1\r\nhost: h.test\r\n\r\n")
+        .await
+        .unwrap();
+    first_event(&mut s).await;
+    s
+}
+
 /// Reads `s` until the first event of a stream arrives.
 async fn first_event(s: &mut tokio::net::TcpStream) {
     let mut seen = Vec::new();
@@ -819,12 +830,7 @@ async fn upstream_connections_in_use_are_held_to_the_connection_caps() {
     // 127.0.0.2 is served: two HTTP/1 streams of its own fill the total.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = connect_from(ip("127.0.0.2"), edge.http).await.unwrap();
-        s.write_all(b"GET /forever HTTP/1.1\r\nhost: h.test\r\n\r\n")
-            .await
-            .unwrap();
-        first_event(&mut s).await;
-        held.push(s);
+        held.push(hold_stream(&edge, "127.0.0.2").await);
     }
     assert_eq!(in_use().await, 4.0);
     // 127.0.0.3, with no place of its own in use: the total refuses it.
@@ -859,12 +865,7 @@ async fn upstream_connections_in_use_are_held_to_the_connection_caps() {
     .await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut s = connect_from(ip("127.0.0.4"), edge.http).await.unwrap();
-        s.write_all(b"GET /forever HTTP/1.1\r\nhost: h.test\r\n\r\n")
-            .await
-            .unwrap();
-        first_event(&mut s).await;
-        held.push(s);
+        held.push(hold_stream(&edge, "127.0.0.4").await);
     }
     assert_eq!(in_use().await, 3.0);
 }
