@@ -18,14 +18,42 @@ use prometheus::IntGauge;
 use crate::live::Live;
 use crate::metrics;
 
-/// Counts open client connections and admits new ones within the configured caps.
+/// Places under the connection caps of the live configuration, counted in total and per
+/// client address.
 #[derive(Debug)]
-pub struct ConnectionGate {
+struct Gate {
     live: Arc<Live>,
     /// The process's open-files limit, from which the default caps are derived.
     open_files: u64,
     counts: Arc<Mutex<Counts>>,
 }
+
+impl Gate {
+    fn new(live: Arc<Live>, open_files: u64) -> Self {
+        Self {
+            live,
+            open_files,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A place for `client`. A trusted proxy carries many clients: only the total applies to
+    /// it. `gauge`: set to the places taken.
+    fn take(&self, client: Option<IpAddr>, gauge: &'static IntGauge) -> Result<Held, Cap> {
+        let snap = self.live.load();
+        let config = &snap.config;
+        let caps = config.limits.connection_caps(self.open_files);
+        let address = client
+            .map(|ip| ip.to_canonical())
+            .filter(|ip| !config.trusted_proxies.iter().any(|n| n.contains(ip)))
+            .map(crate::limits::address_key);
+        Counts::take(&self.counts, address, caps, gauge)
+    }
+}
+
+/// Counts open client connections and admits new ones within the configured caps.
+#[derive(Debug)]
+pub struct ConnectionGate(Gate);
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -41,7 +69,7 @@ impl Counts {
         counts: &Arc<Mutex<Self>>,
         address: Option<IpAddr>,
         (total_cap, per_address_cap): (usize, usize),
-        gauge: Option<&'static IntGauge>,
+        gauge: &'static IntGauge,
     ) -> Result<Held, Cap> {
         let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
         if c.total >= total_cap {
@@ -55,9 +83,7 @@ impl Counts {
             *n += 1;
         }
         c.total += 1;
-        if let Some(g) = gauge {
-            g.set(c.total as i64);
-        }
+        gauge.set(c.total as i64);
         Ok(Held {
             counts: counts.clone(),
             address,
@@ -78,7 +104,7 @@ pub enum Cap {
 pub struct Held {
     counts: Arc<Mutex<Counts>>,
     address: Option<IpAddr>,
-    gauge: Option<&'static IntGauge>,
+    gauge: &'static IntGauge,
 }
 
 impl Drop for Held {
@@ -93,38 +119,20 @@ impl Drop for Held {
                 }
             }
         }
-        if let Some(g) = self.gauge {
-            g.set(c.total as i64);
-        }
+        self.gauge.set(c.total as i64);
     }
-}
-
-/// The address a client is counted under (see [`crate::limits::address_key`]), `None` for a
-/// trusted proxy: it carries many clients' connections, so only the total applies to it.
-fn counted_address(config: &crate::config::Config, peer: Option<&SocketAddr>) -> Option<IpAddr> {
-    peer.map(|p| p.ip().to_canonical())
-        .filter(|ip| !config.trusted_proxies.iter().any(|n| n.contains(ip)))
-        .map(crate::limits::address_key)
 }
 
 impl ConnectionGate {
     pub fn new(live: Arc<Live>, open_files: u64) -> Self {
-        Self {
-            live,
-            open_files,
-            counts: Arc::default(),
-        }
+        Self(Gate::new(live, open_files))
     }
 }
 
 impl pingora::apps::ConnectionGate for ConnectionGate {
     fn admit(&self, peer: Option<&SocketAddr>) -> Option<Permit> {
-        let snap = self.live.load();
-        let config = &snap.config;
-        let caps = config.limits.connection_caps(self.open_files);
-        let address = counted_address(config, peer);
-        let gauge = Some(&metrics::get().connections_open);
-        match Counts::take(&self.counts, address, caps, gauge) {
+        let gauge = &metrics::get().connections_open;
+        match self.0.take(peer.map(SocketAddr::ip), gauge) {
             Ok(held) => Some(Box::new(held)),
             Err(cap) => {
                 let reason = match cap {
@@ -146,35 +154,19 @@ impl pingora::apps::ConnectionGate for ConnectionGate {
 /// one HTTP/2 connection could otherwise hold `limits.h2_streams` each. Counted per client,
 /// the real one behind `trusted_proxies` (a balancer speaking HTTP/2 carries many).
 #[derive(Debug)]
-pub struct UpstreamGate {
-    live: Arc<Live>,
-    open_files: u64,
-    counts: Arc<Mutex<Counts>>,
-}
+pub struct UpstreamGate(Gate);
 
 impl UpstreamGate {
     pub fn new(live: Arc<Live>, open_files: u64) -> Self {
-        Self {
-            live,
-            open_files,
-            counts: Arc::default(),
-        }
+        Self(Gate::new(live, open_files))
     }
 
     /// A place for one upstream connection of a request from `client`, held while the
-    /// request uses it.
+    /// request uses it. A trusted proxy's own requests (no forwarded client it names) count
+    /// toward the total only, as its connections do.
     pub fn admit(&self, client: Option<IpAddr>) -> Result<Held, Cap> {
-        let snap = self.live.load();
-        let config = &snap.config;
-        let caps = config.limits.connection_caps(self.open_files);
-        // A trusted proxy's own requests (no forwarded client it names) count toward the
-        // total only, as its connections do.
-        let address = client
-            .map(|ip| ip.to_canonical())
-            .filter(|ip| !config.trusted_proxies.iter().any(|n| n.contains(ip)))
-            .map(crate::limits::address_key);
-        let gauge = Some(&metrics::get().upstream_connections_in_use);
-        Counts::take(&self.counts, address, caps, gauge)
+        self.0
+            .take(client, &metrics::get().upstream_connections_in_use)
     }
 }
 
