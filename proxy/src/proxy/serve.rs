@@ -35,6 +35,7 @@ use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::Peer;
 use pingora::Error;
 
+use super::upstream::UpstreamHead;
 use super::{Ctx, EdgeProxy};
 use crate::connections::{Cap, UpstreamGate};
 use crate::reply::Answer;
@@ -210,10 +211,10 @@ impl EdgeApp {
         &self,
         ds: &mut ServerSession,
         up: &mut Upstream,
-        head: Box<RequestHeader>,
+        head: UpstreamHead,
         ctx: &mut Ctx,
     ) -> Result<Relayed> {
-        up.write_request_header(head)
+        up.write_request_wire(head.framing, head.wire)
             .await
             .map_err(|e| e.into_up())?;
         let mut request_done = false;
@@ -272,24 +273,15 @@ impl EdgeApp {
 
     /// The upstream's request head: the client's, as the edge changes it (`upstream_head`),
     /// in HTTP/1.1 origin form, framed.
-    fn upstream_head(&self, ds: &mut ServerSession, ctx: &Ctx) -> Result<Box<RequestHeader>> {
+    fn upstream_head(&self, ds: &mut ServerSession, ctx: &Ctx) -> Result<UpstreamHead> {
         let has_body = !ds.is_body_empty();
-        let mut req = Box::new(ds.req_header().clone());
-        req.set_version(Version::HTTP_11);
-        if ds.is_http2() {
-            join_cookies(&mut req)?;
-        }
-        self.edge.upstream_head(ds.client_addr(), &mut req, ctx)?;
-        origin_form(&mut req)?;
-        if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
-            // The body is read de-chunked and written chunked again: the upstream gets that one
-            // coding as the edge spells it (pingora reads only a list that ends in chunked).
-            req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-        } else if has_body && !req.headers.contains_key(http::header::CONTENT_LENGTH) {
-            // An HTTP/2 body of no declared length: chunked to the HTTP/1 upstream.
-            req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-        }
-        Ok(req)
+        (self.edge).upstream_head(
+            ds.client_addr(),
+            ds.req_header(),
+            ds.is_http2(),
+            has_body,
+            ctx,
+        )
     }
 
     /// One piece of the request body through `body_phase` to the upstream; `Ok(true)`: no
@@ -398,44 +390,6 @@ fn chunked_unless_framed(req: &RequestHeader, resp: &mut ResponseHeader, end: bo
         resp.set_version(Version::HTTP_11);
         let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
-}
-
-/// HTTP/2 clients may send each cookie as a field of its own; an HTTP/1 upstream reads one
-/// `Cookie` line (RFC 9113 §8.2.3: joined with "; ").
-fn join_cookies(req: &mut RequestHeader) -> Result<()> {
-    let cookies = req.headers.get_all(http::header::COOKIE);
-    if cookies.iter().nth(1).is_none() {
-        return Ok(());
-    }
-    let mut joined = Vec::new();
-    for (i, v) in cookies.iter().enumerate() {
-        if i > 0 {
-            joined.extend_from_slice(b"; ");
-        }
-        joined.extend_from_slice(v.as_bytes());
-    }
-    let value = http::HeaderValue::from_bytes(&joined)
-        .map_err(|e| Error::because(InvalidHTTPHeader, "joining cookie fields", e))?;
-    req.insert_header(http::header::COOKIE, value)
-}
-
-/// An absolute-form target (`GET http://host/path`) goes upstream in origin form: the upstream
-/// gets the authority the edge chose (Host, set by `upstream_head`), never the client's. pingora
-/// keeps the whole target in the raw path (its URI has no authority); an HTTP/2 request's URI
-/// has one.
-fn origin_form(req: &mut RequestHeader) -> Result<()> {
-    let raw = req.raw_path();
-    let absolute = !raw.starts_with(b"/") && raw != b"*";
-    if !absolute && req.uri.authority().is_none() {
-        return Ok(());
-    }
-    let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let pq = if pq.starts_with('/') { pq } else { "/" };
-    let uri = pq
-        .parse::<http::Uri>()
-        .map_err(|e| Error::because(InvalidHTTPHeader, "request target", e))?;
-    req.set_uri(uri);
-    Ok(())
 }
 
 /// 503 for a request whose upstream connection the descriptor budget cannot back (with

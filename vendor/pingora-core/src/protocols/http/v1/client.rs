@@ -127,16 +127,29 @@ impl HttpSession {
     /// After the request header is sent. The caller can either start reading the response or
     /// sending request body if any.
     pub async fn write_request_header(&mut self, req: Box<RequestHeader>) -> Result<usize> {
-        // TODO: make sure this can only be called once
-        // init body writer
-        self.init_req_body_writer(&req);
-
         let to_wire = http_req_header_to_wire(&req).ok_or_else(|| {
             Error::explain(
                 InvalidHTTPHeader,
                 "request-line contains forbidden delimiter bytes or unsupported HTTP version",
             )
         })?;
+        self.write_request_wire(req, to_wire).await
+    }
+
+    /// mcp-edge patch: [`Self::write_request_header`] with the head already serialized by the
+    /// caller: `to_wire` (request line, fields, blank line) is what goes out; `req` is what the
+    /// session keeps of the request (its method, version and the `Content-Length`,
+    /// `Transfer-Encoding`, `Expect`, `Upgrade` and `Connection` fields that frame the body and
+    /// the response) and must agree with `to_wire` on those. A proxy that edits a parsed head
+    /// writes it once, instead of copying it into a second header map to be serialized.
+    pub async fn write_request_wire(
+        &mut self,
+        req: Box<RequestHeader>,
+        to_wire: BytesMut,
+    ) -> Result<usize> {
+        // TODO: make sure this can only be called once
+        // init body writer
+        self.init_req_body_writer(&req);
         trace!("Writing request header: {to_wire:?}");
 
         // mcp-edge patch: a body of known length follows; its first write carries the header.

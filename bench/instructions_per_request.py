@@ -1,0 +1,145 @@
+"""Instructions per proxied request, mcp-edge beside nginx, counted by valgrind's callgrind: a
+figure that does not move with the neighbours' load (this machine has no CPU counters, and the
+timings of `bench/cpu_per_request.py` spread by a third between runs). Each proxy runs under
+callgrind; after a warm-up the counters are zeroed, a fixed number of HTTP/1.1 keep-alive
+requests (TLS, the MCP POST or the small GET of `bench/run`) go through it, and the count is
+divided by them. With `--top N`, the N functions of mcp-edge with the most inclusive
+instructions per request, for finding where they go.
+
+    python3 bench/instructions_per_request.py [--top 40]   # BENCH_EDGE_BIN=... for another build
+
+Instructions are not time (a cache miss costs more than an add), but two builds' counts differ
+only by what the code does, so a cut shows however busy the machine is.
+"""
+
+import argparse
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import run as bench  # noqa: E402
+import bench_cost  # noqa: E402
+
+REQUESTS = 4000
+CONNS = 4
+
+
+def under_callgrind(cls, out):
+    """`cls` with its command run under callgrind, counting from zero on demand."""
+
+    class Counted(cls):
+        def command(self):
+            cmd = super().command()
+            if cls is bench.Nginx:
+                # One worker, so the whole count is one process's.
+                conf = self.dir / "nginx.conf"
+                conf.write_text(conf.read_text().replace(f"worker_processes {bench.CORES};",
+                                                         "worker_processes 1;"))
+            return ["valgrind", "--tool=callgrind", "--trace-children=yes",
+                    f"--callgrind-out-file={out}/cg.%p", *cmd]
+
+        def start(self):
+            # Valgrind reads the binary's debug information first: minutes, not milliseconds.
+            self.proc = bench.spawn(self.command(), bench.PROXY_CPU, self.name)
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), 1).close()
+                    return self
+                except OSError:
+                    time.sleep(0.5)
+            raise RuntimeError(f"{self.name} does not listen under valgrind")
+
+    return Counted
+
+
+def load(px, path, get, requests):
+    """`requests` requests over CONNS keep-alive connections (h2load speaks HTTP/1.1 too)."""
+    body = []
+    if not get:
+        f = bench.WORK / "post.json"
+        f.write_text('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":'
+                     '"search_docs","arguments":{"query":"tls"}}}')
+        body = ["-d", f, "-H", "content-type: application/json"]
+    out = bench.run(["h2load", "--h1", "-n", requests, "-c", CONNS, *body, px.url(path)],
+                    timeout=1800)
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
+    if ok != requests:
+        raise RuntimeError(f"{px.name}: {ok} of {requests} answered 2xx:\n{out[-800:]}")
+    return done
+
+
+def control(*args):
+    subprocess.run(["callgrind_control", *args], capture_output=True, check=True)
+
+
+def total(files):
+    n = 0
+    for f in files:
+        m = re.search(r"^summary:\s+(\d+)", f.read_text(), re.M)
+        if m:
+            n += int(m.group(1))
+    return n
+
+
+def measure(cls, path, get, top):
+    out = Path(tempfile.mkdtemp(prefix="cg-", dir=bench.WORK))
+    out.chmod(0o777)  # nginx's worker (nobody) writes its counts there too
+    px = under_callgrind(cls, out)(*bench.prepared).start()
+    try:
+        load(px, path, get, 200)  # warm-up: pools, lazily made state, the allocator
+        for pid in bench_cost.pids(px.proc.pid):
+            control("-z", str(pid))
+        t = time.time()
+        n = load(px, path, get, REQUESTS)
+        for pid in bench_cost.pids(px.proc.pid):
+            control("-d", str(pid))
+        dumps = sorted(out.glob("cg.*.*"))
+        per = total(dumps) / n
+        print(f"| {cls.name} | {path} | {n} | {per:,.0f} | {time.time() - t:.0f} s |", flush=True)
+        if top and cls is bench.McpEdge:
+            annotate(dumps, n, top)
+    finally:
+        px.stop()
+
+
+def annotate(dumps, n, top):
+    """The `top` functions by inclusive instructions per request."""
+    r = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100",
+                        *map(str, dumps)], capture_output=True, text=True, check=True)
+    rows = []
+    for line in r.stdout.splitlines():
+        m = re.match(r"^\s*([\d,]+)\s+\([^)]*\)\s+(\S.*)$", line)
+        if m and ":" in m.group(2):
+            rows.append((int(m.group(1).replace(",", "")), m.group(2)))
+    rows.sort(reverse=True)
+    print(f"\ninclusive instructions per request, top {top}:")
+    for count, name in rows[:top]:
+        print(f"{count / n:10,.0f}  {name[:150]}")
+    print()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--top", type=int, default=0)
+    p.add_argument("--proxies", default="mcp-edge,nginx")
+    p.add_argument("--paths", default="/mcp,/open")
+    a = p.parse_args()
+    bench.prepared = bench.prepare()
+    print("| proxy | path | requests | instructions/request | wall |")
+    print("|---|---|---|---|---|")
+    for cls in [bench.McpEdge, bench.Nginx]:
+        if cls.name not in a.proxies.split(","):
+            continue
+        for path in a.paths.split(","):
+            measure(cls, path, path != "/mcp", a.top)
+
+
+if __name__ == "__main__":
+    bench.entry(main)
