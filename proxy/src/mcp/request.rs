@@ -4,6 +4,9 @@
 //! they cannot disagree about what was called: the body is what the upstream executes, and the
 //! headers are only ever checked against it, never trusted instead of it.
 
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::{header_text, Call, MAX_PARSED, VALIDATED_SINCE};
@@ -92,34 +95,185 @@ pub enum Body {
     TooLarge,
 }
 
+/// The top-level keys of a message the edge reads; the rest is skipped by the parser, never
+/// built.
+enum Key {
+    Id,
+    Method,
+    Params,
+    Other,
+}
+
+/// The keys of `params` the edge reads.
+enum ParamKey {
+    Name,
+    Uri,
+    ProtocolVersion,
+    Arguments,
+    Other,
+}
+
+/// Keys read by name, whatever their escapes (serde_json unescapes them first).
+macro_rules! key_visitor {
+    ($ty:ident { $($text:literal => $variant:ident),* }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a key")
+                    }
+                    fn visit_str<E: de::Error>(self, k: &str) -> Result<$ty, E> {
+                        Ok(match k {
+                            $($text => $ty::$variant,)*
+                            _ => $ty::Other,
+                        })
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+    };
+}
+key_visitor!(Key { "id" => Id, "method" => Method, "params" => Params });
+key_visitor!(ParamKey {
+    "name" => Name, "uri" => Uri, "protocolVersion" => ProtocolVersion, "arguments" => Arguments
+});
+
+/// A value that is not an object, read and dropped: `Default` (an object's visitor is the
+/// caller's `visit_map`).
+macro_rules! not_an_object {
+    () => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+}
+
+/// A string value, or `None` for a value of another type (read and dropped).
+fn text(v: Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// What a message's `params` says, when it is an object.
+#[derive(Default)]
+struct Params {
+    name: Option<String>,
+    uri: Option<String>,
+    protocol_version: Option<String>,
+    arguments: Option<Value>,
+}
+
+/// `params`: `Some` for an object, `None` for any other value.
+struct MaybeParams(Option<Params>);
+
+impl<'de> Deserialize<'de> for MaybeParams {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<Params>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("params")
+            }
+            not_an_object!();
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // A repeated key's last value wins, mistyped or not.
+                let mut p = Params::default();
+                while let Some(key) = map.next_key::<ParamKey>()? {
+                    match key {
+                        ParamKey::Name => p.name = text(map.next_value()?),
+                        ParamKey::Uri => p.uri = text(map.next_value()?),
+                        ParamKey::ProtocolVersion => p.protocol_version = text(map.next_value()?),
+                        ParamKey::Arguments => p.arguments = Some(map.next_value()?),
+                        ParamKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Some(p))
+            }
+        }
+        d.deserialize_any(V).map(MaybeParams)
+    }
+}
+
 /// A message as the upstream will read it. Parsed leniently, the way the SDKs' JSON readers
 /// do (a repeated key's last value wins, unknown and mistyped siblings are ignored): a body the
-/// upstream would run must never be one the edge cannot read.
-fn model(mut v: Value) -> Message {
-    let text = |v: &Value| v.as_str().map(str::to_string);
-    let method = v.get("method").and_then(Value::as_str).map(str::to_string);
-    let params = v.get("params");
-    let param = |key: &str| params.and_then(|p| p.get(key)).and_then(text);
-    let name = match method.as_deref() {
-        Some("tools/call" | "prompts/get") => param("name"),
-        Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => param("uri"),
-        _ => None,
-    };
-    let asked_version = match method.as_deref() {
-        Some("initialize") => param("protocolVersion"),
-        _ => None,
-    };
-    let id = v.get("id").map(Value::to_string);
-    let arguments = match method.as_deref() {
-        Some("tools/call" | "prompts/get") => v
-            .get_mut("params")
-            .and_then(|p| p.get_mut("arguments"))
-            .map(Value::take)
-            .and_then(|a| match a {
-                Value::Object(map) => Some(map),
+/// upstream would run must never be one the edge cannot read. `None`: not an object.
+struct MaybeMessage(Option<Message>);
+
+impl<'de> Deserialize<'de> for MaybeMessage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MessageVisitor).map(MaybeMessage)
+    }
+}
+
+struct MessageVisitor;
+
+impl<'de> Visitor<'de> for MessageVisitor {
+    type Value = Option<Message>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON-RPC message")
+    }
+    not_an_object!();
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut id, mut method, mut params) = (None, None, None);
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Id => id = Some(map.next_value::<Value>()?.to_string()),
+                Key::Method => method = text(map.next_value()?),
+                Key::Params => params = map.next_value::<MaybeParams>()?.0,
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(model(id, method, params.unwrap_or_default())))
+    }
+}
+
+/// What the edge reads of a message, by its method.
+fn model(id: Option<String>, method: Option<String>, params: Params) -> Message {
+    let (name, asked_version, arguments) = match method.as_deref() {
+        Some("tools/call" | "prompts/get") => {
+            let arguments = match params.arguments {
+                Some(Value::Object(map)) => Some(map),
                 _ => None,
-            }),
-        _ => None,
+            };
+            (params.name, None, arguments)
+        }
+        Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
+            (params.uri, None, None)
+        }
+        Some("initialize") => (None, params.protocol_version, None),
+        _ => (None, None, None),
     };
     Message {
         id,
@@ -127,6 +281,47 @@ fn model(mut v: Value) -> Message {
         name,
         asked_version,
         arguments,
+    }
+}
+
+/// A body: one message, a batch of them, or anything else (`Body::NotJsonRpc`).
+struct Parsed(Body);
+
+impl<'de> Deserialize<'de> for Parsed {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Body;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON-RPC body")
+            }
+            not_an_object!();
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+                // A batch's members that are no objects are the upstream's to answer.
+                let mut messages = Vec::new();
+                while let Some(m) = seq.next_element::<MaybeMessage>()? {
+                    messages.extend(m.0);
+                }
+                Ok(Body::Messages {
+                    batch: true,
+                    messages,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
+                let message = MessageVisitor.visit_map(map)?;
+                Ok(Body::Messages {
+                    batch: false,
+                    messages: message.into_iter().collect(),
+                })
+            }
+        }
+        d.deserialize_any(V).map(Parsed)
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::NotJsonRpc
     }
 }
 
@@ -142,21 +337,7 @@ fn parse(body: &[u8]) -> Body {
     PARSES.with(|p| p.set(p.get() + 1));
     // A UTF-8 byte-order mark, which Python's json.loads accepts on bytes.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(items)) => Body::Messages {
-            batch: true,
-            messages: items
-                .into_iter()
-                .filter(Value::is_object)
-                .map(model)
-                .collect(),
-        },
-        Ok(v) if v.is_object() => Body::Messages {
-            batch: false,
-            messages: vec![model(v)],
-        },
-        _ => Body::NotJsonRpc,
-    }
+    serde_json::from_slice::<Parsed>(body).map_or(Body::NotJsonRpc, |p| p.0)
 }
 
 /// Which header disagrees with the body, and the id of the message it concerns (JSON text,
@@ -449,6 +630,97 @@ mod tests {
             assert_eq!(
                 r.tools_called().collect::<Vec<_>>(),
                 ["expensive"],
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    /// The reading the typed parser replaced (a whole `serde_json::Value`, then its keys): the
+    /// reference the parser must agree with.
+    fn by_value(body: &[u8]) -> Body {
+        fn model(mut v: Value) -> Message {
+            let text = |v: &Value| v.as_str().map(str::to_string);
+            let method = v.get("method").and_then(Value::as_str).map(str::to_string);
+            let params = v.get("params");
+            let param = |key: &str| params.and_then(|p| p.get(key)).and_then(text);
+            let name = match method.as_deref() {
+                Some("tools/call" | "prompts/get") => param("name"),
+                Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
+                    param("uri")
+                }
+                _ => None,
+            };
+            let asked_version = match method.as_deref() {
+                Some("initialize") => param("protocolVersion"),
+                _ => None,
+            };
+            let id = v.get("id").map(Value::to_string);
+            let arguments = match method.as_deref() {
+                Some("tools/call" | "prompts/get") => v
+                    .get_mut("params")
+                    .and_then(|p| p.get_mut("arguments"))
+                    .map(Value::take)
+                    .and_then(|a| match a {
+                        Value::Object(map) => Some(map),
+                        _ => None,
+                    }),
+                _ => None,
+            };
+            Message {
+                id,
+                method,
+                name,
+                asked_version,
+                arguments,
+            }
+        }
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(items)) => Body::Messages {
+                batch: true,
+                messages: items
+                    .into_iter()
+                    .filter(Value::is_object)
+                    .map(model)
+                    .collect(),
+            },
+            Ok(v) if v.is_object() => Body::Messages {
+                batch: false,
+                messages: vec![model(v)],
+            },
+            _ => Body::NotJsonRpc,
+        }
+    }
+
+    #[test]
+    fn the_typed_parser_reads_what_a_whole_json_value_reads() {
+        let bodies: &[&[u8]] = &[
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"q":"tls","n":[1,{"a":null}]}}}"#,
+            br#"{"id":"a\u0062","method":"tools/call","params":{"name":"x","arguments":[1]}}"#,
+            br#"{"id":1.50,"id":{"k":2},"method":"tools/call","method":7,"params":{"name":"x"}}"#,
+            br#"{"method":"tools/call","params":{"name":"a"},"params":{"arguments":{"b":1}}}"#,
+            br#"{"method":"tools/call","params":[{"name":"a"}]}"#,
+            br#"{"method":"tools/call","params":"name"}"#,
+            br#"{"method":"resources/read","params":{"uri":"file:///a","name":"n"}}"#,
+            br#"{"method":"initialize","params":{"protocolVersion":"2026-07-28","protocolVersion":1}}"#,
+            br#"{"me\u0074hod":"prompts/get","params":{"n\u0061me":"p","arguments":{}}}"#,
+            br#"{"id":null,"method":null,"params":null}"#,
+            br#"[]"#,
+            br#"[1,"a",null,[{"method":"x"}],{"id":2,"method":"tools/list"},{}]"#,
+            br#"  {"id":1}  "#,
+            br#"{"id":1} x"#,
+            br#"{"id":1"#,
+            br#""tools/call""#,
+            br#"null"#,
+            b"",
+            b"\xEF\xBB\xBF[{\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"t\"}}]",
+            br#"{"method":"tools/call","params":{"name":"t","other":{"deep":[[[{"x":true}]]]}},"extra":[1,2]}"#,
+        ];
+        for body in bodies {
+            assert_eq!(
+                parse(body),
+                by_value(body),
                 "{}",
                 String::from_utf8_lossy(body)
             );
