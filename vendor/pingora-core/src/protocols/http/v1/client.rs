@@ -127,6 +127,8 @@ impl HttpSession {
     /// After the request header is sent. The caller can either start reading the response or
     /// sending request body if any.
     pub async fn write_request_header(&mut self, req: Box<RequestHeader>) -> Result<usize> {
+        // mcp-edge patch: serialized here, written (and the body writer set up) by
+        // `write_request_wire`
         let to_wire = http_req_header_to_wire(&req).ok_or_else(|| {
             Error::explain(
                 InvalidHTTPHeader,
