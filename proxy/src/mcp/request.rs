@@ -85,11 +85,12 @@ pub struct Message {
 }
 
 /// What the body turned out to be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Body {
     /// JSON-RPC: one message (`batch: false`) or a batch.
     Messages { batch: bool, messages: Vec<Message> },
     /// Not JSON-RPC (or empty): the upstream answers that.
+    #[default]
     NotJsonRpc,
     /// Over `MAX_PARSED`: not read.
     TooLarge,
@@ -316,12 +317,6 @@ impl<'de> Deserialize<'de> for Parsed {
             }
         }
         d.deserialize_any(V).map(Parsed)
-    }
-}
-
-impl Default for Body {
-    fn default() -> Self {
-        Self::NotJsonRpc
     }
 }
 

@@ -117,7 +117,45 @@ struct Dropped<'a> {
     identity: [&'a HeaderName; 4],
 }
 
-impl Dropped<'_> {
+impl<'a> Dropped<'a> {
+    fn new(
+        req: &RequestHeader,
+        h2: bool,
+        has_body: bool,
+        host: bool,
+        trusted: bool,
+        names: &'a IdentityHeaders,
+        ctx: &'a Ctx,
+    ) -> Self {
+        let headers = &req.headers;
+        let auth = ctx.route_entry().and_then(|r| r.config.auth.as_deref());
+        let caller = auth.zip(ctx.identity.as_ref());
+        let forward_token = caller.is_some_and(|(a, id)| {
+            a.oauth.as_ref().is_some_and(|o| o.forward_token) && id.key_name.is_none()
+        });
+        let keep = |name: &str| trusted && headers.contains_key(name);
+        Dropped {
+            listed: if headers.contains_key(header::CONNECTION) {
+                connection_listed(headers)
+            } else {
+                Vec::new()
+            },
+            trusted,
+            host,
+            forwarded_host: !keep("x-forwarded-host") && !ctx.client_host.is_empty(),
+            forwarded_proto: !keep("x-forwarded-proto"),
+            session: matches!(ctx.restore, Some(Restore::Header(_))),
+            cookie: h2 && headers.get_all(header::COOKIE).iter().nth(1).is_some(),
+            chunked: headers.contains_key(header::TRANSFER_ENCODING)
+                || (has_body && !headers.contains_key(header::CONTENT_LENGTH)),
+            accept_encoding: ctx.route_entry().is_some_and(|r| r.config.policy.is_some()),
+            authorization: caller.is_some_and(|(_, id)| id.bearer && !forward_token),
+            dpop: caller.is_some(),
+            api_key: caller.and_then(|(a, _)| a.api_keys.as_ref()?.header.as_ref()),
+            identity: names.all(),
+        }
+    }
+
     fn drops(&self, name: &HeaderName) -> bool {
         let n = name.as_str();
         let edge_sets = match n {
@@ -247,32 +285,8 @@ impl EdgeProxy {
         let default_names = IdentityHeaders::default();
         let names = auth.map_or(&default_names, |a| &a.identity);
         let caller = auth.zip(ctx.identity.as_ref());
-        let forward_token = caller.is_some_and(|(a, id)| {
-            a.oauth.as_ref().is_some_and(|o| o.forward_token) && id.key_name.is_none()
-        });
-        let keep = |name: &str| trusted && headers.contains_key(name);
-        let chunked = headers.contains_key(header::TRANSFER_ENCODING)
-            || (has_body && !headers.contains_key(header::CONTENT_LENGTH));
-        let cookie = h2 && headers.get_all(header::COOKIE).iter().nth(1).is_some();
-        let dropped = Dropped {
-            listed: if headers.contains_key(header::CONNECTION) {
-                connection_listed(headers)
-            } else {
-                Vec::new()
-            },
-            trusted,
-            host: host.is_some(),
-            forwarded_host: !keep("x-forwarded-host") && !ctx.client_host.is_empty(),
-            forwarded_proto: !keep("x-forwarded-proto"),
-            session: matches!(ctx.restore, Some(Restore::Header(_))),
-            cookie,
-            chunked,
-            accept_encoding: ctx.route_entry().is_some_and(|r| r.config.policy.is_some()),
-            authorization: caller.is_some_and(|(_, id)| id.bearer && !forward_token),
-            dpop: caller.is_some(),
-            api_key: caller.and_then(|(a, _)| a.api_keys.as_ref()?.header.as_ref()),
-            identity: names.all(),
-        };
+        let dropped = Dropped::new(req, h2, has_body, host.is_some(), trusted, names, ctx);
+        let (chunked, cookie) = (dropped.chunked, dropped.cookie);
 
         let mut wire = BytesMut::with_capacity(512);
         wire.put_slice(req.method.as_str().as_bytes());
@@ -311,27 +325,35 @@ impl EdgeProxy {
                 .collect();
             field(&mut wire, b"Cookie", &values.join(&b"; "[..]));
         }
-        let mut framing = RequestHeader::build_no_case(req.method.clone(), b"/", Some(2))?;
         if chunked {
             // The body is read de-chunked and written chunked again: the upstream gets that one
             // coding as the edge spells it (pingora reads only a list that ends in chunked),
             // and never a Content-Length beside it. An HTTP/2 body of no declared length too.
             field(&mut wire, b"Transfer-Encoding", b"chunked");
-            framing.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-        } else {
-            for v in headers.get_all(header::CONTENT_LENGTH) {
-                framing.append_header(header::CONTENT_LENGTH, v.clone())?;
-            }
         }
-        if let Some(v) = headers.get(header::EXPECT) {
-            framing.insert_header(header::EXPECT, v.clone())?;
-        }
+        let framing = framing_head(req, chunked)?;
         wire.put_slice(b"\r\n");
-        Ok(UpstreamHead {
-            wire,
-            framing: Box::new(framing),
-        })
+        Ok(UpstreamHead { wire, framing })
     }
+}
+
+/// What pingora's client session keeps of the upstream head: the method and the fields that
+/// frame the body (as the written head has them) and say whether the upstream may answer 100
+/// first.
+fn framing_head(req: &RequestHeader, chunked: bool) -> Result<Box<RequestHeader>> {
+    let headers = &req.headers;
+    let mut framing = RequestHeader::build_no_case(req.method.clone(), b"/", Some(2))?;
+    if chunked {
+        framing.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    } else {
+        for v in headers.get_all(header::CONTENT_LENGTH) {
+            framing.append_header(header::CONTENT_LENGTH, v.clone())?;
+        }
+    }
+    if let Some(v) = headers.get(header::EXPECT) {
+        framing.insert_header(header::EXPECT, v.clone())?;
+    }
+    Ok(Box::new(framing))
 }
 
 /// Who called, told to the upstream in the headers the route names (a client's own values for
