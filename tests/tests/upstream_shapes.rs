@@ -1,8 +1,8 @@
 //! What the edge makes of an upstream's less tidy answers, each written byte for byte by a
 //! scripted upstream: an answer before the request body is read (then the connection reset),
 //! interim 1xx responses with hop-by-hop headers, bodies delimited only by the close (and cut
-//! short), and a `Connection` header that names the headers the edge sets. And HTTP/2 cookie
-//! fields, joined for the HTTP/1 upstream.
+//! short), and a `Connection` header that names the headers the edge sets. And the request head
+//! the upstream gets, byte for byte, and HTTP/2 cookie fields, joined for the HTTP/1 upstream.
 #![forbid(unsafe_code)]
 
 use std::sync::{Arc, Mutex};
@@ -260,6 +260,60 @@ async fn connection_cannot_strip_host_or_the_forwarding_headers() {
     assert_eq!(h["x-forwarded-host"], "h.test", "{echo}");
     // Accept twin: an ordinary header Connection names is dropped.
     assert!(h.get("x-drop").is_none(), "{echo}");
+}
+
+/// The upstream's request head, byte for byte: origin form, Host first, the client's other
+/// fields in their order and case, then the edge's; what is hop-by-hop, forged or named by
+/// `Connection` is gone, and a Content-Length beside chunked never reaches it.
+#[tokio::test]
+async fn the_upstream_head_keeps_the_clients_fields_in_order_and_case() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Scripted::start(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    let edge = edge_for(tmp.path(), &up.url).await;
+    let addr = up.url.trim_start_matches("http://").to_string();
+    let out = edge
+        .raw_exchange(
+            "GET http://h.test/a/b?c=d HTTP/1.1\r\nUser-Agent: t/1\r\nX-Mixed-Case: One\r\n\
+             host: h.test\r\nTE: trailers\r\nConnection: close, X-Gone\r\nX-Gone: 1\r\n\
+             Proxy-Authorization: Basic eA==\r\nX-Forwarded-Proto: gopher\r\nX-Real-IP: 6.6.6.6\r\n\
+             accept: */*\r\nX-Mixed-Case: Two\r\n\r\n",
+            &[],
+            Duration::ZERO,
+        )
+        .await;
+    assert!(out.starts_with("HTTP/1.1 204"), "{out}");
+    let heads = up.heads.lock().unwrap().clone();
+    assert_eq!(
+        heads,
+        [format!(
+            "GET /a/b?c=d HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: t/1\r\nX-Mixed-Case: One\r\n\
+             X-Mixed-Case: Two\r\naccept: */*\r\nx-forwarded-for: 127.0.0.1\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: h.test\r\n\r\n"
+        )]
+    );
+
+    // Reject twin: a length beside chunked never reaches the upstream; it gets the body
+    // chunked, as the edge spells it.
+    let up = Scripted::start(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    let edge = edge_for(&tmp.path().join("2"), &up.url).await;
+    let out = edge
+        .raw_exchange(
+            "POST /p HTTP/1.1\r\nhost: h.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+             3\r\nabc\r\n0\r\n\r\n",
+            &[],
+            Duration::ZERO,
+        )
+        .await;
+    assert!(out.starts_with("HTTP/1.1 204"), "{out}");
+    let head = up.heads.lock().unwrap()[0].clone();
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nTransfer-Encoding: chunked\r\n"),
+        "{head}"
+    );
 }
 
 /// A raw HTTP/2 connection to `edge`'s TLS host `a.test` (the h2 crate's client: it sends what
