@@ -31,7 +31,7 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{self, Trust};
 use crate::pem::{hex, sha256};
@@ -407,7 +407,18 @@ impl pingora::connectors::L4Connect for TlsConnect {
             ));
         };
         let connecting = async {
-            let tcp = TcpStream::connect(addr).await.map_err(|e| {
+            // A socket this process cannot make (out of descriptors or memory) is a local
+            // shortage, not the replica's fault: an internal error, as pingora's own
+            // connector says for plain upstreams, which takes no healthy replica out.
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(|e| {
+                Error::because(ErrorType::InternalError, format!("a socket for {addr}"), e)
+            })?;
+            let tcp = socket.connect(*addr).await.map_err(|e| {
                 let etype = match e.kind() {
                     std::io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
                     _ => ErrorType::ConnectError,
