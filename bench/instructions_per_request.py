@@ -8,6 +8,8 @@ instructions per request, for finding where they go.
 
     python3 bench/instructions_per_request.py [--top 40]   # BENCH_EDGE_BIN=... for another build
 
+Needs valgrind, h2load and the release builds `bench/run` installs and makes.
+
 Instructions are not time (a cache miss costs more than an add), but two builds' counts differ
 only by what the code does, so a cut shows however busy the machine is.
 """
