@@ -250,6 +250,7 @@ pub(super) fn build_auth(
         ] {
             if let Some(v) = value {
                 match http::HeaderName::from_bytes(v.as_bytes()) {
+                    Ok(h) if edge_managed(&h) => c.err(&ip.key(key), managed(&v)),
                     Ok(h) => *slot = h,
                     Err(_) => c.err(&ip.key(key), format!("{v:?} is not a header name")),
                 }
@@ -261,6 +262,38 @@ pub(super) fn build_auth(
         api_keys,
         identity,
     })))
+}
+
+/// Headers the edge writes or removes itself: how the request is framed (length, chunking,
+/// `Expect`), hop-by-hop ones, Host, the forwarding headers and the session id. A route's
+/// identity or API-key header with one of these names would change what the upstream reads
+/// as the request (dropping a Content-Length the body is still sent by is request smuggling).
+pub fn edge_managed(name: &http::HeaderName) -> bool {
+    let n = name.as_str();
+    matches!(
+        n,
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "expect"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "cookie"
+            | "forwarded"
+            | "x-real-ip"
+            | "mcp-session-id"
+    ) || n.starts_with("x-forwarded-")
+}
+
+fn managed(name: &str) -> String {
+    format!(
+        "{name:?} is a header the edge manages (framing, hop-by-hop, Host, forwarding or the \
+         session id): choose another name"
+    )
 }
 
 /// Audiences are compared byte for byte: blanks around one are a mistake.
@@ -474,6 +507,10 @@ fn build_api_keys(k: RawApiKeys, base: &Path, p: &KeyPath, c: &mut Collector) ->
         None => None,
         Some(h) if h.eq_ignore_ascii_case("authorization") => None,
         Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) if edge_managed(&name) => {
+                c.err(&p.key("header"), managed(h));
+                None
+            }
             Ok(name) => Some(name),
             Err(_) => {
                 c.err(&p.key("header"), format!("{h:?} is not a header name"));

@@ -235,3 +235,31 @@ fn audiences_and_claim_mapping_are_read_and_checked() {
     assert!(all.contains("claims.subject"), "{all}");
     assert!(all.contains("claims.scopes"), "{all}");
 }
+
+#[test]
+fn identity_and_api_key_headers_cannot_be_ones_the_edge_manages() {
+    let base = "hosts:\n  a.example.com:\n    tls: none\n    upstream: http://a\n    auth:\n      api_keys:\n        keys: { k: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\" }\n";
+    let ok = parse_str(&format!(
+        "{base}        header: x-api-key\n      identity_headers: {{ subject: x-user }}\n"
+    ))
+    .unwrap();
+    let auth = ok.hosts[0].routes[0].auth.clone().unwrap();
+    assert_eq!(auth.identity.subject, "x-user");
+    // Twins: a framing header, a forwarding one, Host, the session id.
+    let all = errors(&format!(
+        "{base}        header: Content-Length\n      identity_headers: {{ subject: transfer-encoding, client_id: X-Forwarded-For, scopes: host, key: mcp-session-id }}\n"
+    ))
+    .join("\n");
+    for key in [
+        "api_keys.header",
+        "identity_headers.subject",
+        "identity_headers.client_id",
+        "identity_headers.scopes",
+        "identity_headers.key",
+    ] {
+        assert!(
+            all.contains(key) && all.contains("the edge manages"),
+            "{key}: {all}"
+        );
+    }
+}

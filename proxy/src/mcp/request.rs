@@ -223,7 +223,11 @@ impl<'de> Deserialize<'de> for MaybeParams {
 
 /// A message as the upstream will read it. Parsed leniently, the way the SDKs' JSON readers
 /// do (a repeated key's last value wins, unknown and mistyped siblings are ignored): a body the
-/// upstream would run must never be one the edge cannot read. `None`: not an object.
+/// upstream would run must never be one the edge cannot read. What the edge reads (id, method,
+/// params' name, uri, protocolVersion, arguments) is parsed whole; what it skips is only
+/// scanned, so a lone surrogate, a number out of range or nesting past 128 there does not make
+/// the body unreadable (a whole `Value` parse refused those; Python's reader runs the first
+/// and the last). `None`: not an object.
 struct MaybeMessage(Option<Message>);
 
 impl<'de> Deserialize<'de> for MaybeMessage {
@@ -720,6 +724,15 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+        // Where the two differ, on purpose: what the edge skips is only scanned. A lone
+        // surrogate in a field it does not read (Python's reader runs such a body) no longer
+        // makes the body unreadable; the call is read, and a policy decides it.
+        let body = br#"{"id":1,"method":"tools/call","params":{"name":"t"},"x":"\ud800"}"#;
+        assert_eq!(by_value(body), Body::NotJsonRpc);
+        let Body::Messages { messages, .. } = parse(body) else {
+            panic!("unread");
+        };
+        assert_eq!(messages[0].name.as_deref(), Some("t"));
     }
 
     #[test]

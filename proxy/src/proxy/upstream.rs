@@ -158,13 +158,18 @@ impl<'a> Dropped<'a> {
 
     fn drops(&self, name: &HeaderName) -> bool {
         let n = name.as_str();
+        // How the body is framed is decided here alone (configuration refuses these names for
+        // identity and API-key headers too): what is written and `framing_head` must agree.
+        match n {
+            "transfer-encoding" => return true,
+            "content-length" => return self.chunked,
+            _ => {}
+        }
         let edge_sets = match n {
             "host" => self.host,
             "x-forwarded-for" => true,
             "x-forwarded-host" => self.forwarded_host || !self.trusted,
             "x-forwarded-proto" => self.forwarded_proto || !self.trusted,
-            "transfer-encoding" => true,
-            "content-length" => self.chunked,
             "cookie" => self.cookie,
             "accept-encoding" => self.accept_encoding,
             "authorization" => self.authorization,
@@ -331,7 +336,11 @@ impl EdgeProxy {
             // and never a Content-Length beside it. An HTTP/2 body of no declared length too.
             field(&mut wire, b"Transfer-Encoding", b"chunked");
         }
-        let framing = framing_head(req, chunked)?;
+        // Expect only as written (a `Connection` that lists it drops it).
+        let expect = headers
+            .get(header::EXPECT)
+            .filter(|_| !dropped.drops(&header::EXPECT));
+        let framing = framing_head(req, chunked, expect)?;
         wire.put_slice(b"\r\n");
         Ok(UpstreamHead { wire, framing })
     }
@@ -340,7 +349,11 @@ impl EdgeProxy {
 /// What pingora's client session keeps of the upstream head: the method and the fields that
 /// frame the body (as the written head has them) and say whether the upstream may answer 100
 /// first.
-fn framing_head(req: &RequestHeader, chunked: bool) -> Result<Box<RequestHeader>> {
+fn framing_head(
+    req: &RequestHeader,
+    chunked: bool,
+    expect: Option<&http::HeaderValue>,
+) -> Result<Box<RequestHeader>> {
     let headers = &req.headers;
     let mut framing = RequestHeader::build_no_case(req.method.clone(), b"/", Some(2))?;
     if chunked {
@@ -350,7 +363,7 @@ fn framing_head(req: &RequestHeader, chunked: bool) -> Result<Box<RequestHeader>
             framing.append_header(header::CONTENT_LENGTH, v.clone())?;
         }
     }
-    if let Some(v) = headers.get(header::EXPECT) {
+    if let Some(v) = expect {
         framing.insert_header(header::EXPECT, v.clone())?;
     }
     Ok(Box::new(framing))
