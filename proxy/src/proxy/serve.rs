@@ -251,7 +251,15 @@ impl EdgeApp {
                                 .map_err(|e| e.into_up());
                         }
                     }
-                    response_done = self.response(ds, task, ctx).await?;
+                    // A final head with its first body bytes already read goes out with them
+                    // (HTTP/1: one write and one TLS record).
+                    let next = match &task {
+                        HttpTask::Header(h, false) if !h.status.is_informational() && !ds.is_http2() => {
+                            futures::FutureExt::now_or_never(up.read_response_task())
+                        }
+                        _ => None,
+                    };
+                    response_done = self.response(ds, task, next, ctx).await?;
                     if response_done && !request_done && ds.is_http2() {
                         // Answered before the body ended (an upstream that refuses without
                         // reading it): the stream is reset (NO_ERROR) rather than held open,
@@ -322,6 +330,7 @@ impl EdgeApp {
         &self,
         ds: &mut ServerSession,
         task: HttpTask,
+        next: Option<Result<HttpTask>>,
         ctx: &mut Ctx,
     ) -> Result<bool> {
         match task {
@@ -352,10 +361,23 @@ impl EdgeApp {
                         .map_err(|e| e.into_down())?;
                     return Ok(true);
                 }
-                ds.write_response_header(resp)
-                    .await
-                    .map_err(|e| e.into_down())?;
-                Ok(false)
+                match next {
+                    Some(Ok(HttpTask::Body(mut data, end))) => {
+                        self.edge.response_chunk(&mut data, end, ctx);
+                        head_with_body(ds, resp, data.unwrap_or_default(), end).await?;
+                        Ok(end)
+                    }
+                    next => {
+                        ds.write_response_header(resp)
+                            .await
+                            .map_err(|e| e.into_down())?;
+                        match next {
+                            Some(Ok(task)) => Box::pin(self.response(ds, task, None, ctx)).await,
+                            Some(Err(e)) => Err(e.into_up()),
+                            None => Ok(false),
+                        }
+                    }
+                }
             }
             // The body's end may come as its own task (HTTP/1 trailers are not relayed).
             HttpTask::Body(..) | HttpTask::Done | HttpTask::Trailer(_) => {
@@ -376,6 +398,27 @@ impl EdgeApp {
             }
         }
     }
+}
+
+/// A response head and its first body bytes: in one write on HTTP/1 (pingora-core patch 17).
+async fn head_with_body(
+    ds: &mut ServerSession,
+    resp: Box<ResponseHeader>,
+    data: Bytes,
+    end: bool,
+) -> Result<()> {
+    match ds {
+        ServerSession::H1(h1) => h1.write_response_header_with_body(resp, &data).await,
+        _ => match ds.write_response_header(resp).await {
+            Ok(()) => ds.write_response_body(data, false).await,
+            Err(e) => Err(e),
+        },
+    }
+    .map_err(|e| e.into_down())?;
+    if end {
+        ds.finish_body().await.map_err(|e| e.into_down())?;
+    }
+    Ok(())
 }
 
 /// A response without Content-Length or chunked framing (HTTP/1.0 style, read to the close; or

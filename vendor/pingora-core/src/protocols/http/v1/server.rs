@@ -747,6 +747,54 @@ impl HttpSession {
         }
     }
 
+    /// mcp-edge patch: the response header and the first piece of its body in one write (one
+    /// TLS record and one wake-up of the client, not two) when the body is Content-Length
+    /// framed; otherwise the header, then the body, as `write_response_header` and
+    /// `write_body` write them. A proxy calls it when it already holds the first body bytes.
+    pub async fn write_response_header_with_body(
+        &mut self,
+        mut header: Box<ResponseHeader>,
+        body: &[u8],
+    ) -> Result<()> {
+        if header.status.is_informational() || body.is_empty() {
+            self.write_response_header(header).await?;
+            return self.write_body(body).await.map(|_| ());
+        }
+        let Some((write_buf, flush)) = self.prepare_response_header(&mut header)? else {
+            return Ok(());
+        };
+        if !self.body_writer.content_length_unstarted() {
+            self.underlying_stream
+                .write_all(&write_buf)
+                .await
+                .or_err(WriteError, "writing response header")?;
+            if flush || self.body_writer.finished() {
+                self.underlying_stream
+                    .flush()
+                    .await
+                    .or_err(WriteError, "flushing response header")?;
+            }
+            self.response_written = Some(header);
+            return self.write_body(body).await.map(|_| ());
+        }
+        self.response_written = Some(header);
+        let deadline = self.write_timeout(body.len());
+        let written = self
+            .body_writer
+            .write_body_after(&mut self.underlying_stream, &write_buf, body);
+        let written = match deadline {
+            Some(t) => match timeout(t, written).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
+            },
+            None => written.await,
+        }?;
+        if let Some(n) = written {
+            self.body_bytes_sent += n;
+        }
+        Ok(())
+    }
+
     /// Return the response header if it is already sent.
     pub fn response_written(&self) -> Option<&ResponseHeader> {
         self.response_written.as_deref()
