@@ -316,6 +316,34 @@ async fn the_upstream_head_keeps_the_clients_fields_in_order_and_case() {
     );
 }
 
+/// A chunked answer whose whole (empty) body came with its head: the client gets one end of
+/// body, and its connection serves the next request cleanly (no stray last chunk between the
+/// two responses).
+#[tokio::test]
+async fn an_empty_chunked_body_read_with_its_head_ends_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up =
+        Scripted::start(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").await;
+    let edge = edge_for(tmp.path(), &up.url).await;
+    let out = edge
+        .raw_exchange(
+            "GET /a HTTP/1.1\r\nhost: h.test\r\n\r\n",
+            // The second request once the first is answered, on the same connection.
+            &[b"GET /b HTTP/1.1\r\nhost: h.test\r\nconnection: close\r\n\r\n"],
+            Duration::from_millis(500),
+        )
+        .await;
+    let responses: Vec<&str> = out.split("HTTP/1.1 ").filter(|r| !r.is_empty()).collect();
+    assert_eq!(responses.len(), 2, "{out}");
+    for r in responses {
+        assert!(r.starts_with("200"), "{out}");
+        // The head, then exactly one last chunk.
+        assert!(r.ends_with("\r\n\r\n0\r\n\r\n"), "{out}");
+        assert_eq!(r.matches("0\r\n\r\n").count(), 1, "{out}");
+    }
+    assert_eq!(up.requests(), 2);
+}
+
 /// A raw HTTP/2 connection to `edge`'s TLS host `a.test` (the h2 crate's client: it sends what
 /// reqwest will not, and shows 1xx responses).
 async fn raw_h2(edge: &Edge, ca: &TestCa) -> h2::client::SendRequest<bytes::Bytes> {

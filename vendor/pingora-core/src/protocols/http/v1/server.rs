@@ -757,8 +757,12 @@ impl HttpSession {
         body: &[u8],
     ) -> Result<()> {
         if header.status.is_informational() || body.is_empty() {
+            // No body bytes to join (an empty write would end a chunked body).
             self.write_response_header(header).await?;
-            return self.write_body(body).await.map(|_| ());
+            if !body.is_empty() {
+                self.write_body(body).await?;
+            }
+            return Ok(());
         }
         let Some((write_buf, flush)) = self.prepare_response_header(&mut header)? else {
             return Ok(());
