@@ -1,0 +1,353 @@
+//! The request body read as JSON-RPC messages: a typed lenient parser that builds only what the
+//! edge reads (the id, the method, and params' name, uri, protocolVersion and arguments) and
+//! skips the rest, rather than a whole `serde_json::Value`.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use super::{Body, Message};
+
+/// A body (its byte-order mark already stripped): its messages, or `Body::NotJsonRpc`.
+pub(super) fn read(body: &[u8]) -> Body {
+    serde_json::from_slice::<Parsed>(body).map_or(Body::NotJsonRpc, |p| p.0)
+}
+
+/// The top-level keys of a message the edge reads; the rest is skipped by the parser, never
+/// built.
+enum Key {
+    Id,
+    Method,
+    Params,
+    Other,
+}
+
+/// The keys of `params` the edge reads.
+enum ParamKey {
+    Name,
+    Uri,
+    ProtocolVersion,
+    Arguments,
+    Other,
+}
+
+/// Keys read by name, whatever their escapes (serde_json unescapes them first).
+macro_rules! key_visitor {
+    ($ty:ident { $($text:literal => $variant:ident),* }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a key")
+                    }
+                    fn visit_str<E: de::Error>(self, k: &str) -> Result<$ty, E> {
+                        Ok(match k {
+                            $($text => $ty::$variant,)*
+                            _ => $ty::Other,
+                        })
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+    };
+}
+key_visitor!(Key { "id" => Id, "method" => Method, "params" => Params });
+key_visitor!(ParamKey {
+    "name" => Name, "uri" => Uri, "protocolVersion" => ProtocolVersion, "arguments" => Arguments
+});
+
+/// A value that is not an object, read and dropped: `Default` (an object's visitor is the
+/// caller's `visit_map`).
+macro_rules! not_an_object {
+    () => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+}
+
+/// A list where an object is read: read and dropped (`None`).
+macro_rules! not_a_list {
+    () => {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    };
+}
+
+/// A string value, or `None` for a value of another type (read and dropped).
+fn text(v: Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// What a message's `params` says, when it is an object.
+#[derive(Default)]
+struct Params {
+    name: Option<String>,
+    uri: Option<String>,
+    protocol_version: Option<String>,
+    arguments: Option<Value>,
+}
+
+/// `params`: `Some` for an object, `None` for any other value.
+struct MaybeParams(Option<Params>);
+
+impl<'de> Deserialize<'de> for MaybeParams {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<Params>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("params")
+            }
+            not_an_object!();
+            not_a_list!();
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // A repeated key's last value wins, mistyped or not.
+                let mut p = Params::default();
+                while let Some(key) = map.next_key::<ParamKey>()? {
+                    match key {
+                        ParamKey::Name => p.name = text(map.next_value()?),
+                        ParamKey::Uri => p.uri = text(map.next_value()?),
+                        ParamKey::ProtocolVersion => p.protocol_version = text(map.next_value()?),
+                        ParamKey::Arguments => p.arguments = Some(map.next_value()?),
+                        ParamKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Some(p))
+            }
+        }
+        d.deserialize_any(V).map(MaybeParams)
+    }
+}
+
+/// A message as the upstream will read it. Parsed leniently, the way the SDKs' JSON readers
+/// do (a repeated key's last value wins, unknown and mistyped siblings are ignored): a body the
+/// upstream would run must never be one the edge cannot read. What the edge reads (id, method,
+/// params' name, uri, protocolVersion, arguments) is parsed whole; what it skips is only
+/// scanned, so a lone surrogate, a number out of range or nesting past 128 there does not make
+/// the body unreadable (a whole `Value` parse refused those; Python's reader runs the first
+/// and the last). `None`: not an object.
+struct MaybeMessage(Option<Message>);
+
+impl<'de> Deserialize<'de> for MaybeMessage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MessageVisitor).map(MaybeMessage)
+    }
+}
+
+struct MessageVisitor;
+
+impl<'de> Visitor<'de> for MessageVisitor {
+    type Value = Option<Message>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON-RPC message")
+    }
+    not_an_object!();
+    not_a_list!();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut id, mut method, mut params) = (None, None, None);
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Id => id = Some(map.next_value::<Value>()?.to_string()),
+                Key::Method => method = text(map.next_value()?),
+                Key::Params => params = map.next_value::<MaybeParams>()?.0,
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(model(id, method, params.unwrap_or_default())))
+    }
+}
+
+/// What the edge reads of a message, by its method.
+fn model(id: Option<String>, method: Option<String>, params: Params) -> Message {
+    let (name, asked_version, arguments) = match method.as_deref() {
+        Some("tools/call" | "prompts/get") => {
+            let arguments = match params.arguments {
+                Some(Value::Object(map)) => Some(map),
+                _ => None,
+            };
+            (params.name, None, arguments)
+        }
+        Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
+            (params.uri, None, None)
+        }
+        Some("initialize") => (None, params.protocol_version, None),
+        _ => (None, None, None),
+    };
+    Message {
+        id,
+        method,
+        name,
+        asked_version,
+        arguments,
+    }
+}
+
+/// A body: one message, a batch of them, or anything else (`Body::NotJsonRpc`).
+struct Parsed(Body);
+
+impl<'de> Deserialize<'de> for Parsed {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Body;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON-RPC body")
+            }
+            not_an_object!();
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+                // A batch's members that are no objects are the upstream's to answer.
+                let mut messages = Vec::new();
+                while let Some(m) = seq.next_element::<MaybeMessage>()? {
+                    messages.extend(m.0);
+                }
+                Ok(Body::Messages {
+                    batch: true,
+                    messages,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
+                let message = MessageVisitor.visit_map(map)?;
+                Ok(Body::Messages {
+                    batch: false,
+                    messages: message.into_iter().collect(),
+                })
+            }
+        }
+        d.deserialize_any(V).map(Parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::*;
+
+    /// The reading the typed parser replaced (a whole `serde_json::Value`, then its keys): the
+    /// reference the parser must agree with.
+    fn by_value(body: &[u8]) -> Body {
+        fn model(mut v: Value) -> Message {
+            let text = |v: &Value| v.as_str().map(str::to_string);
+            let method = v.get("method").and_then(Value::as_str).map(str::to_string);
+            let params = v.get("params");
+            let param = |key: &str| params.and_then(|p| p.get(key)).and_then(text);
+            let name = match method.as_deref() {
+                Some("tools/call" | "prompts/get") => param("name"),
+                Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
+                    param("uri")
+                }
+                _ => None,
+            };
+            let asked_version = match method.as_deref() {
+                Some("initialize") => param("protocolVersion"),
+                _ => None,
+            };
+            let id = v.get("id").map(Value::to_string);
+            let arguments = match method.as_deref() {
+                Some("tools/call" | "prompts/get") => v
+                    .get_mut("params")
+                    .and_then(|p| p.get_mut("arguments"))
+                    .map(Value::take)
+                    .and_then(|a| match a {
+                        Value::Object(map) => Some(map),
+                        _ => None,
+                    }),
+                _ => None,
+            };
+            Message {
+                id,
+                method,
+                name,
+                asked_version,
+                arguments,
+            }
+        }
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(items)) => Body::Messages {
+                batch: true,
+                messages: items
+                    .into_iter()
+                    .filter(Value::is_object)
+                    .map(model)
+                    .collect(),
+            },
+            Ok(v) if v.is_object() => Body::Messages {
+                batch: false,
+                messages: vec![model(v)],
+            },
+            _ => Body::NotJsonRpc,
+        }
+    }
+
+    #[test]
+    fn the_typed_parser_reads_what_a_whole_json_value_reads() {
+        let bodies: &[&[u8]] = &[
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"q":"tls","n":[1,{"a":null}]}}}"#,
+            br#"{"id":"a\u0062","method":"tools/call","params":{"name":"x","arguments":[1]}}"#,
+            br#"{"id":1.50,"id":{"k":2},"method":"tools/call","method":7,"params":{"name":"x"}}"#,
+            br#"{"method":"tools/call","params":{"name":"a"},"params":{"arguments":{"b":1}}}"#,
+            br#"{"method":"tools/call","params":[{"name":"a"}]}"#,
+            br#"{"method":"tools/call","params":"name"}"#,
+            br#"{"method":"resources/read","params":{"uri":"file:///a","name":"n"}}"#,
+            br#"{"method":"initialize","params":{"protocolVersion":"2026-07-28","protocolVersion":1}}"#,
+            br#"{"me\u0074hod":"prompts/get","params":{"n\u0061me":"p","arguments":{}}}"#,
+            br#"{"id":null,"method":null,"params":null}"#,
+            br#"[]"#,
+            br#"[1,"a",null,[{"method":"x"}],{"id":2,"method":"tools/list"},{}]"#,
+            br#"  {"id":1}  "#,
+            br#"{"id":1} x"#,
+            br#"{"id":1"#,
+            br#""tools/call""#,
+            br#"null"#,
+            b"",
+            b"\xEF\xBB\xBF[{\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"t\"}}]",
+            br#"{"method":"tools/call","params":{"name":"t","other":{"deep":[[[{"x":true}]]]}},"extra":[1,2]}"#,
+        ];
+        for body in bodies {
+            assert_eq!(
+                parse(body),
+                by_value(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Where the two differ, on purpose: what the edge skips is only scanned. A lone
+        // surrogate in a field it does not read (Python's reader runs such a body) no longer
+        // makes the body unreadable; the call is read, and a policy decides it.
+        let body = br#"{"id":1,"method":"tools/call","params":{"name":"t"},"x":"\ud800"}"#;
+        assert_eq!(by_value(body), Body::NotJsonRpc);
+        let Body::Messages { messages, .. } = parse(body) else {
+            panic!("unread");
+        };
+        assert_eq!(messages[0].name.as_deref(), Some("t"));
+    }
+}
