@@ -122,14 +122,19 @@ pub struct IdentityHeaders {
     pub key: http::HeaderName,
 }
 
+impl IdentityHeaders {
+    /// The names a route without `identity_headers` uses.
+    pub const DEFAULT: Self = Self {
+        subject: http::HeaderName::from_static("x-auth-subject"),
+        client_id: http::HeaderName::from_static("x-auth-client-id"),
+        scopes: http::HeaderName::from_static("x-auth-scopes"),
+        key: http::HeaderName::from_static("x-auth-key-name"),
+    };
+}
+
 impl Default for IdentityHeaders {
     fn default() -> Self {
-        Self {
-            subject: http::HeaderName::from_static("x-auth-subject"),
-            client_id: http::HeaderName::from_static("x-auth-client-id"),
-            scopes: http::HeaderName::from_static("x-auth-scopes"),
-            key: http::HeaderName::from_static("x-auth-key-name"),
-        }
+        Self::DEFAULT
     }
 }
 

@@ -64,7 +64,7 @@ impl Limits {
 
 const DEFAULT_PER_ADDRESS: usize = 1024;
 
-/// Idle upstream connections pingora's pool keeps, over all upstreams.
+/// Idle upstream connections the proxy keeps (`upstream::idle`), over all upstreams.
 pub const UPSTREAM_POOL_SIZE: usize = 256;
 
 impl Limits {

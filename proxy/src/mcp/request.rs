@@ -4,6 +4,7 @@
 //! they cannot disagree about what was called: the body is what the upstream executes, and the
 //! headers are only ever checked against it, never trusted instead of it.
 
+use http::HeaderName;
 use serde_json::Value;
 
 use super::{header_text, Call, MAX_PARSED, VALIDATED_SINCE};
@@ -60,11 +61,15 @@ pub struct Declared {
 
 impl Declared {
     /// From a request's headers (`get` returns a header's raw bytes).
-    pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a [u8]>) -> Self {
+    pub fn from_headers<'a>(get: impl Fn(&HeaderName) -> Option<&'a [u8]>) -> Self {
+        // Names parsed once, not on every lookup.
+        const METHOD: HeaderName = HeaderName::from_static("mcp-method");
+        const NAME: HeaderName = HeaderName::from_static("mcp-name");
+        const VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
         Self {
-            method: Header::from_raw(get("mcp-method")),
-            name: Header::from_raw(get("mcp-name")),
-            version: Header::from_raw(get("mcp-protocol-version")),
+            method: Header::from_raw(get(&METHOD)),
+            name: Header::from_raw(get(&NAME)),
+            version: Header::from_raw(get(&VERSION)),
         }
     }
 }

@@ -62,7 +62,9 @@ pub struct EdgeProxy {
     pub audit: Arc<crate::audit::Audit>,
 }
 
-fn header_str<'a>(session: &'a ServerSession, name: &str) -> Option<&'a str> {
+/// A request field as text. Names the `http` crate knows go as its constants (`header::HOST`):
+/// a `&str` is parsed as a name again on every lookup.
+fn header_str(session: &ServerSession, name: impl http::header::AsHeaderName) -> Option<&str> {
     session
         .req_header()
         .headers
@@ -77,7 +79,7 @@ fn request_host(session: &ServerSession) -> Option<String> {
         .uri
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| header_str(session, "host"))?;
+        .or_else(|| header_str(session, http::header::HOST))?;
     let host = if let Some(rest) = raw.strip_prefix('[') {
         rest.split(']').next()?
     } else {

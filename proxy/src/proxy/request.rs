@@ -48,7 +48,10 @@ impl EdgeProxy {
     }
 
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx, snap: &Snapshot) -> Step {
-        if let Some(a) = self.target(session, ctx, snap).await? {
+        // The host before the path is normalised: an HTTP/2 request's authority is in its URI,
+        // which normalising rewrites.
+        let host = request_host(session);
+        if let Some(a) = self.target(session, ctx, snap, host.as_deref()).await? {
             return Ok(Some(a));
         }
         let Some(entry) = entry_of(ctx) else {
@@ -57,9 +60,7 @@ impl EdgeProxy {
         if let Some(a) = check_origin(session, &entry.host) {
             return Ok(Some(a));
         }
-        // The host before the path is normalised: an HTTP/2 request's authority is in its URI,
-        // which normalising rewrites.
-        let host = request_host(session).unwrap_or_default();
+        let host = host.unwrap_or_default();
         let path = match normalized_path(session)? {
             Ok(p) => p,
             Err(a) => return Ok(Some(a)),
@@ -71,7 +72,7 @@ impl EdgeProxy {
             snap.config.listen.http.map_or(80, |a| a.port())
         };
         let public = PublicUrl::new(ctx.tls, &host, port);
-        ctx.origin = header_str(session, "origin").map(str::to_string);
+        ctx.origin = header_str(session, header::ORIGIN).map(str::to_string);
         let origin = ctx.origin.as_deref();
         let req = session.req_header();
         if let Some(a) = access::well_known(req, &entry.host, &public, &path, origin) {
@@ -86,7 +87,7 @@ impl EdgeProxy {
         let route = &entry.routes[i];
         ctx.body.limit = route.pool.upstream.max_request_body;
         let declared =
-            header_str(session, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+            header_str(session, header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > ctx.body.limit) {
             return Ok(Some(
                 Answer::text(413, "request body too large\n").refused("body_too_large"),
@@ -116,7 +117,13 @@ impl EdgeProxy {
 
     /// Finds the host; on port 80 answers what belongs there, on TLS insists that the request
     /// is for the host whose certificate was presented.
-    async fn target(&self, session: &mut Session, ctx: &mut Ctx, snap: &Snapshot) -> Step {
+    async fn target(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        snap: &Snapshot,
+        host: Option<&str>,
+    ) -> Step {
         let tls_info = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -126,26 +133,29 @@ impl EdgeProxy {
                     .and_then(|i| i.server_name.clone())
             });
         ctx.tls = tls_info.is_some();
-        let host = request_host(session);
-        ctx.client_host = header_str(session, "host")
+        ctx.client_host = header_str(session, header::HOST)
             .map(str::to_string)
             .or_else(|| session.req_header().uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
-        ctx.target = host
-            .as_deref()
-            .and_then(|h| snap.table.host(h))
-            .map(|entry| Target {
-                entry: entry.clone(),
-                route: None,
-            });
+        ctx.target = host.and_then(|h| snap.table.host(h)).map(|entry| Target {
+            entry: entry.clone(),
+            route: None,
+        });
         let Some(sni) = tls_info else {
             return plain::answer(self, session, ctx, snap).await;
         };
         // The certificate was chosen by SNI; the request must be for that same host, so one
         // host's certificate can never front another.
-        let sni_host = sni.and_then(|name| snap.table.host(&name).map(|e| e.host.name.clone()));
-        let same = match (&ctx.target, sni_host) {
-            (Some(t), Some(s)) => t.entry.host.name == s && t.entry.host.tls != TlsSource::None,
+        // (A server name spelled as the request's host names its host: no second lookup.)
+        let same = match (&ctx.target, sni) {
+            (Some(t), Some(name)) => {
+                t.entry.host.tls != TlsSource::None
+                    && (host == Some(name.as_str())
+                        || snap
+                            .table
+                            .host(&name)
+                            .is_some_and(|e| e.host.name == t.entry.host.name))
+            }
             _ => false,
         };
         if !same {
@@ -250,7 +260,7 @@ fn check_origin(session: &Session, host: &crate::config::Host) -> Option<Answer>
     }
     let (allowed, origin) = (
         host.allowed_origins.as_ref()?,
-        header_str(session, "origin")?,
+        header_str(session, header::ORIGIN)?,
     );
     if normalize_origin(origin).is_ok_and(|o| allowed.contains(&o)) {
         None
@@ -282,13 +292,17 @@ fn normalized_path(session: &mut Session) -> Result<std::result::Result<String, 
 
 /// What the body of this request will be read for, and the MCP model that reads it: header
 /// validation (`mcp.validate`), tool budgets and observation all share one parse of the body.
+/// `MCP-Protocol-Version`, as a name parsed once.
+const MCP_PROTOCOL_VERSION: http::HeaderName =
+    http::HeaderName::from_static("mcp-protocol-version");
+
 fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
     let route = ctx.route_entry()?;
     let options = route.config.mcp.clone();
     let host_label = route.host_label.clone();
     let route_label = route.label.clone();
     let m = metrics::get();
-    if let Some(v) = header_str(session, "mcp-protocol-version") {
+    if let Some(v) = header_str(session, &MCP_PROTOCOL_VERSION) {
         m.mcp_versions
             .with_label_values(&[&*host_label, crate::mcp::version_label(v.trim())])
             .inc();

@@ -23,7 +23,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, Version};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -32,13 +31,13 @@ use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
-use pingora::upstreams::peer::Peer;
 use pingora::Error;
 
 use super::upstream::UpstreamHead;
 use super::{Ctx, EdgeProxy};
 use crate::connections::{Cap, UpstreamGate};
 use crate::reply::Answer;
+use crate::upstream::idle::Upstreams;
 
 /// How long a connection parked between requests may still deliver one once the service
 /// stops: a request already on its way is answered, with `Connection: close`.
@@ -59,7 +58,7 @@ struct Relayed {
 /// The proxy listeners' application.
 pub struct EdgeApp {
     edge: EdgeProxy,
-    upstreams: Connector,
+    upstreams: Upstreams,
     max_retries: usize,
     server_options: HttpServerOptions,
     h2_options: H2Options,
@@ -77,7 +76,10 @@ impl EdgeApp {
     ) -> Self {
         Self {
             edge,
-            upstreams: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            upstreams: Upstreams::new(
+                ConnectorOptions::from_server_conf(conf),
+                crate::config::UPSTREAM_POOL_SIZE,
+            ),
             max_retries: conf.max_retries,
             server_options,
             h2_options,
@@ -195,9 +197,7 @@ impl EdgeApp {
         match self.relay(ds, &mut up, head, ctx).await {
             Ok(Relayed { client, upstream }) => {
                 if upstream {
-                    (self.upstreams)
-                        .release_http_session(up, &*peer, peer.idle_timeout())
-                        .await;
+                    self.upstreams.release(up, &*peer).await;
                 }
                 (client, None)
             }
@@ -477,11 +477,11 @@ fn reset_error(idle: Result<impl std::fmt::Display>) -> Box<Error> {
 /// meanwhile stops it (a downstream error): a stream opened and reset at once (rapid reset)
 /// costs no upstream connection.
 async fn connect(
-    upstreams: &Connector,
+    upstreams: &Upstreams,
     peer: &HttpPeer,
     ds: &mut ServerSession,
 ) -> Result<(Upstream, bool)> {
-    let connecting = upstreams.get_http_session(peer);
+    let connecting = upstreams.get(peer);
     let ServerSession::H2(h2) = ds else {
         return connecting.await;
     };
@@ -547,10 +547,10 @@ mod tests {
     /// bytes unpatched, about 1.2 KB patched.
     #[test]
     fn connecting_to_an_upstream_is_a_small_future() {
-        let upstreams = Connector::new(None);
+        let upstreams = Upstreams::new(ConnectorOptions::new(1), 1);
         let peer = HttpPeer::new("127.0.0.1:9", false, String::new());
-        let connecting = upstreams.get_http_session(&peer);
+        let connecting = upstreams.get(&peer);
         let size = size_of_val(&connecting);
-        assert!(size < 2048, "get_http_session's future: {size} bytes");
+        assert!(size < 2048, "the connect future: {size} bytes");
     }
 }

@@ -287,8 +287,8 @@ impl EdgeProxy {
             _ => None,
         };
         let auth = ctx.route_entry().and_then(|r| r.config.auth.as_deref());
-        let default_names = IdentityHeaders::default();
-        let names = auth.map_or(&default_names, |a| &a.identity);
+        static DEFAULT_NAMES: IdentityHeaders = IdentityHeaders::DEFAULT;
+        let names = auth.map_or(&DEFAULT_NAMES, |a| &a.identity);
         let caller = auth.zip(ctx.identity.as_ref());
         let dropped = Dropped::new(req, h2, has_body, host.is_some(), trusted, names, ctx);
         let (chunked, cookie) = (dropped.chunked, dropped.cookie);

@@ -405,9 +405,10 @@ pub fn run(path: &Path, upgrade_from: Option<u32>) -> Result<(), StartError> {
         // own timer is the fallback.
         grace_period_seconds: Some(grace.as_secs() + 3),
         graceful_shutdown_timeout_seconds: Some(1),
-        // pingora's pool holds this many per thread: about UPSTREAM_POOL_SIZE in all, as the
-        // descriptor budget reserves.
-        upstream_keepalive_pool_size: config::UPSTREAM_POOL_SIZE.div_ceil(threads.max(1)),
+        // The proxy keeps its idle upstream connections itself (`upstream::idle`,
+        // UPSTREAM_POOL_SIZE in all, as the descriptor budget reserves); pingora's own pool
+        // goes unused.
+        upstream_keepalive_pool_size: 1,
         upgrade_sock: listen.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };

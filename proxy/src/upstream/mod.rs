@@ -7,6 +7,7 @@
 
 pub mod affinity;
 pub mod health;
+pub mod idle;
 pub mod trust;
 
 use std::collections::HashMap;
