@@ -65,6 +65,8 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Upstream connections requests hold now (idle pooled ones not counted).
     pub upstream_connections_in_use: IntGauge,
+    /// Idle upstream connections closed because the replica wrote bytes nobody asked for.
+    pub upstream_stray_bytes: prometheus::IntCounter,
     /// Client connections closed before their handshake by a cap, by reason (`connections`,
     /// `connections_per_address`).
     pub connections_refused: IntCounterVec,
@@ -107,6 +109,15 @@ fn one_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     r.register(Box::new(g.clone()))
         .expect("metric registered once");
     g
+}
+
+/// A counter without labels (exported from the start, at 0).
+fn one_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c =
+        prometheus::IntCounter::with_opts(Opts::new(name, help)).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -167,6 +178,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &r,
         "upstream_connections_in_use",
         "Upstream connections requests hold now (idle pooled ones not counted)",
+    );
+    let upstream_stray_bytes = one_counter(
+        &r,
+        "upstream_stray_bytes_total",
+        "Idle upstream connections closed because the replica wrote bytes nobody asked for",
     );
     Metrics {
         requests: counter(
@@ -278,6 +294,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         connections_open,
         upstream_connections_in_use,
+        upstream_stray_bytes,
         connections_refused: counter(
             &r,
             "connections_refused_total",

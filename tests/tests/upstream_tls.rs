@@ -225,6 +225,9 @@ async fn pins_ca_and_client_certificates_decide_who_is_trusted() {
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["path"], "/hello", "{host}");
     }
+    // Each of these reaches an upstream a host above reached already (pinned.test's, ca.test's,
+    // mtls.test's): the connection parked for that host, with its trust, is never taken for
+    // another trust (the idle pool keys by it).
     for (host, reason) in [
         ("wrongpin.test", "tls_pin_mismatch"),
         ("otherca.test", "tls_unknown_issuer"),
@@ -344,8 +347,8 @@ async fn pinned_upstream_reuses_connections() {
 
     for (host, front) in [("pinned.test", &pinned), ("ca.test", &private)] {
         // One client connection, one request at a time: one upstream connection does it all.
-        // (pingora returns the upstream connection to its pool just after the response, so a
-        // request can now and then find it not yet back: a second handshake, never twenty.)
+        // (the edge parks the upstream connection just after the response, so a request can
+        // now and then find it not yet back: a second handshake, never twenty.)
         for i in 0..20 {
             assert_eq!(get(&edge, host, &format!("/s{i}")).await.status(), 200);
         }

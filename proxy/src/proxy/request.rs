@@ -290,12 +290,12 @@ fn normalized_path(session: &mut Session) -> Result<std::result::Result<String, 
     Ok(Ok(path))
 }
 
-/// What the body of this request will be read for, and the MCP model that reads it: header
-/// validation (`mcp.validate`), tool budgets and observation all share one parse of the body.
 /// `MCP-Protocol-Version`, as a name parsed once.
 const MCP_PROTOCOL_VERSION: http::HeaderName =
     http::HeaderName::from_static("mcp-protocol-version");
 
+/// What the body of this request will be read for, and the MCP model that reads it: header
+/// validation (`mcp.validate`), tool budgets and observation all share one parse of the body.
 fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
     let route = ctx.route_entry()?;
     let options = route.config.mcp.clone();

@@ -197,7 +197,7 @@ impl EdgeApp {
         match self.relay(ds, &mut up, head, ctx).await {
             Ok(Relayed { client, upstream }) => {
                 if upstream {
-                    self.upstreams.release(up, &*peer).await;
+                    self.upstreams.release(up, &peer).await;
                 }
                 (client, None)
             }
@@ -269,8 +269,8 @@ impl EdgeApp {
                 }
             }
         }
-        // Both messages complete: the pool keeps the upstream connection if it may
-        // (`release_http_session` asks it). After a failed body write neither connection is
+        // Both messages complete: the idle pool keeps the upstream connection if it may
+        // (`Upstreams::release` asks it). After a failed body write neither connection is
         // reused (the client's body was not all read).
         let whole = send_error.is_none();
         Ok(Relayed {

@@ -3,10 +3,10 @@
 //!
 //! pingora's own pool spawns a task per connection it takes back (to notice a close while it
 //! is idle) and wakes it again on each reuse: two task switches and a lock per request. Here an
-//! idle connection is only parked: whether it is still usable is asked when it is taken (a
-//! read that must not be ready: the reactor already knows of a close or of stray bytes), and
-//! one sweeper per pool closes, once a second, the ones past their idle timeout or closed by
-//! the replica.
+//! idle connection is only parked: whether it is still usable is asked when it is parked and
+//! when it is taken (a read that must not be ready: the reactor already knows of a close or of
+//! stray bytes), and one sweeper per pool closes, once a second, the ones past their idle
+//! timeout or closed by the replica. Streams are closed after the lock is let go.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -30,9 +30,14 @@ pub struct Upstreams {
     idle: Arc<Mutex<Idle>>,
 }
 
-/// The idle connections, by replica (its pool key and address), the most recently parked last.
+/// Which connections may serve a peer: its address, its trust (`group_key`: 0 for plain
+/// upstreams, a digest of pins, CA and client certificate for HTTPS ones) and pingora's hash
+/// of the rest of its settings. Exact in what separates trust: no hash collision can join two.
+type Key = (SocketAddr, u64, u64);
+
+/// The idle connections, by peer, the most recently parked last.
 struct Idle {
-    by_peer: HashMap<(u64, SocketAddr), Vec<Parked>>,
+    by_peer: HashMap<Key, Vec<Parked>>,
     count: usize,
     max: usize,
     sweeping: bool,
@@ -48,21 +53,13 @@ impl Upstreams {
     pub fn new(options: ConnectorOptions, max: usize) -> Self {
         Self {
             transport: TransportConnector::new(Some(options)),
-            idle: Arc::new(Mutex::new(Idle {
-                by_peer: HashMap::new(),
-                count: 0,
-                max,
-                sweeping: false,
-            })),
+            idle: Arc::new(Mutex::new(Idle::new(max))),
         }
     }
 
     /// An HTTP/1 session to `peer`: on an idle connection if one is still usable (`true`), or
     /// on a new one.
-    pub async fn get<P: Peer + Send + Sync + 'static>(
-        &self,
-        peer: &P,
-    ) -> Result<(HttpSession, bool)> {
+    pub async fn get(&self, peer: &HttpPeer) -> Result<(HttpSession, bool)> {
         let (stream, reused) = match self.take(peer) {
             Some(stream) => (stream, true),
             None => (self.transport.new_stream(peer).await?, false),
@@ -72,95 +69,234 @@ impl Upstreams {
 
     /// The most recently parked usable connection to `peer`; the unusable ones met on the way
     /// are closed.
-    fn take<P: Peer>(&self, peer: &P) -> Option<Stream> {
-        let key = (peer.reuse_hash(), peer.address().clone());
+    fn take(&self, peer: &HttpPeer) -> Option<Stream> {
+        let key = key(peer);
         let now = Instant::now();
         loop {
-            let mut parked = {
-                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                let parked = idle.by_peer.get_mut(&key)?.pop()?;
-                idle.count -= 1;
-                parked
-            };
-            if parked.until > now && usable(&mut parked.stream) {
+            let mut parked = lock(&self.idle).take(&key)?;
+            if parked.until > now && usable(&mut parked.stream, peer) {
                 return Some(parked.stream);
             }
         }
     }
 
     /// The session's connection, kept for the next request if it may be reused (its response
-    /// read whole, keep-alive on both sides).
-    pub async fn release<P: Peer>(&self, mut session: HttpSession, peer: &P) {
+    /// read whole, keep-alive on both sides, nothing more to read).
+    pub async fn release(&self, mut session: HttpSession, peer: &HttpPeer) {
         session.respect_keepalive();
-        let Some(stream) = session.reuse().await else {
+        let Some(mut stream) = session.reuse().await else {
             return;
         };
         let Some(timeout) = peer.idle_timeout() else {
             return;
         };
-        let key = (peer.reuse_hash(), peer.address().clone());
+        if !usable(&mut stream, peer) {
+            return;
+        }
         let parked = Parked {
             stream,
             until: Instant::now() + timeout,
         };
-        let start_sweeper = {
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.count >= idle.max {
-                // Full: the connection idle longest makes room.
-                idle.evict_oldest();
-            }
-            idle.by_peer.entry(key).or_default().push(parked);
-            idle.count += 1;
-            !std::mem::replace(&mut idle.sweeping, true)
+        let (evicted, start_sweeper) = {
+            let mut idle = lock(&self.idle);
+            let evicted = idle.park(key(peer), parked);
+            (evicted, !std::mem::replace(&mut idle.sweeping, true))
         };
+        drop(evicted);
         if start_sweeper {
             tokio::spawn(sweep(Arc::downgrade(&self.idle)));
         }
     }
 }
 
+fn key(peer: &HttpPeer) -> Key {
+    (peer.address().clone(), peer.group_key, peer.reuse_hash())
+}
+
+fn lock(idle: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
+    idle.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Idle {
-    fn evict_oldest(&mut self) {
-        let oldest = (self.by_peer.iter())
-            .filter_map(|(key, list)| Some((key, list.first()?.until)))
-            .min_by_key(|(_, until)| *until)
-            .map(|(key, _)| key.clone());
-        if let Some(list) = oldest.and_then(|key| self.by_peer.get_mut(&key)) {
-            list.remove(0);
-            self.count -= 1;
+    fn new(max: usize) -> Self {
+        Self {
+            by_peer: HashMap::new(),
+            count: 0,
+            max,
+            sweeping: false,
         }
     }
 
-    /// Closes what is past its idle timeout or no longer usable.
-    fn sweep(&mut self, now: Instant) {
-        let mut count = 0;
-        self.by_peer.retain(|_, list| {
-            list.retain_mut(|p| p.until > now && usable(&mut p.stream));
-            count += list.len();
+    fn take(&mut self, key: &Key) -> Option<Parked> {
+        let parked = self.by_peer.get_mut(key)?.pop()?;
+        self.count -= 1;
+        Some(parked)
+    }
+
+    /// Parks a connection; when full, the one idle longest makes room (returned, to be closed
+    /// once the lock is let go).
+    fn park(&mut self, key: Key, parked: Parked) -> Option<Parked> {
+        let evicted = if self.count >= self.max {
+            self.evict_oldest()
+        } else {
+            None
+        };
+        if self.max > 0 {
+            self.by_peer.entry(key).or_default().push(parked);
+            self.count += 1;
+        }
+        evicted
+    }
+
+    fn evict_oldest(&mut self) -> Option<Parked> {
+        let oldest = (self.by_peer.iter())
+            .filter_map(|(key, list)| Some((key, list.first()?.until)))
+            .min_by_key(|(_, until)| *until)
+            .map(|(key, _)| key.clone())?;
+        let list = self.by_peer.get_mut(&oldest)?;
+        let parked = list.remove(0);
+        if list.is_empty() {
+            self.by_peer.remove(&oldest);
+        }
+        self.count -= 1;
+        Some(parked)
+    }
+
+    /// Takes out what is past its idle timeout or no longer usable (to be closed once the lock
+    /// is let go).
+    fn sweep(&mut self, now: Instant) -> Vec<Parked> {
+        let mut gone = Vec::new();
+        self.by_peer.retain(|(addr, ..), list| {
+            let mut i = 0;
+            while i < list.len() {
+                let p = &mut list[i];
+                if p.until > now && usable_at(&mut p.stream, addr) {
+                    i += 1;
+                } else {
+                    gone.push(list.remove(i));
+                }
+            }
             !list.is_empty()
         });
-        self.count = count;
+        self.count -= gone.len();
+        gone
     }
 }
 
-/// Sweeps the pool once a second for as long as it exists.
+/// Sweeps the pool once a second for as long as it exists; a new sweeper starts with the next
+/// connection parked if this one ends (its runtime stopped).
 async fn sweep(idle: Weak<Mutex<Idle>>) {
+    struct Ended(Weak<Mutex<Idle>>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            if let Some(idle) = self.0.upgrade() {
+                lock(&idle).sweeping = false;
+            }
+        }
+    }
+    let _ended = Ended(idle.clone());
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(idle) = idle.upgrade() else {
             return;
         };
-        let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.sweep(Instant::now());
+        let gone = lock(&idle).sweep(Instant::now());
+        drop(gone);
     }
+}
+
+fn usable(stream: &mut Stream, peer: &HttpPeer) -> bool {
+    usable_at(stream, peer.address())
 }
 
 /// Whether an idle connection may carry a request: nothing to read yet. A replica that closed
 /// it, or sent bytes nobody asked for, made it readable (the reactor knows without a system
-/// call when it does not).
-fn usable(stream: &mut Stream) -> bool {
+/// call when it did not). Stray bytes mean the edge and the replica disagree on where a
+/// response ended: logged and counted. (Over TLS, stray bytes short of a whole record are not
+/// seen yet; the next response read fails on them instead.)
+fn usable_at(stream: &mut Stream, addr: &SocketAddr) -> bool {
     let mut byte = [0; 1];
     // Unconstrained: tokio's budget must not make a ready read look pending.
-    let read = tokio::task::unconstrained(stream.read(&mut byte)).now_or_never();
-    read.is_none()
+    match tokio::task::unconstrained(stream.read(&mut byte)).now_or_never() {
+        None => true,
+        Some(Ok(1..)) => {
+            tracing::warn!(replica = %addr, "an idle upstream connection had bytes nobody asked for; closed");
+            crate::metrics::get().upstream_stray_bytes.inc();
+            false
+        }
+        Some(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connected stream and the replica's end of it.
+    async fn pair(listener: &tokio::net::TcpListener) -> (Stream, tokio::net::TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let ours = pingora::protocols::l4::stream::Stream::from(ours.unwrap());
+        (Box::new(ours), theirs.unwrap().0)
+    }
+
+    fn parked(stream: Stream, secs: u64) -> Parked {
+        Parked {
+            stream,
+            until: Instant::now() + Duration::from_secs(secs),
+        }
+    }
+
+    fn key_of(port: u16, group: u64) -> Key {
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        (SocketAddr::Inet(addr), group, 0)
+    }
+
+    #[tokio::test]
+    async fn the_pool_counts_evicts_and_sweeps_what_it_holds() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut replicas = Vec::new();
+        let mut idle = Idle::new(2);
+        for (i, key) in [key_of(1, 0), key_of(1, 7), key_of(2, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let (stream, theirs) = pair(&listener).await;
+            replicas.push(theirs);
+            let evicted = idle.park(key, parked(stream, 10));
+            // The third makes room: the one idle longest (the first) goes.
+            assert_eq!(evicted.is_some(), i == 2, "parking #{i}");
+            assert_eq!(idle.count, (i + 1).min(2));
+        }
+        assert!(idle.take(&key_of(1, 0)).is_none(), "evicted");
+        assert!(idle.take(&key_of(9, 0)).is_none(), "never parked");
+        // The same address under another trust is another key, and each is taken once.
+        assert!(idle.take(&key_of(1, 7)).is_some());
+        assert!(idle.take(&key_of(1, 7)).is_none());
+        assert_eq!(idle.count, 1);
+
+        // Swept: the one past its idle timeout and the one its replica closed; the live one
+        // stays.
+        let mut idle = Idle::new(10);
+        let (stream, _live) = pair(&listener).await;
+        idle.park(key_of(3, 0), parked(stream, 10));
+        let (stream, _late) = pair(&listener).await;
+        let late = Parked {
+            stream,
+            until: Instant::now(),
+        };
+        idle.park(key_of(4, 0), late);
+        let (stream, mut closed) = pair(&listener).await;
+        idle.park(key_of(5, 0), parked(stream, 10));
+        closed.shutdown().await.unwrap();
+        drop(closed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let gone = idle.sweep(Instant::now());
+        assert_eq!(gone.len(), 2);
+        assert_eq!(idle.count, 1);
+        assert!(idle.take(&key_of(3, 0)).is_some(), "the live one");
+        assert_eq!(idle.count, 0);
+        assert_eq!(idle.by_peer.values().map(Vec::len).sum::<usize>(), 0);
+    }
 }
