@@ -1,7 +1,8 @@
 //! The edge's idle upstream connections (`upstream/idle.rs`): reused while the replica keeps
 //! them open and quiet; never once the replica closed one or wrote bytes nobody asked for (the
-//! next request goes on a new connection, and is not answered by the stray bytes); and closed by
-//! the edge, without a request, when the replica ends its side of one.
+//! next request goes on a new connection, and is not answered by the stray bytes), nor past the
+//! idle time the replica said it keeps; and closed by the edge, without a request, when the
+//! replica ends its side of one.
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +25,8 @@ enum After {
     Stray,
     /// Ends its side (FIN) 100 ms later and counts the edge's close (EOF) when it comes.
     HalfClose,
+    /// Says `Keep-Alive: timeout=2` in each answer, and keeps the connection open longer.
+    SaysTwoSeconds,
 }
 
 /// A keep-alive replica: answers each request head `ok` with a Content-Length.
@@ -81,14 +84,19 @@ async fn read_request(s: &mut TcpStream) -> bool {
 }
 
 async fn serve(mut s: TcpStream, after: After, closed_by_edge: Arc<AtomicUsize>) {
-    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
-    if !read_request(&mut s).await || s.write_all(OK).await.is_err() {
+    let ok: &[u8] = match after {
+        After::SaysTwoSeconds => {
+            b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=2\r\ncontent-length: 3\r\n\r\nok\n"
+        }
+        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
+    };
+    if !read_request(&mut s).await || s.write_all(ok).await.is_err() {
         return;
     }
     match after {
-        After::KeepOpen => {
+        After::KeepOpen | After::SaysTwoSeconds => {
             while read_request(&mut s).await {
-                if s.write_all(OK).await.is_err() {
+                if s.write_all(ok).await.is_err() {
                     return;
                 }
             }
@@ -160,6 +168,27 @@ async fn idle_upstream_connections_are_reused_only_while_usable() {
             After::Stray => assert!(stray >= 2.0, "stray bytes counted: {stray}"),
             _ => assert_eq!(stray, 0.0, "a close is no stray bytes"),
         }
+    }
+}
+
+/// A replica's `Keep-Alive: timeout=2` is believed (less a second): a connection idle longer
+/// is not sent a request the replica may be closing on, though the replica kept it open.
+#[tokio::test]
+async fn a_replica_that_says_it_closes_sooner_is_believed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let replica = Replica::start(After::SaysTwoSeconds).await;
+    let edge = edge_for(tmp.path(), &replica.url).await;
+    let head =
+        "POST /call HTTP/1.1\r\nhost: h.test\r\ncontent-length: 2\r\nconnection: close\r\n\r\n";
+    for (pause, connections) in [(0, 1), (200, 1), (1_700, 2)] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let out = edge.raw_exchange(head, &[b"{}"], Duration::ZERO).await;
+        assert_eq!(raw_status(&out), 200, "{out}");
+        assert_eq!(
+            replica.connections(),
+            connections,
+            "after {pause} ms: reused within the second it may be, not after"
+        );
     }
 }
 

@@ -81,13 +81,15 @@ impl Upstreams {
     }
 
     /// The session's connection, kept for the next request if it may be reused (its response
-    /// read whole, keep-alive on both sides, nothing more to read).
+    /// read whole, keep-alive on both sides, nothing more to read), for the peer's idle timeout
+    /// or less if the replica said it closes sooner.
     pub async fn release(&self, mut session: HttpSession, peer: &HttpPeer) {
         session.respect_keepalive();
+        let told = told_timeout(&session);
         let Some(mut stream) = session.reuse().await else {
             return;
         };
-        let Some(timeout) = peer.idle_timeout() else {
+        let Some(timeout) = keep_for(peer.idle_timeout(), told) else {
             return;
         };
         if !usable(&mut stream, peer) {
@@ -107,6 +109,31 @@ impl Upstreams {
             tokio::spawn(sweep(Arc::downgrade(&self.idle)));
         }
     }
+}
+
+/// How long the replica said it keeps an idle connection: `Keep-Alive: timeout=N` (Node's
+/// servers send 5 s and close then).
+fn told_timeout(session: &HttpSession) -> Option<Duration> {
+    let value = session.get_header("keep-alive")?.to_str().ok()?;
+    value.split(',').find_map(|param| {
+        let (name, secs) = param.split_once('=')?;
+        let secs = secs.trim().trim_matches('"').parse().ok()?;
+        name.trim()
+            .eq_ignore_ascii_case("timeout")
+            .then(|| Duration::from_secs(secs))
+    })
+}
+
+/// How long a connection stays parked: the peer's idle timeout, but a second short of what
+/// the replica said, so that no request is sent as the replica closes (a POST is not sent
+/// again). `None`: not parked.
+fn keep_for(idle: Option<Duration>, told: Option<Duration>) -> Option<Duration> {
+    let idle = idle?;
+    let keep = match told {
+        Some(told) => idle.min(told.checked_sub(Duration::from_secs(1))?),
+        None => idle,
+    };
+    (!keep.is_zero()).then_some(keep)
 }
 
 fn key(peer: &HttpPeer) -> Key {
@@ -251,6 +278,21 @@ mod tests {
     fn key_of(port: u16, group: u64) -> Key {
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         (SocketAddr::Inet(addr), group, 0)
+    }
+
+    #[test]
+    fn a_replica_that_closes_sooner_is_believed() {
+        let s = Duration::from_secs;
+        assert_eq!(keep_for(Some(s(60)), None), Some(s(60)));
+        assert_eq!(keep_for(Some(s(60)), Some(s(5))), Some(s(4)), "Node's 5 s");
+        assert_eq!(
+            keep_for(Some(s(60)), Some(s(600))),
+            Some(s(60)),
+            "never longer"
+        );
+        assert_eq!(keep_for(Some(s(60)), Some(s(1))), None, "too short to keep");
+        assert_eq!(keep_for(Some(s(60)), Some(s(0))), None);
+        assert_eq!(keep_for(None, Some(s(5))), None);
     }
 
     #[tokio::test]
