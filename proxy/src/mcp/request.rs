@@ -59,17 +59,18 @@ pub struct Declared {
     pub version: Header,
 }
 
+/// The MCP request headers, as names parsed once (a `&str` name is parsed on every lookup).
+const METHOD_HEADER: HeaderName = HeaderName::from_static("mcp-method");
+const NAME_HEADER: HeaderName = HeaderName::from_static("mcp-name");
+pub const VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
+
 impl Declared {
     /// From a request's headers (`get` returns a header's raw bytes).
     pub fn from_headers<'a>(get: impl Fn(&HeaderName) -> Option<&'a [u8]>) -> Self {
-        // Names parsed once, not on every lookup.
-        const METHOD: HeaderName = HeaderName::from_static("mcp-method");
-        const NAME: HeaderName = HeaderName::from_static("mcp-name");
-        const VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
         Self {
-            method: Header::from_raw(get(&METHOD)),
-            name: Header::from_raw(get(&NAME)),
-            version: Header::from_raw(get(&VERSION)),
+            method: Header::from_raw(get(&METHOD_HEADER)),
+            name: Header::from_raw(get(&NAME_HEADER)),
+            version: Header::from_raw(get(&VERSION_HEADER)),
         }
     }
 }

@@ -17,7 +17,7 @@ use super::{header_str, plain, request_host, EdgeProxy, TlsInfo};
 use crate::access::{self, Caller, Decision, PublicUrl};
 use crate::config::{normalize_origin, TlsSource};
 use crate::live::Snapshot;
-use crate::mcp::request::{Declared, Header, Request as McpRequest};
+use crate::mcp::request::{Declared, Header, Request as McpRequest, VERSION_HEADER};
 use crate::metrics;
 use crate::observe::Exchange;
 use crate::reply::Answer;
@@ -290,10 +290,6 @@ fn normalized_path(session: &mut Session) -> Result<std::result::Result<String, 
     Ok(Ok(path))
 }
 
-/// `MCP-Protocol-Version`, as a name parsed once.
-const MCP_PROTOCOL_VERSION: http::HeaderName =
-    http::HeaderName::from_static("mcp-protocol-version");
-
 /// What the body of this request will be read for, and the MCP model that reads it: header
 /// validation (`mcp.validate`), tool budgets and observation all share one parse of the body.
 fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
@@ -302,7 +298,7 @@ fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
     let host_label = route.host_label.clone();
     let route_label = route.label.clone();
     let m = metrics::get();
-    if let Some(v) = header_str(session, &MCP_PROTOCOL_VERSION) {
+    if let Some(v) = header_str(session, &VERSION_HEADER) {
         m.mcp_versions
             .with_label_values(&[&*host_label, crate::mcp::version_label(v.trim())])
             .inc();

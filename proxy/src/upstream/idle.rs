@@ -194,15 +194,8 @@ impl Idle {
     fn sweep(&mut self, now: Instant) -> Vec<Parked> {
         let mut gone = Vec::new();
         self.by_peer.retain(|(addr, ..), list| {
-            let mut i = 0;
-            while i < list.len() {
-                let p = &mut list[i];
-                if p.until > now && usable_at(&mut p.stream, addr) {
-                    i += 1;
-                } else {
-                    gone.push(list.remove(i));
-                }
-            }
+            let spent = |p: &mut Parked| p.until <= now || !usable_at(&mut p.stream, addr);
+            gone.extend(list.extract_if(.., spent));
             !list.is_empty()
         });
         self.count -= gone.len();
