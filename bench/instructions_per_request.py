@@ -3,10 +3,11 @@ figure that does not move with the neighbours' load (this machine has no CPU cou
 timings of `bench/cpu_per_request.py` spread by a third between runs). Each proxy runs under
 callgrind; after a warm-up the counters are zeroed, a fixed number of HTTP/1.1 keep-alive
 requests (TLS, the MCP POST or the small GET of `bench/run`) go through it, and the count is
-divided by them. With `--top N`, the N functions of mcp-edge with the most inclusive
+divided by them. With `--h2`, the requests go as HTTP/2 streams instead (8 connections, 8 streams
+in flight on each: `bench/run`'s few-connections shape). With `--top N`, the N functions of mcp-edge with the most inclusive
 instructions per request, for finding where they go.
 
-    python3 bench/instructions_per_request.py [--top 40]   # BENCH_EDGE_BIN=... for another build
+    python3 bench/instructions_per_request.py [--top 40] [--h2]   # BENCH_EDGE_BIN=... for another build
 
 Needs valgrind, h2load and the release builds `bench/run` installs and makes.
 
@@ -29,6 +30,7 @@ import bench_cost  # noqa: E402
 
 REQUESTS = 4000
 CONNS = 4
+H2_CONNS, H2_STREAMS = 8, 8
 
 
 def under_callgrind(cls, out):
@@ -61,16 +63,17 @@ def under_callgrind(cls, out):
     return Counted
 
 
-def load(px, path, get, requests):
-    """`requests` requests over CONNS keep-alive connections (h2load speaks HTTP/1.1 too)."""
+def load(px, path, get, requests, h2=False):
+    """`requests` requests over CONNS keep-alive connections (h2load speaks HTTP/1.1 too), or as
+    HTTP/2 streams, H2_STREAMS at a time on each of H2_CONNS connections."""
     body = []
     if not get:
         f = bench.WORK / "post.json"
         f.write_text('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":'
                      '"search_docs","arguments":{"query":"tls"}}}')
         body = ["-d", f, "-H", "content-type: application/json"]
-    out = bench.run(["h2load", "--h1", "-n", requests, "-c", CONNS, *body, px.url(path)],
-                    timeout=1800)
+    shape = ["-c", H2_CONNS, "-m", H2_STREAMS] if h2 else ["--h1", "-c", CONNS]
+    out = bench.run(["h2load", "-n", requests, *shape, *body, px.url(path)], timeout=1800)
     done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
     ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
     if ok != requests:
@@ -91,20 +94,20 @@ def total(files):
     return n
 
 
-def measure(cls, path, get, top):
+def measure(cls, path, get, top, h2):
     out = Path(tempfile.mkdtemp(prefix="cg-", dir=bench.WORK))
     px = under_callgrind(cls, out)(*bench.prepared).start()
     try:
-        load(px, path, get, 200)  # warm-up: pools, lazily made state, the allocator
+        load(px, path, get, 200, h2)  # warm-up: pools, lazily made state, the allocator
         for pid in bench_cost.pids(px.proc.pid):
             control("-z", str(pid))
         t = time.time()
-        n = load(px, path, get, REQUESTS)
+        n = load(px, path, get, REQUESTS, h2)
         for pid in bench_cost.pids(px.proc.pid):
             control("-d", str(pid))
         dumps = sorted(out.glob("cg.*.*"))
         per = total(dumps) / n
-        print(f"| {cls.name} | {path} | {n} | {per:,.0f} | {time.time() - t:.0f} s |", flush=True)
+        print(f"| {cls.name} | {'HTTP/2' if h2 else 'HTTP/1.1'} | {path} | {n} | {per:,.0f} | {time.time() - t:.0f} s |", flush=True)
         if top and cls is bench.McpEdge:
             annotate(dumps, n, top)
     finally:
@@ -132,15 +135,16 @@ def main():
     p.add_argument("--top", type=int, default=0)
     p.add_argument("--proxies", default="mcp-edge,nginx")
     p.add_argument("--paths", default="/mcp,/open")
+    p.add_argument("--h2", action="store_true", help="HTTP/2, 8 connections x 8 streams")
     a = p.parse_args()
     bench.prepared = bench.prepare()
-    print("| proxy | path | requests | instructions/request | wall |")
-    print("|---|---|---|---|---|")
+    print("| proxy | protocol | path | requests | instructions/request | wall |")
+    print("|---|---|---|---|---|---|")
     for cls in [bench.McpEdge, bench.Nginx]:
         if cls.name not in a.proxies.split(","):
             continue
         for path in a.paths.split(","):
-            measure(cls, path, path != "/mcp", a.top)
+            measure(cls, path, path != "/mcp", a.top, a.h2)
 
 
 if __name__ == "__main__":

@@ -397,7 +397,8 @@ where
             let shutdown_for_session = shutdown.clone();
             let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
             // mcp-edge patch: boxed for the same reason (an HTTP/1 connection never needs it).
-            Box::pin(server::accept_downstream_sessions(
+            // mcp-edge patch: each stream is served in this task (serve_downstream_sessions)
+            Box::pin(server::serve_downstream_sessions(
                 h2_conn,
                 digest,
                 shutdown.clone(),
@@ -405,14 +406,14 @@ where
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
+                    async move { // mcp-edge patch: run by the connection's task
                         // hold `guard` for the session's lifetime so the accept
                         // loop's idle timeout sees this connection as busy.
                         let _guard = guard;
                         // Note, `PersistentSettings` not currently relevant for h2
                         app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
                             .await;
-                    });
+                    } // mcp-edge patch
                 },
             )) // mcp-edge patch: the end of the box
             .await;

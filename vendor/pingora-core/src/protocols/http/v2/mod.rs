@@ -767,4 +767,133 @@ mod test {
         }
         client_handle.await.unwrap();
     }
+
+    // mcp-edge patch: the streams of a connection are served in its task
+    fn get(path: &str) -> http::Request<()> {
+        http::Request::get(format!("https://one.one.one.one{path}"))
+            .body(())
+            .unwrap()
+    }
+
+    // mcp-edge patch
+    #[tokio::test]
+    async fn test_streams_are_served_together_in_the_connection_task() {
+        let (client, server) = duplex(65536);
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+
+        let client_handle = tokio::spawn(async move {
+            let (h2, connection) = h2::client::handshake(client).await.unwrap();
+            let connection = tokio::spawn(connection);
+            let mut h2 = h2.ready().await.unwrap();
+            let (first, _) = h2.send_request(get("/first"), true).unwrap();
+            let mut h2 = h2.ready().await.unwrap();
+            let (second, _) = h2.send_request(get("/second"), true).unwrap();
+            let (first, second) = tokio::join!(first, second);
+            assert_eq!(first.unwrap().status(), 200);
+            assert_eq!(second.unwrap().status(), 200);
+            drop(h2);
+            connection.await.unwrap().unwrap();
+        });
+
+        let connection = handshake(Box::new(server), None).await.unwrap();
+        // The first stream is answered only after the second one ran: both are in flight at once.
+        let (second_ran, first_waits) = oneshot::channel::<()>();
+        let (mut second_ran, mut first_waits) = (Some(second_ran), Some(first_waits));
+        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let serving = served.clone();
+        let loop_task = tokio::spawn(server::serve_downstream_sessions(
+            connection,
+            Arc::new(Digest::default()),
+            shutdown_rx,
+            None,
+            move |mut session, guard| {
+                let path = session.req_header().uri.path().to_string();
+                let waits = (path == "/first").then(|| first_waits.take().unwrap());
+                let wakes = (path == "/second").then(|| second_ran.take().unwrap());
+                let served = serving.clone();
+                async move {
+                    let _guard = guard;
+                    if let Some(waits) = waits {
+                        waits.await.unwrap();
+                    }
+                    if let Some(wakes) = wakes {
+                        wakes.send(()).unwrap();
+                    }
+                    served.lock().unwrap().push((path, tokio::task::id()));
+                    let resp = Box::new(ResponseHeader::build(200, None).unwrap());
+                    session.write_response_header(resp, true).unwrap();
+                    session.finish().unwrap();
+                }
+            },
+        ));
+        let loop_id = loop_task.id();
+        pingora_timeout::timeout(Duration::from_secs(5), loop_task)
+            .await
+            .expect("the connection did not end")
+            .unwrap();
+        client_handle.await.unwrap();
+
+        let served = served.lock().unwrap();
+        let paths: Vec<_> = served.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/second", "/first"]);
+        assert!(
+            served.iter().all(|(_, id)| *id == loop_id),
+            "each session runs in the connection's task: {served:?}, loop {loop_id:?}"
+        );
+    }
+
+    // mcp-edge patch
+    #[tokio::test]
+    async fn test_a_session_runs_to_its_end_after_its_connection_is_gone() {
+        let (client, server) = duplex(65536);
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (accepted_tx, accepted_rx) = oneshot::channel::<()>();
+        let (finish_tx, finish_rx) = oneshot::channel::<()>();
+
+        let client_handle = tokio::spawn(async move {
+            let (h2, connection) = h2::client::handshake(client).await.unwrap();
+            let connection = tokio::spawn(connection);
+            let mut h2 = h2.ready().await.unwrap();
+            let (response, _) = h2.send_request(get("/slow"), true).unwrap();
+            accepted_rx.await.unwrap();
+            // The client goes away with its request in flight.
+            connection.abort();
+            drop((h2, response));
+        });
+
+        let connection = handshake(Box::new(server), None).await.unwrap();
+        let mut started = Some((accepted_tx, finish_rx));
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ending = ended.clone();
+        let loop_task = tokio::spawn(server::serve_downstream_sessions(
+            connection,
+            Arc::new(Digest::default()),
+            shutdown_rx,
+            None,
+            move |mut session, guard| {
+                let (accepted, finish) = started.take().expect("one session");
+                let ending = ending.clone();
+                async move {
+                    let _guard = guard;
+                    accepted.send(()).unwrap();
+                    finish.await.unwrap();
+                    let resp = Box::new(ResponseHeader::build(200, None).unwrap());
+                    let _ = session.write_response_header(resp, true);
+                    ending.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            },
+        ));
+        client_handle.await.unwrap();
+        sleep(Duration::from_millis(200)).await;
+        assert!(
+            !loop_task.is_finished(),
+            "the loop waits for its session after the connection is gone"
+        );
+        finish_tx.send(()).unwrap();
+        pingora_timeout::timeout(Duration::from_secs(5), loop_task)
+            .await
+            .expect("the loop did not end after its session")
+            .unwrap();
+        assert!(ended.load(std::sync::atomic::Ordering::SeqCst));
+    }
 }

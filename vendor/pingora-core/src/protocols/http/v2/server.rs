@@ -15,6 +15,7 @@
 //! HTTP/2 server session
 
 use bytes::Bytes;
+use futures::stream::FuturesUnordered; // mcp-edge patch
 use futures::Future;
 use h2::server;
 use h2::server::SendResponse;
@@ -119,10 +120,8 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 ///      - the codec is driven to completion so the final GOAWAY can be
 ///        flushed and the connection closed cleanly.
 ///
-/// `on_session` is invoked once per accepted stream, together with a
-/// [`StreamGuard`]. Typical callers spawn a task to process the session so the
-/// accept loop is not blocked, and move the guard into that task so its lifetime
-/// matches the session.
+/// `serve` is invoked once per accepted stream, together with a [`StreamGuard`] to hold for
+/// the session's life; the future it returns is run by this loop (mcp-edge patch).
 ///
 /// Note: this function does not impose its own per-connection drain timeout
 /// (after a shutdown signal). The runtime-level `graceful_shutdown_timeout_seconds`
@@ -130,53 +129,62 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
-pub(crate) async fn accept_downstream_sessions<F>(
+// mcp-edge patch: the future `serve` makes of each session runs in this task, beside the
+// connection, instead of in a task of its own. A busy connection of many streams is one runnable
+// task rather than one per stream: a worker's run queue does not overflow into the global queue
+// (where a task waits up to 61 polls of others: HTTP/2's p99 tail), and waking a stream for its
+// frames is a local wake-up, not a scheduled task. Sessions still running when the connection
+// closes or fails are run to their end before this returns, as spawned ones would be.
+pub(crate) async fn serve_downstream_sessions<F, Fut>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
-    mut on_session: F,
+    mut serve: F, // mcp-edge patch
 ) where
-    F: FnMut(HttpSession, StreamGuard),
+    F: FnMut(HttpSession, StreamGuard) -> Fut, // mcp-edge patch
+    Fut: Future<Output = ()>,
 {
     let mut shutdown_initiated = false;
     // Per-connection budget for malformed streams (see MAX_MALFORMED_STREAMS_PER_CONN).
     let mut malformed_streams = 0usize;
-    // In-flight sessions, decremented by the `StreamGuard` given to `on_session`.
+    // In-flight sessions, decremented by the `StreamGuard` given to `serve` (mcp-edge patch)
     let active = Arc::new(ActiveSessions::new());
+    let mut sessions = FuturesUnordered::new(); // mcp-edge patch
     loop {
-        let h2_stream = if shutdown_initiated {
-            HttpSession::from_h2_conn_with_malformed_budget(
+        // mcp-edge patch: one select, before and after a shutdown signal, so that the sessions
+        // are driven either way. After the signal the loop goes on accepting, so that streams
+        // whose HEADERS were buffered in the codec before it, and streams the client opens after
+        // GOAWAY(MAX) below the final last_stream_id, are served, and the codec is driven to
+        // completion so the final GOAWAY is flushed.
+        let h2_stream = tokio::select! {
+            // Poll the shutdown signal first so a concurrent signal is
+            // observed deterministically. `from_h2_conn` is cancel-safe
+            // and is polled again on the next iteration.
+            biased;
+            _ = shutdown.changed(), if !shutdown_initiated => { // mcp-edge patch
+                conn.graceful_shutdown();
+                shutdown_initiated = true;
+                continue;
+            }
+            // mcp-edge patch: the sessions woken since the last poll run before the connection
+            // is driven, so what they wrote is flushed by the same poll.
+            Some(()) = futures::StreamExt::next(&mut sessions), if !sessions.is_empty() => continue,
+            h2_stream = HttpSession::from_h2_conn_with_malformed_budget(
                 &mut conn,
                 digest.clone(),
                 &mut malformed_streams,
-            )
-            .await
-        } else {
-            tokio::select! {
-                // Poll the shutdown signal first so a concurrent signal is
-                // observed deterministically. `from_h2_conn` is cancel-safe
-                // and is polled again on the next iteration.
-                biased;
-                _ = shutdown.changed() => {
-                    conn.graceful_shutdown();
-                    shutdown_initiated = true;
-                    continue;
-                }
-                h2_stream = HttpSession::from_h2_conn_with_malformed_budget(
-                    &mut conn,
-                    digest.clone(),
-                    &mut malformed_streams,
-                ) => h2_stream,
-                // Any accepted stream cancels this future. The next iteration
-                // waits for all active streams to finish before starting a fresh
-                // idle period.
-                _ = wait_for_idle_timeout(&active, idle_timeout.unwrap_or_default()), if idle_timeout.is_some() => {
-                    // Idle with nothing in flight: drop `conn` to close the
-                    // socket now (no graceful GOAWAY wait that could hang on
-                    // a dead peer).
-                    return;
-                }
+            ) => h2_stream,
+            // Any accepted stream cancels this future. The next iteration
+            // waits for all active streams to finish before starting a fresh
+            // idle period.
+            _ = wait_for_idle_timeout(&active, idle_timeout.unwrap_or_default()),
+                if idle_timeout.is_some() && !shutdown_initiated => // mcp-edge patch
+            {
+                // Idle with nothing in flight: drop `conn` to close the
+                // socket now (no graceful GOAWAY wait that could hang on
+                // a dead peer).
+                break; // mcp-edge patch: the sessions are waited for below
             }
         };
         match h2_stream {
@@ -184,18 +192,41 @@ pub(crate) async fn accept_downstream_sessions<F>(
                 // It is common for the client to just disconnect TCP without
                 // properly closing H2. So we don't log the errors here
                 debug!("H2 error when accepting new stream {e}");
-                return;
+                break; // mcp-edge patch
             }
             // None means the connection is ready to be closed
-            Ok(None) => return,
+            Ok(None) => break, // mcp-edge patch
             // The offending stream was already answered or reset; keep the
             // connection alive and continue accepting sibling streams.
             Ok(Some(H2Accept::Rejected)) => continue,
             Ok(Some(H2Accept::Session(session))) => {
-                on_session(session, active.start_session());
+                sessions.push(serve(session, active.start_session())); // mcp-edge patch
             }
         }
     }
+    // mcp-edge patch: the socket is closed with what is left of the codec; a session still
+    // running finds its stream reset and ends (its logging and upstream clean-up included).
+    drop(conn);
+    while futures::StreamExt::next(&mut sessions).await.is_some() {}
+}
+
+// mcp-edge patch: the loop of `serve_downstream_sessions` for a caller that spawns its sessions
+// (pingora's tests of the loop), with futures that are done at once.
+#[cfg(test)]
+pub(crate) async fn accept_downstream_sessions<F>(
+    conn: H2Connection<Stream>,
+    digest: Arc<Digest>,
+    shutdown: ShutdownWatch,
+    idle_timeout: Option<Duration>,
+    mut on_session: F,
+) where
+    F: FnMut(HttpSession, StreamGuard),
+{
+    serve_downstream_sessions(conn, digest, shutdown, idle_timeout, |session, guard| {
+        on_session(session, guard);
+        std::future::ready(())
+    })
+    .await
 }
 
 /// Tracks one in-flight downstream H2 session for [`accept_downstream_sessions`].
