@@ -566,6 +566,36 @@ pub async fn tls_host_edge(dir: &Path, top: &str, upstream: &str, hosts: &str) -
     (Edge::start(dir, &ports, &cfg).await, ca)
 }
 
+/// A raw HTTP/2 connection to `edge`'s TLS host `a.test` (the h2 crate's client: it sends what
+/// reqwest will not, and shows 1xx responses).
+pub async fn raw_h2(edge: &Edge, ca: &TestCa) -> h2::client::SendRequest<bytes::Bytes> {
+    raw_h2_with_task(edge, ca).await.0
+}
+
+/// [`raw_h2`], and the task that drives the connection: aborting it drops the connection at once,
+/// whatever its streams are doing.
+pub async fn raw_h2_with_task(
+    edge: &Edge,
+    ca: &TestCa,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    install_crypto();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(ca.root_store())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(edge.https).await.unwrap();
+    let name = ServerName::try_from("a.test").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (h2, conn) = h2::client::handshake(stream).await.unwrap();
+    (h2, tokio::spawn(conn))
+}
+
 impl Edge {
     /// `GET path` to host `h.test` on the plain listener from address `from`, with `extra`
     /// header lines; the raw answer.

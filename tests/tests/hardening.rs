@@ -1,7 +1,8 @@
 //! Facing the internet: what a hostile client sends (dot-segments in every spelling, forged
 //! proxy headers, repeated Origin) and what an operator can get wrong (secrets of the wrong type,
 //! credentials in URLs, listen addresses that overlap, absurd values, an unreadable seal key,
-//! temp files left by a crash) are refused or handled, each with its accept twin.
+//! temp files left by a crash) are refused or handled, each with its accept twin; and HTTP/2
+//! streams that stall hold none of their siblings.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -701,6 +702,85 @@ async fn an_h2_client_that_never_sends_its_preface_is_closed() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
+}
+
+/// The streams of one HTTP/2 connection are served side by side (in the connection's task): one
+/// waiting for an upstream that never answers and one the client stopped reading (its flow-control
+/// window full) hold none of the others, which are answered at once. Reject twins: the stream the
+/// client resets is ended, and its upstream stream closed; a connection that goes away with its
+/// streams in flight ends them all, and is no longer counted.
+#[tokio::test]
+async fn stalled_http2_streams_hold_none_of_their_siblings_and_end_with_their_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start("r1").await;
+    let (edge, ca) = tls_host_edge(tmp.path(), "", &up.url(), "").await;
+    let (h2, conn) = raw_h2_with_task(&edge, &ca).await;
+    let get = |path: &str| {
+        http::Request::get(format!("https://a.test{path}"))
+            .body(())
+            .unwrap()
+    };
+    let mut h2 = h2.ready().await.unwrap();
+    let (silent, _) = h2.send_request(get("/silent"), true).unwrap();
+    let mut h2 = h2.ready().await.unwrap();
+    let (flood, _) = h2.send_request(get("/flood"), true).unwrap();
+    // The flood's head arrives; its body is never read, so its window fills and the edge's
+    // session for it waits on the client.
+    let flood = tokio::time::timeout(Duration::from_secs(10), flood)
+        .await
+        .expect("the flood's head")
+        .unwrap();
+    assert_eq!(flood.status(), 200);
+    assert_eq!(up.open_streams(), 1);
+
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        h2 = h2.ready().await.unwrap();
+        answers.push(
+            h2.send_request(get(&format!("/echo?i={i}")), true)
+                .unwrap()
+                .0,
+        );
+    }
+    let answers = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(answers))
+        .await
+        .expect("siblings answered while two streams of their connection are stalled");
+    for a in answers {
+        assert_eq!(a.unwrap().status(), 200);
+    }
+
+    // Reject twin: the client resets the stalled flood; the edge ends its session and the
+    // upstream's stream closes, while the connection and its silent stream stay.
+    drop(flood);
+    wait_for(
+        Duration::from_secs(10),
+        "the reset stream's upstream closed",
+        || async { (up.open_streams() == 0).then_some(()) },
+    )
+    .await;
+    assert!(!conn.is_finished());
+
+    // And the connection going away with a stalled flood and the silent stream in flight ends
+    // both: the upstream's stream closes, and the connection is no longer counted.
+    h2 = h2.ready().await.unwrap();
+    let (flood, _) = h2.send_request(get("/flood"), true).unwrap();
+    let flood = tokio::time::timeout(Duration::from_secs(10), flood)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(up.open_streams(), 1);
+    assert_eq!(edge.metric("mcp_edge_connections_open").await, 1.0);
+    conn.abort();
+    drop((h2, silent, flood));
+    wait_for(
+        Duration::from_secs(10),
+        "the streams of a closed connection ended",
+        || async {
+            (up.open_streams() == 0 && edge.metric("mcp_edge_connections_open").await == 0.0)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -344,25 +344,6 @@ async fn an_empty_chunked_body_read_with_its_head_ends_once() {
     assert_eq!(up.requests(), 2);
 }
 
-/// A raw HTTP/2 connection to `edge`'s TLS host `a.test` (the h2 crate's client: it sends what
-/// reqwest will not, and shows 1xx responses).
-async fn raw_h2(edge: &Edge, ca: &TestCa) -> h2::client::SendRequest<bytes::Bytes> {
-    install_crypto();
-    let mut tls = rustls::ClientConfig::builder()
-        .with_root_certificates(ca.root_store())
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(edge.https).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (h2, conn) = h2::client::handshake(stream).await.unwrap();
-    tokio::spawn(conn);
-    h2
-}
-
 /// An HTTP/2 client that sends `Expect: 100-continue` and waits for `100 Continue` before its
 /// body gets the upstream's 100 as an informational HEADERS frame, then sends the body, which
 /// arrives whole. Reject twin: an upstream that refuses at once (417) answers without a 100,
