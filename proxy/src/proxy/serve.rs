@@ -1,5 +1,5 @@
-//! The proxy loop: one request to one upstream, in the task pingora's server gives it (the
-//! connection's for HTTP/1, the stream's for HTTP/2).
+//! The proxy loop: one request to one upstream, in the connection's task (HTTP/1), or beside
+//! the other streams of its connection in that connection's task (HTTP/2, pingora-core patch 18).
 //!
 //! pingora's server keeps what it does well: listeners, TLS, the connection gate, the HTTP/1
 //! parser with its limits and deadlines, keep-alive, HTTP/2, the upstream connection pool. Each

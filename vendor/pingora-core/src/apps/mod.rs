@@ -390,15 +390,15 @@ where
                 Ok(c) => c,
             };
 
-            // The accept-loop body — including the graceful-shutdown state
-            // machine — lives in `server::accept_downstream_sessions` so that
-            // the same code path is exercised by tests in `protocols::http::v2`.
+            // mcp-edge patch: the accept-loop body — including the graceful-shutdown state
+            // machine and the streams' sessions — lives in `server::serve_downstream_sessions`
+            // so that the same code path is exercised by tests in `protocols::http::v2`.
             let app = self.clone();
             let shutdown_for_session = shutdown.clone();
             let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
             // mcp-edge patch: boxed for the same reason (an HTTP/1 connection never needs it).
             // mcp-edge patch: each stream is served in this task (serve_downstream_sessions)
-            Box::pin(server::serve_downstream_sessions(
+            let rest = Box::pin(server::serve_downstream_sessions(
                 h2_conn,
                 digest,
                 shutdown.clone(),
@@ -417,6 +417,11 @@ where
                 },
             )) // mcp-edge patch: the end of the box
             .await;
+            // mcp-edge patch: the socket is closed; sessions still running end in a task of
+            // their own, so that what admitted the connection is let go with its socket.
+            if !rest.is_empty() {
+                pingora_runtime::current_handle().spawn(server::drain_sessions(rest));
+            }
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {

@@ -827,10 +827,11 @@ mod test {
             },
         ));
         let loop_id = loop_task.id();
-        pingora_timeout::timeout(Duration::from_secs(5), loop_task)
+        let rest = pingora_timeout::timeout(Duration::from_secs(5), loop_task)
             .await
             .expect("the connection did not end")
             .unwrap();
+        assert!(rest.is_empty(), "a connection that ends cleanly leaves nothing running");
         client_handle.await.unwrap();
 
         let served = served.lock().unwrap();
@@ -844,7 +845,7 @@ mod test {
 
     // mcp-edge patch
     #[tokio::test]
-    async fn test_a_session_runs_to_its_end_after_its_connection_is_gone() {
+    async fn test_the_loop_ends_with_its_connection_and_hands_back_what_still_runs() {
         let (client, server) = duplex(65536);
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
         let (accepted_tx, accepted_rx) = oneshot::channel::<()>();
@@ -884,16 +885,68 @@ mod test {
             },
         ));
         client_handle.await.unwrap();
-        sleep(Duration::from_millis(200)).await;
-        assert!(
-            !loop_task.is_finished(),
-            "the loop waits for its session after the connection is gone"
-        );
-        finish_tx.send(()).unwrap();
-        pingora_timeout::timeout(Duration::from_secs(5), loop_task)
+        // The loop returns once the connection is gone, without waiting for the session...
+        let rest = pingora_timeout::timeout(Duration::from_secs(5), loop_task)
             .await
-            .expect("the loop did not end after its session")
+            .expect("the loop outlived its connection")
+            .unwrap();
+        assert_eq!(rest.len(), 1, "the session still running is handed back");
+        assert!(!ended.load(std::sync::atomic::Ordering::SeqCst));
+        // ...which runs to its end when drained.
+        let drain = tokio::spawn(server::drain_sessions(rest));
+        finish_tx.send(()).unwrap();
+        pingora_timeout::timeout(Duration::from_secs(5), drain)
+            .await
+            .expect("the drain did not end after its session")
             .unwrap();
         assert!(ended.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    // mcp-edge patch
+    #[tokio::test]
+    async fn test_a_session_that_panics_ends_alone() {
+        let (client, server) = duplex(65536);
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+
+        let client_handle = tokio::spawn(async move {
+            let (h2, connection) = h2::client::handshake(client).await.unwrap();
+            let connection = tokio::spawn(connection);
+            let mut h2 = h2.ready().await.unwrap();
+            let (panics, _) = h2.send_request(get("/panic"), true).unwrap();
+            let mut h2 = h2.ready().await.unwrap();
+            let (answers, _) = h2.send_request(get("/ok"), true).unwrap();
+            let (panics, answers) = tokio::join!(panics, answers);
+            assert!(panics.is_err(), "the panicking session's stream is reset");
+            assert_eq!(answers.unwrap().status(), 200);
+            // The connection is still open: a third request is served.
+            let mut h2 = h2.ready().await.unwrap();
+            let (later, _) = h2.send_request(get("/ok"), true).unwrap();
+            assert_eq!(later.await.unwrap().status(), 200);
+            drop(h2);
+            connection.await.unwrap().unwrap();
+        });
+
+        let connection = handshake(Box::new(server), None).await.unwrap();
+        let rest = pingora_timeout::timeout(
+            Duration::from_secs(5),
+            server::serve_downstream_sessions(
+                connection,
+                Arc::new(Digest::default()),
+                shutdown_rx,
+                None,
+                |mut session, guard| async move {
+                    let _guard = guard;
+                    if session.req_header().uri.path() == "/panic" {
+                        panic!("a session that panics");
+                    }
+                    let resp = Box::new(ResponseHeader::build(200, None).unwrap());
+                    session.write_response_header(resp, true).unwrap();
+                },
+            ),
+        )
+        .await
+        .expect("the connection did not end");
+        assert!(rest.is_empty());
+        client_handle.await.unwrap();
     }
 }

@@ -15,6 +15,7 @@
 //! HTTP/2 server session
 
 use bytes::Bytes;
+use futures::future::CatchUnwind; // mcp-edge patch
 use futures::stream::FuturesUnordered; // mcp-edge patch
 use futures::Future;
 use h2::server;
@@ -23,7 +24,8 @@ use h2::{RecvStream, SendStream};
 use http::header::HeaderName;
 use http::uri::PathAndQuery;
 use http::{header, HeaderMap, Response, StatusCode};
-use log::{debug, warn};
+use log::{debug, error, warn}; // mcp-edge patch
+use std::panic::AssertUnwindSafe; // mcp-edge patch
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,8 +98,8 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
     }
 }
 
-/// Drive a server-side HTTP/2 connection's accept loop, dispatching each new
-/// stream to `on_session` until the connection closes.
+/// Drive a server-side HTTP/2 connection's accept loop, serving each new
+/// stream with `serve` until the connection closes (mcp-edge patch).
 ///
 /// This loop ends when:
 ///   * the client closes the H2 connection cleanly ([`HttpSession::from_h2_conn`]
@@ -121,7 +123,10 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 ///        flushed and the connection closed cleanly.
 ///
 /// `serve` is invoked once per accepted stream, together with a [`StreamGuard`] to hold for
-/// the session's life; the future it returns is run by this loop (mcp-edge patch).
+/// the session's life; the future it returns is run by this loop (mcp-edge patch). A session
+/// that panics ends alone: its stream is reset, the others go on. What is still running when
+/// the connection is gone is returned (its streams reset), for the caller to run to its end
+/// (`drain_sessions`) once the socket and what the connection holds are let go.
 ///
 /// Note: this function does not impose its own per-connection drain timeout
 /// (after a shutdown signal). The runtime-level `graceful_shutdown_timeout_seconds`
@@ -133,15 +138,15 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 // connection, instead of in a task of its own. A busy connection of many streams is one runnable
 // task rather than one per stream: a worker's run queue does not overflow into the global queue
 // (where a task waits up to 61 polls of others: HTTP/2's p99 tail), and waking a stream for its
-// frames is a local wake-up, not a scheduled task. Sessions still running when the connection
-// closes or fails are run to their end before this returns, as spawned ones would be.
+// frames is a local wake-up, not a scheduled task.
 pub(crate) async fn serve_downstream_sessions<F, Fut>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
     mut serve: F, // mcp-edge patch
-) where
+) -> Sessions<Fut>
+where
     F: FnMut(HttpSession, StreamGuard) -> Fut, // mcp-edge patch
     Fut: Future<Output = ()>,
 {
@@ -169,7 +174,10 @@ pub(crate) async fn serve_downstream_sessions<F, Fut>(
             }
             // mcp-edge patch: the sessions woken since the last poll run before the connection
             // is driven, so what they wrote is flushed by the same poll.
-            Some(()) = futures::StreamExt::next(&mut sessions), if !sessions.is_empty() => continue,
+            Some(ended) = futures::StreamExt::next(&mut sessions), if !sessions.is_empty() => {
+                log_panic(ended);
+                continue;
+            }
             h2_stream = HttpSession::from_h2_conn_with_malformed_budget(
                 &mut conn,
                 digest.clone(),
@@ -200,14 +208,37 @@ pub(crate) async fn serve_downstream_sessions<F, Fut>(
             // connection alive and continue accepting sibling streams.
             Ok(Some(H2Accept::Rejected)) => continue,
             Ok(Some(H2Accept::Session(session))) => {
-                sessions.push(serve(session, active.start_session())); // mcp-edge patch
+                // mcp-edge patch: a panic stops at its session, as at a spawned task
+                let session = AssertUnwindSafe(serve(session, active.start_session()));
+                sessions.push(futures::FutureExt::catch_unwind(session));
             }
         }
     }
     // mcp-edge patch: the socket is closed with what is left of the codec; a session still
-    // running finds its stream reset and ends (its logging and upstream clean-up included).
+    // running finds its stream reset and ends (its logging and upstream clean-up included), in
+    // `drain_sessions`.
     drop(conn);
-    while futures::StreamExt::next(&mut sessions).await.is_some() {}
+    sessions
+}
+
+// mcp-edge patch: the sessions of a connection, each stopping a panic of its own.
+pub(crate) type Sessions<Fut> = FuturesUnordered<CatchUnwind<AssertUnwindSafe<Fut>>>;
+
+// mcp-edge patch: runs what `serve_downstream_sessions` left running to its end.
+pub(crate) async fn drain_sessions<Fut: Future<Output = ()>>(mut sessions: Sessions<Fut>) {
+    while let Some(ended) = futures::StreamExt::next(&mut sessions).await {
+        log_panic(ended);
+    }
+}
+
+// mcp-edge patch
+fn log_panic(ended: std::thread::Result<()>) {
+    if let Err(panic) = ended {
+        let what = (panic.downcast_ref::<&str>().copied())
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("?");
+        error!("H2 session panicked, its stream reset: {what}");
+    }
 }
 
 // mcp-edge patch: the loop of `serve_downstream_sessions` for a caller that spawns its sessions
@@ -222,16 +253,17 @@ pub(crate) async fn accept_downstream_sessions<F>(
 ) where
     F: FnMut(HttpSession, StreamGuard),
 {
-    serve_downstream_sessions(conn, digest, shutdown, idle_timeout, |session, guard| {
+    let rest = serve_downstream_sessions(conn, digest, shutdown, idle_timeout, |session, guard| {
         on_session(session, guard);
         std::future::ready(())
     })
-    .await
+    .await;
+    drain_sessions(rest).await
 }
 
-/// Tracks one in-flight downstream H2 session for [`accept_downstream_sessions`].
-/// `on_session` receives it alongside each session; keep it alive for as long as
-/// the session is being processed (e.g. move it into the spawned task) so the
+/// Tracks one in-flight downstream H2 session for [`serve_downstream_sessions`] (mcp-edge
+/// patch). `serve` receives it alongside each session; keep it alive for as long as
+/// the session is being processed (move it into the session's future) so the
 /// accept loop's idle timeout can tell a busy connection from an idle one. It
 /// decrements the in-flight counter when dropped.
 pub(crate) struct StreamGuard(Arc<ActiveSessions>);
