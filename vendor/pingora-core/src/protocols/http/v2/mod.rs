@@ -949,4 +949,80 @@ mod test {
         assert!(rest.is_empty());
         client_handle.await.unwrap();
     }
+
+    // mcp-edge patch
+    #[tokio::test]
+    async fn test_sessions_beyond_twice_the_streams_are_refused_until_some_end() {
+        let (client, server) = duplex(65536);
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        // Sessions wait for this before answering; their count is `running`.
+        let (release_tx, release_rx) = watch::channel(false);
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = running.clone();
+
+        let client_handle = tokio::spawn(async move {
+            let (h2, connection) = h2::client::handshake(client).await.unwrap();
+            let connection = tokio::spawn(connection);
+            let mut h2 = h2.ready().await.unwrap();
+            // Two streams may be open (the server's setting); each is opened, then reset by
+            // the client once its session runs, which frees its place in h2's count: four
+            // sessions are running, with no stream open.
+            for i in 0..4 {
+                h2 = h2.ready().await.unwrap();
+                let (response, mut body) = h2.send_request(get("/hang"), false).unwrap();
+                while counted.load(std::sync::atomic::Ordering::SeqCst) <= i {
+                    sleep(Duration::from_millis(5)).await;
+                }
+                body.send_reset(h2::Reason::CANCEL);
+                drop(response);
+            }
+            // Reject: the fifth is refused, not served.
+            h2 = h2.ready().await.unwrap();
+            let (refused, _) = h2.send_request(get("/hang"), true).unwrap();
+            let e = refused.await.expect_err("refused");
+            assert_eq!(e.reason(), Some(h2::Reason::REFUSED_STREAM), "{e}");
+            // Accept twin: once the sessions end, a new stream is served.
+            release_tx.send(true).unwrap();
+            while counted.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+                sleep(Duration::from_millis(5)).await;
+            }
+            h2 = h2.ready().await.unwrap();
+            let (served, _) = h2.send_request(get("/now"), true).unwrap();
+            assert_eq!(served.await.unwrap().status(), 200);
+            drop(h2);
+            connection.await.unwrap().unwrap();
+        });
+
+        let mut options = server::H2Options::default();
+        options.max_concurrent_streams(2);
+        let connection = handshake(Box::new(server), Some(options)).await.unwrap();
+        let rest = pingora_timeout::timeout(
+            Duration::from_secs(10),
+            server::serve_downstream_sessions(
+                connection,
+                Arc::new(Digest::default()),
+                shutdown_rx,
+                None,
+                move |mut session, guard| {
+                    let mut release = release_rx.clone();
+                    let running = running.clone();
+                    async move {
+                        let _guard = guard;
+                        if session.req_header().uri.path() == "/hang" {
+                            running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let _ = release.wait_for(|released| *released).await;
+                            running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
+                        let resp = Box::new(ResponseHeader::build(200, None).unwrap());
+                        session.write_response_header(resp, true).unwrap();
+                    }
+                },
+            ),
+        )
+        .await
+        .expect("the connection did not end");
+        assert!(rest.is_empty());
+        client_handle.await.unwrap();
+    }
 }

@@ -207,6 +207,17 @@ where
             // The offending stream was already answered or reset; keep the
             // connection alive and continue accepting sibling streams.
             Ok(Some(H2Accept::Rejected)) => continue,
+            // mcp-edge patch: a client that resets its streams frees their places in h2's
+            // count at once, while their sessions may run on (a request phase waiting on an
+            // outbound call does not watch its stream). The sessions of a connection are bounded
+            // here: beyond twice the streams it may have open, a new stream is refused
+            // (REFUSED_STREAM: not processed, so a client may retry it) until some end.
+            Ok(Some(H2Accept::Session(mut session)))
+                if sessions.len() >= session_cap(conn.max_concurrent_recv_streams()) =>
+            {
+                debug!("refusing an H2 stream: {} sessions still running", sessions.len());
+                session.send_response.send_reset(h2::Reason::REFUSED_STREAM);
+            }
             Ok(Some(H2Accept::Session(session))) => {
                 // mcp-edge patch: a panic stops at its session, as at a spawned task
                 let session = AssertUnwindSafe(serve(session, active.start_session()));
@@ -219,6 +230,11 @@ where
     // `drain_sessions`.
     drop(conn);
     sessions
+}
+
+// mcp-edge patch: how many sessions a connection may have running, for `max_streams` open.
+fn session_cap(max_streams: usize) -> usize {
+    max_streams.saturating_mul(2).max(2)
 }
 
 // mcp-edge patch: the sessions of a connection, each stopping a panic of its own.
