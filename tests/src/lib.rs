@@ -592,8 +592,25 @@ pub async fn raw_h2_with_task(
         .connect(name, tcp)
         .await
         .unwrap();
-    let (h2, conn) = h2::client::handshake(stream).await.unwrap();
+    // The connection's window large (a stream the client stops reading fills only its own);
+    // each stream's the default 64 KiB.
+    let (h2, conn) = h2::client::Builder::new()
+        .initial_connection_window_size(16 << 20)
+        .handshake(stream)
+        .await
+        .unwrap();
     (h2, tokio::spawn(conn))
+}
+
+/// An HTTP/2 response body read to its end, its window given back as it comes.
+pub async fn h2_body(mut body: h2::RecvStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        all.extend_from_slice(&chunk);
+    }
+    all
 }
 
 impl Edge {

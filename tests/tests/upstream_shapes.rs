@@ -381,13 +381,7 @@ async fn http2_expect_100_continue_gets_the_upstreams_100() {
         .unwrap()
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let mut recv = resp.into_body();
-    let mut echo = Vec::new();
-    while let Some(chunk) = recv.data().await {
-        let chunk = chunk.unwrap();
-        let _ = recv.flow_control().release_capacity(chunk.len());
-        echo.extend_from_slice(&chunk);
-    }
+    let echo = h2_body(resp.into_body()).await;
     let echo: serde_json::Value = serde_json::from_slice(&echo).unwrap();
     assert_eq!(echo["body_len"], body.len(), "{echo}");
 

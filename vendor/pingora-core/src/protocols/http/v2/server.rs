@@ -213,7 +213,7 @@ where
             // here: beyond twice the streams it may have open, a new stream is refused
             // (REFUSED_STREAM: not processed, so a client may retry it) until some end.
             Ok(Some(H2Accept::Session(mut session)))
-                if sessions.len() >= session_cap(conn.max_concurrent_recv_streams()) =>
+                if over_cap(&mut sessions, conn.max_concurrent_recv_streams()) =>
             {
                 debug!("refusing an H2 stream: {} sessions still running", sessions.len());
                 session.send_response.send_reset(h2::Reason::REFUSED_STREAM);
@@ -232,9 +232,24 @@ where
     sessions
 }
 
-// mcp-edge patch: how many sessions a connection may have running, for `max_streams` open.
-fn session_cap(max_streams: usize) -> usize {
-    max_streams.saturating_mul(2).max(2)
+// mcp-edge patch: whether a connection that may have `max_streams` streams open has as many
+// sessions running as it may (twice that; with no stream limit, twice pingora's default). The
+// sessions that have ended (a reset read with this stream's HEADERS may have ended one) are
+// reaped first, so that a stream is not refused for a session already done.
+fn over_cap<Fut: Future<Output = ()>>(sessions: &mut Sessions<Fut>, max_streams: usize) -> bool {
+    let max_streams = match max_streams {
+        usize::MAX => DEFAULT_MAX_CONCURRENT_STREAMS as usize,
+        n => n,
+    };
+    let cap = max_streams.saturating_mul(2).max(2);
+    while sessions.len() >= cap {
+        // Polled with a no-op waker: the loop's next poll registers its own again.
+        match futures::FutureExt::now_or_never(futures::StreamExt::next(&mut *sessions)) {
+            Some(Some(ended)) => log_panic(ended),
+            _ => return true,
+        }
+    }
+    false
 }
 
 // mcp-edge patch: the sessions of a connection, each stopping a panic of its own.
