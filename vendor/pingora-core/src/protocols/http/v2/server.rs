@@ -192,7 +192,7 @@ where
                 // Idle with nothing in flight: drop `conn` to close the
                 // socket now (no graceful GOAWAY wait that could hang on
                 // a dead peer).
-                break; // mcp-edge patch: the sessions are waited for below
+                break; // mcp-edge patch: the sessions are handed back below
             }
         };
         match h2_stream {
