@@ -156,6 +156,12 @@ where
     // In-flight sessions, decremented by the `StreamGuard` given to `serve` (mcp-edge patch)
     let active = Arc::new(ActiveSessions::new());
     let mut sessions = FuturesUnordered::new(); // mcp-edge patch
+    // mcp-edge patch: the signal and the idle period are futures of the whole loop, not made
+    // again on each of its turns (one a session ends, as many as requests): the idle period
+    // starts afresh when a stream is accepted.
+    let idle = idle_timeout.unwrap_or_default();
+    let mut changed = std::pin::pin!(shutdown.changed());
+    let mut idle_period = std::pin::pin!(wait_for_idle_timeout(&active, idle));
     loop {
         // mcp-edge patch: one select, before and after a shutdown signal, so that the sessions
         // are driven either way. After the signal the loop goes on accepting, so that streams
@@ -167,7 +173,7 @@ where
             // observed deterministically. `from_h2_conn` is cancel-safe
             // and is polled again on the next iteration.
             biased;
-            _ = shutdown.changed(), if !shutdown_initiated => { // mcp-edge patch
+            _ = &mut changed, if !shutdown_initiated => { // mcp-edge patch
                 conn.graceful_shutdown();
                 shutdown_initiated = true;
                 continue;
@@ -183,11 +189,9 @@ where
                 digest.clone(),
                 &mut malformed_streams,
             ) => h2_stream,
-            // Any accepted stream cancels this future. The next iteration
-            // waits for all active streams to finish before starting a fresh
-            // idle period.
-            _ = wait_for_idle_timeout(&active, idle_timeout.unwrap_or_default()),
-                if idle_timeout.is_some() && !shutdown_initiated => // mcp-edge patch
+            // mcp-edge patch: an accepted stream starts this future again (below): it waits
+            // for all active streams to finish before starting a fresh idle period.
+            _ = &mut idle_period, if idle_timeout.is_some() && !shutdown_initiated => // mcp-edge patch
             {
                 // Idle with nothing in flight: drop `conn` to close the
                 // socket now (no graceful GOAWAY wait that could hang on
@@ -222,6 +226,7 @@ where
                 // mcp-edge patch: a panic stops at its session, as at a spawned task
                 let session = AssertUnwindSafe(serve(session, active.start_session()));
                 sessions.push(futures::FutureExt::catch_unwind(session));
+                idle_period.set(wait_for_idle_timeout(&active, idle)); // mcp-edge patch
             }
         }
     }
