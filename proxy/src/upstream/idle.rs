@@ -160,11 +160,12 @@ impl Idle {
         Some(parked)
     }
 
-    /// Parks a connection; when full, the one idle longest makes room (returned, to be closed
-    /// once the lock is let go).
+    /// Parks a connection; when full, the one due to be closed soonest (the one idle longest,
+    /// when the replicas keep them equally long) makes room: returned, to be closed once the
+    /// lock is let go.
     fn park(&mut self, key: Key, parked: Parked) -> Option<Parked> {
         let evicted = if self.count >= self.max {
-            self.evict_oldest()
+            self.evict_soonest_due()
         } else {
             None
         };
@@ -175,15 +176,17 @@ impl Idle {
         evicted
     }
 
-    fn evict_oldest(&mut self) -> Option<Parked> {
-        let oldest = (self.by_peer.iter())
+    fn evict_soonest_due(&mut self) -> Option<Parked> {
+        // A peer's list is in parking order, and one replica says one timeout: its first is
+        // its soonest due.
+        let soonest = (self.by_peer.iter())
             .filter_map(|(key, list)| Some((key, list.first()?.until)))
             .min_by_key(|(_, until)| *until)
             .map(|(key, _)| key.clone())?;
-        let list = self.by_peer.get_mut(&oldest)?;
+        let list = self.by_peer.get_mut(&soonest)?;
         let parked = list.remove(0);
         if list.is_empty() {
-            self.by_peer.remove(&oldest);
+            self.by_peer.remove(&soonest);
         }
         self.count -= 1;
         Some(parked)
@@ -300,7 +303,7 @@ mod tests {
             let (stream, theirs) = pair(&listener).await;
             replicas.push(theirs);
             let evicted = idle.park(key, parked(stream, 10));
-            // The third makes room: the one idle longest (the first) goes.
+            // The third makes room: the one due soonest goes (all keep 10 s: the first).
             assert_eq!(evicted.is_some(), i == 2, "parking #{i}");
             assert_eq!(idle.count, (i + 1).min(2));
         }
