@@ -37,7 +37,7 @@ use super::upstream::UpstreamHead;
 use super::{Ctx, EdgeProxy};
 use crate::connections::{Cap, UpstreamGate};
 use crate::reply::Answer;
-use crate::upstream::idle::Upstreams;
+use crate::upstream::idle::{PeerKey, Upstreams};
 
 /// How long a connection parked between requests may still deliver one once the service
 /// stops: a request already on its way is answered, with `Connection: close`.
@@ -183,7 +183,8 @@ impl EdgeApp {
             Ok(h) => h,
             Err(e) => return (false, Some(e)),
         };
-        let (mut up, reused) = match connect(&self.upstreams, &peer, ds).await {
+        let key = PeerKey::of(&peer);
+        let (mut up, reused) = match connect(&self.upstreams, &peer, &key, ds).await {
             Ok(s) => s,
             Err(e) if e.esource() == &ErrorSource::Downstream => return (false, Some(e)),
             Err(mut e) => {
@@ -197,7 +198,7 @@ impl EdgeApp {
         match self.relay(ds, &mut up, head, ctx).await {
             Ok(Relayed { client, upstream }) => {
                 if upstream {
-                    self.upstreams.release(up, &peer).await;
+                    self.upstreams.release(up, &peer, key).await;
                 }
                 (client, None)
             }
@@ -479,9 +480,10 @@ fn reset_error(idle: Result<impl std::fmt::Display>) -> Box<Error> {
 async fn connect(
     upstreams: &Upstreams,
     peer: &HttpPeer,
+    key: &PeerKey,
     ds: &mut ServerSession,
 ) -> Result<(Upstream, bool)> {
-    let connecting = upstreams.get(peer);
+    let connecting = upstreams.get(peer, key);
     let ServerSession::H2(h2) = ds else {
         return connecting.await;
     };
@@ -549,7 +551,8 @@ mod tests {
     fn connecting_to_an_upstream_is_a_small_future() {
         let upstreams = Upstreams::new(ConnectorOptions::new(1), 1);
         let peer = HttpPeer::new("127.0.0.1:9", false, String::new());
-        let connecting = upstreams.get(&peer);
+        let key = PeerKey::of(&peer);
+        let connecting = upstreams.get(&peer, &key);
         let size = size_of_val(&connecting);
         assert!(size < 2048, "the connect future: {size} bytes");
     }

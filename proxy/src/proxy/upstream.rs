@@ -355,7 +355,11 @@ fn framing_head(
     expect: Option<&http::HeaderValue>,
 ) -> Result<Box<RequestHeader>> {
     let headers = &req.headers;
-    let mut framing = RequestHeader::build_no_case(req.method.clone(), b"/", Some(2))?;
+    // From parts: the default target ("/", unused: the wire has the real one) is not parsed
+    // again, as `build_no_case` would.
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = req.method.clone();
+    let mut framing = RequestHeader::from(parts);
     if chunked {
         framing.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     } else {

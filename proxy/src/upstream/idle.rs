@@ -8,7 +8,7 @@
 //! stray bytes), and one sweeper per pool closes, once a second, the ones past their idle
 //! timeout or closed by the replica. Streams are closed after the lock is let go.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -33,11 +33,21 @@ pub struct Upstreams {
 /// Which connections may serve a peer: its address, its trust (`group_key`: 0 for plain
 /// upstreams, a digest of pins, CA and client certificate for HTTPS ones) and pingora's hash
 /// of the rest of its settings. Exact in what separates trust: no hash collision can join two.
-type Key = (SocketAddr, u64, u64);
+/// Made once per request ([`PeerKey::of`]), for taking a connection and parking it again.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PeerKey(SocketAddr, u64, u64);
+
+impl PeerKey {
+    pub fn of(peer: &HttpPeer) -> Self {
+        Self(peer.address().clone(), peer.group_key, peer.reuse_hash())
+    }
+}
+
+type Key = PeerKey;
 
 /// The idle connections, by peer, the most recently parked last.
 struct Idle {
-    by_peer: HashMap<Key, Vec<Parked>>,
+    by_peer: FxHashMap<Key, Vec<Parked>>,
     count: usize,
     max: usize,
     sweeping: bool,
@@ -59,8 +69,8 @@ impl Upstreams {
 
     /// An HTTP/1 session to `peer`: on an idle connection if one is still usable (`true`), or
     /// on a new one.
-    pub async fn get(&self, peer: &HttpPeer) -> Result<(HttpSession, bool)> {
-        let (stream, reused) = match self.take(peer) {
+    pub async fn get(&self, peer: &HttpPeer, key: &PeerKey) -> Result<(HttpSession, bool)> {
+        let (stream, reused) = match self.take(peer, key) {
             Some(stream) => (stream, true),
             None => (self.transport.new_stream(peer).await?, false),
         };
@@ -69,11 +79,10 @@ impl Upstreams {
 
     /// The most recently parked usable connection to `peer`; the unusable ones met on the way
     /// are closed.
-    fn take(&self, peer: &HttpPeer) -> Option<Stream> {
-        let key = key(peer);
+    fn take(&self, peer: &HttpPeer, key: &PeerKey) -> Option<Stream> {
         let now = Instant::now();
         loop {
-            let mut parked = lock(&self.idle).take(&key)?;
+            let mut parked = lock(&self.idle).take(key)?;
             if parked.until > now && usable(&mut parked.stream, peer) {
                 return Some(parked.stream);
             }
@@ -83,7 +92,7 @@ impl Upstreams {
     /// The session's connection, kept for the next request if it may be reused (its response
     /// read whole, keep-alive on both sides, nothing more to read), for the peer's idle timeout
     /// or less if the replica said it closes sooner.
-    pub async fn release(&self, mut session: HttpSession, peer: &HttpPeer) {
+    pub async fn release(&self, mut session: HttpSession, peer: &HttpPeer, key: PeerKey) {
         session.respect_keepalive();
         let told = told_timeout(&session);
         let Some(mut stream) = session.reuse().await else {
@@ -101,7 +110,7 @@ impl Upstreams {
         };
         let (evicted, start_sweeper) = {
             let mut idle = lock(&self.idle);
-            let evicted = idle.park(key(peer), parked);
+            let evicted = idle.park(key, parked);
             (evicted, !std::mem::replace(&mut idle.sweeping, true))
         };
         drop(evicted);
@@ -136,10 +145,6 @@ fn keep_for(idle: Option<Duration>, told: Option<Duration>) -> Option<Duration> 
     (!keep.is_zero()).then_some(keep)
 }
 
-fn key(peer: &HttpPeer) -> Key {
-    (peer.address().clone(), peer.group_key, peer.reuse_hash())
-}
-
 fn lock(idle: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
     idle.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -147,7 +152,7 @@ fn lock(idle: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
 impl Idle {
     fn new(max: usize) -> Self {
         Self {
-            by_peer: HashMap::new(),
+            by_peer: FxHashMap::default(),
             count: 0,
             max,
             sweeping: false,
@@ -196,7 +201,7 @@ impl Idle {
     /// is let go).
     fn sweep(&mut self, now: Instant) -> Vec<Parked> {
         let mut gone = Vec::new();
-        self.by_peer.retain(|(addr, ..), list| {
+        self.by_peer.retain(|PeerKey(addr, ..), list| {
             let spent = |p: &mut Parked| p.until <= now || !usable_at(&mut p.stream, addr);
             gone.extend(list.extract_if(.., spent));
             !list.is_empty()
@@ -273,7 +278,7 @@ mod tests {
 
     fn key_of(port: u16, group: u64) -> Key {
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        (SocketAddr::Inet(addr), group, 0)
+        PeerKey(SocketAddr::Inet(addr), group, 0)
     }
 
     #[test]

@@ -75,3 +75,23 @@ impl HttpTask {
         }
     }
 }
+
+/// mcp-edge patch: a copy of `header`'s status, version and reason phrase with only the fields
+/// in `names`, for a session that hands the header itself on (no copy of its whole header map)
+/// and reads only those afterwards.
+pub(crate) fn header_kept(
+    header: &pingora_http::ResponseHeader,
+    names: &[http::HeaderName],
+) -> Box<pingora_http::ResponseHeader> {
+    let fields = names.iter().map(|n| header.headers.get_all(n).iter().count()).sum();
+    let mut kept = pingora_http::ResponseHeader::build_no_case(header.status, Some(fields))
+        .expect("a status already parsed");
+    kept.set_version(header.version);
+    let _ = kept.set_reason_phrase(header.get_reason_phrase());
+    for name in names {
+        for value in header.headers.get_all(name) {
+            let _ = kept.append_header(name.clone(), value.clone());
+        }
+    }
+    Box::new(kept)
+}

@@ -880,7 +880,9 @@ impl HttpSession {
 
     pub async fn read_response_task(&mut self) -> Result<HttpTask> {
         if self.should_read_resp_header() {
-            let resp_header = self.read_resp_header_parts().await?;
+            // mcp-edge patch: the header read is handed over, not copied
+            self.read_response().await?;
+            let resp_header = self.hand_over_response_header();
             let end_of_body = self.is_body_done();
             debug!("Response header: {resp_header:?}");
             trace!(
@@ -908,6 +910,21 @@ impl HttpSession {
             }
         }
         // TODO: support h1 trailer
+    }
+
+    /// mcp-edge patch: the response header just read, moved out for the caller (a copy of its
+    /// whole header map costs more than the rest of reading it); the session keeps a copy of
+    /// the status, version and the fields it reads later, to decide keep-alive. The body
+    /// reader was set up from the whole header when it was read.
+    fn hand_over_response_header(&mut self) -> Box<ResponseHeader> {
+        const KEPT: [header::HeaderName; 3] = [
+            header::CONNECTION,
+            header::HeaderName::from_static("keep-alive"),
+            header::TRANSFER_ENCODING,
+        ];
+        let header = self.response_header.take().expect("a response header read");
+        self.response_header = Some(crate::protocols::http::header_kept(&header, &KEPT));
+        header
     }
 
     /// Return the [Digest] of the connection

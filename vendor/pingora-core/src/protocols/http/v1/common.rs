@@ -350,9 +350,15 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
     for value in headers.get_all(header::CONTENT_LENGTH) {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
-        let line = value.to_str().ok()?;
-        for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
+        // mcp-edge patch: read as bytes after `to_str`'s own check (visible ASCII or tab, so
+        // space and tab are the only whitespace left to trim); splitting and trimming a `str`
+        // cost more than the rest of finding a message's framing, read several times per message
+        let line = value.as_bytes();
+        if !line.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+            return None;
+        }
+        for v in line.split(|&b| b == b',') {
+            let n = from_digits(v.trim_ascii())?;
             match content_length {
                 None => content_length = Some(n),
                 Some(prev) if prev != n => return None,
@@ -525,6 +531,9 @@ mod test {
     #[case::negative("-1", None)]
     #[case::trailing_comma("5,", None)]
     #[case::overflow("99999999999999999999999999", None)]
+    #[case::tabs_around("\t5 ,\t5\t", Some(5))] // mcp-edge patch
+    #[case::inner_space("5 5", None)] // mcp-edge patch
+    #[case::plus("+5", None)] // mcp-edge patch
     fn test_content_length_parse_all_single_header(
         #[case] value: &str,
         #[case] expected: Option<u64>,
@@ -549,6 +558,17 @@ mod test {
         for value in values {
             headers.append(CONTENT_LENGTH, (*value).try_into().unwrap());
         }
+        assert_eq!(content_length_parse_all(&headers), expected);
+    }
+
+    // mcp-edge patch: a value that is not visible ASCII is no Content-Length, as with `to_str`
+    #[rstest]
+    #[case::obs_text(b"5\xa0", None)]
+    #[case::obs_text_alone(b"\xff", None)]
+    #[case::ascii(b"42", Some(42))]
+    fn test_content_length_parse_all_bytes(#[case] value: &[u8], #[case] expected: Option<u64>) {
+        let mut headers = HMap::new();
+        headers.insert(CONTENT_LENGTH, http::HeaderValue::from_bytes(value).unwrap());
         assert_eq!(content_length_parse_all(&headers), expected);
     }
 

@@ -762,14 +762,17 @@ impl HttpSession {
         header.remove_header(&HeaderName::from_static("keep-alive"));
         header.remove_header(&HeaderName::from_static("proxy-connection"));
 
-        let resp = Response::from_parts(header.as_owned_parts(), ());
+        // mcp-edge patch: the header's parts move into the response h2 encodes (no copy of
+        // its header map); the session keeps the status and version, all it reads of them
+        let written = crate::protocols::http::header_kept(&header, &[]);
+        let resp = Response::from_parts((*header).into(), ());
 
         let body_writer = self.send_response.send_response(resp, end).or_err(
             ErrorType::WriteError,
             "while writing h2 response to downstream",
         )?;
 
-        self.response_written = Some(header);
+        self.response_written = Some(written); // mcp-edge patch
         self.send_response_body = Some(body_writer);
         self.ended = self.ended || end;
         Ok(())
