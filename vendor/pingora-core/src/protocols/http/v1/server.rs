@@ -966,17 +966,18 @@ impl HttpSession {
         }
 
         // no need to add these headers to 1xx responses
+        // mcp-edge patch: Date and Connection are written after the header's other fields, not
+        // inserted into its two maps (each insert parses the name again and hashes it twice);
+        // a Date or Connection the header has is dropped for them, as the insert replaced it
+        let mut fixed = None;
         if !header.status.is_informational() && self.update_resp_headers {
-            /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
-
-            // TODO: make these lazy static
-            let connection_value = if self.will_keepalive() {
-                "keep-alive"
+            header.remove_header(&header::DATE);
+            header.remove_header(&header::CONNECTION);
+            fixed = Some(if self.will_keepalive() {
+                &b"keep-alive"[..]
             } else {
-                "close"
-            };
-            header.insert_header(header::CONNECTION, connection_value)?;
+                &b"close"[..]
+            });
         }
 
         if header.status == 101 {
@@ -1033,7 +1034,11 @@ impl HttpSession {
 
         // Serialize header to bytes
         let mut write_buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
-        http_resp_header_to_buf(header, &mut write_buf)
+        let date = fixed.map(|_| date::get_cached_date()); // mcp-edge patch
+        let fixed = date.as_ref().zip(fixed).map(|(date, connection)| {
+            [(&b"Date"[..], date.as_bytes()), (&b"Connection"[..], connection)]
+        });
+        http_resp_header_to_buf(header, fixed.as_ref().map_or(&[], |f| &f[..]), &mut write_buf)
             .map_err(|_| Error::explain(WriteError, "serializing response header"))?;
 
         // Determine if we should flush
@@ -1971,6 +1976,7 @@ fn parse_req_buffer<'buf>(
 #[inline]
 fn http_resp_header_to_buf(
     resp: &ResponseHeader,
+    fixed: &[(&[u8], &[u8])], // mcp-edge patch: fields written after the header's own
     buf: &mut BytesMut,
 ) -> std::result::Result<(), ()> {
     // Status-Line
@@ -1995,6 +2001,12 @@ fn http_resp_header_to_buf(
     // headers
     // TODO: style: make sure Server and Date headers are the first two
     resp.header_to_h1_wire(buf);
+    for (name, value) in fixed { // mcp-edge patch
+        buf.put_slice(name);
+        buf.put_slice(b": ");
+        buf.put_slice(value);
+        buf.put_slice(CRLF);
+    }
 
     buf.put_slice(CRLF);
     Ok(())
@@ -3504,7 +3516,7 @@ mod test_sync {
         let mut new_response = ResponseHeader::build(StatusCode::OK, None).unwrap();
         new_response.append_header("Foo", "Bar").unwrap();
         let mut wire = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
-        http_resp_header_to_buf(&new_response, &mut wire).unwrap();
+        http_resp_header_to_buf(&new_response, &[], &mut wire).unwrap(); // mcp-edge patch
         debug!("{}", str::from_utf8(wire.as_ref()).unwrap());
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut resp = httparse::Response::new(&mut headers);
