@@ -971,12 +971,12 @@ impl HttpSession {
         // a Date or Connection the header has is dropped for them, as the insert replaced it
         let mut fixed = None;
         if !header.status.is_informational() && self.update_resp_headers {
-            header.remove_header(&header::DATE);
+            header.remove_header(&header::DATE); // mcp-edge patch
             header.remove_header(&header::CONNECTION);
             fixed = Some(if self.will_keepalive() {
                 &b"keep-alive"[..]
             } else {
-                &b"close"[..]
+                &b"close"[..] // mcp-edge patch
             });
         }
 

@@ -751,21 +751,27 @@ impl HttpSession {
             return Ok(());
         }
 
+        // mcp-edge patch: the header's parts move into the response h2 encodes (no copy of
+        // its header map); the session keeps the status and version, all it reads of them.
+        // Date and the removals below go to the parts' map alone: h2 has no use for the case
+        // map that `insert_header` and `remove_header` keep too.
+        let written = crate::protocols::http::header_kept(&header, &[]);
+        let mut parts: http::response::Parts = (*header).into();
+        let headers = &mut parts.headers;
+
         /* update headers */
-        header.insert_header(header::DATE, get_cached_date())?;
+        headers.insert(header::DATE, get_cached_date()); // mcp-edge patch
 
         // remove other h1 hop headers that cannot be present in H2
         // https://httpwg.org/specs/rfc7540.html#n-connection-specific-header-fields
-        header.remove_header(&header::TRANSFER_ENCODING);
-        header.remove_header(&header::CONNECTION);
-        header.remove_header(&header::UPGRADE);
-        header.remove_header(&HeaderName::from_static("keep-alive"));
-        header.remove_header(&HeaderName::from_static("proxy-connection"));
-
-        // mcp-edge patch: the header's parts move into the response h2 encodes (no copy of
-        // its header map); the session keeps the status and version, all it reads of them
-        let written = crate::protocols::http::header_kept(&header, &[]);
-        let resp = Response::from_parts((*header).into(), ());
+        const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive"); // mcp-edge patch
+        const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+        for hop in [header::TRANSFER_ENCODING, header::CONNECTION, header::UPGRADE] {
+            headers.remove(hop);
+        }
+        headers.remove(KEEP_ALIVE);
+        headers.remove(PROXY_CONNECTION);
+        let resp = Response::from_parts(parts, ());
 
         let body_writer = self.send_response.send_response(resp, end).or_err(
             ErrorType::WriteError,
