@@ -27,6 +27,10 @@ enum After {
     HalfClose,
     /// Says `Keep-Alive: timeout=2` in each answer, and keeps the connection open longer.
     SaysTwoSeconds,
+    /// Says `Connection: close` in each answer, yet keeps the connection open for more.
+    SaysClose,
+    /// Answers as HTTP/1.0 (no keep-alive unless asked), yet keeps the connection open for more.
+    Http10,
 }
 
 /// A keep-alive replica: answers each request head `ok` with a Content-Length.
@@ -88,13 +92,15 @@ async fn serve(mut s: TcpStream, after: After, closed_by_edge: Arc<AtomicUsize>)
         After::SaysTwoSeconds => {
             b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=2\r\ncontent-length: 3\r\n\r\nok\n"
         }
+        After::SaysClose => b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nok\n",
+        After::Http10 => b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
         _ => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
     };
     if !read_request(&mut s).await || s.write_all(ok).await.is_err() {
         return;
     }
     match after {
-        After::KeepOpen | After::SaysTwoSeconds => {
+        After::KeepOpen | After::SaysTwoSeconds | After::SaysClose | After::Http10 => {
             while read_request(&mut s).await {
                 if s.write_all(ok).await.is_err() {
                     return;
@@ -154,7 +160,15 @@ async fn idle_upstream_connections_are_reused_only_while_usable() {
     // Reject twins: a connection the replica closed, or wrote stray bytes on, is not reused.
     // (The next request comes about 50 ms after the replica's move, so the sweeper, once a
     // second, seldom finds it first: the check when a connection is taken is what passes.)
-    for (what, after) in [("closed", After::Close), ("stray", After::Stray)] {
+    // Nor one whose answer said it ends (`Connection: close`, or HTTP/1.0 without keep-alive)
+    // though the replica keeps it open: the edge reads that off the response head.
+    let twins = [
+        ("closed", After::Close),
+        ("stray", After::Stray),
+        ("says-close", After::SaysClose),
+        ("http10", After::Http10),
+    ];
+    for (what, after) in twins {
         let replica = Replica::start(after).await;
         let edge = edge_for(&tmp.path().join(what), &replica.url).await;
         three_posts(&edge, Duration::from_millis(150)).await;
