@@ -2467,6 +2467,44 @@ hello\r\n\
         assert_eq!(http_stream.keepalive_timeout, KeepaliveStatus::Off);
     }
 
+    // mcp-edge patch: the header handed over by `read_response_task`, the session decides
+    // keep-alive from what it kept: the version and Transfer-Encoding (HTTP/1.0 with TE must
+    // close), Connection, and Keep-Alive's timeout; nothing else of the header is kept
+    #[tokio::test]
+    async fn keepalive_is_decided_from_the_fields_kept_of_a_handed_over_header() {
+        async fn read_whole(input: &'static [u8]) -> HttpSession {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            match http_stream.read_response_task().await.unwrap() {
+                HttpTask::Header(h, _) => assert_eq!(h.headers.get("Server").unwrap(), "x"),
+                t => panic!("{t:?}"),
+            }
+            while !http_stream.read_response_task().await.unwrap().is_end() {}
+            assert!(http_stream.get_header("Server").is_none(), "only what is decided on");
+            http_stream.respect_keepalive();
+            http_stream
+        }
+        let http10_chunked = read_whole(
+            b"HTTP/1.0 200 OK\r\nServer: x\r\nTransfer-Encoding: chunked\r\n\
+Connection: keep-alive\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(http10_chunked.keepalive_timeout, KeepaliveStatus::Off);
+        let closing =
+            read_whole(b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: close\r\nContent-Length: 1\r\n\r\na")
+                .await;
+        assert_eq!(closing.keepalive_timeout, KeepaliveStatus::Off);
+        let told = read_whole(
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\n\
+Keep-Alive: timeout=7\r\nContent-Length: 1\r\n\r\na",
+        )
+        .await;
+        assert_eq!(told.keepalive_timeout, KeepaliveStatus::Timeout(Duration::from_secs(7)));
+        let default =
+            read_whole(b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 1\r\n\r\na").await;
+        assert!(default.will_keepalive());
+    }
+
     #[tokio::test]
     async fn test_http11_response_with_transfer_encoding_allows_keepalive() {
         // HTTP/1.1 with Transfer-Encoding should allow keepalive (contrast with HTTP/1.0)
