@@ -489,7 +489,7 @@ async fn connect(
     peer: &HttpPeer,
     key: &PeerKey,
     ds: &mut ServerSession,
-) -> Result<(Upstream, bool)> {
+) -> Result<(Box<Upstream>, bool)> {
     let connecting = upstreams.get(peer, key);
     let ServerSession::H2(h2) = ds else {
         return connecting.await;

@@ -69,12 +69,17 @@ impl Upstreams {
 
     /// An HTTP/1 session to `peer`: on an idle connection if one is still usable (`true`), or
     /// on a new one.
-    pub async fn get(&self, peer: &HttpPeer, key: &PeerKey) -> Result<(HttpSession, bool)> {
+    /// The session is boxed: it is moved several times per request, and is several hundred
+    /// bytes.
+    pub async fn get(&self, peer: &HttpPeer, key: &PeerKey) -> Result<(Box<HttpSession>, bool)> {
         let (stream, reused) = match self.take(peer, key) {
             Some(stream) => (stream, true),
             None => (self.transport.new_stream(peer).await?, false),
         };
-        Ok((HttpSession::new_with_options(stream, peer), reused))
+        Ok((
+            Box::new(HttpSession::new_with_options(stream, peer)),
+            reused,
+        ))
     }
 
     /// The most recently parked usable connection to `peer`; the unusable ones met on the way
@@ -92,7 +97,7 @@ impl Upstreams {
     /// The session's connection, kept for the next request if it may be reused (its response
     /// read whole, keep-alive on both sides, nothing more to read), for the peer's idle timeout
     /// or less if the replica said it closes sooner.
-    pub async fn release(&self, mut session: HttpSession, peer: &HttpPeer, key: PeerKey) {
+    pub async fn release(&self, mut session: Box<HttpSession>, peer: &HttpPeer, key: PeerKey) {
         session.respect_keepalive();
         let told = told_timeout(&session);
         let Some(mut stream) = session.reuse().await else {
