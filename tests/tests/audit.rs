@@ -156,17 +156,29 @@ async fn a_sink_nobody_reads_drops_records_and_never_holds_a_request() {
         written > 0.0 && written + dropped <= 3000.0,
         "{written} + {dropped}"
     );
-    // What did get through is whole JSON lines, and reading the pipe lets the rest flow.
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .take(100)
-            .filter(|l| {
-                let v: serde_json::Value = serde_json::from_str(l.as_ref().unwrap()).unwrap();
-                v["name"] == "search_docs"
-            })
-            .count()
+    // What did get through is whole JSON lines (every record counted as written is in the
+    // pipe, or on its way once the pipe is read), and reading the pipe lets records flow again:
+    // one sent now arrives. How many got through depends on how many of the writer's gather
+    // windows the requests spanned (the queue holds 16), so only what was counted is awaited.
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
     });
-    assert_eq!(reader.join().unwrap(), 100);
+    let next = || {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a record in the pipe");
+        serde_json::from_str::<serde_json::Value>(&line).expect("a whole JSON line")
+    };
+    for _ in 0..written as usize {
+        assert_eq!(next()["name"], "search_docs");
+    }
+    let after = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"after_reading","arguments":{}}}"#;
+    assert_eq!(post(&client, ports.http, after.to_string()).await, 200);
+    while next()["name"] != "after_reading" {}
     assert!(edge.is_running());
 }
