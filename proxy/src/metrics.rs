@@ -374,6 +374,13 @@ pub fn render() -> Vec<u8> {
         .with_label_values(&[UNKNOWN_HOST, "header_too_large"]);
     let total = pingora::protocols::http::v1::server::headers_too_large_total();
     too_large.inc_by(total.saturating_sub(too_large.get()));
+    // So are HTTP/2 streams refused while their connection has as many requests running as it
+    // may (pingora-core patch 18).
+    let h2_sessions = METRICS
+        .refused
+        .with_label_values(&[UNKNOWN_HOST, "h2_sessions"]);
+    let total = pingora::protocols::http::v2::server::sessions_refused_total();
+    h2_sessions.inc_by(total.saturating_sub(h2_sessions.get()));
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail for the text format.
     let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);

@@ -981,6 +981,8 @@ mod test {
             let (refused, _) = h2.send_request(get("/hang"), true).unwrap();
             let e = refused.await.expect_err("refused");
             assert_eq!(e.reason(), Some(h2::Reason::REFUSED_STREAM), "{e}");
+            // ... and counted (no other test refuses at the bound)
+            assert!(server::sessions_refused_total() >= 1);
             // Accept twin: once the sessions end, a new stream is served.
             release_tx.send(true).unwrap();
             while counted.load(std::sync::atomic::Ordering::SeqCst) != 0 {

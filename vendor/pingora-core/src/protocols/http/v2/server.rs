@@ -28,7 +28,7 @@ use log::{debug, error, warn}; // mcp-edge patch
 use std::panic::AssertUnwindSafe; // mcp-edge patch
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering}; // mcp-edge patch
 use std::sync::Arc;
 use std::task::ready;
 use std::time::Duration;
@@ -220,6 +220,7 @@ where
                 if over_cap(&mut sessions, conn.max_concurrent_recv_streams()) =>
             {
                 debug!("refusing an H2 stream: {} sessions still running", sessions.len());
+                SESSIONS_REFUSED.fetch_add(1, Ordering::Relaxed); // mcp-edge patch
                 session.send_response.send_reset(h2::Reason::REFUSED_STREAM);
             }
             Ok(Some(H2Accept::Session(session))) => {
@@ -235,6 +236,15 @@ where
     // `drain_sessions`.
     drop(conn);
     sessions
+}
+
+static SESSIONS_REFUSED: AtomicU64 = AtomicU64::new(0); // mcp-edge patch
+
+/// mcp-edge patch: how many HTTP/2 streams were refused (`REFUSED_STREAM`) since the process
+/// started because their connection had as many sessions running as it may; for metrics, since
+/// no application hook runs for them.
+pub fn sessions_refused_total() -> u64 {
+    SESSIONS_REFUSED.load(Ordering::Relaxed)
 }
 
 // mcp-edge patch: whether a connection that may have `max_streams` streams open has as many
@@ -297,8 +307,8 @@ pub(crate) async fn accept_downstream_sessions<F>(
     drain_sessions(rest).await
 }
 
-/// Tracks one in-flight downstream H2 session for [`serve_downstream_sessions`] (mcp-edge
-/// patch). `serve` receives it alongside each session; keep it alive for as long as
+/// Tracks one in-flight downstream H2 session for [`serve_downstream_sessions`]
+/// (mcp-edge patch). `serve` receives it alongside each session; keep it alive for as long as
 /// the session is being processed (move it into the session's future) so the
 /// accept loop's idle timeout can tell a busy connection from an idle one. It
 /// decrements the in-flight counter when dropped.
