@@ -367,24 +367,27 @@ pub fn get() -> &'static Metrics {
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> Vec<u8> {
-    // pingora answers a request header over the limits (431) before any hook of ours runs; it
-    // counts them, and the count is carried over here.
-    let too_large = METRICS
-        .refused
-        .with_label_values(&[UNKNOWN_HOST, "header_too_large"]);
-    let total = pingora::protocols::http::v1::server::headers_too_large_total();
-    too_large.inc_by(total.saturating_sub(too_large.get()));
-    // So are HTTP/2 streams refused while their connection has as many requests running as it
-    // may (pingora-core patch 18).
-    let h2_sessions = METRICS
-        .refused
-        .with_label_values(&[UNKNOWN_HOST, "h2_sessions"]);
-    let total = pingora::protocols::http::v2::server::sessions_refused_total();
-    h2_sessions.inc_by(total.saturating_sub(h2_sessions.get()));
+    // pingora refuses these before any hook of ours runs, and counts them: a request header
+    // over the limits (431), and an HTTP/2 stream refused while its connection has as many
+    // requests running as it may (pingora-core patch 18). The counts are carried over here.
+    refused_by_pingora(
+        "header_too_large",
+        pingora::protocols::http::v1::server::headers_too_large_total(),
+    );
+    refused_by_pingora(
+        "h2_sessions",
+        pingora::protocols::http::v2::server::sessions_refused_total(),
+    );
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail for the text format.
     let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
     out
+}
+
+/// `requests_refused_total{host="_unknown", reason}` brought up to pingora's own count `total`.
+fn refused_by_pingora(reason: &str, total: u64) {
+    let series = METRICS.refused.with_label_values(&[UNKNOWN_HOST, reason]);
+    series.inc_by(total.saturating_sub(series.get()));
 }
 
 /// `2xx`, `4xx`...; `0` when no response was sent.

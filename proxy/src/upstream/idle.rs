@@ -43,11 +43,9 @@ impl PeerKey {
     }
 }
 
-type Key = PeerKey;
-
 /// The idle connections, by peer, the most recently parked last.
 struct Idle {
-    by_peer: FxHashMap<Key, Vec<Parked>>,
+    by_peer: FxHashMap<PeerKey, Vec<Parked>>,
     count: usize,
     max: usize,
     sweeping: bool,
@@ -164,7 +162,7 @@ impl Idle {
         }
     }
 
-    fn take(&mut self, key: &Key) -> Option<Parked> {
+    fn take(&mut self, key: &PeerKey) -> Option<Parked> {
         let parked = self.by_peer.get_mut(key)?.pop()?;
         self.count -= 1;
         Some(parked)
@@ -173,7 +171,7 @@ impl Idle {
     /// Parks a connection; when full, the one due to be closed soonest (the one idle longest,
     /// when the replicas keep them equally long) makes room: returned, to be closed once the
     /// lock is let go.
-    fn park(&mut self, key: Key, parked: Parked) -> Option<Parked> {
+    fn park(&mut self, key: PeerKey, parked: Parked) -> Option<Parked> {
         let evicted = if self.count >= self.max {
             self.evict_soonest_due()
         } else {
@@ -281,7 +279,7 @@ mod tests {
         }
     }
 
-    fn key_of(port: u16, group: u64) -> Key {
+    fn key_of(port: u16, group: u64) -> PeerKey {
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         PeerKey(SocketAddr::Inet(addr), group, 0)
     }

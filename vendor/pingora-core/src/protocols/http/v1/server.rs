@@ -973,11 +973,12 @@ impl HttpSession {
         if !header.status.is_informational() && self.update_resp_headers {
             header.remove_header(&header::DATE); // mcp-edge patch
             header.remove_header(&header::CONNECTION);
-            fixed = Some(if self.will_keepalive() {
+            let connection = if self.will_keepalive() {
                 &b"keep-alive"[..]
             } else {
                 &b"close"[..] // mcp-edge patch
-            });
+            };
+            fixed = Some((date::get_cached_date(), connection)); // mcp-edge patch
         }
 
         if header.status == 101 {
@@ -1034,9 +1035,8 @@ impl HttpSession {
 
         // Serialize header to bytes
         let mut write_buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
-        let date = fixed.map(|_| date::get_cached_date()); // mcp-edge patch
-        let fixed = date.as_ref().zip(fixed).map(|(date, connection)| {
-            [(&b"Date"[..], date.as_bytes()), (&b"Connection"[..], connection)]
+        let fixed = (fixed.as_ref()).map(|(date, connection)| { // mcp-edge patch
+            [(&b"Date"[..], date.as_bytes()), (&b"Connection"[..], *connection)]
         });
         http_resp_header_to_buf(header, fixed.as_ref().map_or(&[], |f| &f[..]), &mut write_buf)
             .map_err(|_| Error::explain(WriteError, "serializing response header"))?;

@@ -762,7 +762,8 @@ impl HttpSession {
         }
 
         // mcp-edge patch: the header's parts move into the response h2 encodes (no copy of
-        // its header map); the session keeps the status and version, all it reads of them.
+        // its header map); the session keeps a header without fields (its status is all that
+        // is read of it).
         // Date and the removals below go to the parts' map alone: h2 has no use for the case
         // map that `insert_header` and `remove_header` keep too.
         let written = crate::protocols::http::header_kept(&header, &[]);
@@ -774,13 +775,16 @@ impl HttpSession {
 
         // remove other h1 hop headers that cannot be present in H2
         // https://httpwg.org/specs/rfc7540.html#n-connection-specific-header-fields
-        const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive"); // mcp-edge patch
-        const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-        for hop in [header::TRANSFER_ENCODING, header::CONNECTION, header::UPGRADE] {
+        const HOP_BY_HOP: [HeaderName; 5] = [ // mcp-edge patch
+            header::TRANSFER_ENCODING,
+            header::CONNECTION,
+            header::UPGRADE,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+        ];
+        for hop in HOP_BY_HOP {
             headers.remove(hop);
         }
-        headers.remove(KEEP_ALIVE);
-        headers.remove(PROXY_CONNECTION);
         let resp = Response::from_parts(parts, ());
 
         let body_writer = self.send_response.send_response(resp, end).or_err(
