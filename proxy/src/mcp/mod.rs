@@ -2,12 +2,18 @@
 //! body's calls, parsed once), and the outcomes of its calls in a JSON response or in the SSE
 //! stream that answers them. Pure parsing; the request path decides what to do with it.
 
+mod answers;
+#[cfg(test)]
+mod plain_tests;
 pub mod request;
+mod scan;
 
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+use scan::Bail;
 
 /// The parts of a JSON-RPC response the edge reads; the rest (results) is skipped by the parser,
 /// never built.
@@ -55,31 +61,44 @@ fn wire_messages(body: &[u8]) -> Vec<Wire<'_>> {
 
 impl Wire<'_> {
     fn answer(&self) -> Option<Answer> {
-        let id = self.id?.get().to_string();
-        if let Some(e) = &self.error {
-            return Some(Answer {
-                id,
-                outcome: Outcome::JsonRpcError(e.code),
-                listed: Vec::new(),
-            });
-        }
-        let r = self.result.as_ref()?;
-        let outcome = if r.is_error {
-            Outcome::ToolError
-        } else {
-            Outcome::Ok
-        };
-        let tools_or_prompts = r.tools.iter().chain(&r.prompts).flatten();
-        let listed = tools_or_prompts
-            .filter_map(|t| t.name.clone())
-            .chain(r.resources.iter().flatten().filter_map(|t| t.uri.clone()))
-            .collect();
-        Some(Answer {
-            id,
-            outcome,
-            listed,
-        })
+        answer(
+            self.id.map(RawValue::get),
+            self.result.as_ref(),
+            self.error.as_ref(),
+        )
     }
+}
+
+/// What a response message says: `id` is its id's JSON text, as the upstream wrote it.
+fn answer(
+    id: Option<&str>,
+    result: Option<&WireResult>,
+    error: Option<&WireError>,
+) -> Option<Answer> {
+    let id = id?.to_string();
+    if let Some(e) = error {
+        return Some(Answer {
+            id,
+            outcome: Outcome::JsonRpcError(e.code),
+            listed: Vec::new(),
+        });
+    }
+    let r = result?;
+    let outcome = if r.is_error {
+        Outcome::ToolError
+    } else {
+        Outcome::Ok
+    };
+    let tools_or_prompts = r.tools.iter().chain(&r.prompts).flatten();
+    let listed = tools_or_prompts
+        .filter_map(|t| t.name.clone())
+        .chain(r.resources.iter().flatten().filter_map(|t| t.uri.clone()))
+        .collect();
+    Some(Answer {
+        id,
+        outcome,
+        listed,
+    })
 }
 
 /// A response message: the call it answers (its id as JSON text), how, and for a list
@@ -265,8 +284,14 @@ pub fn outcome_of(message: &Value) -> Option<(String, Outcome)> {
     Some((id, outcome))
 }
 
-/// The answers in a JSON response body (one message or a batch).
+/// The answers in a JSON response body (one message or a batch). Plain JSON is read by
+/// `answers::plain`; anything else by serde_json.
 pub fn parse_response(body: &[u8]) -> Vec<Answer> {
+    answers::plain(body).unwrap_or_else(|Bail| answers_by_serde(body))
+}
+
+/// The reading of record: serde_json's, into `Wire`.
+fn answers_by_serde(body: &[u8]) -> Vec<Answer> {
     wire_messages(body)
         .iter()
         .filter_map(Wire::answer)
@@ -288,9 +313,11 @@ impl Event {
 
     /// The JSON-RPC response it carries, if it carries one.
     pub fn answer(&self) -> Option<Answer> {
-        serde_json::from_slice::<Wire<'_>>(&self.data)
-            .ok()?
-            .answer()
+        answers::plain_one(&self.data).unwrap_or_else(|Bail| {
+            serde_json::from_slice::<Wire<'_>>(&self.data)
+                .ok()?
+                .answer()
+        })
     }
 }
 

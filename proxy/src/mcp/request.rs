@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{header_text, Call, MAX_PARSED, VALIDATED_SINCE};
 
-mod parse;
+pub(super) mod parse;
 
 /// The most of a body the request path holds back to read before forwarding it (header
 /// validation, tool budgets): a larger one is refused (413), since its calls could not be

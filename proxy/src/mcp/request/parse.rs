@@ -1,17 +1,124 @@
 //! The request body read as JSON-RPC messages: a typed lenient parser that builds only what the
 //! edge reads (the id, the method, and params' name, uri, protocolVersion and arguments) and
-//! skips the rest, rather than a whole `serde_json::Value`.
+//! skips the rest, rather than a whole `serde_json::Value`. A plain body (nearly every one) is
+//! read first by `scan` in one pass, to the same result; what that cannot vouch for, serde_json
+//! reads.
 
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use super::super::scan::{self, Bail, Cursor};
 use super::{Body, Message};
 
-/// A body (its byte-order mark already stripped): its messages, or `Body::NotJsonRpc`.
+/// A body (its byte-order mark already stripped): its messages, or `Body::NotJsonRpc`. Plain
+/// JSON is read by `scan`; anything else by serde_json.
 pub(super) fn read(body: &[u8]) -> Body {
+    plain(body).unwrap_or_else(|Bail| by_serde(body))
+}
+
+/// The reading of record: serde_json's, through the typed visitors below.
+pub(in crate::mcp) fn by_serde(body: &[u8]) -> Body {
     serde_json::from_slice::<Parsed>(body).map_or(Body::NotJsonRpc, |p| p.0)
+}
+
+/// The same reading of a plain body, in one pass; `Bail` for anything outside the plain subset.
+pub(in crate::mcp) fn plain(body: &[u8]) -> scan::Read<Body> {
+    let mut c = Cursor::new(body).ok_or(Bail)?;
+    let body = match c.peek() {
+        Ok(b'{') => Body::Messages {
+            batch: false,
+            messages: vec![plain_message(&mut c)?],
+        },
+        Ok(b'[') => {
+            let mut messages = Vec::new();
+            c.array(|c| match c.peek()? {
+                b'{' => plain_message(c).map(|m| messages.push(m)),
+                // A member that is no object is the upstream's to answer, as with serde_json.
+                _ => plain_scalar(c),
+            })?;
+            Body::Messages {
+                batch: true,
+                messages,
+            }
+        }
+        // Not an object or a list, valid or not: serde_json reads no messages in it either.
+        _ => return Ok(Body::NotJsonRpc),
+    };
+    c.end()?;
+    Ok(body)
+}
+
+/// A value that is no object, where serde_json's visitors read it and drop it (a batch member,
+/// `params`): a list is only skipped there; a string or number is parsed, so only the plain
+/// ones are read here.
+fn plain_scalar(c: &mut Cursor) -> scan::Read<()> {
+    match c.peek()? {
+        b'[' => c.skip(),
+        b'"' => c.plain_str().map(drop),
+        b't' | b'f' | b'n' => c.literal().map(drop),
+        _ => c.small_int().map(drop),
+    }
+}
+
+/// A string where the edge reads one (`method`, `params.name`...): `None` for a plain value of
+/// another type.
+fn plain_text(c: &mut Cursor) -> scan::Read<Option<String>> {
+    match c.peek()? {
+        b'"' => c.plain_str().map(|s| Some(s.to_string())),
+        // A whole value is parsed there, which this reader does not check.
+        b'{' | b'[' => Err(Bail),
+        _ => plain_scalar(c).map(|()| None),
+    }
+}
+
+fn plain_message(c: &mut Cursor) -> scan::Read<Message> {
+    let (mut id, mut method, mut params) = (None, None, None);
+    c.object(|c, key| {
+        match key {
+            "id" => {
+                // The id as serde_json writes it back: the same text, for these plain values.
+                id = Some(match c.peek()? {
+                    b'"' => {
+                        let text = c.plain_str()?;
+                        format!("\"{text}\"")
+                    }
+                    b't' | b'f' | b'n' => c.literal()?.to_string(),
+                    _ => c.small_int()?.to_string(),
+                })
+            }
+            "method" => method = plain_text(c)?,
+            "params" => {
+                params = match c.peek()? {
+                    b'{' => Some(plain_params(c)?),
+                    _ => plain_scalar(c).map(|()| None)?,
+                }
+            }
+            _ => c.skip()?,
+        }
+        Ok(())
+    })?;
+    Ok(model(id, method, params.unwrap_or_default()))
+}
+
+fn plain_params(c: &mut Cursor) -> scan::Read<Params> {
+    let mut p = Params::default();
+    c.object(|c, key| {
+        match key {
+            "name" => p.name = plain_text(c)?,
+            "uri" => p.uri = plain_text(c)?,
+            "protocolVersion" => p.protocol_version = plain_text(c)?,
+            // Read by serde_json, as a whole body would be: the edge's policies judge it.
+            "arguments" => {
+                let text = c.span()?;
+                p.arguments = Some(serde_json::from_str(text).map_err(|_| Bail)?);
+            }
+            _ => c.skip()?,
+        }
+        Ok(())
+    })?;
+    Ok(p)
 }
 
 /// The top-level keys of a message the edge reads; the rest is skipped by the parser, never
