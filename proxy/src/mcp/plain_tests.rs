@@ -110,6 +110,77 @@ fn what_the_fast_path_cannot_vouch_for_is_left_to_serde_json() {
     }
 }
 
+#[test]
+fn the_edges_of_the_plain_subset_read_the_same_both_ways() {
+    let nested =
+        |depth: usize, inner: &str| format!("{}{inner}{}", "[".repeat(depth), "]".repeat(depth));
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    // Depth: the fast path bails past 64 levels in all (serde_json refuses past 128 where it
+    // parses a whole value, and skips any depth).
+    for depth in [61, 62, 63, 64, 130] {
+        let deep = nested(depth, "1");
+        bodies.extend(
+            [
+                format!(r#"{{"id":1,"method":"tools/call","params":{{"name":"t","x":{deep}}}}}"#),
+                format!(r#"{{"id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"a":{deep}}}}}}}"#),
+                format!(r#"{{"id":1,"result":{{"content":{deep}}}}}"#),
+                format!(r#"{{"id":{deep},"result":{{}}}}"#),
+            ]
+            .map(String::into_bytes),
+        );
+    }
+    // Structs in their sequence form, which serde's derived readers accept.
+    for body in [
+        r#"{"id":1,"result":[true,null,null,null]}"#,
+        r#"{"id":1,"error":[7]}"#,
+        r#"{"id":1,"result":{"tools":[["a",null]]}}"#,
+        r#"[{"id":1,"result":{}},[1,{},null,null]]"#,
+    ] {
+        assert!(answers::plain(body.as_bytes()).is_err(), "{body}");
+        bodies.push(body.into());
+    }
+    // Bytes that are not JSON whitespace, a byte-order mark, nothing at all.
+    for prefix in ["\x0c", "\x0b", "\u{a0}", "\u{feff}", "", " "] {
+        bodies.push(format!(r#"{prefix}{{"id":1,"result":{{}}}}"#).into());
+        bodies.push(format!(r#"{prefix}[{{"id":1,"method":"ping"}}]"#).into());
+        bodies.push(prefix.into());
+    }
+    // Ids and codes where writing them back or fitting them could differ.
+    for id in [
+        "\"\x7f\"",
+        "\"\u{2028}\"",
+        "\"\u{1f600}\"",
+        r#""/""#,
+        "123456789012345678",
+        "1234567890123456789",
+        "18446744073709551615",
+        "-9223372036854775808",
+        "-0",
+        "0",
+    ] {
+        bodies
+            .push(format!(r#"{{"id":{id},"method":"tools/call","params":{{"name":"t"}}}}"#).into());
+        bodies.push(format!(r#"{{"id":{id},"error":{{"code":{id}}}}}"#).into());
+    }
+    for body in &bodies {
+        agrees(body);
+    }
+    // What must still be read fast: the deepest plain call, an 18-digit id, the plain ids.
+    let fast = |b: &str| parse::plain(b.as_bytes()).is_ok();
+    assert!(fast(&format!(
+        r#"{{"id":1,"method":"tools/call","params":{{"x":{}}}}}"#,
+        nested(62, "1")
+    )));
+    assert!(!fast(&format!(
+        r#"{{"id":1,"method":"tools/call","params":{{"x":{}}}}}"#,
+        nested(63, "1")
+    )));
+    assert!(fast(r#"{"id":123456789012345678,"method":"ping"}"#));
+    assert!(fast(
+        "{\"id\":\"\u{2028}\u{1f600}\x7f/\",\"method\":\"ping\"}"
+    ));
+}
+
 /// The keys of a generated message, of its `params`, `result` or `error`, and odd ones.
 const MESSAGE: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error", "x"];
 #[rustfmt::skip]
