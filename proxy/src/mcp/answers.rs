@@ -31,18 +31,20 @@ pub(super) fn plain_one(body: &[u8]) -> scan::Read<Option<Answer>> {
 }
 
 /// Marks a field read; a second time is `Bail` (serde's derived structs refuse it).
-fn first(seen: &mut [bool], field: usize) -> scan::Read<()> {
-    match std::mem::replace(&mut seen[field], true) {
+fn first(seen: &mut bool) -> scan::Read<()> {
+    match std::mem::replace(seen, true) {
         true => Err(Bail),
         false => Ok(()),
     }
 }
 
-/// `null` (`None`), or what `read` reads.
+/// An `Option` field, read once: `null` (`None`), or what `read` reads.
 fn optional<'a, T>(
+    seen: &mut bool,
     c: &mut Cursor<'a>,
     read: impl FnOnce(&mut Cursor<'a>) -> scan::Read<T>,
 ) -> scan::Read<Option<T>> {
+    first(seen)?;
     match c.peek()? {
         b'n' => c.literal().map(|_| None),
         _ => read(c).map(Some),
@@ -54,19 +56,10 @@ fn message(c: &mut Cursor) -> scan::Read<Option<Answer>> {
     let mut seen = [false; 3];
     c.object(|c, key| {
         match key {
-            "id" => {
-                first(&mut seen, 0)?;
-                // As written, escapes and all (a `RawValue`).
-                id = optional(c, |c| c.span())?;
-            }
-            "result" => {
-                first(&mut seen, 1)?;
-                result = optional(c, result_of)?;
-            }
-            "error" => {
-                first(&mut seen, 2)?;
-                error = optional(c, error_of)?;
-            }
+            // As written, escapes and all (a `RawValue`).
+            "id" => id = optional(&mut seen[0], c, |c| c.span())?,
+            "result" => result = optional(&mut seen[1], c, result_of)?,
+            "error" => error = optional(&mut seen[2], c, error_of)?,
             _ => c.skip()?,
         }
         Ok(())
@@ -85,25 +78,16 @@ fn result_of(c: &mut Cursor) -> scan::Read<WireResult> {
     c.object(|c, key| {
         match key {
             "isError" => {
-                first(&mut seen, 0)?;
+                first(&mut seen[0])?;
                 r.is_error = match c.literal()? {
                     "true" => true,
                     "false" => false,
                     _ => return Err(Bail),
                 };
             }
-            "tools" => {
-                first(&mut seen, 1)?;
-                r.tools = optional(c, listed)?;
-            }
-            "prompts" => {
-                first(&mut seen, 2)?;
-                r.prompts = optional(c, listed)?;
-            }
-            "resources" => {
-                first(&mut seen, 3)?;
-                r.resources = optional(c, listed)?;
-            }
+            "tools" => r.tools = optional(&mut seen[1], c, listed)?,
+            "prompts" => r.prompts = optional(&mut seen[2], c, listed)?,
+            "resources" => r.resources = optional(&mut seen[3], c, listed)?,
             _ => c.skip()?,
         }
         Ok(())
@@ -120,14 +104,8 @@ fn listed(c: &mut Cursor) -> scan::Read<Vec<WireListed>> {
         let text = |c: &mut Cursor| c.plain_str().map(str::to_string);
         c.object(|c, key| {
             match key {
-                "name" => {
-                    first(&mut seen, 0)?;
-                    name = optional(c, text)?;
-                }
-                "uri" => {
-                    first(&mut seen, 1)?;
-                    uri = optional(c, text)?;
-                }
+                "name" => name = optional(&mut seen[0], c, text)?,
+                "uri" => uri = optional(&mut seen[1], c, text)?,
                 _ => c.skip()?,
             }
             Ok(())
@@ -140,11 +118,11 @@ fn listed(c: &mut Cursor) -> scan::Read<Vec<WireListed>> {
 
 fn error_of(c: &mut Cursor) -> scan::Read<WireError> {
     let mut code = 0;
-    let mut seen = [false; 1];
+    let mut seen = false;
     c.object(|c, key| {
         match key {
             "code" => {
-                first(&mut seen, 0)?;
+                first(&mut seen)?;
                 code = c.small_int()?.parse().map_err(|_| Bail)?;
             }
             _ => c.skip()?,
