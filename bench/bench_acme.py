@@ -136,7 +136,7 @@ def measure(results, work, runs, log):
                     (http_port, https_port, bench.free_port()), run_dir / "store",
                     dns_directory if proxy == "dns-01" else directory,
                     d / "ca.pem", results["_upstream"], extra, http_none=proxy == "tls-alpn-01"))
-                cmd = [bench.REL / "mcp-edge", "run", "-c", run_dir / "edge.yaml"]
+                cmd = [bench.EDGE_BIN, "run", "-c", run_dir / "edge.yaml"]
                 penv = None
             else:
                 (run_dir / "Caddyfile").write_text(f"""
@@ -211,7 +211,7 @@ def measure_replicas(results, work, runs, log, http_port, directory, d, root):
                        f'prefix: "bench{i}:" }}')
             (run_dir / f"r{n}.yaml").write_text(_edge_yaml(
                 (h, s, m), storage, directory, d / "ca.pem", results["_upstream"]))
-            procs.append(bench.spawn([bench.REL / "mcp-edge", "run", "-c", run_dir / f"r{n}.yaml"],
+            procs.append(bench.spawn([bench.EDGE_BIN, "run", "-c", run_dir / f"r{n}.yaml"],
                                      bench.PROXY_CPU, f"acme-replica-{n}"))
         ms = None
         while time.monotonic() - t0 < 30:

@@ -31,9 +31,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REL = ROOT / "target" / "release"
-# Another mcp-edge build in place of this tree's, to compare two builds on this machine:
+# The mcp-edge measured: the release build optimised with the committed profile, as the shipped
+# one is (bench/run makes it with scripts/pgo-use). Another build in its place, to compare two
+# builds on this machine:
 # BENCH_EDGE_BIN=/tmp/mcp-edge-before BENCH_ONLY=mem BENCH_PROXIES=mcp-edge,nginx bench/run
-EDGE_BIN = Path(os.environ.get("BENCH_EDGE_BIN", REL / "mcp-edge"))
+EDGE_BIN = Path(os.environ.get("BENCH_EDGE_BIN", ROOT / "target" / "pgo" / "release" / "mcp-edge"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 # 10,000 streams would need 20,000+ descriptors in the proxy (client + upstream side); this
