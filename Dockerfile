@@ -1,7 +1,9 @@
 # Images of mcp-edge (target `proxy`), mcp-docs (target `backend`) and, for the ACME demo
 # profile, pebble (target `pebble`). Built by `docker compose build`; see compose.yaml.
 
-ARG RUST_IMAGE=rust:1-slim-bookworm
+# The rustc the committed profiles were recorded with (pgo/rustc-version): another one builds
+# without their effect (scripts/pgo-use says so).
+ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
 ARG BASE_IMAGE=debian:bookworm-slim
 # Where the binaries come from: the `build` stage compiles them. The repository's compose test,
 # on a machine without an image registry, sets this to `prebuilt` (binaries built on the host).

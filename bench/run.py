@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 REL = ROOT / "target" / "release"
 # The mcp-edge measured: the release build optimised with the committed profile, as the shipped
-# one is (bench/run makes it with scripts/pgo-use). Another build in its place, to compare two
-# builds on this machine:
+# one is (bench/run makes it with scripts/pgo-use; BENCH_PGO=0 bench/run: the build without).
+# Another build in its place, to compare two builds on this machine:
 # BENCH_EDGE_BIN=/tmp/mcp-edge-before BENCH_ONLY=mem BENCH_PROXIES=mcp-edge,nginx bench/run
 EDGE_BIN = Path(os.environ.get("BENCH_EDGE_BIN", ROOT / "target" / "pgo" / "release" / "mcp-edge"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
