@@ -2,8 +2,11 @@
 
 Every proxy terminates TLS (the same ECDSA P-256 certificate, keep-alive on) in front of the same
 upstream (bench-upstream), pinned to core 0; the load generators, the upstream and the clients
-share core 1. Each figure is measured BENCH_RUNS times (default 3); the report gives the median
-and the spread (min-max), and ratios mcp-edge/nginx and mcp-edge/Caddy from the medians.
+share core 1. Each figure is measured BENCH_RUNS times (default 3), on every proxy back to back
+within a run (the order rotated from run to run); the report gives the median and the spread
+(min-max), and the ratios mcp-edge/nginx, /Caddy and /HAProxy as the median of each run's ratio
+(with their spread): this machine's neighbours move whole minutes, less so the seconds between
+two proxies' turns at one figure.
 Results: bench/results/<UTC time>.md, and the section between the markers in BENCHMARKS.md.
 """
 
@@ -480,42 +483,55 @@ def median_spread(values):
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
+# The load figures, each measured on every proxy back to back.
+FIGURES = [("h1", lambda px: wrk(px.url("/mcp"), 64)),
+           ("h1get", lambda px: wrk(px.url("/open"), 64, get=True)),
+           ("h2", lambda px: h2load(px.url("/mcp"))),
+           ("h2few", lambda px: h2load(px.url("/mcp"), 8, 8)),
+           ("handshakes", lambda px: handshakes(px)),
+           ("sse", lambda px: sse_latency(px)),
+           ("leave", lambda px: leave(px))]
+
+
 def measure_all(pki, upstream, results):
-    for cls in PROXIES:
-        name = cls.name
-        if ONLY_PROXIES and name not in ONLY_PROXIES:
-            continue
-        log(f"== {name}")
-        for i in range(RUNS):
-            px = cls(pki, upstream).start()
-            try:
-                for key, fn in [("h1", lambda: wrk(px.url("/mcp"), 64)),
-                                ("h1get", lambda: wrk(px.url("/open"), 64, get=True)),
-                                ("h2", lambda: h2load(px.url("/mcp"))),
-                                ("h2few", lambda: h2load(px.url("/mcp"), 8, 8)),
-                                ("handshakes", lambda: handshakes(px)),
-                                ("sse", lambda: sse_latency(px)),
-                                ("leave", lambda: leave(px))]:
-                    if not wanted(key):
-                        continue
+    """Run i starts every proxy (each idle while another is measured) and measures each figure
+    on all of them back to back, in an order rotated from run to run: this machine's neighbours
+    move requests/s by a third within a minute, so a figure pairs with nginx's measured seconds
+    later, not a whole proxy's run later (the ratio column: the median of the runs' ratios).
+    Every figure appends one result per run, an error included, so that run i of two proxies
+    pair."""
+    classes = [c for c in PROXIES if not ONLY_PROXIES or c.name in ONLY_PROXIES]
+    for i in range(RUNS):
+        k = i % len(classes)
+        order = classes[k:] + classes[:k]
+        log(f"== run {i + 1}: " + ", ".join(c.name for c in order))
+        running = []
+        try:
+            for cls in order:
+                running.append(cls(pki, upstream).start())
+            for key, fn in FIGURES:
+                for px in running if wanted(key) else []:
                     try:
-                        results.setdefault(name, {}).setdefault(key, []).append(fn())
-                        log(f"  run {i + 1} {key}: {results[name][key][-1]}")
+                        r = fn(px)
                     except Exception as e:  # a failed figure is reported, the run goes on
-                        results.setdefault(name, {}).setdefault(key, []).append({"error": str(e)})
-                        log(f"  run {i + 1} {key}: ERROR {e}")
-            finally:
+                        r = {"error": str(e)}
+                    results.setdefault(px.name, {}).setdefault(key, []).append(r)
+                    log(f"  run {i + 1} {px.name} {key}: {r}")
+        finally:
+            for px in running:
                 px.stop()
+        for cls in order:
             for n in STREAMS if wanted("mem") else []:
                 r = on_fresh(cls, pki, upstream, lambda px: memory(px, n))
-                results.setdefault(name, {}).setdefault(f"mem{n}", []).append(r)
-                log(f"  run {i + 1} mem{n}: {r}")
-        # Once each: long (idle holds IDLE_HOLD s) or not a rate (swap).
+                results.setdefault(cls.name, {}).setdefault(f"mem{n}", []).append(r)
+                log(f"  run {i + 1} {cls.name} mem{n}: {r}")
+    # Once each: long (idle holds IDLE_HOLD s) or not a rate (swap).
+    for cls in classes:
         for key, fn in [("idle", lambda px: idle(px, IDLE)), ("swap", swap_under_load)]:
             if wanted(key):
                 r = on_fresh(cls, pki, upstream, fn)
-                results.setdefault(name, {})[key] = [r]
-                log(f"  {key}: {r}")
+                results.setdefault(cls.name, {})[key] = [r]
+                log(f"  {cls.name} {key}: {r}")
 
 
 def on_fresh(cls, pki, upstream, fn):
@@ -686,9 +702,23 @@ def cell(results, proxy, key, field):
     s = median_spread([r.get(field) for r in results.get(proxy, {}).get(key, [])])
     if s is None:
         errs = [r.get("error") for r in results.get(proxy, {}).get(key, []) if "error" in r]
-        return ("error: " + errs[0][:60]) if errs else "–", None
+        return ("error: " + errs[0][:60]) if errs else "–"
     spread = f" ({fmt(s['min'])}–{fmt(s['max'])})" if s["n"] > 1 else ""
-    return fmt(s["median"]) + spread, s["median"]
+    return fmt(s["median"]) + spread
+
+
+def paired_ratio(results, other, key, field):
+    """mcp-edge / `other` for one figure: the median of each run's ratio (run i of both was
+    measured back to back), with their spread."""
+    mine = results.get("mcp-edge", {}).get(key, [])
+    theirs = results.get(other, {}).get(key, [])
+    ratios = [a.get(field) / b.get(field) for a, b in zip(mine, theirs)
+              if isinstance(a.get(field), (int, float)) and isinstance(b.get(field), (int, float))
+              and b.get(field)]
+    if not ratios:
+        return "–"
+    m = statistics.median(ratios)
+    return f"{m:.2f}×" + (f" ({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else "")
 
 
 def report(results):
@@ -722,13 +752,8 @@ def report(results):
     lines = ["| figure | " + " | ".join(names) + " | mcp-edge / nginx | mcp-edge / Caddy | mcp-edge / HAProxy |",
              "|---|" + "---|" * (len(names) + 3)]
     for label, key, field in rows:
-        cells, meds = [], {}
-        for n in names:
-            text, med = cell(results, n, key, field)
-            cells.append(text)
-            meds[n] = med
-        ratio = lambda b: (f"{meds['mcp-edge'] / meds[b]:.2f}×"
-                           if meds.get("mcp-edge") is not None and meds.get(b) not in (None, 0) else "–")
+        cells = [cell(results, n, key, field) for n in names]
+        ratio = lambda b: paired_ratio(results, b, key, field)
         lines.append(f"| {label} | " + " | ".join(cells)
                      + f" | {ratio('nginx')} | {ratio('caddy')} | {ratio('haproxy')} |")
     up = results.get("upstream", {})
@@ -796,7 +821,8 @@ def report(results):
     md = "\n".join([
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}.",
         f"Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-        f"{RUNS} runs per figure, {SECONDS} s each for load figures; median (min–max).",
+        f"{RUNS} runs per figure, {SECONDS} s each for load figures, every proxy back to back in "
+        "each run; median (min–max); ratios: the median (min–max) of the runs' ratios.",
         "", *lines, "", *extra, "",
     ])
     out = ROOT / "bench" / "results" / ("partial" if PARTIAL else "")
