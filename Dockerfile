@@ -25,17 +25,17 @@ COPY tests/Cargo.toml tests/
 COPY bench/Cargo.toml bench/
 # pingora-core, patched (vendor/README.md)
 COPY vendor vendor
-# The profile the release build is optimised with (scripts/pgo-use)
+# The profile the release build is optimised with (scripts/pgo-use), and the one way the musl
+# build is made (scripts/musl-build): the layer below builds the dependencies as the real build
+# will, so it reuses them.
 COPY pgo pgo
-COPY scripts/pgo-use scripts/
+COPY scripts/pgo-use scripts/musl-build scripts/
 RUN mkdir -p proxy/src backend/src backend/benches tests/src bench/src \
  && echo 'fn main() {}' > proxy/src/main.rs && touch proxy/src/lib.rs \
  && echo 'fn main() {}' > backend/src/main.rs && touch backend/src/lib.rs \
  && echo 'fn main() {}' > backend/benches/search.rs && touch tests/src/lib.rs bench/src/lib.rs \
  && cargo build --release --locked -p mcp-docs \
- && env "CC_$(uname -m)_unknown_linux_musl=musl-gcc" \
-    scripts/pgo-use "$(uname -m)-unknown-linux-musl" \
-    cargo build --release --locked --target "$(uname -m)-unknown-linux-musl" -p mcp-edge
+ && scripts/musl-build
 COPY proxy proxy
 COPY backend backend
 COPY scripts/static-build scripts/
