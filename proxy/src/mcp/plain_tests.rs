@@ -3,14 +3,15 @@
 //! A body the edge's policy reads one way and the upstream another is a bypass; so every body
 //! here is checked, and enough of them must take the fast path for the check to mean anything.
 
-use super::request::{parse, Body};
+use super::request::parse::{self, Arguments};
+use super::request::Body;
 use super::{answers, answers_by_serde, Wire};
 
 /// Asserts the fast readers agree with serde_json on `body`. Returns how many messages each fast
 /// reader read (request, response), `None` where it left the body to serde_json.
 fn agrees(body: &[u8]) -> (Option<usize>, Option<usize>) {
     let text = String::from_utf8_lossy(body);
-    let request = match parse::plain(body) {
+    let request = match parse::plain(body, Arguments::Built) {
         Ok(fast) => {
             assert_eq!(fast, parse::by_serde(body), "request {text}");
             Some(match fast {
@@ -20,6 +21,19 @@ fn agrees(body: &[u8]) -> (Option<usize>, Option<usize>) {
         }
         Err(_) => None,
     };
+    // Arguments left unbuilt: the same reading without them, whichever reader reads it. A body
+    // read otherwise when nobody reads its arguments would be counted, budgeted and validated
+    // otherwise than with a policy on.
+    let mut serde = parse::by_serde(body);
+    parse::drop_arguments(&mut serde);
+    if let Ok(fast) = parse::plain(body, Arguments::Checked) {
+        assert_eq!(fast, serde, "request without arguments {text}");
+    }
+    assert_eq!(
+        parse::read(body, Arguments::Checked),
+        serde,
+        "request read without arguments {text}"
+    );
     let response = match answers::plain(body) {
         Ok(fast) => {
             assert_eq!(fast, answers_by_serde(body), "response {text}");
@@ -65,6 +79,10 @@ fn the_bodies_clients_and_upstreams_send_take_the_fast_path_and_read_the_same() 
             agrees(body.as_bytes()).0.is_some(),
             "request not read fast: {body}"
         );
+        assert!(
+            parse::plain(body.as_bytes(), Arguments::Checked).is_ok(),
+            "request not read fast without its arguments: {body}"
+        );
     }
     for body in responses {
         assert!(
@@ -94,7 +112,7 @@ fn what_the_fast_path_cannot_vouch_for_is_left_to_serde_json() {
     ];
     for body in bail {
         let text = String::from_utf8_lossy(body);
-        assert!(parse::plain(body).is_err(), "{text}");
+        assert!(parse::plain(body, Arguments::Built).is_err(), "{text}");
         agrees(body);
     }
     // serde's derived structs refuse a repeated field: the whole body has no answer there.
@@ -166,7 +184,7 @@ fn the_edges_of_the_plain_subset_read_the_same_both_ways() {
         agrees(body);
     }
     // What must still be read fast: the deepest plain call, an 18-digit id, the plain ids.
-    let fast = |b: &str| parse::plain(b.as_bytes()).is_ok();
+    let fast = |b: &str| parse::plain(b.as_bytes(), Arguments::Built).is_ok();
     assert!(fast(&format!(
         r#"{{"id":1,"method":"tools/call","params":{{"x":{}}}}}"#,
         nested(62, "1")

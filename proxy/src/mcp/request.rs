@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::{header_text, Call, MAX_PARSED, VALIDATED_SINCE};
 
 pub(super) mod parse;
+use parse::Arguments;
 
 /// The most of a body the request path holds back to read before forwarding it (header
 /// validation, tool budgets): a larger one is refused (413), since its calls could not be
@@ -108,12 +109,12 @@ thread_local! {
 }
 
 /// Parses a complete body. Private: only [`Request::finish`] calls it, once.
-fn parse(body: &[u8]) -> Body {
+fn parse(body: &[u8], arguments: Arguments) -> Body {
     #[cfg(test)]
     PARSES.with(|p| p.set(p.get() + 1));
     // A UTF-8 byte-order mark, which Python's json.loads accepts on bytes.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    parse::read(body)
+    parse::read(body, arguments)
 }
 
 /// Which header disagrees with the body, and the id of the message it concerns (JSON text,
@@ -130,20 +131,43 @@ pub struct TooLarge;
 
 /// One request's MCP model. The body is copied (up to `MAX_PARSED`) as it passes, or held by the
 /// request path in the same buffer, and parsed once when it ends.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Request {
     pub declared: Declared,
     buf: Vec<u8>,
     too_large: bool,
     body: Option<Body>,
+    arguments: Arguments,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self::new(Declared::default())
+    }
 }
 
 impl Request {
+    /// A request whose calls' arguments are built ([`Message::arguments`]).
     pub fn new(declared: Declared) -> Self {
         Self {
             declared,
-            ..Self::default()
+            buf: Vec::new(),
+            too_large: false,
+            body: None,
+            arguments: Arguments::Built,
         }
+    }
+
+    /// The same, with calls' arguments left unbuilt ([`Message::arguments`] is `None`) unless
+    /// `built`: only a policy and the audit log read them.
+    #[must_use]
+    pub fn with_arguments(mut self, built: bool) -> Self {
+        self.arguments = if built {
+            Arguments::Built
+        } else {
+            Arguments::Checked
+        };
+        self
     }
 
     /// A chunk of the body, kept while the whole stays within `MAX_PARSED`.
@@ -192,7 +216,7 @@ impl Request {
             self.body = Some(if self.too_large {
                 Body::TooLarge
             } else {
-                parse(&self.buf)
+                parse(&self.buf, self.arguments)
             });
         }
         self.body.as_ref().unwrap_or(&Body::TooLarge)
@@ -318,6 +342,40 @@ mod tests {
         assert_eq!(r.calls().len(), 1);
         r.finish();
         assert_eq!(PARSES.with(|p| p.get()), 1);
+    }
+
+    #[test]
+    fn arguments_are_built_only_when_asked_and_the_rest_reads_the_same() {
+        let bodies: [&[u8]; 3] = [
+            br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"search_docs","arguments":{"query":"tls"}}}"#,
+            // Left to serde_json either way (the escape where a string would be built).
+            br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"search_docs","arguments":{"query":"\u00e9"}}}"#,
+            // A number serde_json cannot build: not JSON-RPC the edge can read, either way.
+            br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"search_docs","arguments":{"n":1e400}}}"#,
+        ];
+        for body in bodies {
+            let built = finished(Declared::default(), body);
+            let mut r = Request::new(Declared::default()).with_arguments(false);
+            r.feed(body);
+            r.finish();
+            assert_eq!(
+                r.tools_called().collect::<Vec<_>>(),
+                built.tools_called().collect::<Vec<_>>()
+            );
+            assert_eq!(r.messages().len(), built.messages().len());
+            for (m, b) in r.messages().iter().zip(built.messages()) {
+                assert_eq!(m.arguments, None);
+                assert_eq!((&m.id, &m.method, &m.name), (&b.id, &b.method, &b.name));
+            }
+        }
+        let built = finished(Declared::default(), bodies[0]);
+        let query = built.messages()[0]
+            .arguments
+            .as_ref()
+            .map(|a| a["query"].clone());
+        assert_eq!(query, Some(Value::from("tls")));
+        let unreadable = finished(Declared::default(), bodies[2]);
+        assert_eq!(unreadable.body(), Some(&Body::NotJsonRpc));
     }
 
     #[test]

@@ -17,11 +17,16 @@ pub(super) type Read<T> = Result<T, Bail>;
 /// Deeper nesting than this is left to serde_json (its own limit is 128, counted from the root).
 const MAX_DEPTH: u32 = 64;
 
+/// The longest integer part [`Cursor::skip_buildable`] vouches for: 10^300 is well inside f64.
+const MAX_BUILT_DIGITS: usize = 300;
+
 /// A position in a body known to be UTF-8.
 pub(super) struct Cursor<'a> {
     text: &'a str,
     at: usize,
     depth: u32,
+    /// Skipping a value serde_json would build ([`Cursor::skip_buildable`]).
+    buildable: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -32,6 +37,7 @@ impl<'a> Cursor<'a> {
             text,
             at: 0,
             depth: 0,
+            buildable: false,
         })
     }
 
@@ -94,6 +100,9 @@ impl<'a> Cursor<'a> {
                     self.at += 1;
                     match b.get(self.at) {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {}
+                        // A lone surrogate is skipped by serde_json, refused where it builds
+                        // a string.
+                        Some(b'u') if self.buildable => return Err(Bail),
                         Some(b'u') => {
                             let hex = b.get(self.at + 1..self.at + 5).ok_or(Bail)?;
                             if !hex.iter().all(u8::is_ascii_hexdigit) {
@@ -142,7 +151,12 @@ impl<'a> Cursor<'a> {
         }
         match b.get(at) {
             Some(b'0') => at += 1,
-            Some(b'1'..=b'9') => _ = digits(&mut at),
+            Some(b'1'..=b'9') => {
+                // serde_json refuses, where it builds a number, one past f64's range (1.8e308).
+                if digits(&mut at) > MAX_BUILT_DIGITS && self.buildable {
+                    return Err(Bail);
+                }
+            }
             _ => return Err(Bail),
         }
         if b.get(at) == Some(&b'.') {
@@ -152,6 +166,10 @@ impl<'a> Cursor<'a> {
             }
         }
         if let Some(b'e' | b'E') = b.get(at) {
+            if self.buildable {
+                // Whether it is in f64's range is serde_json's to say.
+                return Err(Bail);
+            }
             at += 1;
             if let Some(b'+' | b'-') = b.get(at) {
                 at += 1;
@@ -193,6 +211,17 @@ impl<'a> Cursor<'a> {
             b't' | b'f' | b'n' => self.literal().map(drop),
             _ => self.skip_number(),
         }
+    }
+
+    /// A value skipped, but checked as serde_json checks one it builds rather than one it skips:
+    /// a `\u` escape (a lone surrogate makes no string), an exponent or an integer part of more
+    /// than [`MAX_BUILT_DIGITS`] digits (past f64's range it is no number) are `Bail`. A body is
+    /// then read the same whether or not this value is built.
+    pub(super) fn skip_buildable(&mut self) -> Read<()> {
+        self.buildable = true;
+        let skipped = self.skip();
+        self.buildable = false;
+        skipped
     }
 
     /// A value skipped: its text.
@@ -301,6 +330,39 @@ mod tests {
         let deeper = format!("{}{}", "[".repeat(65), "]".repeat(65));
         assert_eq!(skipped(&deeper), None);
         assert!(Cursor::new(b"\"\xff\"").is_none());
+    }
+
+    #[test]
+    fn what_serde_json_would_refuse_to_build_is_left_to_it() {
+        let buildable = |body: &str| {
+            let mut c = Cursor::new(body.as_bytes())?;
+            c.skip_buildable().ok()?;
+            c.end().ok()
+        };
+        let long = "9".repeat(MAX_BUILT_DIGITS);
+        for ok in [
+            r#"{"q":"tls","n":[1,-0,0.5,null,true],"s":"a\"b\n"}"#,
+            &long,
+        ] {
+            assert!(buildable(ok).is_some(), "{ok}");
+        }
+        let longer = "9".repeat(MAX_BUILT_DIGITS + 1);
+        for bail in [
+            r#"{"q":"\ud800"}"#,
+            r#"["\u00e9"]"#,
+            "1e400",
+            "[2.5E-7]",
+            &longer,
+        ] {
+            assert!(buildable(bail).is_none(), "{bail}");
+            // Skipped as serde_json skips, they are fine.
+            assert!(skipped(bail).is_some(), "{bail}");
+        }
+        // Only that one value: the cursor skips as before afterwards.
+        let mut c = Cursor::new(br#"["\u00e9"] ["\u00e9"]"#).unwrap();
+        assert!(c.skip_buildable().is_err());
+        c.at = 11;
+        assert!(c.skip().is_ok());
     }
 
     #[test]

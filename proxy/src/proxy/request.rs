@@ -341,7 +341,8 @@ fn plan_mcp(session: &Session, ctx: &mut Ctx) -> Option<Answer> {
     if post && (options.validate || tools_budget || options.observe || policy || audit) {
         ctx.body.hold = options.validate || tools_budget || policy;
         ctx.body.validate = options.validate.then_some(options.strict);
-        ctx.mcp = Some(McpRequest::new(declared));
+        // Only a policy and the audit log read a call's arguments: otherwise never built.
+        ctx.mcp = Some(McpRequest::new(declared).with_arguments(policy || audit));
     }
     None
 }

@@ -13,9 +13,33 @@ use super::super::scan::{self, Bail, Cursor};
 use super::{Body, Message};
 
 /// A body (its byte-order mark already stripped): its messages, or `Body::NotJsonRpc`. Plain
-/// JSON is read by `scan`; anything else by serde_json.
-pub(super) fn read(body: &[u8]) -> Body {
-    plain(body).unwrap_or_else(|Bail| by_serde(body))
+/// JSON is read by `scan`; anything else by serde_json. Calls' `arguments` are built only when
+/// `arguments` is [`Arguments::Built`]; the body reads the same either way otherwise.
+pub(in crate::mcp) fn read(body: &[u8], arguments: Arguments) -> Body {
+    plain(body, arguments).unwrap_or_else(|Bail| {
+        let mut read = by_serde(body);
+        if arguments == Arguments::Checked {
+            drop_arguments(&mut read);
+        }
+        read
+    })
+}
+
+/// Whether the calls' `arguments` are built (a policy or the audit log reads them) or only
+/// checked as they would be built, which costs a pass over their bytes and no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::mcp) enum Arguments {
+    Built,
+    Checked,
+}
+
+/// The body as read with [`Arguments::Checked`].
+pub(in crate::mcp) fn drop_arguments(body: &mut Body) {
+    if let Body::Messages { messages, .. } = body {
+        for m in messages {
+            m.arguments = None;
+        }
+    }
 }
 
 /// The reading of record: serde_json's, through the typed visitors below.
@@ -24,17 +48,17 @@ pub(in crate::mcp) fn by_serde(body: &[u8]) -> Body {
 }
 
 /// The same reading of a plain body, in one pass; `Bail` for anything outside the plain subset.
-pub(in crate::mcp) fn plain(body: &[u8]) -> scan::Read<Body> {
+pub(in crate::mcp) fn plain(body: &[u8], arguments: Arguments) -> scan::Read<Body> {
     let mut c = Cursor::new(body).ok_or(Bail)?;
     let body = match c.peek() {
         Ok(b'{') => Body::Messages {
             batch: false,
-            messages: vec![plain_message(&mut c)?],
+            messages: vec![plain_message(&mut c, arguments)?],
         },
         Ok(b'[') => {
             let mut messages = Vec::new();
             c.array(|c| match c.peek()? {
-                b'{' => plain_message(c).map(|m| messages.push(m)),
+                b'{' => plain_message(c, arguments).map(|m| messages.push(m)),
                 // A member that is no object is the upstream's to answer, as with serde_json.
                 _ => plain_scalar(c),
             })?;
@@ -73,7 +97,7 @@ fn plain_text(c: &mut Cursor) -> scan::Read<Option<String>> {
     }
 }
 
-fn plain_message(c: &mut Cursor) -> scan::Read<Message> {
+fn plain_message(c: &mut Cursor, arguments: Arguments) -> scan::Read<Message> {
     let (mut id, mut method, mut params) = (None, None, None);
     c.object(|c, key| {
         match key {
@@ -91,7 +115,7 @@ fn plain_message(c: &mut Cursor) -> scan::Read<Message> {
             "method" => method = plain_text(c)?,
             "params" => {
                 params = match c.peek()? {
-                    b'{' => Some(plain_params(c)?),
+                    b'{' => Some(plain_params(c, arguments)?),
                     _ => plain_scalar(c).map(|()| None)?,
                 }
             }
@@ -102,7 +126,7 @@ fn plain_message(c: &mut Cursor) -> scan::Read<Message> {
     Ok(model(id, method, params.unwrap_or_default()))
 }
 
-fn plain_params(c: &mut Cursor) -> scan::Read<Params> {
+fn plain_params(c: &mut Cursor, arguments: Arguments) -> scan::Read<Params> {
     let mut p = Params::default();
     c.object(|c, key| {
         match key {
@@ -110,10 +134,13 @@ fn plain_params(c: &mut Cursor) -> scan::Read<Params> {
             "uri" => p.uri = plain_text(c)?,
             "protocolVersion" => p.protocol_version = plain_text(c)?,
             // Read by serde_json, as a whole body would be: the edge's policies judge it.
-            "arguments" => {
+            "arguments" if arguments == Arguments::Built => {
                 let text = c.span()?;
                 p.arguments = Some(serde_json::from_str(text).map_err(|_| Bail)?);
             }
+            // Nobody reads them: not built, but what building them would refuse is left to
+            // serde_json as above, so that the body reads the same.
+            "arguments" => c.skip_buildable()?,
             _ => c.skip()?,
         }
         Ok(())
@@ -441,7 +468,7 @@ mod tests {
         ];
         for body in bodies {
             assert_eq!(
-                parse(body),
+                parse(body, Arguments::Built),
                 by_value(body),
                 "{}",
                 String::from_utf8_lossy(body)
@@ -452,7 +479,7 @@ mod tests {
         // makes the body unreadable; the call is read, and a policy decides it.
         let body = br#"{"id":1,"method":"tools/call","params":{"name":"t"},"x":"\ud800"}"#;
         assert_eq!(by_value(body), Body::NotJsonRpc);
-        let Body::Messages { messages, .. } = parse(body) else {
+        let Body::Messages { messages, .. } = parse(body, Arguments::Built) else {
             panic!("unread");
         };
         assert_eq!(messages[0].name.as_deref(), Some("t"));
