@@ -501,6 +501,9 @@ def measure_all(pki, upstream, results):
     Every figure appends one result per run, an error included, so that run i of two proxies
     pair."""
     classes = [c for c in PROXIES if not ONLY_PROXIES or c.name in ONLY_PROXIES]
+    if not classes:
+        raise SystemExit(f"BENCH_PROXIES={','.join(sorted(ONLY_PROXIES))}: no such proxy "
+                         f"({', '.join(c.name for c in PROXIES)})")
     for i in range(RUNS):
         k = i % len(classes)
         order = classes[k:] + classes[:k]

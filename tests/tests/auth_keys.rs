@@ -454,6 +454,24 @@ async fn a_tool_budget_counts_the_calls_in_the_body_whatever_the_headers_say() {
     assert_eq!(raw_status(&raw), 200, "{raw}");
     assert_eq!(raw_json(&raw)["body_len"], batch(2).len());
 
+    // What the edge cannot read is never forwarded past a budget: a lone surrogate in the id
+    // or in a field the call does not use (JavaScript's JSON.parse takes both), serde_json's
+    // raw-value key there. Each went through uncounted, as "not JSON-RPC".
+    for body in [
+        r#"{"jsonrpc":"2.0","id":"\ud800","method":"tools/call","params":{"name":"expensive"}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"expensive","uri":"\ud800"}}"#,
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"expensive","uri":{"$serde_json::private::RawValue":0}}}"#,
+    ] {
+        let raw = rpc_from(&edge, "127.0.0.16", "/x", "", body).await;
+        assert_eq!(raw_status(&raw), 400, "{raw}");
+        assert_eq!(raw_json(&raw)["error"]["code"], -32700, "{raw}");
+    }
+    // Reject twin: the same caller's readable call passes; those spent none of its budget.
+    for _ in 0..2 {
+        let raw = rpc_from(&edge, "127.0.0.16", "/x", "", &call).await;
+        assert_eq!(raw_status(&raw), 200, "{raw}");
+    }
+
     // With validation, the base64 form of the right name passes and counts against the same
     // budget; a name that does not decode is not "absent": -32020 naming Mcp-Name.
     let b64 = "mcp-method: tools/call\r\nmcp-name: =?base64?ZXhwZW5zaXZl?=\r\n";

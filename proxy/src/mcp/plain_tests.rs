@@ -101,6 +101,9 @@ fn what_the_fast_path_cannot_vouch_for_is_left_to_serde_json() {
         // A lone surrogate or a number out of range where a whole value is parsed.
         br#"{"method":"tools/call","params":{"name":"t","arguments":{"q":"\ud800"}}}"#,
         br#"{"method":"tools/call","params":{"name":"t","arguments":{"n":1e400}}}"#,
+        // serde_json's private raw-value key, where a whole value is parsed.
+        br#"{"method":"tools/call","params":{"name":"t","arguments":{"$serde_json::private::RawValue":0}}}"#,
+        br#"{"method":"tools/call","params":{"name":"t","arguments":{"q":{"$serde_json::private::RawValue":"x"}}}}"#,
         // An id serde_json writes back otherwise.
         br#"{"id":1.50,"method":"ping"}"#,
         br#"{"id":-0,"method":"ping"}"#,
@@ -113,6 +116,7 @@ fn what_the_fast_path_cannot_vouch_for_is_left_to_serde_json() {
     for body in bail {
         let text = String::from_utf8_lossy(body);
         assert!(parse::plain(body, Arguments::Built).is_err(), "{text}");
+        assert!(parse::plain(body, Arguments::Checked).is_err(), "{text}");
         agrees(body);
     }
     // serde's derived structs refuse a repeated field: the whole body has no answer there.
@@ -206,7 +210,14 @@ const INNER: &[&str] = &[
     "name", "uri", "protocolVersion", "arguments", "isError", "tools", "prompts", "resources",
     "code", "content", "x", "_meta",
 ];
-const ODD: &[&str] = &["me\\u0074hod", "na\\u006de", "", "\\"];
+const ODD: &[&str] = &[
+    "me\\u0074hod",
+    "na\\u006de",
+    "",
+    "\\",
+    // serde_json's private key for a raw value, which its `Value` reader treats apart.
+    "$serde_json::private::RawValue",
+];
 
 /// What generated values are made of: what clients send, and what serde_json refuses or reads
 /// otherwise.

@@ -77,6 +77,11 @@ impl EdgeProxy {
             return;
         };
         let cfg = &snap.config.audit;
+        if !cfg.enabled() {
+            // Turned on by a reload after this request was planned: its calls' arguments were
+            // not built for it. The next request is recorded.
+            return;
+        }
         let request_id = format!("{:016x}", rand::random::<u64>());
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let refused = ctx.verdicts.iter().any(|v| !v.allowed);

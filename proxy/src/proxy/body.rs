@@ -58,7 +58,10 @@ impl EdgeProxy {
         if let Some(x) = ctx.exchange.as_mut() {
             x.request_body(model);
         }
-        if let Some(answer) = self.validate(ctx).or_else(|| authorize(ctx)) {
+        if let Some(answer) = unreadable(ctx)
+            .or_else(|| self.validate(ctx))
+            .or_else(|| authorize(ctx))
+        {
             // Refused, but it was a request: the route's budget pays for it.
             let _ = self.charge(ctx, false);
             return Err(late(ctx, answer));
@@ -114,18 +117,31 @@ impl EdgeProxy {
     }
 }
 
+/// A body held for checks (a policy, tool budgets, header validation) that the edge cannot read
+/// as JSON-RPC: refused, never forwarded unchecked. It may still be one a server reads and runs
+/// (NaN, UTF-16, a lone surrogate in an id, which JavaScript's `JSON.parse` takes), so forwarded
+/// it would be a call no policy judged and no budget paid for.
+fn unreadable(ctx: &Ctx) -> Option<Answer> {
+    let model = ctx.mcp.as_ref()?;
+    if !ctx.body.hold || !matches!(model.body(), Some(RequestBody::NotJsonRpc)) || model.is_empty()
+    {
+        return None;
+    }
+    let reason = if ctx.body.policy.is_some() {
+        "policy_unreadable"
+    } else {
+        "mcp_unreadable"
+    };
+    let body = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: the body is not JSON-RPC the edge can read"}}"#;
+    Some(Answer::json(400, body).refused(reason))
+}
+
 /// The route's policy on every message of the body; `Some`: the refusal to answer.
 fn authorize(ctx: &mut Ctx) -> Option<Answer> {
     let metadata = ctx.body.policy.as_deref()?;
     let route = ctx.route_entry()?;
     let policy = route.config.policy.as_ref()?;
     let model = ctx.mcp.as_ref()?;
-    if matches!(model.body(), Some(RequestBody::NotJsonRpc)) && !model.is_empty() {
-        // A body the edge cannot read may still be one a server reads (NaN, deep nesting,
-        // UTF-16): under a policy it is never forwarded unread.
-        let body = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: the body is not JSON-RPC the edge can read"}}"#;
-        return Some(Answer::json(400, body).refused("policy_unreadable"));
-    }
     let messages = model.messages();
     let oauth = route
         .config
