@@ -260,6 +260,10 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
             ["call", "delete_item", {"path": "/tmp/a"}],
             ["call", "delete_item", {"path": "/etc/passwd"}],
             ["call", "delete_item", {"path": "/tmp/../etc/passwd"}],
+            // serde_json's private raw-value key: its own `Value` reader takes the text inside
+            // for the object; the server sees one odd key (a default path, or none).
+            ["call", "delete_item", {"$serde_json::private::RawValue": "{\"path\":\"/tmp/d\"}"}],
+            ["call", "delete_item", {"path": {"$serde_json::private::RawValue": "\"/tmp/e\""}}],
         ]),
     )
     .await;
@@ -267,6 +271,8 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     not_allowed(&r[1], "delete_item");
     // A prefix is a prefix of the string: tools must not treat arguments as paths to resolve.
     assert_eq!(ok(&r[2]), "deleted /tmp/../etc/passwd");
+    not_allowed(&r[3], "delete_item");
+    not_allowed(&r[4], "delete_item");
     let r = one(&url, &ops, json!(["tools"])).await;
     assert_eq!(ok(&r), &json!(["fast", "delete_item"]));
     let reader = token(json!({"dept": "ops", "groups": ["readers"]}));

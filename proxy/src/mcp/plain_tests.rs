@@ -101,9 +101,6 @@ fn what_the_fast_path_cannot_vouch_for_is_left_to_serde_json() {
         // A lone surrogate or a number out of range where a whole value is parsed.
         br#"{"method":"tools/call","params":{"name":"t","arguments":{"q":"\ud800"}}}"#,
         br#"{"method":"tools/call","params":{"name":"t","arguments":{"n":1e400}}}"#,
-        // serde_json's private raw-value key, where a whole value is parsed.
-        br#"{"method":"tools/call","params":{"name":"t","arguments":{"$serde_json::private::RawValue":0}}}"#,
-        br#"{"method":"tools/call","params":{"name":"t","arguments":{"q":{"$serde_json::private::RawValue":"x"}}}}"#,
         // An id serde_json writes back otherwise.
         br#"{"id":1.50,"method":"ping"}"#,
         br#"{"id":-0,"method":"ping"}"#,
@@ -130,6 +127,44 @@ fn what_the_fast_path_cannot_vouch_for_is_left_to_serde_json() {
         assert!(answers::plain(body.as_bytes()).is_err(), "{body}");
         assert_eq!(answers_by_serde(body.as_bytes()), Vec::new(), "{body}");
     }
+}
+
+/// serde_json's `Value` reader, built with `raw_value`, reads an object whose first key is its
+/// private raw-value token as the JSON text in that key's string. Every other reader sees one
+/// odd key: a policy judging the first reading is bypassed. Both of the edge's readers see the key.
+#[test]
+fn serde_jsons_raw_value_key_is_read_as_a_key_by_both_readers() {
+    const KEY: &str = "$serde_json::private::RawValue";
+    let hidden = format!(r#"{{"{KEY}":"{{\"path\":\"/public\"}}"}}"#);
+    // The same call read fast, and by serde_json (an escape in `name` leaves it to serde_json).
+    for name in [r#""read""#, r#""r\u0065ad""#] {
+        for arguments in [hidden.clone(), format!(r#"{{"path":{hidden}}}"#)] {
+            let body = format!(
+                r#"{{"id":{hidden},"method":"tools/call","params":{{"name":{name},"arguments":{arguments}}}}}"#
+            );
+            agrees(body.as_bytes());
+            let Body::Messages { messages, .. } = parse::read(body.as_bytes(), Arguments::Built)
+            else {
+                panic!("unread: {body}");
+            };
+            let m = &messages[0];
+            assert_eq!(m.name.as_deref(), Some("read"), "{body}");
+            let expected: serde_json::Map<String, serde_json::Value> =
+                std::iter::once((KEY.to_string(), r#"{"path":"/public"}"#.into())).collect();
+            let arguments = m.arguments.as_ref().expect("arguments");
+            match arguments.get("path") {
+                // Nested: an object with the one odd key, not the path it hides.
+                Some(serde_json::Value::Object(inner)) => assert_eq!(inner, &expected),
+                Some(other) => panic!("read as {other}: {body}"),
+                None => assert_eq!(arguments, &expected, "{body}"),
+            }
+            // The id as written (an object), not the text inside it.
+            assert!(m.id.as_deref().is_some_and(|id| id.contains(KEY)), "{body}");
+        }
+    }
+    // serde_json's own `Value` reads it otherwise: the reason for `parse::Literal`.
+    let v: serde_json::Value = serde_json::from_str(&hidden).unwrap();
+    assert_eq!(v, serde_json::json!({"path": "/public"}));
 }
 
 #[test]

@@ -20,9 +20,6 @@ const MAX_DEPTH: u32 = 64;
 /// The longest integer part [`Cursor::skip_buildable`] vouches for: 10^300 is well inside f64.
 const MAX_BUILT_DIGITS: usize = 300;
 
-/// The key serde_json's `Value` reader takes for a raw value (`serde_json::raw::TOKEN`, private).
-const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
-
 /// A position in a body known to be UTF-8.
 pub(super) struct Cursor<'a> {
     text: &'a str,
@@ -209,14 +206,7 @@ impl<'a> Cursor<'a> {
     pub(super) fn skip(&mut self) -> Read<()> {
         match self.peek()? {
             b'"' => self.skip_str(),
-            // serde_json, built with `raw_value` (mcp-edge reads ids so), takes an object keyed
-            // by its private token for a raw value, and refuses it unless a string of JSON.
-            b'{' => self.object(|c, key| {
-                if c.buildable && key == RAW_VALUE_TOKEN {
-                    return Err(Bail);
-                }
-                c.skip()
-            }),
+            b'{' => self.object(|c, _| c.skip()),
             b'[' => self.array(Self::skip),
             b't' | b'f' | b'n' => self.literal().map(drop),
             _ => self.skip_number(),
@@ -225,9 +215,8 @@ impl<'a> Cursor<'a> {
 
     /// A value skipped, but checked as serde_json checks one it builds rather than one it skips:
     /// a `\u` escape (a lone surrogate makes no string), an exponent or an integer part of more
-    /// than [`MAX_BUILT_DIGITS`] digits (past f64's range it is no number), and serde_json's raw
-    /// value key ([`RAW_VALUE_TOKEN`]) are `Bail`. A body is then read the same whether or not
-    /// this value is built.
+    /// than [`MAX_BUILT_DIGITS`] digits (past f64's range it is no number) are `Bail`. A body is
+    /// then read the same whether or not this value is built.
     pub(super) fn skip_buildable(&mut self) -> Read<()> {
         self.buildable = true;
         let skipped = self.skip();
@@ -351,21 +340,23 @@ mod tests {
             c.end().ok()
         };
         let long = "9".repeat(MAX_BUILT_DIGITS);
+        // serde_json's private raw-value key is a key like any other where the edge builds a
+        // value (`parse::Literal`).
+        let raw = r#"{"q":{"a":1,"$serde_json::private::RawValue":"1"}}"#;
         for ok in [
             r#"{"q":"tls","n":[1,-0,0.5,null,true],"s":"a\"b\n"}"#,
             &long,
+            raw,
         ] {
             assert!(buildable(ok).is_some(), "{ok}");
         }
         let longer = "9".repeat(MAX_BUILT_DIGITS + 1);
-        let raw = format!(r#"{{"q":{{"a":1,"{RAW_VALUE_TOKEN}":"1"}}}}"#);
         for bail in [
             r#"{"q":"\ud800"}"#,
             r#"["\u00e9"]"#,
             "1e400",
             "[2.5E-7]",
             &longer,
-            &raw,
         ] {
             assert!(buildable(bail).is_none(), "{bail}");
             // Skipped as serde_json skips, they are fine.

@@ -136,7 +136,8 @@ fn plain_params(c: &mut Cursor, arguments: Arguments) -> scan::Read<Params> {
             // Read by serde_json, as a whole body would be: the edge's policies judge it.
             "arguments" if arguments == Arguments::Built => {
                 let text = c.span()?;
-                p.arguments = Some(serde_json::from_str(text).map_err(|_| Bail)?);
+                let Literal(value) = serde_json::from_str(text).map_err(|_| Bail)?;
+                p.arguments = Some(value);
             }
             // Nobody reads them: not built, but what building them would refuse is left to
             // serde_json as above, so that the body reads the same.
@@ -230,10 +231,69 @@ macro_rules! not_a_list {
 }
 
 /// A string value, or `None` for a value of another type (read and dropped).
-fn text(v: Value) -> Option<String> {
+fn text(Literal(v): Literal) -> Option<String> {
     match v {
         Value::String(s) => Some(s),
         _ => None,
+    }
+}
+
+/// A JSON value read as every other JSON reader reads it: an object's keys are its keys.
+/// serde_json's own `Value` reader does not, built with `raw_value` as mcp-edge's is: an object
+/// whose first key is serde_json's private raw-value token reads as the JSON text in that key's
+/// string. A policy would then judge `{"path": "/public"}` where the server runs a call with one
+/// odd key and its default path. Numbers, strings and nesting are read as serde_json reads them.
+struct Literal(Value);
+
+impl<'de> Deserialize<'de> for Literal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LiteralVisitor).map(Literal)
+    }
+}
+
+struct LiteralVisitor;
+
+impl<'de> Visitor<'de> for LiteralVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Value, E> {
+        // serde_json's own reading: it yields no infinity or NaN, but `Value` holds none.
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Literal(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        // A repeated key's last value wins, as in serde_json's reading.
+        let mut object = serde_json::Map::new();
+        while let Some((key, Literal(v))) = map.next_entry::<String, Literal>()? {
+            object.insert(key, v);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -267,7 +327,7 @@ impl<'de> Deserialize<'de> for MaybeParams {
                         ParamKey::Name => p.name = text(map.next_value()?),
                         ParamKey::Uri => p.uri = text(map.next_value()?),
                         ParamKey::ProtocolVersion => p.protocol_version = text(map.next_value()?),
-                        ParamKey::Arguments => p.arguments = Some(map.next_value()?),
+                        ParamKey::Arguments => p.arguments = Some(map.next_value::<Literal>()?.0),
                         ParamKey::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -308,7 +368,7 @@ impl<'de> Visitor<'de> for MessageVisitor {
         let (mut id, mut method, mut params) = (None, None, None);
         while let Some(key) = map.next_key::<Key>()? {
             match key {
-                Key::Id => id = Some(map.next_value::<Value>()?.to_string()),
+                Key::Id => id = Some(map.next_value::<Literal>()?.0.to_string()),
                 Key::Method => method = text(map.next_value()?),
                 Key::Params => params = map.next_value::<MaybeParams>()?.0,
                 Key::Other => {
