@@ -264,6 +264,8 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
             // for the object; the server sees one odd key (a default path, or none).
             ["call", "delete_item", {"$serde_json::private::RawValue": "{\"path\":\"/tmp/d\"}"}],
             ["call", "delete_item", {"path": {"$serde_json::private::RawValue": "\"/tmp/e\""}}],
+            // Another spelling of `path`, which Go's and .NET's readers bind as `path`.
+            ["call", "delete_item", {"path": "/tmp/f", "PATH": "/etc/passwd"}],
         ]),
     )
     .await;
@@ -273,6 +275,7 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     assert_eq!(ok(&r[2]), "deleted /tmp/../etc/passwd");
     not_allowed(&r[3], "delete_item");
     not_allowed(&r[4], "delete_item");
+    not_allowed(&r[5], "delete_item");
     let r = one(&url, &ops, json!(["tools"])).await;
     assert_eq!(ok(&r), &json!(["fast", "delete_item"]));
     let reader = token(json!({"dept": "ops", "groups": ["readers"]}));
@@ -429,6 +432,42 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // A read key spelled in another case (`Name` beside `name`: Go's reader runs the last one
+    // written) is no body the edge can read: refused, where the call spelled once is run.
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                      "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                 "clientInfo": {"name": "raw", "version": "1"}}});
+    let r = raw_post(init.to_string().into_bytes(), &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let in_session = |body: String| {
+        client
+            .post(&url)
+            .header("authorization", plain.trim_start_matches("Authorization:"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-session-id", &session)
+            .body(body)
+            .send()
+    };
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let r = in_session(initialized.to_string()).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let twin = json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
+                      "params": {"name": "fast", "arguments": {"text": "ok"}}})
+    .to_string();
+    let r = in_session(twin.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains(r#""text":"ok""#));
+    let variant = twin.replacen(
+        r#""name":"fast""#,
+        r#""name":"fast","Name":"delete_item""#,
+        1,
+    );
+    assert!(variant.contains("Name"), "{variant}");
+    let r = in_session(variant).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("-32700"));
     // A batch with one refused call is refused whole, sent in pieces or at once.
     let batch = json!([
         call("fast", json!({"text": "ok"})),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::auth::Identity;
-use crate::config::{Effect, Policy, Rule, Who, NAMED_METHODS};
+use crate::config::{Condition, Effect, Policy, Rule, Who, NAMED_METHODS};
 use crate::mcp::request::Message;
 
 /// JSON-RPC error code of a call the policy refuses (in the implementation-defined range).
@@ -81,12 +81,24 @@ fn what_matches(rule: &Rule, method: &str, name: Option<&str>) -> bool {
 /// Whether `rule`'s what and arguments match `m` (who aside).
 fn call_matches(rule: &Rule, method: &str, m: &Message) -> bool {
     what_matches(rule, method, m.name.as_deref())
-        && rule.arguments.iter().all(|(arg, cond)| {
-            m.arguments
-                .as_ref()
-                .and_then(|a| a.get(arg))
-                .is_some_and(|v| cond.holds(v))
-        })
+        && rule
+            .arguments
+            .iter()
+            .all(|(arg, cond)| argument_holds(rule.effect, m, arg, cond))
+}
+
+/// Whether `cond` holds of `m`'s argument `arg`, for a rule of `effect`. A key that spells `arg`
+/// in another case (`PATH` beside `path`, or instead of it) is `arg` to Go's and .NET's
+/// readers, and which value the server binds cannot be told: an allowing rule's condition then
+/// fails and a denying rule's holds (allowed only when every spelling would be).
+fn argument_holds(effect: Effect, m: &Message, arg: &str, cond: &Condition) -> bool {
+    let Some(arguments) = m.arguments.as_ref() else {
+        return false;
+    };
+    if arguments.keys().any(|k| crate::mcp::case_variant(k, arg)) {
+        return effect == Effect::Deny;
+    }
+    arguments.get(arg).is_some_and(|v| cond.holds(v))
 }
 
 fn decide_with(policy: &Policy, id: Option<&Identity>, scopes: &[String], m: &Message) -> Verdict {
@@ -263,6 +275,58 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             ..Identity::default()
         }
+    }
+
+    #[test]
+    fn an_argument_spelled_in_another_case_is_allowed_only_if_every_spelling_is() {
+        let mut no_etc = rule("no-etc", Effect::Deny, Who::default(), "delete_*");
+        no_etc.arguments = vec![("path".into(), Condition::Prefix("/etc".into()))];
+        let mut tmp = rule("tmp", Effect::Allow, Who::default(), "delete_*");
+        tmp.arguments = vec![("path".into(), Condition::Prefix("/tmp/".into()))];
+        let policy = Policy {
+            default: Effect::Deny,
+            rules: vec![no_etc, tmp.clone()],
+        };
+        let decided = |args: Value| {
+            let v = decide(&policy, None, &call("delete_item", args));
+            (v.allowed, v.rule)
+        };
+        assert_eq!(
+            decided(json!({"path": "/tmp/a"})),
+            (true, Some("tmp".into()))
+        );
+        // Go's reader binds the last of the spellings, .NET's the last too: the edge cannot
+        // tell which value the server runs with.
+        for args in [
+            json!({"path": "/tmp/a", "PATH": "/etc/passwd"}),
+            json!({"Path": "/etc/passwd", "path": "/tmp/a"}),
+            json!({"pAth": "/etc/passwd"}),
+            json!({"path": "/tmp/a", "PATH": "/tmp/b"}),
+        ] {
+            assert_eq!(
+                decided(args.clone()),
+                (false, Some("no-etc".into())),
+                "{args}"
+            );
+        }
+        // Without a deny rule, the allowing rule fails and the default decides.
+        let allow_only = Policy {
+            default: Effect::Deny,
+            rules: vec![tmp],
+        };
+        let args = json!({"path": "/tmp/a", "pat\u{017f}h": "x", "PATH": "/etc"});
+        let v = decide(&allow_only, None, &call("delete_item", args));
+        assert_eq!((v.allowed, v.rule.as_deref()), (false, Some("default")));
+        // Other keys, however near, are other arguments.
+        let v = decide(
+            &allow_only,
+            None,
+            &call(
+                "delete_item",
+                json!({"path": "/tmp/a", "paths": "/etc", "pаth": "/etc"}),
+            ),
+        );
+        assert!(v.allowed);
     }
 
     #[test]

@@ -188,6 +188,23 @@ pub fn has_name(method: &str) -> bool {
     matches!(method, "tools/call" | "prompts/get" | "resources/read")
 }
 
+/// Whether `key` is another spelling of `name` to a JSON reader that matches keys regardless of
+/// case: Go's `encoding/json` (Unicode simple folding, so `ſ` is `s` and the Kelvin sign `k`;
+/// mcp-go and go-sdk before CVE-2026-27896 read messages with it), .NET's and Jackson's
+/// case-insensitive modes (`ı` and `İ` are `i` there). Such a reader binds `"Name"` as it binds
+/// `"name"`, the last one written winning, where the edge reads only `"name"`. Conservative: a
+/// character folds to the lowercase of its uppercase.
+pub fn case_variant(key: &str, name: &str) -> bool {
+    fn fold(c: char) -> char {
+        if c.is_ascii() {
+            return c.to_ascii_lowercase();
+        }
+        let upper = c.to_uppercase().next().unwrap_or(c);
+        upper.to_lowercase().next().unwrap_or(upper)
+    }
+    key != name && key.chars().map(fold).eq(name.chars().map(fold))
+}
+
 /// One JSON-RPC message a client sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
@@ -387,6 +404,31 @@ impl SseScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_in_another_case_is_a_variant_as_case_insensitive_readers_fold_it() {
+        for (key, name) in [
+            ("Name", "name"),
+            ("METHOD", "method"),
+            ("paramſ", "params"),
+            ("\u{212A}ind", "kind"),
+            ("ıd", "id"),
+            ("İD", "id"),
+            ("protocolversion", "protocolVersion"),
+            ("ΣIGMA", "ςigma"),
+        ] {
+            assert!(case_variant(key, name), "{key} {name}");
+        }
+        for (key, name) in [
+            ("name", "name"),
+            ("names", "name"),
+            ("nаme", "name"),
+            ("argument", "arguments"),
+            ("", "id"),
+        ] {
+            assert!(!case_variant(key, name), "{key} {name}");
+        }
+    }
 
     #[test]
     fn the_refusal_of_a_mismatch_is_json_rpc_32020() {

@@ -129,6 +129,33 @@ fn what_the_fast_path_cannot_vouch_for_is_left_to_serde_json() {
     }
 }
 
+/// A key that spells one the edge reads in another case (`"Method"`, `"paramſ"`, `"NAME"`) is
+/// that key to Go's case-insensitive reader, the last one written winning: the body means one
+/// thing to the edge and another to such a server, and is no JSON-RPC the edge can read
+/// (refused where bodies are held for checks), by both readers.
+#[test]
+fn a_read_key_spelled_in_another_case_makes_the_body_unreadable() {
+    for body in [
+        r#"{"id":1,"method":"tools/list","Method":"tools/call","params":{"name":"t"}}"#,
+        r#"{"id":1,"method":"tools/call","params":{"name":"fast","Name":"delete"}}"#,
+        r#"{"id":1,"method":"tools/call","params":{"name":"fast"},"paramſ":{"name":"delete"}}"#,
+        r#"{"id":1,"method":"tools/call","params":{"name":"fast","ARGUMENTS":{}}}"#,
+        r#"{"Id":2,"id":1,"method":"ping"}"#,
+        r#"[{"id":1,"method":"ping"},{"id":2,"method":"tools/call","params":{"URI":"x"}}]"#,
+        r#"{"id":1,"\u004dethod":"tools/call","method":"tools/list"}"#,
+        r#"{"id":1,"method":"initialize","params":{"protocolversion":"2025-03-26"}}"#,
+    ] {
+        agrees(body.as_bytes());
+        assert_eq!(parse::by_serde(body.as_bytes()), Body::NotJsonRpc, "{body}");
+        let read = parse::read(body.as_bytes(), Arguments::Checked);
+        assert_eq!(read, Body::NotJsonRpc, "{body}");
+    }
+    // Keys that spell no read key are skipped as before, on the fast path.
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"argument":{"name":"a"},"names":1,"Jsonrpc":1}}"#;
+    assert!(parse::plain(body.as_bytes(), Arguments::Built).is_ok());
+    agrees(body.as_bytes());
+}
+
 /// serde_json's `Value` reader, built with `raw_value`, reads an object whose first key is its
 /// private raw-value token as the JSON text in that key's string. Every other reader sees one
 /// odd key: a policy judging the first reading is bypassed. Both of the edge's readers see the key.
@@ -252,6 +279,10 @@ const ODD: &[&str] = &[
     "\\",
     // serde_json's private key for a raw value, which its `Value` reader treats apart.
     "$serde_json::private::RawValue",
+    // Read keys in another case, which Go's reader takes for them.
+    "Method",
+    "nAme",
+    "paramſ",
 ];
 
 /// What generated values are made of: what clients send, and what serde_json refuses or reads

@@ -119,6 +119,7 @@ fn plain_message(c: &mut Cursor, arguments: Arguments) -> scan::Read<Message> {
                     _ => plain_scalar(c).map(|()| None)?,
                 }
             }
+            _ if case_variant(key, &MESSAGE_KEYS) => return Err(Bail),
             _ => c.skip()?,
         }
         Ok(())
@@ -142,6 +143,7 @@ fn plain_params(c: &mut Cursor, arguments: Arguments) -> scan::Read<Params> {
             // Nobody reads them: not built, but what building them would refuse is left to
             // serde_json as above, so that the body reads the same.
             "arguments" => c.skip_buildable()?,
+            _ if case_variant(key, &PARAM_KEYS) => return Err(Bail),
             _ => c.skip()?,
         }
         Ok(())
@@ -167,9 +169,21 @@ enum ParamKey {
     Other,
 }
 
-/// Keys read by name, whatever their escapes (serde_json unescapes them first).
+/// The keys of a message the edge reads, and of its `params`.
+const MESSAGE_KEYS: [&str; 3] = ["id", "method", "params"];
+const PARAM_KEYS: [&str; 4] = ["name", "uri", "protocolVersion", "arguments"];
+
+/// Whether `key` is another spelling of one of `keys` to a case-insensitive reader: the body
+/// then means one thing to the edge and another to a Go server, and is no JSON-RPC the edge
+/// can read (`Body::NotJsonRpc`: refused on every route that holds bodies for checks).
+fn case_variant(key: &str, keys: &[&str]) -> bool {
+    keys.iter().any(|k| crate::mcp::case_variant(key, k))
+}
+
+/// Keys read by name, whatever their escapes (serde_json unescapes them first); another
+/// spelling of one of them (`case_variant`) fails the body.
 macro_rules! key_visitor {
-    ($ty:ident { $($text:literal => $variant:ident),* }) => {
+    ($ty:ident, $keys:ident { $($text:literal => $variant:ident),* }) => {
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 struct V;
@@ -181,6 +195,9 @@ macro_rules! key_visitor {
                     fn visit_str<E: de::Error>(self, k: &str) -> Result<$ty, E> {
                         Ok(match k {
                             $($text => $ty::$variant,)*
+                            _ if case_variant(k, &$keys) => {
+                                return Err(E::custom("a key that is another's in another case"))
+                            }
                             _ => $ty::Other,
                         })
                     }
@@ -190,8 +207,8 @@ macro_rules! key_visitor {
         }
     };
 }
-key_visitor!(Key { "id" => Id, "method" => Method, "params" => Params });
-key_visitor!(ParamKey {
+key_visitor!(Key, MESSAGE_KEYS { "id" => Id, "method" => Method, "params" => Params });
+key_visitor!(ParamKey, PARAM_KEYS {
     "name" => Name, "uri" => Uri, "protocolVersion" => ProtocolVersion, "arguments" => Arguments
 });
 
