@@ -121,6 +121,39 @@ async fn one(url: &str, header: &str, step: Value) -> Value {
         .remove(0)
 }
 
+/// An MCP session opened by hand (initialize, then initialized) as `auth`: its id.
+async fn raw_session(client: &reqwest::Client, url: &str, auth: &str) -> String {
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                      "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                 "clientInfo": {"name": "raw", "version": "1"}}});
+    let r = raw_call(client, url, auth, "", init.to_string()).await;
+    assert_eq!(r.status(), 200);
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let r = raw_call(client, url, auth, &session, initialized.to_string()).await;
+    assert_eq!(r.status(), 202);
+    session
+}
+
+/// One POST of `body` as written, in `session` (none: `""`).
+async fn raw_call(
+    client: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    session: &str,
+    body: String,
+) -> reqwest::Response {
+    let mut r = client
+        .post(url)
+        .header("authorization", auth.trim_start_matches("Authorization:"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json");
+    if !session.is_empty() {
+        r = r.header("mcp-session-id", session);
+    }
+    r.body(body).send().await.unwrap()
+}
+
 fn ok(v: &Value) -> &Value {
     assert!(v.get("ok").is_some(), "expected success, got {v}");
     &v["ok"]
@@ -433,30 +466,13 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
         .unwrap();
     assert_eq!(r.status(), 403);
     // A read key spelled in another case (`Name` beside `name`: Go's reader runs the last one
-    // written) is no body the edge can read: refused, where the call spelled once is run.
-    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                      "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                                 "clientInfo": {"name": "raw", "version": "1"}}});
-    let r = raw_post(init.to_string().into_bytes(), &[]).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
-    let in_session = |body: String| {
-        client
-            .post(&url)
-            .header("authorization", plain.trim_start_matches("Authorization:"))
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .header("mcp-session-id", &session)
-            .body(body)
-            .send()
-    };
-    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    let r = in_session(initialized.to_string()).await.unwrap();
-    assert_eq!(r.status(), 202);
+    // written) or written twice (`"method": null` after the call: Go keeps the call) is no
+    // body the edge can read: refused, where the call written once is run.
+    let session = raw_session(&client, &url, &plain).await;
     let twin = json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
                       "params": {"name": "fast", "arguments": {"text": "ok"}}})
     .to_string();
-    let r = in_session(twin.clone()).await.unwrap();
+    let r = raw_call(&client, &url, &plain, &session, twin.clone()).await;
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains(r#""text":"ok""#));
     let variant = twin.replacen(
@@ -464,10 +480,29 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
         r#""name":"fast","Name":"delete_item""#,
         1,
     );
-    assert!(variant.contains("Name"), "{variant}");
-    let r = in_session(variant).await.unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("-32700"));
+    let twice = twin.replacen(r#""jsonrpc""#, r#""method":null,"jsonrpc""#, 1);
+    for body in [variant, twice] {
+        assert!(body.contains("Name") || body.contains("null"), "{body}");
+        let r = raw_call(&client, &url, &plain, &session, body).await;
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("-32700"));
+    }
+    // An argument written twice: the value the server runs with cannot be told, so the rule
+    // allowing deletes under /tmp/ does not (Python keeps the last, Go the first before a null).
+    let session = raw_session(&client, &url, &ops).await;
+    let delete = |path: &str| {
+        json!({"jsonrpc": "2.0", "id": 12, "method": "tools/call",
+               "params": {"name": "delete_item", "arguments": {"path": path}}})
+        .to_string()
+    };
+    let r = raw_call(&client, &url, &ops, &session, delete("/tmp/g")).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("deleted /tmp/g"));
+    let twice = delete("/tmp/g").replacen(r#""path":"#, r#""path":"/etc/passwd","path":"#, 1);
+    assert!(twice.contains("/etc/passwd"), "{twice}");
+    let r = raw_call(&client, &url, &ops, &session, twice).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("-32003"));
     // A batch with one refused call is refused whole, sent in pieces or at once.
     let batch = json!([
         call("fast", json!({"text": "ok"})),

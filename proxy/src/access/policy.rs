@@ -87,15 +87,16 @@ fn call_matches(rule: &Rule, method: &str, m: &Message) -> bool {
             .all(|(arg, cond)| argument_holds(rule.effect, m, arg, cond))
 }
 
-/// Whether `cond` holds of `m`'s argument `arg`, for a rule of `effect`. A key that spells `arg`
-/// in another case (`PATH` beside `path`, or instead of it) is `arg` to Go's and .NET's
-/// readers, and which value the server binds cannot be told: an allowing rule's condition then
-/// fails and a denying rule's holds (allowed only when every spelling would be).
+/// Whether `cond` holds of `m`'s argument `arg`, for a rule of `effect`. Where the value the
+/// server binds cannot be told, an allowing rule's condition fails and a denying rule's holds:
+/// a key that spells `arg` in another case (`PATH` beside `path`, or instead of it: `arg` to
+/// Go's and .NET's readers), or a key of the arguments written twice (Go's reader keeps the
+/// first where the last is `null`, and merges two objects).
 fn argument_holds(effect: Effect, m: &Message, arg: &str, cond: &Condition) -> bool {
     let Some(arguments) = m.arguments.as_ref() else {
         return false;
     };
-    if arguments.keys().any(|k| crate::mcp::case_variant(k, arg)) {
+    if m.repeated_argument || arguments.keys().any(|k| crate::mcp::case_variant(k, arg)) {
         return effect == Effect::Deny;
     }
     arguments.get(arg).is_some_and(|v| cond.holds(v))
@@ -317,6 +318,13 @@ mod tests {
         let args = json!({"path": "/tmp/a", "pat\u{017f}h": "x", "PATH": "/etc"});
         let v = decide(&allow_only, None, &call("delete_item", args));
         assert_eq!((v.allowed, v.rule.as_deref()), (false, Some("default")));
+        // A key of the arguments written twice (`{"path": "/etc/passwd", "path": null}` keeps
+        // /etc/passwd in Go, `null` here): as unknown.
+        let mut twice = call("delete_item", json!({"path": "/tmp/a"}));
+        twice.repeated_argument = true;
+        assert!(!decide(&allow_only, None, &twice).allowed);
+        let v = decide(&policy, None, &twice);
+        assert_eq!((v.allowed, v.rule.as_deref()), (false, Some("no-etc")));
         // Other keys, however near, are other arguments.
         let v = decide(
             &allow_only,

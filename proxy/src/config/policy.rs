@@ -136,9 +136,19 @@ impl Condition {
 }
 
 /// JSON equality, numbers by value (`1000`, `1000.0` and `1e3` are one number to a server).
+/// Two integers compare exactly (past 2^53 two of them can be one f64, and Python, Java or Go
+/// read them apart); an integer equals a float only where it is exactly that float.
 fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) if a.is_number() && b.is_number() => x == y,
+    use serde_json::Value::Number;
+    fn int(n: &serde_json::Number) -> Option<i128> {
+        n.as_i64().map(i128::from).or(n.as_u64().map(i128::from))
+    }
+    let exact = |n: &serde_json::Number| int(n).is_none_or(|i| i as f64 as i128 == i);
+    match (a, b) {
+        (Number(x), Number(y)) => match (int(x), int(y)) {
+            (Some(i), Some(j)) => i == j,
+            _ => exact(x) && exact(y) && x.as_f64() == y.as_f64(),
+        },
         _ => a == b,
     }
 }
@@ -242,6 +252,15 @@ mod tests {
                 "{same_number}"
             );
         }
+        // Past 2^53 two integers are one f64, and two numbers to Python, Java or Go.
+        let big = Condition::OneOf(vec![n("12345678901234568")]);
+        assert!(big.holds(&n("12345678901234568")));
+        assert!(big.holds(&n("1.2345678901234568e16")));
+        assert!(!big.holds(&n("12345678901234567")));
+        let odd = Condition::Equals(n("12345678901234567"));
+        assert!(!odd.holds(&n("1.2345678901234568e16")));
+        assert!(Condition::Equals(n("18446744073709551615")).holds(&n("18446744073709551615")));
+        assert!(!Condition::Equals(n("-1")).holds(&n("18446744073709551615")));
         assert!(Condition::Prefix("/public/".into()).holds(&s("/public/a")));
         assert!(!Condition::Prefix("/public/".into()).holds(&serde_json::json!(["/public/a"])));
         let re = Condition::Regex(regex::Regex::new("^[a-z]+$").unwrap());

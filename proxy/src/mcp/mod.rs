@@ -193,13 +193,15 @@ pub fn has_name(method: &str) -> bool {
 /// mcp-go and go-sdk before CVE-2026-27896 read messages with it), .NET's and Jackson's
 /// case-insensitive modes (`ı` and `İ` are `i` there). Such a reader binds `"Name"` as it binds
 /// `"name"`, the last one written winning, where the edge reads only `"name"`. Conservative: a
-/// character folds to the lowercase of its uppercase.
+/// character folds to the lowercase of the uppercase of its lowercase (`ẞ`, `ß` and `s` are
+/// one; a few more letters are one than in Go).
 pub fn case_variant(key: &str, name: &str) -> bool {
     fn fold(c: char) -> char {
         if c.is_ascii() {
             return c.to_ascii_lowercase();
         }
-        let upper = c.to_uppercase().next().unwrap_or(c);
+        let lower = c.to_lowercase().next().unwrap_or(c);
+        let upper = lower.to_uppercase().next().unwrap_or(lower);
         upper.to_lowercase().next().unwrap_or(upper)
     }
     key != name && key.chars().map(fold).eq(name.chars().map(fold))
@@ -416,6 +418,7 @@ mod tests {
             ("İD", "id"),
             ("protocolversion", "protocolVersion"),
             ("ΣIGMA", "ςigma"),
+            ("STRAẞE", "straße"),
         ] {
             assert!(case_variant(key, name), "{key} {name}");
         }

@@ -61,8 +61,6 @@ fn the_bodies_clients_and_upstreams_send_take_the_fast_path_and_read_the_same() 
         r#"{"id":-42,"method":"prompts/get","params":{"name":"p","arguments":{}}}"#,
         "\n {\"id\" : null ,\t\"method\":\"ping\"}\r\n",
         r#"{"id":"é","method":"tools/call","params":{"name":"検索"}}"#,
-        r#"{"method":"tools/call","params":{"name":"a"},"params":{"arguments":{"b":1}}}"#,
-        r#"{"id":1,"id":2,"method":"tools/call","method":"tools/list"}"#,
         r#"{"method":"tools/call","params":[{"name":"a"}]}"#,
         r#"[1,"a",null,[{"method":"x"}],{"id":2,"method":"tools/list"},{}]"#,
     ];
@@ -130,12 +128,18 @@ fn what_the_fast_path_cannot_vouch_for_is_left_to_serde_json() {
 }
 
 /// A key that spells one the edge reads in another case (`"Method"`, `"paramſ"`, `"NAME"`) is
-/// that key to Go's case-insensitive reader, the last one written winning: the body means one
-/// thing to the edge and another to such a server, and is no JSON-RPC the edge can read
-/// (refused where bodies are held for checks), by both readers.
+/// that key to Go's case-insensitive reader, the last one written winning; a read key written
+/// twice is the last one to Python and Node, the first to Go where the last is `null`. Either
+/// way the body means one thing to the edge and another to some server, and is no JSON-RPC the
+/// edge can read (refused where bodies are held for checks), by both readers.
 #[test]
-fn a_read_key_spelled_in_another_case_makes_the_body_unreadable() {
+fn a_read_key_spelled_in_another_case_or_twice_makes_the_body_unreadable() {
     for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"},"method":null}"#,
+        r#"{"method":"tools/call","params":{"name":"a"},"params":{"arguments":{"b":1}}}"#,
+        r#"{"id":1,"id":2,"method":"tools/call","method":"tools/list"}"#,
+        r#"{"id":1,"method":"tools/call","params":{"name":"a","arguments":{},"arguments":null}}"#,
+        r#"{"id":1,"method":"tools/call","params":{"name":"a","n\u0061me":"b"}}"#,
         r#"{"id":1,"method":"tools/list","Method":"tools/call","params":{"name":"t"}}"#,
         r#"{"id":1,"method":"tools/call","params":{"name":"fast","Name":"delete"}}"#,
         r#"{"id":1,"method":"tools/call","params":{"name":"fast"},"paramſ":{"name":"delete"}}"#,
@@ -149,6 +153,30 @@ fn a_read_key_spelled_in_another_case_makes_the_body_unreadable() {
         assert_eq!(parse::by_serde(body.as_bytes()), Body::NotJsonRpc, "{body}");
         let read = parse::read(body.as_bytes(), Arguments::Checked);
         assert_eq!(read, Body::NotJsonRpc, "{body}");
+    }
+    // A key of the arguments written twice, at their top or inside: the call is read, said to
+    // have one (the policy's conditions then take its value as unknown), by both readers.
+    for (arguments, twice) in [
+        (r#"{"path":"/etc/passwd","path":null}"#, true),
+        (r#"{"o":[{"a":1,"a":2}]}"#, true),
+        (
+            r#"{"path":"/etc/passwd","Path":null,"o":{"a":1},"p":{"a":1}}"#,
+            false,
+        ),
+    ] {
+        let body = format!(
+            r#"{{"id":1,"method":"tools/call","params":{{"name":"t","arguments":{arguments}}}}}"#
+        );
+        for reading in [
+            parse::read(body.as_bytes(), Arguments::Built),
+            parse::by_serde(body.as_bytes()),
+        ] {
+            let Body::Messages { messages, .. } = reading else {
+                panic!("unread: {body}");
+            };
+            assert_eq!(messages[0].repeated_argument, twice, "{body}");
+        }
+        agrees(body.as_bytes());
     }
     // Keys that spell no read key are skipped as before, on the fast path.
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"argument":{"name":"a"},"names":1,"Jsonrpc":1}}"#;

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::{header_text, Call, MAX_PARSED, VALIDATED_SINCE};
 
+mod literal;
 pub(super) mod parse;
 use parse::Arguments;
 
@@ -88,6 +89,10 @@ pub struct Message {
     pub asked_version: Option<String>,
     /// `params.arguments` of a `tools/call` or `prompts/get`, when an object.
     pub arguments: Option<serde_json::Map<String, Value>>,
+    /// A key of `arguments` is written twice, there or in an object inside: `arguments` holds
+    /// the last value, but Go's reader keeps the first where the last is `null`, and merges two
+    /// objects. Which value the server runs with cannot be told (the policy's conditions say so).
+    pub repeated_argument: bool,
 }
 
 /// What the body turned out to be.
@@ -452,11 +457,10 @@ mod tests {
 
     #[test]
     fn the_body_is_read_as_leniently_as_the_upstream_reads_it() {
-        // A repeated key (the last wins, as in Python and Node), a mistyped sibling, a
-        // byte-order mark: the upstream runs `expensive`, so the edge must see it.
+        // A mistyped sibling, a byte-order mark, a batch's odd member: the upstream runs
+        // `expensive`, so the edge must see it.
         for body in [
-            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"cheap","name":"expensive"}}"#[..],
-            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"expensive","uri":0}}"#,
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"expensive","uri":0}}"#[..],
             b"\xEF\xBB\xBF{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"expensive\"}}",
             br#"[7,{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"expensive"}}]"#,
         ] {
@@ -467,6 +471,16 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+        }
+        // A read key written twice: the last to Python and Node, the first to Go where the
+        // last is `null`. No reading is safe: the body is unreadable, refused where held.
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"cheap","name":"expensive"}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"expensive","name":null}}"#,
+        ] {
+            let mut r = Request::new(Declared::default());
+            assert_eq!(r.hold(body), Ok(()));
+            assert_eq!(r.finish(), &Body::NotJsonRpc);
         }
     }
 

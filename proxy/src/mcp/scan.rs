@@ -6,7 +6,7 @@
 //! the edge reads, a float id, nesting past `MAX_DEPTH`, a byte that is not UTF-8, anything
 //! serde_json might refuse) is `Bail`, and the caller parses the body with serde_json as before.
 //! So a body it reads is one serde_json reads, and to the same result (the differential tests
-//! in `plain_tests` hold it to that); a repeated key's last value wins, as there.
+//! in `plain_tests` hold it to that). Its callers decide what a repeated key means.
 
 /// Outside the plain subset: parse with serde_json instead.
 #[derive(Debug)]

@@ -10,6 +10,7 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 use serde_json::Value;
 
 use super::super::scan::{self, Bail, Cursor};
+use super::literal::Literal;
 use super::{Body, Message};
 
 /// A body (its byte-order mark already stripped): its messages, or `Body::NotJsonRpc`. Plain
@@ -38,6 +39,7 @@ pub(in crate::mcp) fn drop_arguments(body: &mut Body) {
     if let Body::Messages { messages, .. } = body {
         for m in messages {
             m.arguments = None;
+            m.repeated_argument = false;
         }
     }
 }
@@ -99,8 +101,10 @@ fn plain_text(c: &mut Cursor) -> scan::Read<Option<String>> {
 
 fn plain_message(c: &mut Cursor, arguments: Arguments) -> scan::Read<Message> {
     let (mut id, mut method, mut params) = (None, None, None);
+    let mut seen = Seen::default();
     c.object(|c, key| {
         match key {
+            "id" | "method" | "params" if seen.again(key) => return Err(Bail),
             "id" => {
                 // The id as serde_json writes it back: the same text, for these plain values.
                 id = Some(match c.peek()? {
@@ -129,16 +133,20 @@ fn plain_message(c: &mut Cursor, arguments: Arguments) -> scan::Read<Message> {
 
 fn plain_params(c: &mut Cursor, arguments: Arguments) -> scan::Read<Params> {
     let mut p = Params::default();
+    let mut seen = Seen::default();
     c.object(|c, key| {
         match key {
+            "name" | "uri" | "protocolVersion" | "arguments" if seen.again(key) => {
+                return Err(Bail)
+            }
             "name" => p.name = plain_text(c)?,
             "uri" => p.uri = plain_text(c)?,
             "protocolVersion" => p.protocol_version = plain_text(c)?,
             // Read by serde_json, as a whole body would be: the edge's policies judge it.
             "arguments" if arguments == Arguments::Built => {
                 let text = c.span()?;
-                let Literal(value) = serde_json::from_str(text).map_err(|_| Bail)?;
-                p.arguments = Some(value);
+                let read: Literal = serde_json::from_str(text).map_err(|_| Bail)?;
+                p.arguments = Some(read);
             }
             // Nobody reads them: not built, but what building them would refuse is left to
             // serde_json as above, so that the body reads the same.
@@ -180,6 +188,33 @@ fn case_variant(key: &str, keys: &[&str]) -> bool {
     keys.iter().any(|k| crate::mcp::case_variant(key, k))
 }
 
+/// The read keys of one object met so far. A read key written twice fails the body: the SDKs
+/// disagree on which value counts (Python's and Node's readers the last, Go's the first where the
+/// last is `null`), so the edge cannot know what the server runs.
+#[derive(Default)]
+struct Seen(u8);
+
+impl Seen {
+    /// Whether `key` (a read key; any other is never "again") was met before; it is met now.
+    fn again(&mut self, key: &str) -> bool {
+        let Some(i) = MESSAGE_KEYS
+            .iter()
+            .chain(&PARAM_KEYS)
+            .position(|k| *k == key)
+        else {
+            return false;
+        };
+        let before = self.0 & (1 << i) != 0;
+        self.0 |= 1 << i;
+        before
+    }
+}
+
+/// A read key written twice, in the serde reading.
+fn repeated<E: de::Error>() -> E {
+    E::custom("a key written twice")
+}
+
 /// Keys read by name, whatever their escapes (serde_json unescapes them first); another
 /// spelling of one of them (`case_variant`) fails the body.
 macro_rules! key_visitor {
@@ -203,6 +238,15 @@ macro_rules! key_visitor {
                     }
                 }
                 d.deserialize_str(V)
+            }
+        }
+        impl $ty {
+            /// The key as written (`""` for another).
+            fn text(&self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text,)*
+                    $ty::Other => "",
+                }
             }
         }
     };
@@ -248,69 +292,10 @@ macro_rules! not_a_list {
 }
 
 /// A string value, or `None` for a value of another type (read and dropped).
-fn text(Literal(v): Literal) -> Option<String> {
-    match v {
+fn text(v: Literal) -> Option<String> {
+    match v.value {
         Value::String(s) => Some(s),
         _ => None,
-    }
-}
-
-/// A JSON value read as every other JSON reader reads it: an object's keys are its keys.
-/// serde_json's own `Value` reader does not, built with `raw_value` as mcp-edge's is: an object
-/// whose first key is serde_json's private raw-value token reads as the JSON text in that key's
-/// string. A policy would then judge `{"path": "/public"}` where the server runs a call with one
-/// odd key and its default path. Numbers, strings and nesting are read as serde_json reads them.
-struct Literal(Value);
-
-impl<'de> Deserialize<'de> for Literal {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LiteralVisitor).map(Literal)
-    }
-}
-
-struct LiteralVisitor;
-
-impl<'de> Visitor<'de> for LiteralVisitor {
-    type Value = Value;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
-        Ok(Value::Bool(b))
-    }
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
-    }
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
-    }
-    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Value, E> {
-        // serde_json's own reading: it yields no infinity or NaN, but `Value` holds none.
-        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
-        Ok(Value::String(s.to_string()))
-    }
-    fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
-        Ok(Value::String(s))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Literal(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        // A repeated key's last value wins, as in serde_json's reading.
-        let mut object = serde_json::Map::new();
-        while let Some((key, Literal(v))) = map.next_entry::<String, Literal>()? {
-            object.insert(key, v);
-        }
-        Ok(Value::Object(object))
     }
 }
 
@@ -320,7 +305,7 @@ struct Params {
     name: Option<String>,
     uri: Option<String>,
     protocol_version: Option<String>,
-    arguments: Option<Value>,
+    arguments: Option<Literal>,
 }
 
 /// `params`: `Some` for an object, `None` for any other value.
@@ -337,14 +322,18 @@ impl<'de> Deserialize<'de> for MaybeParams {
             not_an_object!();
             not_a_list!();
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                // A repeated key's last value wins, mistyped or not.
+                // A mistyped value is read as none; a read key written twice fails the body.
                 let mut p = Params::default();
+                let mut seen = Seen::default();
                 while let Some(key) = map.next_key::<ParamKey>()? {
+                    if seen.again(key.text()) {
+                        return Err(repeated());
+                    }
                     match key {
                         ParamKey::Name => p.name = text(map.next_value()?),
                         ParamKey::Uri => p.uri = text(map.next_value()?),
                         ParamKey::ProtocolVersion => p.protocol_version = text(map.next_value()?),
-                        ParamKey::Arguments => p.arguments = Some(map.next_value::<Literal>()?.0),
+                        ParamKey::Arguments => p.arguments = Some(map.next_value()?),
                         ParamKey::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -358,8 +347,9 @@ impl<'de> Deserialize<'de> for MaybeParams {
 }
 
 /// A message as the upstream will read it. Parsed leniently, the way the SDKs' JSON readers
-/// do (a repeated key's last value wins, unknown and mistyped siblings are ignored): a body the
-/// upstream would run must never be one the edge cannot read. What the edge reads (id, method,
+/// do (unknown and mistyped siblings are ignored): a body the upstream would run must never be
+/// one the edge cannot read; where the SDKs disagree (a read key written twice, or in another
+/// case), the edge reads none. What the edge reads (id, method,
 /// params' name, uri, protocolVersion, arguments) is parsed whole; what it skips is only
 /// scanned, so a lone surrogate, a number out of range or nesting past 128 there does not make
 /// the body unreadable (a whole `Value` parse refused those; Python's reader runs the first
@@ -383,9 +373,13 @@ impl<'de> Visitor<'de> for MessageVisitor {
     not_a_list!();
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let (mut id, mut method, mut params) = (None, None, None);
+        let mut seen = Seen::default();
         while let Some(key) = map.next_key::<Key>()? {
+            if seen.again(key.text()) {
+                return Err(repeated());
+            }
             match key {
-                Key::Id => id = Some(map.next_value::<Literal>()?.0.to_string()),
+                Key::Id => id = Some(map.next_value::<Literal>()?.value.to_string()),
                 Key::Method => method = text(map.next_value()?),
                 Key::Params => params = map.next_value::<MaybeParams>()?.0,
                 Key::Other => {
@@ -402,7 +396,10 @@ fn model(id: Option<String>, method: Option<String>, params: Params) -> Message 
     let (name, asked_version, arguments) = match method.as_deref() {
         Some("tools/call" | "prompts/get") => {
             let arguments = match params.arguments {
-                Some(Value::Object(map)) => Some(map),
+                Some(Literal {
+                    value: Value::Object(map),
+                    repeated,
+                }) => Some((map, repeated)),
                 _ => None,
             };
             (params.name, None, arguments)
@@ -413,12 +410,14 @@ fn model(id: Option<String>, method: Option<String>, params: Params) -> Message 
         Some("initialize") => (None, params.protocol_version, None),
         _ => (None, None, None),
     };
+    let repeated_argument = arguments.as_ref().is_some_and(|a| a.1);
     Message {
         id,
         method,
         name,
         asked_version,
-        arguments,
+        arguments: arguments.map(|a| a.0),
+        repeated_argument,
     }
 }
 
@@ -499,6 +498,7 @@ mod tests {
                 name,
                 asked_version,
                 arguments,
+                repeated_argument: false,
             }
         }
         let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
@@ -524,13 +524,12 @@ mod tests {
         let bodies: &[&[u8]] = &[
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"q":"tls","n":[1,{"a":null}]}}}"#,
             br#"{"id":"a\u0062","method":"tools/call","params":{"name":"x","arguments":[1]}}"#,
-            br#"{"id":1.50,"id":{"k":2},"method":"tools/call","method":7,"params":{"name":"x"}}"#,
-            br#"{"method":"tools/call","params":{"name":"a"},"params":{"arguments":{"b":1}}}"#,
             br#"{"method":"tools/call","params":[{"name":"a"}]}"#,
             br#"{"method":"tools/call","params":"name"}"#,
             br#"{"method":"resources/read","params":{"uri":"file:///a","name":"n"}}"#,
-            br#"{"method":"initialize","params":{"protocolVersion":"2026-07-28","protocolVersion":1}}"#,
             br#"{"me\u0074hod":"prompts/get","params":{"n\u0061me":"p","arguments":{}}}"#,
+            br#"{"id":1.50,"method":7,"params":{"name":"x"}}"#,
+            br#"{"method":"initialize","params":{"protocolVersion":1}}"#,
             br#"{"id":null,"method":null,"params":null}"#,
             br#"[]"#,
             br#"[1,"a",null,[{"method":"x"}],{"id":2,"method":"tools/list"},{}]"#,
@@ -560,5 +559,18 @@ mod tests {
             panic!("unread");
         };
         assert_eq!(messages[0].name.as_deref(), Some("t"));
+        // And a key the edge reads written twice: a whole value keeps the last, which Go's
+        // reader does not where it is `null`, so the edge reads no call in it.
+        for body in [
+            &br#"{"id":1,"method":"tools/call","params":{"name":"t"},"method":null}"#[..],
+            br#"{"id":1.50,"id":{"k":2},"method":"tools/call","params":{"name":"x"}}"#,
+            br#"{"method":"tools/call","params":{"name":"a"},"params":{"arguments":{"b":1}}}"#,
+            br#"{"method":"tools/call","params":{"name":"delete","arguments":{},"name":null}}"#,
+            br#"{"method":"initialize","params":{"protocolVersion":"2026-07-28","protocolVersion":1}}"#,
+            br#"[{"id":1,"method":"ping"},{"id":2,"method":"x","params":{"uri":"a","uri":"b"}}]"#,
+        ] {
+            assert_ne!(by_value(body), Body::NotJsonRpc);
+            assert_eq!(parse(body, Arguments::Built), Body::NotJsonRpc);
+        }
     }
 }
