@@ -434,10 +434,11 @@ async fn a_tool_budget_counts_the_calls_in_the_body_whatever_the_headers_say() {
     assert_eq!(raw_status(&raw), 429, "{raw}");
     let raw = rpc_from(&edge, "127.0.0.11", "/x", "mcp-method: ping\r\n", &call).await;
     assert_eq!(raw_status(&raw), 429, "any Mcp-Method header: {raw}");
-    // A repeated key: the upstream reads the last one, and so does the budget.
+    // A repeated key: Python and Node read the last one, Go the first where the last is null.
+    // Which tool runs cannot be told: refused unread, past the budget or not.
     let twice = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"cheap","name":"expensive"}}"#;
     let raw = rpc_from(&edge, "127.0.0.11", "/x", lying, twice).await;
-    assert_eq!(raw_status(&raw), 429, "repeated key: {raw}");
+    assert_eq!(raw_status(&raw), 400, "repeated key: {raw}");
     // Reject twin: another tool from the same caller passes.
     let raw = rpc_from(&edge, "127.0.0.11", "/x", lying, &tool_call(2, "cheap")).await;
     assert_eq!(raw_status(&raw), 200, "{raw}");
@@ -455,12 +456,15 @@ async fn a_tool_budget_counts_the_calls_in_the_body_whatever_the_headers_say() {
     assert_eq!(raw_json(&raw)["body_len"], batch(2).len());
 
     // What the edge cannot read is never forwarded past a budget: a lone surrogate in the id
-    // or in a field the call does not use (JavaScript's JSON.parse takes both), serde_json's
-    // raw-value key there. Each went through uncounted, as "not JSON-RPC".
+    // or in a field the call does not use (JavaScript's JSON.parse takes both). Each went
+    // through uncounted, as "not JSON-RPC". So do bodies that read as one call to some servers
+    // and as another (or none) to others: a read key written twice (`"method": null` after the
+    // call: a call to Go, a response to Python) or in another case (`Name`: Go reads it).
     for body in [
         r#"{"jsonrpc":"2.0","id":"\ud800","method":"tools/call","params":{"name":"expensive"}}"#,
         r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"expensive","uri":"\ud800"}}"#,
-        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"expensive","uri":{"$serde_json::private::RawValue":0}}}"#,
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"expensive"},"method":null}"#,
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"cheap","Name":"expensive"}}"#,
     ] {
         let raw = rpc_from(&edge, "127.0.0.16", "/x", "", body).await;
         assert_eq!(raw_status(&raw), 400, "{raw}");
