@@ -7,7 +7,7 @@ divided by them. With `--h2`, the requests go as HTTP/2 streams instead (8 conne
 in flight on each: `bench/run`'s few-connections shape). With `--top N`, the N functions of mcp-edge with the most inclusive
 instructions per request, for finding where they go.
 
-    python3 bench/instructions_per_request.py [--top 40] [--h2]   # BENCH_EDGE_BIN=... for another build
+    python3 bench/instructions_per_request.py [--top 40] [--h2] [--cache-sim]   # BENCH_EDGE_BIN=... for another build
 
 Needs valgrind, h2load and the release builds `bench/run` installs and makes.
 
@@ -31,6 +31,8 @@ import bench_cost  # noqa: E402
 REQUESTS = 4000
 CONNS = 4
 H2_CONNS, H2_STREAMS = 8, 8
+# --cache-sim: callgrind simulates the first-level caches too (slower).
+CACHE_SIM = False
 
 
 def under_callgrind(cls, out):
@@ -45,7 +47,8 @@ def under_callgrind(cls, out):
                 # As root: callgrind_control cannot reach a worker running as nobody.
                 conf.write_text(conf.read_text().replace(f"worker_processes {bench.CORES};",
                                                          "worker_processes 1;\nuser root;"))
-            return ["valgrind", "--tool=callgrind", "--trace-children=yes",
+            sim = ["--cache-sim=yes"] if CACHE_SIM else []
+            return ["valgrind", "--tool=callgrind", *sim, "--trace-children=yes",
                     f"--callgrind-out-file={out}/cg.%p", *cmd]
 
         def start(self):
@@ -86,12 +89,16 @@ def control(*args):
 
 
 def total(files):
-    n = 0
+    """The dumps' counts summed, by event (`Ir`; with --cache-sim also `I1mr`, `D1mr`...)."""
+    sums = {}
     for f in files:
-        m = re.search(r"^summary:\s+(\d+)", f.read_text(), re.M)
-        if m:
-            n += int(m.group(1))
-    return n
+        text = f.read_text()
+        events = re.search(r"^events:\s+(.+)$", text, re.M)
+        summary = re.search(r"^summary:\s+([\d ]+)$", text, re.M)
+        if events and summary:
+            for e, v in zip(events.group(1).split(), summary.group(1).split()):
+                sums[e] = sums.get(e, 0) + int(v)
+    return sums
 
 
 def measure(cls, path, get, top, h2):
@@ -106,8 +113,12 @@ def measure(cls, path, get, top, h2):
         for pid in bench_cost.pids(px.proc.pid):
             control("-d", str(pid))
         dumps = sorted(out.glob("cg.*.*"))
-        per = total(dumps) / n
-        print(f"| {cls.name} | {'HTTP/2' if h2 else 'HTTP/1.1'} | {path} | {n} | {per:,.0f} | {time.time() - t:.0f} s |", flush=True)
+        sums = total(dumps)
+        misses = ""
+        if CACHE_SIM:
+            l1d = sums.get("D1mr", 0) + sums.get("D1mw", 0)
+            misses = f" {sums.get('I1mr', 0) / n:,.0f} | {l1d / n:,.0f} |"
+        print(f"| {cls.name} | {'HTTP/2' if h2 else 'HTTP/1.1'} | {path} | {n} | {sums.get('Ir', 0) / n:,.0f} |{misses} {time.time() - t:.0f} s |", flush=True)
         if top and cls is bench.McpEdge:
             annotate(dumps, n, top)
     finally:
@@ -136,10 +147,15 @@ def main():
     p.add_argument("--proxies", default="mcp-edge,nginx")
     p.add_argument("--paths", default="/mcp,/open")
     p.add_argument("--h2", action="store_true", help="HTTP/2, 8 connections x 8 streams")
+    p.add_argument("--cache-sim", action="store_true",
+                   help="also first-level cache misses per request (callgrind's simulation)")
     a = p.parse_args()
+    global CACHE_SIM
+    CACHE_SIM = a.cache_sim
     bench.prepared = bench.prepare()
-    print("| proxy | protocol | path | requests | instructions/request | wall |")
-    print("|---|---|---|---|---|---|")
+    sim = (" L1i misses/request | L1d misses/request |", "---|---|") if CACHE_SIM else ("", "")
+    print(f"| proxy | protocol | path | requests | instructions/request |{sim[0]} wall |")
+    print(f"|---|---|---|---|---|{sim[1]}---|")
     for cls in [bench.McpEdge, bench.Nginx]:
         if cls.name not in a.proxies.split(","):
             continue
