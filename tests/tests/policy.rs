@@ -480,7 +480,8 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
         r#""name":"fast","Name":"delete_item""#,
         1,
     );
-    let twice = twin.replacen(r#""jsonrpc""#, r#""method":null,"jsonrpc""#, 1);
+    // After the call, as reported (`json!` orders keys: appended by hand).
+    let twice = format!(r#"{},"method":null}}"#, &twin[..twin.len() - 1]);
     for body in [variant, twice] {
         assert!(body.contains("Name") || body.contains("null"), "{body}");
         let r = raw_call(&client, &url, &plain, &session, body).await;

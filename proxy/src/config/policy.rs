@@ -137,13 +137,19 @@ impl Condition {
 
 /// JSON equality, numbers by value (`1000`, `1000.0` and `1e3` are one number to a server).
 /// Two integers compare exactly (past 2^53 two of them can be one f64, and Python, Java or Go
-/// read them apart); an integer equals a float only where it is exactly that float.
+/// read them apart); an integer equals a float only where it is exactly that float; a float
+/// past 2^53 (serde_json's reading of an integer past 64 bits too) equals nothing, as one f64
+/// stands for many numbers there.
 fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     use serde_json::Value::Number;
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     fn int(n: &serde_json::Number) -> Option<i128> {
         n.as_i64().map(i128::from).or(n.as_u64().map(i128::from))
     }
-    let exact = |n: &serde_json::Number| int(n).is_none_or(|i| i as f64 as i128 == i);
+    let exact = |n: &serde_json::Number| match int(n) {
+        Some(i) => i as f64 as i128 == i,
+        None => n.as_f64().is_some_and(|f| f.abs() < EXACT),
+    };
     match (a, b) {
         (Number(x), Number(y)) => match (int(x), int(y)) {
             (Some(i), Some(j)) => i == j,
@@ -255,12 +261,15 @@ mod tests {
         // Past 2^53 two integers are one f64, and two numbers to Python, Java or Go.
         let big = Condition::OneOf(vec![n("12345678901234568")]);
         assert!(big.holds(&n("12345678901234568")));
-        assert!(big.holds(&n("1.2345678901234568e16")));
         assert!(!big.holds(&n("12345678901234567")));
-        let odd = Condition::Equals(n("12345678901234567"));
-        assert!(!odd.holds(&n("1.2345678901234568e16")));
+        assert!(Condition::Equals(n("4096")).holds(&n("4.096e3")));
+        // A float past 2^53 stands for many numbers: equal to none.
+        assert!(!big.holds(&n("1.2345678901234568e16")));
         assert!(Condition::Equals(n("18446744073709551615")).holds(&n("18446744073709551615")));
         assert!(!Condition::Equals(n("-1")).holds(&n("18446744073709551615")));
+        let past_u64 = Condition::Equals(n("18446744073709551616"));
+        assert!(!past_u64.holds(&n("18446744073709551617")));
+        assert!(!past_u64.holds(&n("18446744073709551616")));
         assert!(Condition::Prefix("/public/".into()).holds(&s("/public/a")));
         assert!(!Condition::Prefix("/public/".into()).holds(&serde_json::json!(["/public/a"])));
         let re = Condition::Regex(regex::Regex::new("^[a-z]+$").unwrap());

@@ -196,15 +196,25 @@ pub fn has_name(method: &str) -> bool {
 /// character folds to the lowercase of the uppercase of its lowercase (`ẞ`, `ß` and `s` are
 /// one; a few more letters are one than in Go).
 pub fn case_variant(key: &str, name: &str) -> bool {
-    fn fold(c: char) -> char {
-        if c.is_ascii() {
-            return c.to_ascii_lowercase();
-        }
-        let lower = c.to_lowercase().next().unwrap_or(c);
-        let upper = lower.to_uppercase().next().unwrap_or(lower);
-        upper.to_lowercase().next().unwrap_or(upper)
-    }
     key != name && key.chars().map(fold).eq(name.chars().map(fold))
+}
+
+/// `key` as [`case_variant`] folds it: two keys are one to a case-insensitive reader when their
+/// folds are equal.
+pub fn folded(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.chars().all(|c| fold(c) == c) {
+        return key.into();
+    }
+    key.chars().map(fold).collect::<String>().into()
+}
+
+fn fold(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    let lower = c.to_lowercase().next().unwrap_or(c);
+    let upper = lower.to_uppercase().next().unwrap_or(lower);
+    upper.to_lowercase().next().unwrap_or(upper)
 }
 
 /// One JSON-RPC message a client sent.
@@ -431,6 +441,8 @@ mod tests {
         ] {
             assert!(!case_variant(key, name), "{key} {name}");
         }
+        assert!(matches!(folded("name"), std::borrow::Cow::Borrowed("name")));
+        assert_eq!(folded("PAT\u{212A}ſ"), "patks");
     }
 
     #[test]

@@ -154,13 +154,16 @@ fn a_read_key_spelled_in_another_case_or_twice_makes_the_body_unreadable() {
         let read = parse::read(body.as_bytes(), Arguments::Checked);
         assert_eq!(read, Body::NotJsonRpc, "{body}");
     }
-    // A key of the arguments written twice, at their top or inside: the call is read, said to
-    // have one (the policy's conditions then take its value as unknown), by both readers.
+    // A key of the arguments written twice (or in two spellings of one case-insensitive key),
+    // at their top or inside: the call is read, said to have one (the policy's conditions then
+    // take its value as unknown), by both readers.
     for (arguments, twice) in [
         (r#"{"path":"/etc/passwd","path":null}"#, true),
         (r#"{"o":[{"a":1,"a":2}]}"#, true),
+        (r#"{"target":{"path":"/tmp/a","PATH":"/etc/passwd"}}"#, true),
+        (r#"{"path":"/etc/passwd","Path":null}"#, true),
         (
-            r#"{"path":"/etc/passwd","Path":null,"o":{"a":1},"p":{"a":1}}"#,
+            r#"{"path":"/etc/passwd","paths":null,"o":{"a":1},"p":{"a":1}}"#,
             false,
         ),
     ] {

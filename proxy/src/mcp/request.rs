@@ -89,9 +89,10 @@ pub struct Message {
     pub asked_version: Option<String>,
     /// `params.arguments` of a `tools/call` or `prompts/get`, when an object.
     pub arguments: Option<serde_json::Map<String, Value>>,
-    /// A key of `arguments` is written twice, there or in an object inside: `arguments` holds
-    /// the last value, but Go's reader keeps the first where the last is `null`, and merges two
-    /// objects. Which value the server runs with cannot be told (the policy's conditions say so).
+    /// A key of `arguments` is written twice (or in two spellings of one case-insensitive key),
+    /// there or in an object inside: `arguments` holds the last value, but Go's reader keeps the
+    /// first where the last is `null`, and merges two objects. Which value the server runs
+    /// with cannot be told (the policy's conditions say so).
     pub repeated_argument: bool,
 }
 

@@ -1,6 +1,7 @@
 //! A JSON value read as every other JSON reader reads it, for what the edge judges (a call's
 //! arguments, ids and names).
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -13,7 +14,8 @@ use serde_json::Value;
 /// odd key and its default path. Numbers, strings and nesting are read as serde_json reads them.
 pub(super) struct Literal {
     pub(super) value: Value,
-    /// A key written twice in an object of it (`value` holds the last one's value).
+    /// A key written twice in an object of it, or in two spellings of one case-insensitive
+    /// key (`path`, `PATH`): `value` holds the last one's value.
     pub(super) repeated: bool,
 }
 
@@ -75,11 +77,14 @@ impl<'de> Visitor<'de> for LiteralVisitor {
         })
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Literal, A::Error> {
-        // A repeated key's last value is kept, as in serde_json's reading, and said.
+        // A repeated key's last value is kept, as in serde_json's reading, and said; so is a
+        // key another one's spelling in another case, which Go's reader binds alike.
         let (mut object, mut repeated) = (serde_json::Map::new(), false);
+        let mut spellings = HashSet::new();
         while let Some((key, v)) = map.next_entry::<String, Literal>()? {
             repeated |= v.repeated;
-            repeated |= object.insert(key, v.value).is_some();
+            repeated |= !spellings.insert(crate::mcp::folded(&key).into_owned());
+            object.insert(key, v.value);
         }
         Ok(Literal {
             value: Value::Object(object),
