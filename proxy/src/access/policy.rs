@@ -279,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn an_argument_spelled_in_another_case_is_allowed_only_if_every_spelling_is() {
+    fn an_argument_the_server_may_read_otherwise_fails_every_allow_and_meets_every_deny() {
         let mut no_etc = rule("no-etc", Effect::Deny, Who::default(), "delete_*");
         no_etc.arguments = vec![("path".into(), Condition::Prefix("/etc".into()))];
         let mut tmp = rule("tmp", Effect::Allow, Who::default(), "delete_*");
