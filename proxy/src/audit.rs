@@ -78,6 +78,11 @@ pub struct Record<'a> {
     /// Argument values, for the tools `audit.values` lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub values: Option<Map<String, Value>>,
+    /// A key in the arguments (at any depth) written twice, or in two spellings (`path` and
+    /// `PATH`): servers differ in the value they run with (`values` holds the last of a key
+    /// written twice).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub repeated_argument: bool,
     /// `allow` or `deny` by the route's policy; `none`: the route has none.
     pub decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]

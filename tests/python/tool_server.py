@@ -51,9 +51,9 @@ def query(db: str, sql: str) -> str:
 
 
 @server.tool()
-def delete_item(path: str) -> str:
-    """Deletes `path` (pretends to)."""
-    print(f"CALLED delete_item path={path!r}", file=sys.stderr, flush=True)
+def delete_item(path: str, force: bool = False) -> str:
+    """Deletes `path` (pretends to), even if in use with `force`."""
+    print(f"CALLED delete_item path={path!r} force={force!r}", file=sys.stderr, flush=True)
     return f"deleted {path}"
 
 

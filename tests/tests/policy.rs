@@ -45,6 +45,10 @@ fn host_yaml(tools: u16, json_tools: u16, issuer: &str, ca: &Path) -> String {
           who: {{ scopes: [db.query] }}
           tools: [query]
           arguments: {{ db: {{ one_of: [analytics, reporting] }} }}
+        - name: no-forced-deletes
+          effect: deny
+          tools: ["delete_*"]
+          arguments: {{ force: {{ equals: true }} }}
         - name: ops-delete-tmp
           effect: allow
           who: {{ claims: {{ dept: ops }} }}
@@ -299,9 +303,18 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
             ["call", "delete_item", {"path": {"$serde_json::private::RawValue": "\"/tmp/e\""}}],
             // Another spelling of `path`, which Go's and .NET's readers bind as `path`.
             ["call", "delete_item", {"path": "/tmp/f", "PATH": "/etc/passwd"}],
+            // A deny rule on `force: true` holds of what the server coerces into `true`.
+            ["call", "delete_item", {"path": "/tmp/h", "force": true}],
+            ["call", "delete_item", {"path": "/tmp/i", "force": "yes"}],
+            ["call", "delete_item", {"path": "/tmp/j", "force": 1}],
+            ["call", "delete_item", {"path": "/tmp/k", "force": "OFF"}],
         ]),
     )
     .await;
+    for refused in &r[6..9] {
+        not_allowed(refused, "delete_item");
+    }
+    assert_eq!(ok(&r[9]), "deleted /tmp/k");
     assert_eq!(ok(&r[0]), "deleted /tmp/a");
     not_allowed(&r[1], "delete_item");
     // A prefix is a prefix of the string: tools must not treat arguments as paths to resolve.
@@ -535,9 +548,18 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
 
     // The audit log: one record per call, with the decision, the rule and the outcome; never
-    // a credential, in the audit file or the edge's log.
-    let records: Vec<Value> = std::fs::read_to_string(&audit)
-        .unwrap()
+    // a credential, in the audit file or the edge's log. Records are written in batches: the
+    // last call's is there when all are.
+    let written = wait_for(
+        Duration::from_secs(10),
+        "the last call's record",
+        || async {
+            let text = std::fs::read_to_string(&audit).ok()?;
+            text.contains("/srv/chunked").then_some(text)
+        },
+    )
+    .await;
+    let records: Vec<Value> = written
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
         .collect();
@@ -577,6 +599,19 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
         (&d["decision"], &d["rule"], &d["outcome"]),
         (&json!("deny"), &json!("default"), &json!("refused"))
     );
+    // A key written twice, or in two spellings: said, as `values` holds one of the values.
+    for path in ["/tmp/g", "/tmp/f"] {
+        let twice = find(&|r| {
+            r["name"] == "delete_item" && r["values"]["path"] == path && r["decision"] == "deny"
+        });
+        assert_eq!(twice["repeated_argument"], true, "{twice}");
+    }
+    assert!(q.get("repeated_argument").is_none(), "{q}");
+    let forced = find(&|r| r["values"]["path"] == "/tmp/i");
+    assert_eq!(
+        (&forced["rule"], &forced["values"]["force"]),
+        (&json!("no-forced-deletes"), &json!("yes"))
+    );
     let f = find(&|r| r["name"] == "fast" && r["caller"]["key"] == "ci");
     assert_eq!(f["caller"]["via"], "api_key");
     assert!(
@@ -606,7 +641,14 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     // What reached the server: the allowed calls, none of the refused ones.
     let log =
         std::fs::read_to_string(tmp.path().join(format!("tools-{}.log", tools.port))).unwrap();
-    assert!(log.contains("CALLED delete_item path='/tmp/a'"), "{log}");
+    assert!(
+        log.contains("CALLED delete_item path='/tmp/a' force=False"),
+        "{log}"
+    );
+    assert!(
+        log.contains("CALLED delete_item path='/tmp/k' force=False"),
+        "{log}"
+    );
     assert!(log.contains("CALLED query db='analytics'"), "{log}");
     for refused in [
         "path='/etc/passwd'",
@@ -615,6 +657,7 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
         "/srv/",
         "production",
         "'/tmp/x'",
+        "force=True",
     ] {
         assert!(
             !log.contains(refused),
@@ -676,6 +719,20 @@ async fn check_refuses_rules_that_never_match_or_are_shadowed() {
         assert!(!ok && out.contains(says), "{to}: {out}");
         assert!(out.contains("policy"), "names the key: {out}");
     }
+    // A deny rule's `equals` holds of coerced spellings too (`"yes"` for `true`): an earlier
+    // allow rule on the same value decides only some of its calls, an earlier deny rule all.
+    let earlier = |effect: &str| {
+        let rule = format!(
+            "        - name: earlier\n          effect: {effect}\n          tools: [\"delete_*\"]\n          arguments: {{ force: {{ equals: true }} }}\n"
+        );
+        let at = "        - name: no-forced-deletes\n";
+        assert!(base.contains(at));
+        base.replacen(at, &format!("{rule}{at}"), 1)
+    };
+    let (ok, out) = check(earlier("allow"));
+    assert!(ok, "{out}");
+    let (ok, out) = check(earlier("deny"));
+    assert!(!ok && out.contains("never reached"), "{out}");
     // Said explicitly: a policy without `default` is refused.
     let (ok, out) = check(base.replacen("      default: deny\n", "", 1));
     assert!(!ok && out.contains("default"), "{out}");

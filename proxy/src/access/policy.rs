@@ -99,7 +99,11 @@ fn argument_holds(effect: Effect, m: &Message, arg: &str, cond: &Condition) -> b
     if m.repeated_argument || arguments.keys().any(|k| crate::mcp::case_variant(k, arg)) {
         return effect == Effect::Deny;
     }
-    arguments.get(arg).is_some_and(|v| cond.holds(v))
+    arguments.get(arg).is_some_and(|v| match effect {
+        Effect::Allow => cond.holds(v),
+        // `"true"` for `true`: a deny rule holds of what the server may coerce the value into.
+        Effect::Deny => cond.may_hold(v),
+    })
 }
 
 fn decide_with(policy: &Policy, id: Option<&Identity>, scopes: &[String], m: &Message) -> Verdict {

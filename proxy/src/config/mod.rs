@@ -18,6 +18,7 @@ mod rate;
 mod raw;
 mod storage;
 mod upstream;
+mod values;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! included, is allowed unless a rule names its method). Data and checks only: evaluation is
 //! `access::policy`.
 
+use super::values::{lax_same, same};
+
 /// Methods whose calls name something (a tool, a prompt, a resource): `default` decides them.
 pub const NAMED_METHODS: [&str; 5] = [
     "tools/call",
@@ -122,6 +124,23 @@ impl Condition {
         }
     }
 
+    /// Whether the condition may hold of what a server makes of `v`: `v` itself, or what a lax
+    /// reader coerces it into (`"yes"` for `true`, `"1_000"` for `1000`; `values::lax_same`).
+    /// A deny rule's conditions are read so, as the server runs with the coerced value.
+    pub fn may_hold(&self, v: &serde_json::Value) -> bool {
+        match self {
+            Self::Equals(x) => lax_same(v, x),
+            Self::OneOf(xs) => xs.iter().any(|x| lax_same(v, x)),
+            // Strings only: no reader makes a string of a number or a boolean unasked.
+            Self::Prefix(_) | Self::Regex(_) => self.holds(v),
+        }
+    }
+
+    /// Whether `may_hold` reads more than `holds` does.
+    fn is_lax(&self) -> bool {
+        matches!(self, Self::Equals(_) | Self::OneOf(_))
+    }
+
     /// Whether every value meeting `self` meets `wider` too (conservative: `false` when unsure).
     pub(super) fn implies(&self, wider: &Self) -> bool {
         use Condition::*;
@@ -132,30 +151,6 @@ impl Condition {
             (Prefix(p), Prefix(q)) => p.starts_with(q.as_str()),
             _ => false,
         }
-    }
-}
-
-/// JSON equality, numbers by value (`1000`, `1000.0` and `1e3` are one number to a server).
-/// Two integers compare exactly (past 2^53 two of them can be one f64, and Python, Java or Go
-/// read them apart); an integer equals a float only where it is exactly that float; a float
-/// past 2^53 (serde_json's reading of an integer past 64 bits too) equals nothing, as one f64
-/// stands for many numbers there.
-fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    use serde_json::Value::Number;
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-    fn int(n: &serde_json::Number) -> Option<i128> {
-        n.as_i64().map(i128::from).or(n.as_u64().map(i128::from))
-    }
-    let exact = |n: &serde_json::Number| match int(n) {
-        Some(i) => i as f64 as i128 == i,
-        None => n.as_f64().is_some_and(|f| f.abs() < EXACT),
-    };
-    match (a, b) {
-        (Number(x), Number(y)) => match (int(x), int(y)) {
-            (Some(i), Some(j)) => i == j,
-            _ => exact(x) && exact(y) && x.as_f64() == y.as_f64(),
-        },
-        _ => a == b,
     }
 }
 
@@ -217,11 +212,19 @@ impl Rule {
                     }
             })
         });
+        // A deny rule's `equals` and `one_of` hold of coerced spellings too (`may_hold`): only
+        // another deny rule's are sure to hold of all of them.
+        let sure = |c: &Condition, cond: &Condition| {
+            c.implies(cond)
+                && (later.effect == Effect::Allow
+                    || !c.is_lax()
+                    || (self.effect == Effect::Deny && cond.is_lax()))
+        };
         let arguments = self.arguments.iter().all(|(arg, cond)| {
             later
                 .arguments
                 .iter()
-                .any(|(a, c)| a == arg && c.implies(cond))
+                .any(|(a, c)| a == arg && sure(c, cond))
         });
         who && what && arguments
     }

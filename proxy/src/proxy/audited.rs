@@ -122,6 +122,7 @@ impl EdgeProxy {
                     .arguments
                     .as_ref()
                     .and_then(|a| values_of(cfg, m.name.as_deref(), a)),
+                repeated_argument: m.repeated_argument,
                 decision: match verdict {
                     _ if !policy => "none",
                     Some(v) if !v.allowed => "deny",
