@@ -2,8 +2,11 @@
 POST and the small GET): requests/s, user and kernel µs per request (the proxy's utime/stime over
 the run) and, per request, syscalls, context switches, migrations and page faults (`perf stat`
 over 6 s of the run). Each proxy alone on its core, wrk on the other, as in `bench/run`.
+With --handshakes, bench/run's full-handshake figure instead (a new TLS connection per request,
+32 connections, resumption off): the same columns per handshake, and how busy each core was,
+which says whether the proxy or the load generator set the rate.
 
-    python3 bench/cpu_per_request.py      # BENCH_EDGE_BIN=... for another build
+    python3 bench/cpu_per_request.py [--handshakes]     # BENCH_EDGE_BIN=... for another build
 
 Nothing else may run on the machine meanwhile.
 """
@@ -21,10 +24,23 @@ import bench_cost  # noqa: E402
 EVENTS = "raw_syscalls:sys_enter,context-switches,cpu-migrations,page-faults"
 
 
-def measure(px, path, get, seconds=6):
+def busy():
+    """Per core: (busy, total) jiffies so far (/proc/stat)."""
+    cores = {}
+    for line in open("/proc/stat"):
+        f = line.split()
+        if f[0].startswith("cpu") and f[0] != "cpu":
+            n = list(map(int, f[1:]))
+            cores[f[0]] = (sum(n) - n[3] - n[4], sum(n))
+    return cores
+
+
+def measure(px, path, get, seconds=6, conns=64, extra=()):
     box = {}
-    load = threading.Thread(target=lambda: box.update(r=bench.wrk(px.url(path), 64, get=get)))
+    load = threading.Thread(
+        target=lambda: box.update(r=bench.wrk(px.url(path), conns, extra, get=get)))
     before = bench_cost.tree_cpu(px.proc.pid)
+    cores_before = busy()
     load.start()
     time.sleep(1)
     out = subprocess.run(["perf", "stat", "-x,", "-e", EVENTS, "-p",
@@ -32,6 +48,9 @@ def measure(px, path, get, seconds=6):
                           str(seconds)], capture_output=True, text=True).stderr
     load.join()
     after = bench_cost.tree_cpu(px.proc.pid)
+    cores = " ".join(f"{c}={(b - b0) * 100 / max(t - t0, 1):.0f}%"
+                     for c, ((b, t), (b0, t0)) in
+                     ((c, (v, cores_before[c])) for c, v in busy().items()))
     r = box["r"]
     user, kernel = ((a - b) * 1e6 / r["requests"] for a, b in zip(after, before))
     per_request = {}
@@ -42,17 +61,21 @@ def measure(px, path, get, seconds=6):
         except (ValueError, IndexError):
             pass
     counts = " ".join(f"{k}={v:.2f}" for k, v in per_request.items())
-    print(f"| {px.name} | {path} | {r['rps']:,.0f} | {user:.1f} | {kernel:.1f} | {counts} |",
-          flush=True)
+    print(f"| {px.name} | {path} | {r['rps']:,.0f} | {user:.1f} | {kernel:.1f} | {counts} "
+          f"| {cores} |", flush=True)
 
 
 def main():
     pki, upstream = bench.prepare()
-    print("| proxy | path | req/s | user µs/req | kernel µs/req | per request |")
-    print("|---|---|---|---|---|---|")
+    handshakes = "--handshakes" in sys.argv[1:]
+    print("| proxy | path | req/s | user µs/req | kernel µs/req | per request | cores busy |")
+    print("|---|---|---|---|---|---|---|")
     for cls in [bench.McpEdge, bench.Nginx]:
         px = cls(pki, upstream).start()
         try:
+            if handshakes:
+                measure(px, "/mcp", False, conns=32, extra=["-H", "Connection: close"])
+                continue
             for path, get in [("/mcp", False), ("/open", True)]:
                 measure(px, path, get)
         finally:

@@ -47,8 +47,9 @@ pub(super) fn lax_same(v: &Value, x: &Value) -> bool {
 /// schema checks coerce nothing; .NET's may read numbers from strings): a boolean from `"true"`, `"yes"`, `"on"`, `"t"`,
 /// `"y"`, `"1"` (any case) and their opposites, or from the number 1 or 0; a number from a
 /// numeric string (`python_number`), or from a boolean (1, 0); an integer from a float with no
-/// fraction, exactly (`1e16`, `12345678901234567.0`), and a float from an integer, rounded
-/// (9007199254740993 is 9007199254740992.0 to a `float` parameter).
+/// fraction, exactly (`1e16`; `12345678901234567.0` is the f64 12345678901234568), and a float
+/// from an integer, rounded (9007199254740993 is 9007199254740992.0 to a `float` parameter: so
+/// past 2^53 an integer is lax-same as its neighbours that round to the same f64).
 fn spellings(v: &Value) -> Vec<Value> {
     const TRUE: [&str; 6] = ["true", "yes", "on", "t", "y", "1"];
     const FALSE: [&str; 6] = ["false", "no", "off", "f", "n", "0"];
@@ -81,10 +82,12 @@ fn spellings(v: &Value) -> Vec<Value> {
     out
 }
 
-/// The integer a number's f64 is, exactly (where it has no fraction and fits 64 bits).
+/// The integer a number's f64 is, exactly (where it has no fraction and is within -2^63 and
+/// 2^64: what `Number` holds).
 fn integral(n: &Number) -> Option<Number> {
+    const TWO_64: f64 = 18_446_744_073_709_551_616.0;
     let f = n.as_f64().filter(|f| f.is_finite() && f.fract() == 0.0)?;
-    if !(-9.3e18..1.8e19).contains(&f) {
+    if !(-TWO_64 / 2.0..TWO_64).contains(&f) {
         return None;
     }
     int_number(f as i128)
@@ -141,8 +144,8 @@ mod tests {
     }
 
     /// What pydantic 2.14 made of each value (the sent value, then what a `bool`, `int`,
-    /// `float` or `Decimal` parameter ran with: `TypeAdapter(T).validate_python`), where that
-    /// differs from the value sent; generated, every case kept.
+    /// `float` or `Decimal` parameter ran with: `TypeAdapter(T).validate_python` of the value
+    /// `json.loads` reads), where that differs from the value sent; generated, every case kept.
     const PYDANTIC: &[(&str, &str)] = &[
         (r#""true""#, "true"),                              // bool
         (r#""TRUE""#, "true"),                              // bool
@@ -206,6 +209,18 @@ mod tests {
         (r#""\uff11\uff10\uff10\uff10""#, "1000"),          // Decimal
         (r#""\u0661\u0660\u0660\u0660""#, "1000"),          // Decimal
         (r#""1000\u0660""#, "10000"),                       // Decimal
+        // Read exactly, as Python reads them (serde_json's `float_roundtrip`).
+        ("1.00000000000000009", "true"), // bool, a JSON number
+        ("1.00000000000000009", "1"),    // int, a JSON number
+        ("33.999999999999997", "34"),    // int, a JSON number
+        ("4.99999999999999956", "5"),    // int, a JSON number
+        ("99.9999999999999929", "100"),  // int, a JSON number
+        ("4096.00000000000033", "4096"), // int, a JSON number
+        ("12345678901234567.0", "12345678901234568"), // int, a JSON number
+        ("9007199254740993.0", "9007199254740992"), // int, a JSON number
+        ("18000000000000000001", "18000000000000000000"), // float, a JSON number
+        ("1.8e19", "18000000000000000000"), // float, a JSON number
+        ("1.844674407370955e19", "18446744073709549568"), // float, a JSON number
     ];
 
     #[test]
@@ -228,6 +243,8 @@ mod tests {
             ("0", "true"),
             // Other numbers, or none.
             (r#""1000.5""#, "1000"),
+            ("999.9999999999999", "1000"),
+            ("1e-23", "1.0000000000000001e-23"),
             (r#""0x3e8""#, "1000"),
             (r#""inf""#, "1000"),
             (r#""1234568""#, "1234567"),
