@@ -22,24 +22,7 @@ from pathlib import Path
 
 import run as bench
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu(pid):
-    """(user, kernel) CPU seconds of a process and its children so far."""
-    user = kernel = 0.0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            user += int(fields[11]) / TICK
-            kernel += int(fields[12]) / TICK
-            for t in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(k) for k in (t / "children").read_text().split()]
-        except (OSError, IndexError, ValueError):
-            pass
-    return user, kernel
+tree_cpu = bench.tree_cpu
 
 
 def pids(pid):

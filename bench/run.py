@@ -132,6 +132,24 @@ def tree_rss_kb(pid):
     return total
 
 
+def tree_cpu(pid):
+    """(user, kernel) CPU seconds of a process and its children so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = kernel = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            user += int(fields[11]) / tick
+            kernel += int(fields[12]) / tick
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(k) for k in (t / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            pass
+    return user, kernel
+
+
 # ---- certificates ---------------------------------------------------------------------------
 
 def make_certs():
@@ -391,8 +409,14 @@ def h2load(url, conns=64, streams=10):
 
 
 def handshakes(px):
+    """Full handshakes/s, and the proxy's CPU per handshake: on this machine the rate is set by
+    the load generator's core (wrk's own handshakes and the upstream: busy the whole run for
+    every proxy, where the proxy's core is not), so the cost is the figure that tells proxies
+    apart (bench/cpu_per_request.py --handshakes shows both cores)."""
+    before = sum(tree_cpu(px.proc.pid))
     r = wrk(px.url("/mcp"), 32, ["-H", "Connection: close"])
-    return {"hs": r["rps"], "errors": r["errors"]}
+    cpu = sum(tree_cpu(px.proc.pid)) - before
+    return {"hs": r["rps"], "hs_cpu_us": cpu * 1e6 / max(r["requests"], 1), "errors": r["errors"]}
 
 
 def client(*args):
@@ -737,6 +761,7 @@ def report(results):
         ("HTTP/2 requests/s (h2load, 8 conns × 8 streams)", "h2few", "rps"),
         ("HTTP/2 8×8 p99 latency ms", "h2few", "p99_ms"),
         ("Full TLS handshakes/s (new connection per request, resumption off everywhere)", "handshakes", "hs"),
+        ("Proxy CPU µs per full handshake (lower is better)", "handshakes", "hs_cpu_us"),
     ] + [(f"Memory per idle SSE stream, KB ({n:,} streams)", f"mem{n}", "kb_per_stream")
          for n in STREAMS] + [
         (f"Memory per idle TLS connection, KB ({IDLE:,} connections)", "idle", "kb_per_conn"),
