@@ -712,6 +712,13 @@ async fn check_refuses_rules_that_never_match_or_are_shadowed() {
         ("regex: \"^[a-z ]+$\"", "regex: \"([a-z\"", "not a regular expression"),
         ("default: deny", "default: maybe", "expected allow or deny"),
         ("one_of: [analytics, reporting]", "one_of: []", "the list is empty"),
+        // Past 2^53 a float equals nothing.
+        (
+            "one_of: [analytics, reporting]",
+            "one_of: [analytics, 1.2345678901234567e16]",
+            "equals no argument",
+        ),
+        ("one_of: [analytics, reporting]", "one_of: [.nan]", "equals no argument"),
     ];
     for (from, to, says) in cases {
         assert!(base.contains(from), "{from}");

@@ -338,6 +338,16 @@ fn build_condition(raw: RawCondition, cp: &KeyPath, c: &mut Collector) -> Option
         match v {
             Value::String(s) => Some(s.into()),
             Value::Bool(b) => Some(b.into()),
+            // A float past 2^53 stands for many numbers (`values::same`: it equals none);
+            // infinities and NaN are no JSON value. (YAML refuses integers past 64 bits.)
+            Value::Number(n)
+                if n.is_f64()
+                    && n.as_f64()
+                        .is_none_or(|f| !f.is_finite() || f.abs() >= 9_007_199_254_740_992.0) =>
+            {
+                c.err(cp, "never matches: a number past 2^53 written as a float (or not finite) equals no argument; write the integer, or quote it if the argument is a string");
+                None
+            }
             Value::Number(n) => serde_json::to_value(&n).ok(),
             _ => {
                 c.err(cp, "expected a string, number or boolean");
