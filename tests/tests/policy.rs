@@ -49,6 +49,10 @@ fn host_yaml(tools: u16, json_tools: u16, issuer: &str, ca: &Path) -> String {
           effect: deny
           tools: ["delete_*"]
           arguments: {{ force: {{ equals: true }} }}
+        - name: never-etc
+          effect: deny
+          tools: ["delete_*"]
+          arguments: {{ path: {{ prefix: /etc/ }} }}
         - name: ops-delete-tmp
           effect: allow
           who: {{ claims: {{ dept: ops }} }}
@@ -308,20 +312,25 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
             ["call", "delete_item", {"path": "/tmp/i", "force": "yes"}],
             ["call", "delete_item", {"path": "/tmp/j", "force": 1}],
             ["call", "delete_item", {"path": "/tmp/k", "force": "OFF"}],
+            ["call", "delete_item", {"path": "/tmp/../..//etc/./shadow"}],
+            ["call", "delete_item", {"path": "/tmp/../var/x"}],
         ]),
     )
     .await;
+    assert_eq!(ok(&r[0]), "deleted /tmp/a");
+    not_allowed(&r[1], "delete_item");
+    // A deny rule's prefix holds of the path a tool would open: `/etc/passwd`.
+    not_allowed(&r[2], "delete_item");
+    not_allowed(&r[3], "delete_item");
+    not_allowed(&r[4], "delete_item");
+    not_allowed(&r[5], "delete_item");
     for refused in &r[6..9] {
         not_allowed(refused, "delete_item");
     }
     assert_eq!(ok(&r[9]), "deleted /tmp/k");
-    assert_eq!(ok(&r[0]), "deleted /tmp/a");
-    not_allowed(&r[1], "delete_item");
-    // A prefix is a prefix of the string: tools must not treat arguments as paths to resolve.
-    assert_eq!(ok(&r[2]), "deleted /tmp/../etc/passwd");
-    not_allowed(&r[3], "delete_item");
-    not_allowed(&r[4], "delete_item");
-    not_allowed(&r[5], "delete_item");
+    not_allowed(&r[10], "delete_item");
+    // An allow rule's prefix is a prefix of the string: tools must still confine their paths.
+    assert_eq!(ok(&r[11]), "deleted /tmp/../var/x");
     let r = one(&url, &ops, json!(["tools"])).await;
     assert_eq!(ok(&r), &json!(["fast", "delete_item"]));
     let reader = token(json!({"dept": "ops", "groups": ["readers"]}));
@@ -597,7 +606,7 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
     let d = find(&|r| r["name"] == "delete_item" && r["values"]["path"] == "/etc/passwd");
     assert_eq!(
         (&d["decision"], &d["rule"], &d["outcome"]),
-        (&json!("deny"), &json!("default"), &json!("refused"))
+        (&json!("deny"), &json!("never-etc"), &json!("refused"))
     );
     // A key written twice, or in two spellings: said, as `values` holds one of the values.
     for path in ["/tmp/g", "/tmp/f"] {
@@ -658,6 +667,8 @@ async fn each_rule_kind_allows_its_caller_and_refuses_its_twin_before_the_server
         "production",
         "'/tmp/x'",
         "force=True",
+        "etc/passwd'",
+        "shadow",
     ] {
         assert!(
             !log.contains(refused),

@@ -4,7 +4,7 @@
 //! included, is allowed unless a rule names its method). Data and checks only: evaluation is
 //! `access::policy`.
 
-use super::values::{lax_same, same};
+use super::values::{lax_same, resolved_path, same};
 
 /// Methods whose calls name something (a tool, a prompt, a resource): `default` decides them.
 pub const NAMED_METHODS: [&str; 5] = [
@@ -131,14 +131,20 @@ impl Condition {
         match self {
             Self::Equals(x) => lax_same(v, x),
             Self::OneOf(xs) => xs.iter().any(|x| lax_same(v, x)),
-            // Strings only: no reader makes a string of a number or a boolean unasked.
-            Self::Prefix(_) | Self::Regex(_) => self.holds(v),
+            // Strings only: no reader makes a string of a number or a boolean unasked. A
+            // string a tool opens as a path is the path it resolves to (`/tmp/../etc/x`).
+            Self::Prefix(_) | Self::Regex(_) => {
+                self.holds(v)
+                    || (v.as_str().and_then(resolved_path))
+                        .is_some_and(|p| self.holds(&serde_json::Value::String(p)))
+            }
         }
     }
 
-    /// Whether `may_hold` reads more than `holds` does.
-    fn is_lax(&self) -> bool {
-        matches!(self, Self::Equals(_) | Self::OneOf(_))
+    /// Whether the condition reads strings only (`prefix`, `regex`: `may_hold` adds resolved
+    /// paths), not values (`equals`, `one_of`: it adds coerced spellings).
+    fn reads_strings(&self) -> bool {
+        matches!(self, Self::Prefix(_) | Self::Regex(_))
     }
 
     /// Whether every value meeting `self` meets `wider` too (conservative: `false` when unsure).
@@ -212,13 +218,13 @@ impl Rule {
                     }
             })
         });
-        // A deny rule's `equals` and `one_of` hold of coerced spellings too (`may_hold`): only
-        // another deny rule's are sure to hold of all of them.
+        // A deny rule's conditions hold of more than the value as sent (`may_hold`: coerced
+        // spellings, resolved paths): only another deny rule's of the same kind are sure to
+        // hold of all of it.
         let sure = |c: &Condition, cond: &Condition| {
             c.implies(cond)
                 && (later.effect == Effect::Allow
-                    || !c.is_lax()
-                    || (self.effect == Effect::Deny && cond.is_lax()))
+                    || (self.effect == Effect::Deny && c.reads_strings() == cond.reads_strings()))
         };
         let arguments = self.arguments.iter().all(|(arg, cond)| {
             later

@@ -135,6 +135,35 @@ fn foreign_digits(v: &Value) -> bool {
         .is_some_and(|s| s.chars().any(|c| !c.is_ascii() && c.is_numeric()))
 }
 
+/// The path a string names once `.` and `..` segments and repeated `/` are resolved, as a
+/// tool that opens it (Linux: `//etc` is `/etc`) or normalises it (Python's `os.path.normpath`;
+/// `pathlib` for `.` and `//`) reads it; none when that is the string itself or it has no `/`.
+pub(super) fn resolved_path(s: &str) -> Option<String> {
+    if !s.contains('/') {
+        return None;
+    }
+    let absolute = s.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in s.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
+            }
+            // Above the root is the root.
+            ".." if absolute => {}
+            _ => parts.push(part),
+        }
+    }
+    let joined = parts.join("/");
+    let path = match (absolute, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    };
+    (path != s).then_some(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +258,25 @@ mod tests {
             let (sent, ran) = (json(sent), json(ran));
             assert!(lax_same(&sent, &ran), "{sent} ran as {ran}");
             assert!(lax_same(&ran, &sent), "{ran} from {sent}");
+        }
+    }
+
+    #[test]
+    fn paths_resolve_as_a_tool_that_opens_or_normalises_them_reads_them() {
+        // Python's os.path.normpath, and Linux for the leading `//`.
+        for (sent, path) in [
+            ("/tmp/../etc/passwd", Some("/etc/passwd")),
+            ("/./etc//passwd", Some("/etc/passwd")),
+            ("//etc/passwd", Some("/etc/passwd")),
+            ("/../../etc/", Some("/etc")),
+            ("a/b/../../../c", Some("../c")),
+            ("a/./b/", Some("a/b")),
+            ("./", Some(".")),
+            ("/etc/passwd", None),
+            ("etc", None),
+            ("../x", None),
+        ] {
+            assert_eq!(resolved_path(sent).as_deref(), path, "{sent}");
         }
     }
 
