@@ -44,8 +44,9 @@ pub(super) fn lax_same(v: &Value, x: &Value) -> bool {
 
 /// `v`, and the values a lax reader makes of it for a typed parameter: pydantic's (the Python
 /// SDK's tool and prompt arguments, checked against pydantic 2.14; TypeScript's zod and Go's
-/// schema checks coerce nothing; .NET's may read numbers from strings): a boolean from `"true"`, `"yes"`, `"on"`, `"t"`,
-/// `"y"`, `"1"` (any case) and their opposites, or from the number 1 or 0; a number from a
+/// schema checks coerce nothing; .NET's may read numbers from strings): a boolean from
+/// `"true"`, `"yes"`, `"on"`, `"t"`, `"y"`, `"1"` (any case) and their opposites, or from the
+/// number 1 or 0; a number from a
 /// numeric string (`python_number`), or from a boolean (1, 0); an integer from a float with no
 /// fraction, exactly (`1e16`; `12345678901234567.0` is the f64 12345678901234568), and a float
 /// from an integer, rounded (9007199254740993 is 9007199254740992.0 to a `float` parameter: so
