@@ -343,7 +343,7 @@ fn build_condition(raw: RawCondition, cp: &KeyPath, c: &mut Collector) -> Option
             Value::Number(n)
                 if n.is_f64()
                     && n.as_f64()
-                        .is_none_or(|f| !f.is_finite() || f.abs() >= 9_007_199_254_740_992.0) =>
+                        .is_none_or(|f| !f.is_finite() || f.abs() >= super::values::EXACT) =>
             {
                 c.err(cp, "never matches: a number past 2^53 written as a float (or not finite) equals no argument; write the integer, or quote it if the argument is a string");
                 None

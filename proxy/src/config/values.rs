@@ -4,7 +4,7 @@
 use serde_json::{Number, Value};
 
 /// 2^53: past it one f64 stands for many integers.
-const EXACT: f64 = 9_007_199_254_740_992.0;
+pub(super) const EXACT: f64 = 9_007_199_254_740_992.0;
 
 /// JSON equality, numbers by value (`1000`, `1000.0` and `1e3` are one number to a server).
 /// Two integers compare exactly (past 2^53 two of them can be one f64, and Python, Java or Go
